@@ -1,0 +1,260 @@
+"""The `synthloop` command: a thin layer over `synthloop.Project`; no logic of its own."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from synthloop.data import read_table
+from synthloop.errors import SynthloopError
+from synthloop.project import Project, RoundResult
+from synthloop.simulate import simulate as run_simulation
+
+app = typer.Typer(help="Cheap text classifiers: synthetic data + active learning.", no_args_is_help=True,
+                  pretty_exceptions_enable=False)
+out = Console()
+err = Console(stderr=True)
+
+ProjectOpt = Annotated[Path, typer.Option("--project", "-p", help="Project folder.", envvar="SYNTHLOOP_PROJECT")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")]
+QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress output.")]
+
+
+def _fail(error: SynthloopError) -> None:
+    err.print(f"[bold red]error:[/] {error}", highlight=False, markup=True)
+    raise typer.Exit(2)
+
+
+def _open(project: Path) -> Project:
+    try:
+        return Project(project)
+    except SynthloopError as e:
+        _fail(e)
+
+
+def _emit(data, as_json: bool) -> bool:
+    if as_json:
+        print(json.dumps(data, default=str))
+    return as_json
+
+
+def _round_table(results: list[RoundResult]) -> Table:
+    table = Table("round", "labels", "accuracy", "macro-F1", "queried", "collected", "seconds")
+    for r in results:
+        m = r.metrics or {}
+        acc = f"{m['accuracy']:.3f}" if "accuracy" in m else "-"
+        f1 = f"{m['macro_f1']:.3f}" if "macro_f1" in m else "-"
+        table.add_row(str(r.number), str(r.n_labels), acc, f1, str(r.queried), str(r.labels_collected), f"{r.seconds:.1f}")
+    return table
+
+
+@app.command()
+def init(directory: Annotated[Path, typer.Argument(help="Folder for the new project.")],
+         task: Annotated[Path, typer.Option("--task", "-t", help="Task file (task.toml).")],
+         model: Annotated[str, typer.Option(help="tfidf-lr, hashing-lr or embed-lr.")] = "tfidf-lr",
+         strategy: Annotated[str, typer.Option(help="Query strategy.")] = "margin",
+         labeler: Annotated[str, typer.Option(help="Who labels queries.")] = "oracle",
+         batch_size: Annotated[int, typer.Option(help="Queries per round.")] = 25,
+         as_json: JsonOpt = False):
+    """Create a project: synthloop.toml and the .synthloop/ folder."""
+    try:
+        project = Project.init(directory, task, model={"name": model},
+                               loop={"strategy": strategy, "labeler": labeler, "batch_size": batch_size})
+    except SynthloopError as e:
+        _fail(e)
+    if not _emit({"project": str(project.root), "task": project.task.name}, as_json):
+        out.print(f"Created project [bold]{project.task.name}[/] in {project.root}")
+
+
+@app.command("import")
+def import_(file: Annotated[Path, typer.Argument(help="CSV, TSV, JSONL or Parquet file.")],
+            text_col: Annotated[str, typer.Option(help="Column with the text.")] = "text",
+            label_col: Annotated[Optional[str], typer.Option(help="Column with labels, if any.")] = None,
+            id_col: Annotated[Optional[str], typer.Option(help="Column with your own ids (default: hash of the text).")] = None,
+            split: Annotated[str, typer.Option(help="pool (to label and train on) or test (held out).")] = "pool",
+            gold: Annotated[bool, typer.Option("--gold", help="Keep pool labels hidden, for the simulated oracle.")] = False,
+            project: ProjectOpt = Path("."), as_json: JsonOpt = False):
+    """Import examples into the pool or the test split. Importing the same file twice adds nothing."""
+    proj = _open(project)
+    try:
+        result = proj.import_file(file, text_col, label_col, id_col, split, gold)
+    except SynthloopError as e:
+        _fail(e)
+    if not _emit(asdict(result), as_json):
+        out.print(f"{result.added} new examples into {split} ({result.already_stored} already stored, "
+                  f"{result.duplicates_in_file} duplicate rows, {result.other_split} in the other split); "
+                  f"{result.labels_added} labels added")
+
+
+@app.command()
+def train(project: ProjectOpt = Path("."), as_json: JsonOpt = False):
+    """Train a new model version on every label in the store and score it on the test split."""
+    proj = _open(project)
+    try:
+        with err.status("training"):
+            version, model = proj.train()
+            metrics = proj.evaluate(model)
+    except SynthloopError as e:
+        _fail(e)
+    summary = {"model_version": version, "metrics": metrics and {k: metrics[k] for k in ("accuracy", "macro_f1", "n_test")}}
+    if not _emit(summary, as_json):
+        out.print(f"model v{version}" + (f": accuracy {metrics['accuracy']:.3f}, macro-F1 {metrics['macro_f1']:.3f}" if metrics else ""))
+
+
+@app.command()
+def query(n: Annotated[Optional[int], typer.Option("--n", help="How many to query (default: batch size).")] = None,
+          strategy: Annotated[Optional[str], typer.Option(help="Override the project's strategy.")] = None,
+          project: ProjectOpt = Path("."), as_json: JsonOpt = False):
+    """Select the next examples to label (trains first if this round has no model yet)."""
+    proj = _open(project)
+    try:
+        with err.status("selecting"):
+            result = proj.round(n=n, strategy=strategy, route=False)
+    except SynthloopError as e:
+        _fail(e)
+    pending = proj.store.queries(status="pending", round_=result.number)
+    if not _emit({"round": result.number, "queries": [{"id": q.example_id, "text": q.text, "score": q.score} for q in pending]}, as_json):
+        table = Table("id", "score", "text", title=f"round {result.number}: {len(pending)} pending queries")
+        for q in pending:
+            table.add_row(q.example_id, "-" if q.score is None else f"{q.score:.3f}", q.text[:100])
+        out.print(table)
+
+
+@app.command()
+def label(with_: Annotated[Optional[str], typer.Option("--with", help="Labeler to use (default: the one each query was routed to).")] = None,
+          project: ProjectOpt = Path("."), as_json: JsonOpt = False):
+    """Hand pending queries to their labeler and store the labels that are ready."""
+    proj = _open(project)
+    try:
+        added = proj.label(with_)
+    except SynthloopError as e:
+        _fail(e)
+    if not _emit({"labels_added": added, "pending": proj.store.query_counts().get("pending", 0)}, as_json):
+        out.print(f"{added} labels stored; {proj.store.query_counts().get('pending', 0)} queries still pending")
+
+
+@app.command("round")
+def round_(project: ProjectOpt = Path("."), as_json: JsonOpt = False):
+    """One full round: collect labels, train, evaluate, select, route."""
+    proj = _open(project)
+    try:
+        with err.status("running a round"):
+            result = proj.round()
+    except SynthloopError as e:
+        _fail(e)
+    if not _emit(asdict(result), as_json):
+        out.print(_round_table([result]))
+
+
+@app.command()
+def loop(rounds: Annotated[int, typer.Option(help="How many rounds.")] = 5,
+         project: ProjectOpt = Path("."), as_json: JsonOpt = False, quiet: QuietOpt = False):
+    """Run several rounds in a row."""
+    proj = _open(project)
+    progress = Progress(TextColumn("rounds"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                        console=err, disable=quiet or as_json)
+    try:
+        with progress:
+            bar = progress.add_task("rounds", total=rounds)
+            results = proj.loop(rounds, on_round=lambda _: progress.advance(bar))
+    except SynthloopError as e:
+        _fail(e)
+    if not _emit([asdict(r) for r in results], as_json):
+        out.print(_round_table(results))
+
+
+@app.command()
+def status(project: ProjectOpt = Path("."), as_json: JsonOpt = False):
+    """Examples, labels per class and source, pending queries, last metrics."""
+    proj = _open(project)
+    info = proj.status()
+    if _emit(info, as_json):
+        return
+    out.print(f"[bold]{info['task']}[/] in {info['project']}: {info['rounds']} rounds, model v{info['model_version'] or '-'}")
+    examples = Table("split/origin", "examples", title="examples")
+    for key, n in info["examples"].items():
+        examples.add_row(key, str(n))
+    out.print(examples)
+    labels = proj.task.label_names
+    table = Table("source", *labels, "total", title="labels")
+    for source, per_class in sorted(info["labels"].items()):
+        table.add_row(source, *(str(per_class.get(lab, 0)) for lab in labels), str(sum(per_class.values())))
+    out.print(table)
+    out.print("queries: " + (", ".join(f"{k} {v}" for k, v in sorted(info["queries"].items())) or "none"))
+    if info["last_metrics"]:
+        m = info["last_metrics"]
+        out.print(f"last metrics (round {m['round']}, {m['n_labels']} labels): accuracy {m['accuracy']:.3f}, macro-F1 {m['macro_f1']:.3f}")
+
+
+@app.command()
+def predict(text_or_file: Annotated[str, typer.Argument(help="A text, or a CSV/JSONL/Parquet file.")],
+            text_col: Annotated[str, typer.Option(help="Text column when a file is given.")] = "text",
+            project: ProjectOpt = Path("."), as_json: JsonOpt = False):
+    """Predict with the latest model."""
+    proj = _open(project)
+    try:
+        path = Path(text_or_file)
+        texts = read_table(path, text_col).texts if path.suffix and path.is_file() else [text_or_file]
+        results = proj.predict(texts)
+    except SynthloopError as e:
+        _fail(e)
+    if _emit(results, as_json):
+        return
+    table = Table("label", "probability", "text")
+    for r in results:
+        table.add_row(r["label"], f"{r['probability']:.3f}", r["text"][:100])
+    out.print(table)
+
+
+@app.command()
+def export(path: Annotated[Path, typer.Argument(help="Output file: .csv, .jsonl or .parquet.")],
+           project: ProjectOpt = Path("."), as_json: JsonOpt = False):
+    """Write the labeled set (real labels only, best source per example)."""
+    proj = _open(project)
+    try:
+        n = proj.export(path)
+    except SynthloopError as e:
+        _fail(e)
+    if not _emit({"path": str(path), "rows": n}, as_json):
+        out.print(f"wrote {n} labeled examples to {path}")
+
+
+@app.command()
+def simulate(task: Annotated[Path, typer.Option(help="Task file.")],
+             pool: Annotated[Path, typer.Option(help="Pool file with gold labels.")],
+             test: Annotated[Path, typer.Option(help="Test file with labels.")],
+             strategy: str = "margin", model: str = "tfidf-lr",
+             budget: Annotated[int, typer.Option(help="Labels to buy in all.")] = 500,
+             batch: Annotated[int, typer.Option(help="Labels per round.")] = 25,
+             seed: int = 0, text_col: str = "text", label_col: str = "label",
+             as_json: JsonOpt = False, quiet: QuietOpt = False):
+    """Run a whole loop against gold labels in a temporary project; prints the learning curve."""
+    progress = Progress(TextColumn("labels"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.description}"),
+                        TimeElapsedColumn(), console=err, disable=quiet or as_json)
+
+    def on_point(point):
+        progress.update(bar, completed=point["labels"], description=f"acc {point['accuracy'] or 0:.3f}")
+
+    try:
+        with progress:
+            bar = progress.add_task("", total=budget)
+            result = run_simulation(task, pool, test, strategy, model, budget, batch, seed, text_col, label_col, on_point)
+    except SynthloopError as e:
+        _fail(e)
+    if _emit(result, as_json):
+        return
+    table = Table("labels", "accuracy", "macro-F1", title=f"{strategy} / {model} ({result['seconds']:.1f} s)")
+    for p in result["curve"]:
+        table.add_row(str(p["labels"]), f"{p['accuracy']:.3f}", f"{p['macro_f1']:.3f}")
+    out.print(table)
+
+
+if __name__ == "__main__":
+    app()

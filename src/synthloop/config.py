@@ -1,0 +1,58 @@
+"""`synthloop.toml`: the task plus model, loop and labeler settings. Secrets never live here."""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+import tomli_w
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from synthloop.errors import SynthloopError
+from synthloop.task import TaskSpec, format_validation_error
+
+CONFIG_FILE = "synthloop.toml"
+STATE_DIR = ".synthloop"
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ModelConfig(_Section):
+    name: str = "tfidf-lr"
+    # Real labels count 1.0; synthetic and task examples this much, so a few real labels outweigh them.
+    synthetic_weight: float = Field(0.5, ge=0.0)
+    calibrate: bool = True
+    embed_model: str = "all-MiniLM-L6-v2"
+
+
+class LoopConfig(_Section):
+    strategy: str = "margin"
+    batch_size: int = Field(25, ge=1)
+    labeler: str = "oracle"
+    seed: int = 0
+    # Fitting TF-IDF on pool texts too (no labels used) gives a vocabulary beyond the few labeled texts.
+    featurizer_pool_sample: int = Field(20000, ge=0)
+
+
+class Config(_Section):
+    task: TaskSpec
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    loop: LoopConfig = Field(default_factory=LoopConfig)
+
+    def dump(self) -> str:
+        return tomli_w.dumps(self.model_dump(mode="json", exclude_none=True))
+
+
+def load_config(path: Path) -> Config:
+    if not path.is_file():
+        raise SynthloopError(f"no {CONFIG_FILE} in {path.parent}; run `synthloop init {path.parent} --task TASK.toml` first")
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as err:
+        raise SynthloopError(f"{path} is not valid UTF-8 TOML: {err}") from None
+    try:
+        return Config.model_validate(data)
+    except ValidationError as err:
+        raise SynthloopError(format_validation_error(err, str(path))) from None
+

@@ -1,0 +1,18 @@
+"""Sources of labels behind one interface."""
+
+from __future__ import annotations
+
+from synthloop.errors import SynthloopError
+from synthloop.labelers.base import Labeler
+from synthloop.labelers.oracle import OracleLabeler
+
+LABELERS = ("oracle",)
+
+
+def get_labeler(name: str, project) -> Labeler:
+    if name == "oracle":
+        return OracleLabeler(project.store)
+    raise SynthloopError(f"unknown labeler {name!r}; choose one of {', '.join(LABELERS)}")
+
+
+__all__ = ["Labeler", "OracleLabeler", "get_labeler", "LABELERS"]

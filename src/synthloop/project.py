@@ -1,0 +1,379 @@
+"""A synthloop project on disk, and the Python API that every CLI command calls.
+
+A round is: collect labels that arrived -> train -> evaluate -> score the pool -> select -> route.
+Each step reads and writes the store, so a run stopped anywhere resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import scipy.sparse as sp
+
+from synthloop import active
+from synthloop.config import CONFIG_FILE, STATE_DIR, Config, load_config
+from synthloop.data import read_table
+from synthloop.errors import SynthloopError
+from synthloop.labelers import get_labeler
+from synthloop.metrics import evaluate
+from synthloop.models import TextClassifier, featurizer_needs_fit, load_model, save_model, texts_key
+from synthloop.store import NewLabel, Store, source_rank
+from synthloop.task import TaskSpec, load_task
+
+# Whole-pool feature matrices are kept in memory between rounds of one process only up to this size.
+FEATURE_CACHE_MAX_ROWS = 200_000
+
+
+@dataclass
+class ImportResult:
+    rows: int
+    added: int
+    already_stored: int
+    duplicates_in_file: int
+    labels_added: int
+    other_split: int  # texts already stored in the other split, left where they are
+
+
+@dataclass
+class RoundResult:
+    number: int
+    resumed: bool
+    model_version: int
+    n_labels: int
+    metrics: dict | None
+    queried: int
+    labels_collected: int
+    seconds: float
+
+
+def _checkpoint(step: str, number: int) -> None:
+    # Lets the crash tests stop a real process at a known step and kill -9 it there.
+    if os.environ.get("SYNTHLOOP_PAUSE_AT") == step:
+        print(f"PAUSED {step} {number}", flush=True)
+        time.sleep(3600)
+
+
+class Project:
+    def __init__(self, root: str | Path = "."):
+        self.root = Path(root).resolve()
+        self.config: Config = load_config(self.root / CONFIG_FILE)
+        self.state_dir.mkdir(exist_ok=True)
+        self.store = Store.open(self.state_dir / "store.db")
+        self._featurizers: dict[str, object] = {}
+        self._feature_cache: dict[str, tuple[dict[str, int], object]] = {}
+
+    # creation -----------------------------------------------------------------------------------
+    @classmethod
+    def init(cls, root: str | Path, task: TaskSpec | str | Path, **settings) -> Project:
+        root = Path(root)
+        if (root / CONFIG_FILE).exists():
+            raise SynthloopError(f"{root / CONFIG_FILE} already exists; use that project or choose another folder")
+        spec = task if isinstance(task, TaskSpec) else load_task(task)
+        config = Config(task=spec)
+        for section, values in settings.items():
+            current = getattr(config, section)
+            setattr(config, section, current.model_copy(update=values))
+        config = Config.model_validate(config.model_dump())
+        root.mkdir(parents=True, exist_ok=True)
+        (root / STATE_DIR).mkdir(exist_ok=True)
+        (root / CONFIG_FILE).write_text(config.dump(), encoding="utf-8")
+        return cls(root)
+
+    @property
+    def state_dir(self) -> Path:
+        return self.root / STATE_DIR
+
+    @property
+    def task(self) -> TaskSpec:
+        return self.config.task
+
+    def close(self) -> None:
+        self.store.close()
+
+    # data ---------------------------------------------------------------------------------------
+    def import_file(self, path: str | Path, text_col: str = "text", label_col: str | None = None,
+                    id_col: str | None = None, split: str = "pool", gold: bool = False) -> ImportResult:
+        """Import examples. Labels of a test file, or of a pool file with gold=True, stay hidden: they
+        score the model (test) or answer the simulated reviewer (pool). Other pool labels train the model."""
+        if split not in ("pool", "test"):
+            raise SynthloopError(f"split must be 'pool' or 'test', not {split!r}")
+        if split == "test" and label_col is None:
+            raise SynthloopError("a test split needs labels; pass --label-col with the column that holds them")
+        table = read_table(path, text_col, label_col, id_col, allowed_labels=self.task.label_names)
+        stored = self.store.existing_ids(table.ids)
+        hidden = split == "test" or gold
+        rows, new_labels = [], []
+        other_split = 0
+        for eid, text, label in zip(table.ids, table.texts, table.labels):
+            if stored.get(eid, split) != split:
+                other_split += 1
+                continue
+            if eid not in stored:
+                rows.append({"id": eid, "text": text, "origin": "pool" if split == "pool" else "import",
+                             "split": split, "gold": label if hidden else None})
+            if label is not None and not hidden:
+                new_labels.append(NewLabel(eid, label, "import", confidence=1.0))
+        before = self._label_total()
+        added = self.store.add_examples(rows, new_labels)
+        return ImportResult(
+            rows=len(table.ids) + table.duplicates,
+            added=added,
+            already_stored=sum(1 for eid in table.ids if eid in stored and stored[eid] == split),
+            duplicates_in_file=table.duplicates,
+            labels_added=self._label_total() - before,
+            other_split=other_split,
+        )
+
+    def _label_total(self) -> int:
+        return sum(n for _, _, n in self.store.label_counts())
+
+    def export(self, path: str | Path) -> int:
+        import pandas as pd
+
+        path = Path(path)
+        frame = pd.DataFrame(self.store.labeled_export(), columns=["id", "text", "label", "source"])
+        if path.suffix == ".parquet":
+            frame.to_parquet(path, index=False)
+        elif path.suffix in (".jsonl", ".ndjson"):
+            frame.to_json(path, orient="records", lines=True, force_ascii=False)
+        elif path.suffix == ".csv":
+            frame.to_csv(path, index=False)
+        else:
+            raise SynthloopError(f"cannot export to {path.suffix!r}; use .csv, .jsonl or .parquet")
+        return len(frame)
+
+    # features -----------------------------------------------------------------------------------
+    def _new_model(self) -> TextClassifier:
+        cfg = self.config.model
+        return TextClassifier(labels=self.task.label_names, name=cfg.name, calibrate=cfg.calibrate,
+                              embed_model=cfg.embed_model, seed=self.config.loop.seed)
+
+    def _featurizer(self, model: TextClassifier, train_texts: list[str]):
+        if featurizer_needs_fit(model.name):
+            sample = self.store.pool_texts_sample(self.config.loop.featurizer_pool_sample, self.config.loop.seed)
+            fit_texts = sorted(set(sample) | set(train_texts))
+        else:
+            fit_texts = []
+        key = f"{model.name}:{model.embed_model}:{texts_key(fit_texts)}"
+        if key not in self._featurizers:
+            self._featurizers = {key: model.fit_featurizer(fit_texts)}
+            self._feature_cache = {}
+        return key, self._featurizers[key]
+
+    def _features(self, key: str, featurizer, ids: list[str], texts: list[str]):
+        """Feature rows for the given examples, reusing rows computed in earlier rounds of this process."""
+        if len(ids) > FEATURE_CACHE_MAX_ROWS:
+            return featurizer.transform(texts)
+        index, matrix = self._feature_cache.get(key, ({}, None))
+        missing = [i for i, eid in enumerate(ids) if eid not in index]
+        if missing:
+            new = featurizer.transform([texts[i] for i in missing])
+            start = len(index)
+            for offset, i in enumerate(missing):
+                index[ids[i]] = start + offset
+            if matrix is None:
+                matrix = new
+            elif sp.issparse(new):
+                matrix = sp.vstack([matrix, new]).tocsr()
+            else:
+                matrix = np.vstack([matrix, new])
+            self._feature_cache[key] = (index, matrix)
+        return matrix[[index[eid] for eid in ids]]
+
+    # steps --------------------------------------------------------------------------------------
+    def training_data(self) -> tuple[list[str], list[str], list[str], np.ndarray]:
+        """ids, texts, labels and weights: stored labels plus the task's own examples."""
+        rows = self.store.training_set()
+        ids = [r[0] for r in rows]
+        texts = [r[1] for r in rows]
+        labels = [r[2] for r in rows]
+        weight = self.config.model.synthetic_weight
+        weights = [weight if source_rank(r[3]) >= source_rank("synthetic") else 1.0 for r in rows]
+        for text, label in self.task.examples():
+            ids.append("task:" + text)
+            texts.append(text)
+            labels.append(label)
+            weights.append(weight)
+        return ids, texts, labels, np.asarray(weights, dtype=float)
+
+    def n_real_labels(self) -> int:
+        return sum(1 for r in self.store.training_set() if source_rank(r[3]) < source_rank("synthetic"))
+
+    def train(self, round_: int | None = None) -> tuple[int, TextClassifier]:
+        ids, texts, labels, weights = self.training_data()
+        model = self._new_model()
+        key, featurizer = self._featurizer(model, texts)
+        X = self._features(key, featurizer, ids, texts)
+        model.fit(texts, labels, sample_weight=weights, featurizer=featurizer, X=X)
+        model.featurizer_key_ = key
+        version = self.store.next_model_version()
+        path = self.state_dir / "models" / f"v{version:04d}.joblib"
+        save_model(model, path)
+        self.store.add_model(version, round_, model.name, str(path.relative_to(self.root)), len(texts))
+        return version, model
+
+    def load_model(self, version: int | None = None) -> tuple[int, TextClassifier]:
+        row = self.store.latest_model() if version is None else self.store.model(version)
+        if row is None:
+            raise SynthloopError("no model yet; run `synthloop train` or `synthloop round` first")
+        return row["version"], load_model(self.root / row["path"])
+
+    def evaluate(self, model: TextClassifier) -> dict | None:
+        texts, gold = self.store.test_set()
+        if not texts:
+            return None
+        ids = [f"test:{t}" for t in texts]
+        key, featurizer = self._cached_featurizer(model)
+        X = self._features(key, featurizer, ids, texts)
+        pred = model.classes_[model.predict_proba_features(X).argmax(axis=1)]
+        return evaluate(gold, list(pred), self.task.label_names)
+
+    def _cached_featurizer(self, model: TextClassifier):
+        key = getattr(model, "featurizer_key_", None)
+        if key is None or key not in self._featurizers:
+            key = f"loaded:{id(model.featurizer_)}"
+            self._featurizers = {key: model.featurizer_}
+            self._feature_cache = {}
+        return key, model.featurizer_
+
+    def select(self, round_: int, model: TextClassifier, n: int | None = None, strategy: str | None = None) -> int:
+        """Score the unlabeled pool, pick the next batch and store it as pending queries."""
+        n = self.config.loop.batch_size if n is None else n
+        strategy = strategy or self.config.loop.strategy
+        ids, texts = self.store.unlabeled_pool()
+        if not ids or n <= 0:
+            return 0
+        key, featurizer = self._cached_featurizer(model)
+        X = self._features(key, featurizer, ids, texts)
+        X_training = None
+        if strategy == "ranked-batch":
+            t_ids, t_texts, _, _ = self.training_data()
+            X_training = self._features(key, featurizer, t_ids, t_texts)
+        picked, scores = active.select(strategy, model, X, n, X_training=X_training, seed=self.config.loop.seed + round_)
+        picks = [(ids[i], None if scores is None else float(scores[k])) for k, i in enumerate(picked)]
+        return self.store.add_queries(round_, picks, strategy, routed_to=self.config.loop.labeler)
+
+    def collect(self, round_: int | None = None) -> int:
+        """Store the labels that every labeler with pending queries has ready; never waits for more."""
+        pending = {q.routed_to for q in self.store.queries(status="pending")}
+        added = 0
+        for name in sorted(pending):
+            labels = get_labeler(name, self).collect()
+            added += self.store.record_labels(labels, round_)
+        return added
+
+    def route(self, round_: int) -> int:
+        """Hand this round's pending queries to their labeler, then take whatever it has ready."""
+        self._hand_out(self.store.queries(status="pending", round_=round_))
+        return self.collect(round_)
+
+    def _hand_out(self, pending) -> None:
+        for name in sorted({q.routed_to for q in pending}):
+            get_labeler(name, self).submit([q for q in pending if q.routed_to == name])
+
+    # the round ----------------------------------------------------------------------------------
+    def round(self, query: bool = True, n: int | None = None, strategy: str | None = None,
+              route: bool = True) -> RoundResult:
+        """One round. With route=False it stops after selecting and stays open: `label` or the next
+        `round` hands the queries out and closes it."""
+        start = time.perf_counter()
+        number, resumed = self.store.open_round()
+        info = self.store.round(number)
+        timings = dict(info["timings"] or {})
+
+        t = time.perf_counter()
+        collected = self.collect(number)
+        timings["collect"] = time.perf_counter() - t
+        _checkpoint("collected", number)
+
+        if info["model_version"] is None:
+            t = time.perf_counter()
+            version, model = self.train(number)
+            timings["train"] = time.perf_counter() - t
+            t = time.perf_counter()
+            metrics = self.evaluate(model)
+            timings["evaluate"] = time.perf_counter() - t
+            self.store.update_round(number, metrics={"n_labels": self.n_real_labels(), **(metrics or {})}, timings=timings)
+        else:
+            version, model = self.load_model(info["model_version"])
+        _checkpoint("trained", number)
+
+        if query and not self.store.queries(round_=number):
+            t = time.perf_counter()
+            self.select(number, model, n=n, strategy=strategy)
+            timings["select"] = time.perf_counter() - t
+        _checkpoint("selected", number)
+        if not route:
+            info = self.store.round(number)
+            queried = len(self.store.queries(round_=number))
+            return RoundResult(number, resumed, version, (info["metrics"] or {}).get("n_labels", 0),
+                               info["metrics"], queried, collected, time.perf_counter() - start)
+
+        t = time.perf_counter()
+        collected += self.route(number)
+        timings["route"] = time.perf_counter() - t
+        _checkpoint("routed", number)
+
+        info = self.store.round(number)
+        queried = len(self.store.queries(round_=number))
+        counts = {"queried": queried, "labels_collected": collected, "labels_total": self.n_real_labels()}
+        self.store.update_round(number, status="done", finished_at=time.time(), timings=timings, counts=counts)
+        return RoundResult(number, resumed, version, (info["metrics"] or {}).get("n_labels", 0),
+                           info["metrics"], queried, collected, time.perf_counter() - start)
+
+    def label(self, labeler: str | None = None) -> int:
+        """Hand every pending query to its labeler (or to `labeler`, rerouting them) and store what is ready."""
+        pending = self.store.queries(status="pending")
+        if labeler is not None:
+            get_labeler(labeler, self)  # fail on an unknown name before anything changes
+            self.store.reroute([q.example_id for q in pending], labeler)
+            pending = self.store.queries(status="pending")
+        self._hand_out(pending)
+        return self.collect(self.store.current_round())
+
+    def loop(self, rounds: int, on_round=None) -> list[RoundResult]:
+        results = []
+        for _ in range(rounds):
+            result = self.round()
+            results.append(result)
+            if on_round:
+                on_round(result)
+            if result.queried == 0 and not self.store.queries(status="pending"):
+                break  # the pool is exhausted
+        return results
+
+    # reading ------------------------------------------------------------------------------------
+    def predict(self, texts: list[str]) -> list[dict]:
+        version, model = self.load_model()
+        proba = model.predict_proba(texts)
+        labels = list(model.classes_)
+        return [
+            {"text": text, "label": labels[int(p.argmax())], "probability": float(p.max()),
+             "probabilities": dict(zip(labels, map(float, p))), "model_version": version}
+            for text, p in zip(texts, proba)
+        ]
+
+    def status(self) -> dict:
+        counts = self.store.count_examples()
+        by_source: dict[str, dict[str, int]] = {}
+        for source, label, n in self.store.label_counts():
+            by_source.setdefault(source, {})[label] = n
+        rounds = self.store.rounds()
+        last = next((r for r in reversed(rounds) if r["metrics"]), None)
+        model = self.store.latest_model()
+        return {
+            "project": str(self.root),
+            "task": self.task.name,
+            "examples": {f"{split}/{origin}": n for (split, origin), n in sorted(counts.items())},
+            "labels": by_source,
+            "queries": self.store.query_counts(),
+            "rounds": len(rounds),
+            "model_version": model["version"] if model else None,
+            "last_metrics": None if last is None else {
+                "round": last["number"], **{k: last["metrics"].get(k) for k in ("n_labels", "accuracy", "macro_f1")}},
+        }
+

@@ -1,0 +1,357 @@
+"""The store: examples, labels, queries, rounds and model versions, in SQLite (default) or PostgreSQL.
+
+Every write is one transaction, so a process killed at any point leaves the store as it was
+before the write or after it, never in between; the loop resumes from what is stored.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
+
+SCHEMA_VERSION = 1
+
+metadata = sa.MetaData()
+
+examples = sa.Table(
+    "examples", metadata,
+    sa.Column("id", sa.String, primary_key=True),
+    sa.Column("text", sa.Text, nullable=False),
+    sa.Column("origin", sa.String, nullable=False),  # pool | synthetic | import
+    sa.Column("split", sa.String, nullable=False),  # pool | test
+    sa.Column("gold", sa.String),  # hidden truth: the oracle answers from it; the test split is scored on it
+    sa.Column("meta", sa.JSON),
+    sa.Column("created_at", sa.Float, nullable=False),
+)
+sa.Index("ix_examples_split", examples.c.split, examples.c.origin)
+
+labels = sa.Table(
+    "labels", metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("example_id", sa.String, sa.ForeignKey("examples.id"), nullable=False),
+    sa.Column("label", sa.String, nullable=False),
+    sa.Column("source", sa.String, nullable=False),  # oracle | import | synthetic | llm:<model> | human:<user>
+    sa.Column("confidence", sa.Float),
+    sa.Column("round", sa.Integer),
+    sa.Column("cost", sa.Float, nullable=False, default=0.0),
+    sa.Column("created_at", sa.Float, nullable=False),
+    sa.UniqueConstraint("example_id", "source"),
+)
+
+queries = sa.Table(
+    "queries", metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("round", sa.Integer, nullable=False),
+    sa.Column("example_id", sa.String, sa.ForeignKey("examples.id"), nullable=False, unique=True),
+    sa.Column("strategy", sa.String, nullable=False),
+    sa.Column("score", sa.Float),
+    sa.Column("routed_to", sa.String, nullable=False),
+    sa.Column("status", sa.String, nullable=False),  # pending | labeled | skipped | failed
+    sa.Column("created_at", sa.Float, nullable=False),
+    sa.Column("updated_at", sa.Float, nullable=False),
+)
+sa.Index("ix_queries_status", queries.c.status, queries.c.routed_to)
+
+rounds = sa.Table(
+    "rounds", metadata,
+    sa.Column("number", sa.Integer, primary_key=True, autoincrement=False),
+    sa.Column("status", sa.String, nullable=False),  # open | done
+    sa.Column("model_version", sa.Integer),
+    sa.Column("metrics", sa.JSON),
+    sa.Column("counts", sa.JSON),
+    sa.Column("cost", sa.Float, nullable=False, default=0.0),
+    sa.Column("timings", sa.JSON),
+    sa.Column("started_at", sa.Float, nullable=False),
+    sa.Column("finished_at", sa.Float),
+)
+
+models = sa.Table(
+    "models", metadata,
+    sa.Column("version", sa.Integer, primary_key=True, autoincrement=False),
+    sa.Column("round", sa.Integer),
+    sa.Column("name", sa.String, nullable=False),
+    sa.Column("path", sa.String, nullable=False),
+    sa.Column("n_train", sa.Integer, nullable=False),
+    sa.Column("created_at", sa.Float, nullable=False),
+)
+
+meta = sa.Table(
+    "meta", metadata,
+    sa.Column("key", sa.String, primary_key=True),
+    sa.Column("value", sa.JSON),
+)
+
+# A human's word beats an imported label, which beats the simulated oracle, an LLM, then synthetic text.
+SOURCE_PRIORITY = {"human": 0, "import": 1, "oracle": 2, "llm": 3, "synthetic": 4}
+
+
+def source_rank(source: str) -> int:
+    return SOURCE_PRIORITY.get(source.split(":", 1)[0], 5)
+
+
+@dataclass(frozen=True)
+class Query:
+    id: int
+    round: int
+    example_id: str
+    text: str
+    strategy: str
+    score: float | None
+    routed_to: str
+    status: str
+
+
+@dataclass(frozen=True)
+class NewLabel:
+    example_id: str
+    label: str
+    source: str
+    confidence: float | None = None
+    cost: float = 0.0
+
+
+def _on_sqlite_connect(dbapi_conn, _record):
+    cur = dbapi_conn.cursor()
+    cur.execute("PRAGMA journal_mode=WAL")
+    cur.execute("PRAGMA synchronous=NORMAL")
+    cur.execute("PRAGMA foreign_keys=ON")
+    cur.execute("PRAGMA busy_timeout=30000")
+    cur.close()
+
+
+class Store:
+    def __init__(self, url: str):
+        self.url = url
+        self.engine = sa.create_engine(url)
+        if self.engine.dialect.name == "sqlite":
+            sa.event.listen(self.engine, "connect", _on_sqlite_connect)
+        metadata.create_all(self.engine)
+        with self.engine.begin() as conn:
+            self._insert_ignore(conn, meta, [{"key": "schema_version", "value": SCHEMA_VERSION}])
+
+    @classmethod
+    def open(cls, path: str | Path) -> Store:
+        return cls(f"sqlite:///{Path(path)}")
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    def _insert_ignore(self, conn, table: sa.Table, rows: Sequence[dict]) -> int:
+        if not rows:
+            return 0
+        dialect = sqlite if self.engine.dialect.name == "sqlite" else postgresql
+        stmt = dialect.insert(table).on_conflict_do_nothing()
+        total = 0
+        for start in range(0, len(rows), 5000):
+            total += conn.execute(stmt, list(rows[start:start + 5000])).rowcount
+        return total
+
+    # examples -----------------------------------------------------------------------------------
+    def add_examples(self, rows: Sequence[dict], new_labels: Sequence[NewLabel] = ()) -> int:
+        """Insert examples (and labels that came with them) in one transaction; returns how many were new."""
+        now = time.time()
+        for row in rows:
+            row.setdefault("meta", None)
+            row.setdefault("gold", None)
+            row.setdefault("created_at", now)
+        with self.engine.begin() as conn:
+            added = self._insert_ignore(conn, examples, rows)
+            self._write_labels(conn, new_labels, round_=None)
+        return added
+
+    def existing_ids(self, ids: Iterable[str]) -> dict[str, str]:
+        """Map of id -> split for the ids already stored."""
+        ids = list(ids)
+        found: dict[str, str] = {}
+        with self.engine.connect() as conn:
+            for start in range(0, len(ids), 900):
+                chunk = ids[start:start + 900]
+                for row in conn.execute(sa.select(examples.c.id, examples.c.split).where(examples.c.id.in_(chunk))):
+                    found[row.id] = row.split
+        return found
+
+    def count_examples(self) -> dict[tuple[str, str], int]:
+        with self.engine.connect() as conn:
+            stmt = sa.select(examples.c.split, examples.c.origin, sa.func.count()).group_by(examples.c.split, examples.c.origin)
+            return {(s, o): n for s, o, n in conn.execute(stmt)}
+
+    def test_set(self) -> tuple[list[str], list[str]]:
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                sa.select(examples.c.text, examples.c.gold)
+                .where(examples.c.split == "test", examples.c.gold.is_not(None))
+                .order_by(examples.c.id)
+            ).all()
+        return [r.text for r in rows], [r.gold for r in rows]
+
+    def unlabeled_pool(self, limit: int | None = None) -> tuple[list[str], list[str]]:
+        """Pool examples with no label and no query yet: the candidates a strategy chooses from."""
+        labeled = sa.select(labels.c.example_id).where(~labels.c.source.like("synthetic%"))
+        queried = sa.select(queries.c.example_id)
+        stmt = (
+            sa.select(examples.c.id, examples.c.text)
+            .where(examples.c.split == "pool", examples.c.origin != "synthetic")
+            .where(examples.c.id.not_in(labeled), examples.c.id.not_in(queried))
+            .order_by(examples.c.id)
+        )
+        if limit:
+            stmt = stmt.limit(limit)
+        with self.engine.connect() as conn:
+            rows = conn.execute(stmt).all()
+        return [r.id for r in rows], [r.text for r in rows]
+
+    def pool_texts_sample(self, n: int, seed: int) -> list[str]:
+        with self.engine.connect() as conn:
+            texts = conn.execute(sa.select(examples.c.text).where(examples.c.split == "pool").order_by(examples.c.id)).scalars().all()
+        if len(texts) <= n:
+            return list(texts)
+        import random
+
+        return random.Random(seed).sample(list(texts), n)
+
+    # labels -------------------------------------------------------------------------------------
+    def _write_labels(self, conn, new: Sequence[NewLabel], round_: int | None) -> int:
+        now = time.time()
+        rows = [
+            {"example_id": x.example_id, "label": x.label, "source": x.source, "confidence": x.confidence,
+             "round": round_, "cost": x.cost, "created_at": now}
+            for x in new
+        ]
+        return self._insert_ignore(conn, labels, rows)
+
+    def record_labels(self, new: Sequence[NewLabel], round_: int | None) -> int:
+        """Store labels and mark their queries labeled, atomically; a label already stored is not added twice."""
+        with self.engine.begin() as conn:
+            added = self._write_labels(conn, new, round_)
+            ids = [x.example_id for x in new]
+            for start in range(0, len(ids), 900):
+                conn.execute(
+                    queries.update()
+                    .where(queries.c.example_id.in_(ids[start:start + 900]), queries.c.status == "pending")
+                    .values(status="labeled", updated_at=time.time())
+                )
+        return added
+
+    def training_set(self) -> list[tuple[str, str, str, str]]:
+        """(example_id, text, label, source) for every non-test example, one label each, best source wins."""
+        stmt = (
+            sa.select(examples.c.id, examples.c.text, labels.c.label, labels.c.source)
+            .join(labels, labels.c.example_id == examples.c.id)
+            .where(examples.c.split != "test")
+            .order_by(examples.c.id)
+        )
+        best: dict[str, tuple[str, str, str, str]] = {}
+        with self.engine.connect() as conn:
+            for row in conn.execute(stmt):
+                current = best.get(row.id)
+                if current is None or source_rank(row.source) < source_rank(current[3]):
+                    best[row.id] = (row.id, row.text, row.label, row.source)
+        return list(best.values())
+
+    def label_counts(self) -> list[tuple[str, str, int]]:
+        """(source, label, count) over all stored labels."""
+        with self.engine.connect() as conn:
+            stmt = sa.select(labels.c.source, labels.c.label, sa.func.count()).group_by(labels.c.source, labels.c.label)
+            return [tuple(r) for r in conn.execute(stmt)]
+
+    def gold_for(self, example_ids: Sequence[str]) -> dict[str, str]:
+        with self.engine.connect() as conn:
+            rows = conn.execute(sa.select(examples.c.id, examples.c.gold).where(examples.c.id.in_(list(example_ids))))
+            return {r.id: r.gold for r in rows if r.gold is not None}
+
+    def labeled_export(self) -> list[dict]:
+        return [
+            {"id": i, "text": t, "label": lab, "source": src}
+            for i, t, lab, src in self.training_set()
+            if not src.startswith("synthetic")
+        ]
+
+    # queries ------------------------------------------------------------------------------------
+    def add_queries(self, round_: int, picks: Sequence[tuple[str, float | None]], strategy: str, routed_to: str) -> int:
+        now = time.time()
+        rows = [
+            {"round": round_, "example_id": eid, "strategy": strategy, "score": score, "routed_to": routed_to,
+             "status": "pending", "created_at": now, "updated_at": now}
+            for eid, score in picks
+        ]
+        with self.engine.begin() as conn:
+            return self._insert_ignore(conn, queries, rows)
+
+    def queries(self, status: str | None = None, routed_to: str | None = None, round_: int | None = None) -> list[Query]:
+        stmt = sa.select(queries, examples.c.text).join(examples, examples.c.id == queries.c.example_id)
+        if status:
+            stmt = stmt.where(queries.c.status == status)
+        if routed_to:
+            stmt = stmt.where(queries.c.routed_to == routed_to)
+        if round_ is not None:
+            stmt = stmt.where(queries.c.round == round_)
+        with self.engine.connect() as conn:
+            rows = conn.execute(stmt.order_by(queries.c.id)).all()
+        return [Query(r.id, r.round, r.example_id, r.text, r.strategy, r.score, r.routed_to, r.status) for r in rows]
+
+    def set_query_status(self, example_ids: Sequence[str], status: str) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(queries.update().where(queries.c.example_id.in_(list(example_ids))).values(status=status, updated_at=time.time()))
+
+    def reroute(self, example_ids: Sequence[str], routed_to: str) -> None:
+        with self.engine.begin() as conn:
+            for start in range(0, len(example_ids), 900):
+                conn.execute(queries.update().where(queries.c.example_id.in_(list(example_ids[start:start + 900])))
+                             .values(routed_to=routed_to, updated_at=time.time()))
+
+    def query_counts(self) -> dict[str, int]:
+        with self.engine.connect() as conn:
+            return dict(conn.execute(sa.select(queries.c.status, sa.func.count()).group_by(queries.c.status)).all())
+
+    # rounds and models --------------------------------------------------------------------------
+    def open_round(self) -> tuple[int, bool]:
+        """The round to work on: the unfinished one if a run stopped midway (resumed=True), else a new one."""
+        with self.engine.begin() as conn:
+            last = conn.execute(sa.select(rounds).order_by(rounds.c.number.desc()).limit(1)).first()
+            if last is not None and last.status != "done":
+                return last.number, True
+            number = 0 if last is None else last.number + 1
+            conn.execute(rounds.insert().values(number=number, status="open", started_at=time.time(), timings={}, counts={}))
+            return number, False
+
+    def current_round(self) -> int | None:
+        with self.engine.connect() as conn:
+            return conn.execute(sa.select(sa.func.max(rounds.c.number))).scalar()
+
+    def round(self, number: int) -> dict | None:
+        with self.engine.connect() as conn:
+            row = conn.execute(sa.select(rounds).where(rounds.c.number == number)).first()
+        return dict(row._mapping) if row else None
+
+    def rounds(self) -> list[dict]:
+        with self.engine.connect() as conn:
+            return [dict(r._mapping) for r in conn.execute(sa.select(rounds).order_by(rounds.c.number))]
+
+    def update_round(self, number: int, **values) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(rounds.update().where(rounds.c.number == number).values(**values))
+
+    def add_model(self, version: int, round_: int | None, name: str, path: str, n_train: int) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(models.insert().values(version=version, round=round_, name=name, path=path, n_train=n_train, created_at=time.time()))
+            if round_ is not None:
+                conn.execute(rounds.update().where(rounds.c.number == round_).values(model_version=version))
+
+    def next_model_version(self) -> int:
+        with self.engine.connect() as conn:
+            return (conn.execute(sa.select(sa.func.max(models.c.version))).scalar() or 0) + 1
+
+    def latest_model(self) -> dict | None:
+        with self.engine.connect() as conn:
+            row = conn.execute(sa.select(models).order_by(models.c.version.desc()).limit(1)).first()
+        return dict(row._mapping) if row else None
+
+    def model(self, version: int) -> dict | None:
+        with self.engine.connect() as conn:
+            row = conn.execute(sa.select(models).where(models.c.version == version)).first()
+        return dict(row._mapping) if row else None
