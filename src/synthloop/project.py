@@ -258,8 +258,8 @@ class Project:
         return self.store.add_queries(round_, picks, strategy, routed_to=self.config.loop.labeler)
 
     def collect(self, round_: int | None = None) -> int:
-        """Store the labels that every labeler with pending queries has ready; never waits for more."""
-        pending = {q.routed_to for q in self.store.queries(status="pending")}
+        """Store the labels that every labeler with submitted queries has ready; never waits for more."""
+        pending = {q.routed_to for q in self.store.queries(status="pending", submitted=True)}
         added = 0
         for name in sorted(pending):
             labels = get_labeler(name, self).collect()
@@ -273,7 +273,9 @@ class Project:
 
     def _hand_out(self, pending) -> None:
         for name in sorted({q.routed_to for q in pending}):
-            get_labeler(name, self).submit([q for q in pending if q.routed_to == name])
+            mine = [q for q in pending if q.routed_to == name]
+            get_labeler(name, self).submit(mine)
+            self.store.mark_submitted([q.example_id for q in mine])
 
     # the round ----------------------------------------------------------------------------------
     def round(self, query: bool = True, n: int | None = None, strategy: str | None = None,

@@ -52,6 +52,7 @@ queries = sa.Table(
     sa.Column("score", sa.Float),
     sa.Column("routed_to", sa.String, nullable=False),
     sa.Column("status", sa.String, nullable=False),  # pending | labeled | skipped | failed
+    sa.Column("submitted_at", sa.Float),  # when it was handed to its labeler; pending until labels come back
     sa.Column("created_at", sa.Float, nullable=False),
     sa.Column("updated_at", sa.Float, nullable=False),
 )
@@ -104,6 +105,7 @@ class Query:
     score: float | None
     routed_to: str
     status: str
+    submitted_at: float | None = None
 
 
 @dataclass(frozen=True)
@@ -282,8 +284,11 @@ class Store:
         with self.engine.begin() as conn:
             return self._insert_ignore(conn, queries, rows)
 
-    def queries(self, status: str | None = None, routed_to: str | None = None, round_: int | None = None) -> list[Query]:
+    def queries(self, status: str | None = None, routed_to: str | None = None, round_: int | None = None,
+                submitted: bool | None = None) -> list[Query]:
         stmt = sa.select(queries, examples.c.text).join(examples, examples.c.id == queries.c.example_id)
+        if submitted is not None:
+            stmt = stmt.where(queries.c.submitted_at.is_not(None) if submitted else queries.c.submitted_at.is_(None))
         if status:
             stmt = stmt.where(queries.c.status == status)
         if routed_to:
@@ -292,17 +297,24 @@ class Store:
             stmt = stmt.where(queries.c.round == round_)
         with self.engine.connect() as conn:
             rows = conn.execute(stmt.order_by(queries.c.id)).all()
-        return [Query(r.id, r.round, r.example_id, r.text, r.strategy, r.score, r.routed_to, r.status) for r in rows]
+        return [Query(r.id, r.round, r.example_id, r.text, r.strategy, r.score, r.routed_to, r.status, r.submitted_at)
+                for r in rows]
 
-    def set_query_status(self, example_ids: Sequence[str], status: str) -> None:
-        with self.engine.begin() as conn:
-            conn.execute(queries.update().where(queries.c.example_id.in_(list(example_ids))).values(status=status, updated_at=time.time()))
-
-    def reroute(self, example_ids: Sequence[str], routed_to: str) -> None:
+    def _update_queries(self, example_ids: Sequence[str], **values) -> None:
+        example_ids = list(example_ids)
         with self.engine.begin() as conn:
             for start in range(0, len(example_ids), 900):
-                conn.execute(queries.update().where(queries.c.example_id.in_(list(example_ids[start:start + 900])))
-                             .values(routed_to=routed_to, updated_at=time.time()))
+                conn.execute(queries.update().where(queries.c.example_id.in_(example_ids[start:start + 900]))
+                             .values(updated_at=time.time(), **values))
+
+    def set_query_status(self, example_ids: Sequence[str], status: str) -> None:
+        self._update_queries(example_ids, status=status)
+
+    def mark_submitted(self, example_ids: Sequence[str]) -> None:
+        self._update_queries(example_ids, submitted_at=time.time())
+
+    def reroute(self, example_ids: Sequence[str], routed_to: str) -> None:
+        self._update_queries(example_ids, routed_to=routed_to, submitted_at=None)
 
     def query_counts(self) -> dict[str, int]:
         with self.engine.connect() as conn:

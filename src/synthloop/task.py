@@ -60,13 +60,15 @@ class TaskSpec(BaseModel):
         return "\n".join(lines)
 
 
-def format_validation_error(err: ValidationError, source: str) -> str:
+def format_validation_error(err: ValidationError, source: str, prefix: str = "") -> str:
     parts = []
     for e in err.errors():
-        where = ".".join(str(p) for p in e["loc"]) or "task"
+        where = prefix + ".".join(str(p) for p in e["loc"]) if e["loc"] else prefix.rstrip(".") or "task"
         msg = e["msg"].removeprefix("Value error, ")
         if e["type"] == "extra_forbidden":
             msg = f"unknown key {e['loc'][-1]!r}; remove it or check its spelling"
+        elif e["type"] == "string_pattern_mismatch":
+            msg = f"{e['input']!r} is not a slug; use lowercase letters, digits, '-' and '_'"
         parts.append(f"  {where}: {msg}")
     return f"{source} is not a valid task:\n" + "\n".join(parts)
 
@@ -78,7 +80,7 @@ def parse_task(data: dict, source: str = "task") -> TaskSpec:
     try:
         return TaskSpec.model_validate(data["task"])
     except ValidationError as err:
-        raise SynthloopError(format_validation_error(err, source)) from None
+        raise SynthloopError(format_validation_error(err, source, prefix="task.")) from None
 
 
 def load_task(path: str | Path) -> TaskSpec:

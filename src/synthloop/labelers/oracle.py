@@ -18,7 +18,7 @@ class OracleLabeler:
         pass
 
     def collect(self) -> list[NewLabel]:
-        pending = self.store.queries(status="pending", routed_to=self.name)
+        pending = self.store.queries(status="pending", routed_to=self.name, submitted=True)
         gold = self.store.gold_for([q.example_id for q in pending])
         missing = [q.example_id for q in pending if q.example_id not in gold]
         if missing:

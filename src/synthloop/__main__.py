@@ -1,0 +1,3 @@
+from synthloop.cli import app
+
+app(prog_name="synthloop")

@@ -1,0 +1,46 @@
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from synthloop import Project
+
+ROOT = Path(__file__).resolve().parent.parent
+EXAMPLE = ROOT / "examples" / "sms_spam"
+SHARED_DATA = ROOT.parent / "shared" / "data"
+
+
+@pytest.fixture
+def example_dir() -> Path:
+    return EXAMPLE
+
+
+@pytest.fixture
+def shared_data() -> Path:
+    if not SHARED_DATA.is_dir():
+        pytest.skip(f"benchmark data not found at {SHARED_DATA} (only present beside a developer checkout)")
+    return SHARED_DATA
+
+
+@pytest.fixture
+def project(tmp_path) -> Project:
+    proj = Project.init(tmp_path / "proj", EXAMPLE / "task.toml", loop={"batch_size": 10})
+    yield proj
+    proj.close()
+
+
+@pytest.fixture
+def small_pool(tmp_path) -> Path:
+    """The first 300 pool rows and 200 test rows of the SMS sample, to keep loop tests quick."""
+    import pandas as pd
+
+    pool = pd.read_csv(EXAMPLE / "pool.csv").head(300)
+    test = pd.read_csv(EXAMPLE / "test.csv").head(200)
+    out = tmp_path / "data"
+    out.mkdir()
+    pool.to_csv(out / "pool.csv", index=False)
+    test.to_csv(out / "test.csv", index=False)
+    shutil.copy(EXAMPLE / "task.toml", out / "task.toml")
+    return out

@@ -1,0 +1,61 @@
+"""The CLI as a user runs it: real subprocesses in a project folder."""
+
+import json
+import subprocess
+import sys
+
+
+def run(*args, cwd, check=True):
+    proc = subprocess.run([sys.executable, "-m", "synthloop", *map(str, args)], cwd=cwd, capture_output=True, text=True)
+    if check:
+        assert proc.returncode == 0, proc.stderr
+    return proc
+
+
+def test_commands_end_to_end(tmp_path, small_pool):
+    run("init", "proj", "--task", small_pool / "task.toml", "--batch-size", "10", cwd=tmp_path)
+    proj = tmp_path / "proj"
+    assert (proj / "synthloop.toml").is_file() and (proj / ".synthloop").is_dir()
+    imported = json.loads(run("import", small_pool / "pool.csv", "--label-col", "label", "--gold", "--json", cwd=proj).stdout)
+    assert imported["added"] > 250
+    assert json.loads(run("import", small_pool / "pool.csv", "--label-col", "label", "--gold", "--json", cwd=proj).stdout)["added"] == 0
+    run("import", small_pool / "test.csv", "--label-col", "label", "--split", "test", cwd=proj)
+
+    trained = json.loads(run("train", "--json", cwd=proj).stdout)
+    assert trained["model_version"] == 1 and 0 <= trained["metrics"]["accuracy"] <= 1
+    queried = json.loads(run("query", "--json", cwd=proj).stdout)
+    assert len(queried["queries"]) == 10
+    assert json.loads(run("label", "--json", cwd=proj).stdout) == {"labels_added": 10, "pending": 0}
+    assert json.loads(run("round", "--json", cwd=proj).stdout)["number"] == 0
+    rounds = json.loads(run("loop", "--rounds", "2", "--json", cwd=proj).stdout)
+    assert [r["number"] for r in rounds] == [1, 2] and rounds[-1]["n_labels"] == 20
+
+    status = json.loads(run("status", "--json", cwd=proj).stdout)
+    assert sum(status["labels"]["oracle"].values()) == 30 and status["queries"] == {"labeled": 30}
+    table = run("status", cwd=proj).stdout
+    assert "oracle" in table and "ham" in table and "accuracy" in table
+
+    [pred] = json.loads(run("predict", "Free entry! Text WIN to 80082 now", "--json", cwd=proj).stdout)
+    assert pred["label"] in ("ham", "spam")
+    preds = json.loads(run("predict", small_pool / "test.csv", "--json", cwd=proj).stdout)
+    assert len(preds) > 190
+    assert json.loads(run("export", tmp_path / "labeled.csv", "--json", cwd=proj).stdout)["rows"] == 30
+    assert (tmp_path / "labeled.csv").read_text().startswith("id,text,label,source")
+
+
+def test_errors_are_one_clear_line_and_exit_2(tmp_path, small_pool):
+    proc = run("status", cwd=tmp_path, check=False)
+    assert proc.returncode == 2 and "synthloop init" in proc.stderr and "Traceback" not in proc.stderr
+    run("init", "p", "--task", small_pool / "task.toml", cwd=tmp_path)
+    proc = run("import", "nope.csv", cwd=tmp_path / "p", check=False)
+    assert proc.returncode == 2 and "does not exist" in proc.stderr
+    proc = run("predict", "hello", cwd=tmp_path / "p", check=False)
+    assert proc.returncode == 2 and "no model yet" in proc.stderr
+
+
+def test_simulate_prints_the_json_contract(tmp_path, small_pool):
+    proc = run("simulate", "--task", small_pool / "task.toml", "--pool", small_pool / "pool.csv",
+               "--test", small_pool / "test.csv", "--strategy", "margin", "--model", "tfidf-lr",
+               "--budget", "20", "--batch", "10", "--seed", "0", "--json", cwd=tmp_path)
+    result = json.loads(proc.stdout)
+    assert set(result) == {"curve", "seconds"} and [p["labels"] for p in result["curve"]] == [0, 10, 20]

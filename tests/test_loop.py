@@ -1,0 +1,94 @@
+import pytest
+
+from synthloop import Project, SynthloopError, simulate
+
+
+def load(project, data):
+    project.import_file(data / "pool.csv", label_col="label", gold=True)
+    project.import_file(data / "test.csv", label_col="label", split="test")
+
+
+def test_round_zero_trains_on_task_examples_then_rounds_add_labels(project, small_pool):
+    load(project, small_pool)
+    first = project.round()
+    assert first.number == 0 and first.n_labels == 0 and first.model_version == 1
+    assert first.metrics["n_test"] > 100 and 0 <= first.metrics["accuracy"] <= 1
+    assert first.queried == 10 and first.labels_collected == 10
+    second = project.round()
+    assert second.number == 1 and second.n_labels == 10
+    labels = project.store.training_set()
+    assert len(labels) == 20 and {r[3] for r in labels} == {"oracle"}
+    assert project.store.query_counts() == {"labeled": 20}
+    info = project.store.round(1)
+    assert info["status"] == "done" and {"train", "evaluate", "select", "route"} <= set(info["timings"])
+
+
+def test_loop_stops_when_pool_is_exhausted(project, small_pool, tmp_path):
+    import pandas as pd
+
+    pd.read_csv(small_pool / "pool.csv").head(25).to_csv(tmp_path / "tiny.csv", index=False)
+    project.import_file(tmp_path / "tiny.csv", label_col="label", gold=True)
+    results = project.loop(10)
+    assert len(results) < 10 and results[-1].queried == 0
+    assert len(project.store.queries()) == len(project.store.training_set())
+
+
+def test_query_then_label_by_steps(project, small_pool):
+    load(project, small_pool)
+    result = project.round(route=False)
+    assert result.queried == 10 and project.store.query_counts() == {"pending": 10}
+    assert project.store.round(0)["status"] == "open"
+    again = project.round(route=False)  # resumes the open round, selects nothing new
+    assert again.number == 0 and project.store.query_counts() == {"pending": 10}
+    assert project.label() == 10
+    assert project.store.query_counts() == {"labeled": 10}
+    assert project.round().number == 0  # closes the open round
+
+
+def test_label_with_unknown_labeler_changes_nothing(project, small_pool):
+    load(project, small_pool)
+    project.round(route=False)
+    with pytest.raises(SynthloopError, match="unknown labeler"):
+        project.label("crowd")
+    assert {q.routed_to for q in project.store.queries()} == {"oracle"}
+
+
+def test_predict_status_export(project, small_pool, tmp_path):
+    load(project, small_pool)
+    project.loop(2)
+    [pred] = project.predict(["WINNER! claim your free prize, call 09061234567"])
+    assert pred["label"] in ("ham", "spam") and abs(sum(pred["probabilities"].values()) - 1) < 1e-6
+    status = project.status()
+    assert status["rounds"] == 2 and status["labels"]["oracle"] and status["last_metrics"]["n_labels"] == 10
+    for suffix in (".csv", ".jsonl", ".parquet"):
+        assert project.export(tmp_path / f"out{suffix}") == 20
+    with pytest.raises(SynthloopError, match="cannot export"):
+        project.export(tmp_path / "out.xls")
+
+
+def test_project_reopens_from_disk(project, small_pool):
+    load(project, small_pool)
+    project.round()
+    again = Project(project.root)
+    assert again.round().number == 1 and again.store.latest_model()["version"] == 2
+
+
+def test_init_refuses_existing_project(project, example_dir):
+    with pytest.raises(SynthloopError, match="already exists"):
+        Project.init(project.root, example_dir / "task.toml")
+
+
+def test_simulate_curve_contract(small_pool):
+    result = simulate(small_pool / "task.toml", small_pool / "pool.csv", small_pool / "test.csv",
+                      strategy="margin", budget=30, batch=10, seed=0)
+    assert set(result) == {"curve", "seconds"}
+    assert [p["labels"] for p in result["curve"]] == [0, 10, 20, 30]
+    for point in result["curve"]:
+        assert set(point) == {"labels", "accuracy", "macro_f1"} and 0 <= point["accuracy"] <= 1
+
+
+def test_simulate_is_reproducible(small_pool):
+    args = (small_pool / "task.toml", small_pool / "pool.csv", small_pool / "test.csv")
+    a = simulate(*args, strategy="random", budget=20, batch=10, seed=1)["curve"]
+    b = simulate(*args, strategy="random", budget=20, batch=10, seed=1)["curve"]
+    assert a == b
