@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import os
 from collections.abc import Sequence
+from functools import lru_cache
 from pathlib import Path
 
 import joblib
@@ -24,8 +25,8 @@ MODEL_NAMES = ("tfidf-lr", "hashing-lr", "embed-lr")
 def make_featurizer(name: str, embed_model: str = "all-MiniLM-L6-v2"):
     if name == "tfidf-lr":
         return FeatureUnion([
-            ("word", TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True, max_features=200_000)),
-            ("char", TfidfVectorizer(analyzer="char_wb", ngram_range=(2, 5), sublinear_tf=True, max_features=300_000)),
+            ("word", TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True, max_features=50_000)),
+            ("char", TfidfVectorizer(analyzer="char_wb", ngram_range=(2, 5), sublinear_tf=True, max_features=50_000)),
         ])
     if name == "hashing-lr":
         # No vocabulary to fit: any worker can vectorize any chunk of a pool of any size.
@@ -55,7 +56,7 @@ class TextClassifier(ClassifierMixin, BaseEstimator):
     `fit` accepts an already fitted featurizer so a loop can reuse one across rounds.
     """
 
-    def __init__(self, labels: Sequence[str] = (), name: str = "tfidf-lr", C: float = 10.0,
+    def __init__(self, labels: Sequence[str] = (), name: str = "tfidf-lr", C: float = 4.0,
                  calibrate: bool = True, embed_model: str = "all-MiniLM-L6-v2", seed: int = 0):
         self.labels = labels
         self.name = name
@@ -68,6 +69,9 @@ class TextClassifier(ClassifierMixin, BaseEstimator):
         featurizer = make_featurizer(self.name, self.embed_model)
         if featurizer_needs_fit(self.name):
             featurizer.fit(list(texts))
+            for _, vectorizer in featurizer.transformer_list:
+                # The terms cut by max_features: large, and only kept for introspection.
+                vectorizer.stop_words_ = None
         return featurizer
 
     def fit(self, texts, y, sample_weight=None, featurizer=None, X=None):
@@ -117,15 +121,37 @@ class TextClassifier(ClassifierMixin, BaseEstimator):
 
 
 def save_model(model: TextClassifier, path: Path) -> None:
-    """Write to a temporary file and rename, so a crash never leaves a half-written model."""
+    """Write the classifier, and its featurizer once beside it: versions that share a featurizer share
+    the file. Temporary file plus rename, so a crash never leaves a half-written model."""
     path.parent.mkdir(parents=True, exist_ok=True)
+    featurizer = model.featurizer_
+    key = getattr(model, "featurizer_key_", None) or str(id(featurizer))
+    name = f"featurizer-{hashlib.sha1(key.encode()).hexdigest()[:16]}.joblib"
+    if not (path.parent / name).exists():
+        _atomic_dump(featurizer, path.parent / name)
+    model.featurizer_, model.featurizer_file_ = None, name
+    try:
+        _atomic_dump(model, path)
+    finally:
+        model.featurizer_ = featurizer
+
+
+def _atomic_dump(obj, path: Path) -> None:
     tmp = path.with_suffix(".tmp")
-    joblib.dump(model, tmp)
+    joblib.dump(obj, tmp)
     os.replace(tmp, path)
+
+
+@lru_cache(maxsize=4)
+def _load_featurizer(path: Path):
+    return joblib.load(path)
 
 
 def load_model(path: str | Path) -> TextClassifier:
     path = Path(path)
     if not path.is_file():
         raise SynthloopError(f"model file {path} is missing; run `synthloop train` to make a new version")
-    return joblib.load(path)
+    model = joblib.load(path)
+    if model.featurizer_ is None:
+        model.featurizer_ = _load_featurizer(path.parent / model.featurizer_file_)
+    return model
