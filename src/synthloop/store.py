@@ -81,6 +81,28 @@ models = sa.Table(
     sa.Column("created_at", sa.Float, nullable=False),
 )
 
+llm_calls = sa.Table(
+    "llm_calls", metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("purpose", sa.String, nullable=False),  # generate | label | filter
+    sa.Column("model", sa.String, nullable=False),
+    sa.Column("prompt_tokens", sa.Integer, nullable=False, default=0),
+    sa.Column("completion_tokens", sa.Integer, nullable=False, default=0),
+    sa.Column("cost", sa.Float, nullable=False, default=0.0),
+    sa.Column("latency", sa.Float, nullable=False, default=0.0),
+    sa.Column("cached", sa.Boolean, nullable=False, default=False),
+    sa.Column("ok", sa.Boolean, nullable=False, default=True),
+    sa.Column("round", sa.Integer),
+    sa.Column("created_at", sa.Float, nullable=False),
+)
+
+llm_cache = sa.Table(
+    "llm_cache", metadata,
+    sa.Column("key", sa.String, primary_key=True),  # sha256 of (model, messages, params, schema)
+    sa.Column("value", sa.JSON, nullable=False),
+    sa.Column("created_at", sa.Float, nullable=False),
+)
+
 meta = sa.Table(
     "meta", metadata,
     sa.Column("key", sa.String, primary_key=True),
@@ -319,6 +341,37 @@ class Store:
     def query_counts(self) -> dict[str, int]:
         with self.engine.connect() as conn:
             return dict(conn.execute(sa.select(queries.c.status, sa.func.count()).group_by(queries.c.status)).all())
+
+    # LLM usage and response cache ---------------------------------------------------------------
+    def cache_get(self, key: str) -> dict | None:
+        with self.engine.connect() as conn:
+            return conn.execute(sa.select(llm_cache.c.value).where(llm_cache.c.key == key)).scalar()
+
+    def cache_put(self, key: str, value: dict) -> None:
+        with self.engine.begin() as conn:
+            self._insert_ignore(conn, llm_cache, [{"key": key, "value": value, "created_at": time.time()}])
+
+    def record_llm_calls(self, calls: Sequence[dict]) -> None:
+        """calls: dicts with purpose, model, prompt_tokens, completion_tokens, cost, latency, cached, ok, round."""
+        now = time.time()
+        with self.engine.begin() as conn:
+            if calls:
+                conn.execute(llm_calls.insert(), [{"created_at": now, **c} for c in calls])
+
+    def llm_usage(self, round_: int | None = None) -> list[dict]:
+        """Totals per (purpose, model): calls, tokens in/out, $ and seconds; cache hits counted apart."""
+        stmt = sa.select(
+            llm_calls.c.purpose, llm_calls.c.model, sa.func.count().label("calls"),
+            sa.func.sum(sa.case((llm_calls.c.cached, 1), else_=0)).label("cached"),
+            sa.func.sum(sa.case((llm_calls.c.ok, 0), else_=1)).label("failed"),
+            sa.func.sum(llm_calls.c.prompt_tokens).label("prompt_tokens"),
+            sa.func.sum(llm_calls.c.completion_tokens).label("completion_tokens"),
+            sa.func.sum(llm_calls.c.cost).label("cost"), sa.func.sum(llm_calls.c.latency).label("latency"),
+        ).group_by(llm_calls.c.purpose, llm_calls.c.model)
+        if round_ is not None:
+            stmt = stmt.where(llm_calls.c.round == round_)
+        with self.engine.connect() as conn:
+            return [dict(r._mapping) for r in conn.execute(stmt)]
 
     # rounds and models --------------------------------------------------------------------------
     def open_round(self) -> tuple[int, bool]:
