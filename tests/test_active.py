@@ -53,3 +53,14 @@ def test_unknown_strategy(fitted):
     model, X, _ = fitted
     with pytest.raises(SynthloopError, match="unknown strategy 'smart'"):
         select("smart", model, X, 3)
+
+
+def test_stabilizing_predictions_counts_agreeing_rounds():
+    from synthloop.active import stabilizing_predictions
+
+    first = stabilizing_predictions(None, ["a", "b"], [])
+    assert first["kappa"] is None and not first["should_stop"]
+    same = stabilizing_predictions(["a", "b", "a"], ["a", "b", "a"], [0.5, 1.0, 0.995], threshold=0.99, window=3)
+    assert same["kappa"] == 1.0 and same["stable_rounds"] == 3 and same["should_stop"]
+    moved = stabilizing_predictions(["a", "b", "a", "b"], ["a", "a", "a", "b"], [1.0, 1.0])
+    assert moved["kappa"] < 0.99 and moved["stable_rounds"] == 0 and not moved["should_stop"]

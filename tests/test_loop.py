@@ -92,3 +92,23 @@ def test_simulate_is_reproducible(small_pool):
     a = simulate(*args, strategy="random", budget=20, batch=10, seed=1)["curve"]
     b = simulate(*args, strategy="random", budget=20, batch=10, seed=1)["curve"]
     assert a == b
+
+
+def test_rounds_record_pool_uncertainty_and_stopping_state(project, small_pool):
+    load(project, small_pool)
+    project.loop(3)
+    rounds = project.store.rounds()
+    assert rounds[0]["metrics"]["stopping"]["kappa"] is None
+    for info in rounds:
+        pool = info["metrics"]["pool"]
+        assert pool["n"] > 0 and 0.5 <= pool["mean_confidence"] <= 1 and pool["mean_entropy"] >= 0
+    assert 0 <= abs(rounds[2]["metrics"]["stopping"]["kappa"]) <= 1
+
+
+def test_loop_until_stable_stops_early(project, small_pool):
+    load(project, small_pool)
+    project.config.loop.stop_kappa = 0.05  # a loose threshold, so the tiny pool stabilizes within a few rounds
+    project.config.loop.stop_window = 1
+    results = project.loop(8, until_stable=True)
+    stops = [r.metrics["stopping"]["should_stop"] for r in results]
+    assert len(results) < 8 and stops[-1] and not any(stops[:-1])

@@ -11,7 +11,8 @@ from collections.abc import Callable
 
 import numpy as np
 from modAL.batch import uncertainty_batch_sampling
-from modAL.uncertainty import entropy_sampling, margin_sampling, uncertainty_sampling
+from modAL.uncertainty import classifier_entropy, classifier_margin, entropy_sampling, margin_sampling, uncertainty_sampling
+from sklearn.metrics import cohen_kappa_score
 
 from synthloop.errors import SynthloopError
 
@@ -29,7 +30,10 @@ class FittedView:
         self.X_training = X_training
 
     def predict_proba(self, X, **_):
-        return self.model.predict_proba_features(X)
+        # Strategies and the pool statistics ask for the same matrix's probabilities: compute them once.
+        if X is not getattr(self, "_last_X", None):
+            self._last_X, self._last_proba = X, self.model.predict_proba_features(X)
+        return self._last_proba
 
 
 def least_confident(classifier, X, n: int):
@@ -92,3 +96,31 @@ def select(strategy: str, model, X, n: int, X_training=None, seed: int = 0) -> t
     indices, scores = result if isinstance(result, tuple) else (result, None)
     indices = np.asarray(indices, dtype=int).ravel()
     return indices, (None if scores is None else np.asarray(scores, dtype=float).ravel())
+
+
+# Stopping criteria -------------------------------------------------------------------------------
+
+def pool_uncertainty(view: FittedView, X) -> dict:
+    """How unsure the model is over the unlabeled pool: a label-free signal of progress."""
+    proba = view.predict_proba(X)
+    return {
+        "n": int(X.shape[0]),
+        "mean_confidence": float(proba.max(axis=1).mean()),
+        "mean_margin": float(classifier_margin(view, X).mean()),
+        "mean_entropy": float(classifier_entropy(view, X).mean()),
+    }
+
+
+def stabilizing_predictions(previous: list[str] | None, current: list[str], history: list[float],
+                            threshold: float = 0.99, window: int = 3) -> dict:
+    """Bloodgood & Vijay-Shanker (2009): stop once consecutive models agree (Cohen's kappa on a fixed
+    stop set) above the threshold for `window` rounds in a row."""
+    if previous is None or len(previous) != len(current) or not current:
+        return {"kappa": None, "stable_rounds": 0, "should_stop": False, "threshold": threshold, "window": window}
+    kappa = 1.0 if list(previous) == list(current) else float(cohen_kappa_score(previous, current))
+    stable = 0
+    for value in [*history, kappa][::-1]:
+        if value is None or value < threshold:
+            break
+        stable += 1
+    return {"kappa": kappa, "stable_rounds": stable, "should_stop": stable >= window, "threshold": threshold, "window": window}

@@ -156,6 +156,7 @@ def round_(project: ProjectOpt = Path("."), as_json: JsonOpt = False):
 
 @app.command()
 def loop(rounds: Annotated[int, typer.Option(help="How many rounds.")] = 5,
+         until_stable: Annotated[bool, typer.Option(help="Stop early once predictions stabilize (see [loop] stop_*).")] = False,
          project: ProjectOpt = Path("."), as_json: JsonOpt = False, quiet: QuietOpt = False):
     """Run several rounds in a row."""
     proj = _open(project)
@@ -164,7 +165,7 @@ def loop(rounds: Annotated[int, typer.Option(help="How many rounds.")] = 5,
     try:
         with progress:
             bar = progress.add_task("rounds", total=rounds)
-            results = proj.loop(rounds, on_round=lambda _: progress.advance(bar))
+            results = proj.loop(rounds, on_round=lambda _: progress.advance(bar), until_stable=until_stable)
     except SynthloopError as e:
         _fail(e)
     if not _emit([asdict(r) for r in results], as_json):

@@ -33,6 +33,10 @@ class LoopConfig(_Section):
     seed: int = 0
     # Fitting TF-IDF on pool texts too (no labels used) gives a vocabulary beyond the few labeled texts.
     featurizer_pool_sample: int = Field(20000, ge=0)
+    # Stabilizing predictions: stop when consecutive models agree this much on the stop set, this many rounds.
+    stop_kappa: float = Field(0.99, gt=0.0, le=1.0)
+    stop_window: int = Field(3, ge=1)
+    stop_set_size: int = Field(1000, ge=10)
 
 
 class Config(_Section):

@@ -232,6 +232,25 @@ class Project:
         pred = model.classes_[model.predict_proba_features(X).argmax(axis=1)]
         return evaluate(gold, list(pred), self.task.label_names)
 
+    def monitor(self, round_: int, model: TextClassifier) -> dict:
+        """Label-free signals: uncertainty over the unlabeled pool, and the stopping criterion's state."""
+        key, featurizer = self._cached_featurizer(model)
+        ids, texts = self.store.unlabeled_pool()
+        pool = active.pool_uncertainty(active.FittedView(model), self._features(key, featurizer, ids, texts)) if ids else None
+        stop_ids, stop_texts = self.store.stop_set(self.config.loop.stop_set_size)
+        current = list(model.classes_[model.predict_proba_features(self._features(key, featurizer, stop_ids, stop_texts)).argmax(axis=1)]) if stop_ids else []
+        previous, history = None, []
+        for info in self.store.rounds():
+            if info["number"] < round_ and info["metrics"]:
+                history.append((info["metrics"].get("stopping") or {}).get("kappa"))
+        before = self.store.round(round_ - 1) if round_ > 0 else None
+        if before and before["model_version"] and stop_ids:
+            _, prev_model = self.load_model(before["model_version"])
+            previous = list(prev_model.predict(stop_texts))
+        cfg = self.config.loop
+        stopping = active.stabilizing_predictions(previous, current, history, cfg.stop_kappa, cfg.stop_window)
+        return {"pool": pool, "stopping": stopping}
+
     def _cached_featurizer(self, model: TextClassifier):
         key = getattr(model, "featurizer_key_", None)
         if key is None or key not in self._featurizers:
@@ -298,8 +317,9 @@ class Project:
             timings["train"] = time.perf_counter() - t
             t = time.perf_counter()
             metrics = self.evaluate(model)
+            metrics = {"n_labels": self.n_real_labels(), **(metrics or {}), **self.monitor(number, model)}
             timings["evaluate"] = time.perf_counter() - t
-            self.store.update_round(number, metrics={"n_labels": self.n_real_labels(), **(metrics or {})}, timings=timings)
+            self.store.update_round(number, metrics=metrics, timings=timings)
         else:
             version, model = self.load_model(info["model_version"])
         _checkpoint("trained", number)
@@ -337,7 +357,7 @@ class Project:
         self._hand_out(pending)
         return self.collect(self.store.current_round())
 
-    def loop(self, rounds: int, on_round=None) -> list[RoundResult]:
+    def loop(self, rounds: int, on_round=None, until_stable: bool = False) -> list[RoundResult]:
         results = []
         for _ in range(rounds):
             result = self.round()
@@ -346,6 +366,8 @@ class Project:
                 on_round(result)
             if result.queried == 0 and not self.store.queries(status="pending"):
                 break  # the pool is exhausted
+            if until_stable and ((result.metrics or {}).get("stopping") or {}).get("should_stop"):
+                break
         return results
 
     # reading ------------------------------------------------------------------------------------

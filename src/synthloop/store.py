@@ -229,6 +229,14 @@ class Store:
             rows = conn.execute(stmt).all()
         return [r.id for r in rows], [r.text for r in rows]
 
+    def stop_set(self, n: int) -> tuple[list[str], list[str]]:
+        """A fixed sample of the pool (ids are hashes, so the first n by id are a random-looking sample)."""
+        stmt = (sa.select(examples.c.id, examples.c.text).where(examples.c.split == "pool", examples.c.origin != "synthetic")
+                .order_by(examples.c.id).limit(n))
+        with self.engine.connect() as conn:
+            rows = conn.execute(stmt).all()
+        return [r.id for r in rows], [r.text for r in rows]
+
     def pool_texts_sample(self, n: int, seed: int) -> list[str]:
         with self.engine.connect() as conn:
             texts = conn.execute(sa.select(examples.c.text).where(examples.c.split == "pool").order_by(examples.c.id)).scalars().all()
