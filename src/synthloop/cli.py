@@ -142,12 +142,13 @@ def label(with_: Annotated[Optional[str], typer.Option("--with", help="Labeler t
 
 
 @app.command("round")
-def round_(project: ProjectOpt = Path("."), as_json: JsonOpt = False):
-    """One full round: collect labels, train, evaluate, select, route."""
+def round_(labeler: Annotated[Optional[str], typer.Option(help="Route this round's queries to this labeler (oracle, llm).")] = None,
+           project: ProjectOpt = Path("."), as_json: JsonOpt = False):
+    """One full round: collect labels, train, evaluate, top up minority classes, select, route."""
     proj = _open(project)
     try:
         with err.status("running a round"):
-            result = proj.round()
+            result = proj.round(labeler=labeler)
     except SynthloopError as e:
         _fail(e)
     if not _emit(asdict(result), as_json):
@@ -173,6 +174,52 @@ def loop(rounds: Annotated[int, typer.Option(help="How many rounds.")] = 5,
 
 
 @app.command()
+def generate(per_class: Annotated[int, typer.Option("--per-class", help="Synthetic examples to make per class.")] = 25,
+             consistency_filter: Annotated[Optional[bool], typer.Option("--consistency-filter/--no-consistency-filter",
+                                           help="Drop texts the LLM labeler puts in another class.")] = None,
+             project: ProjectOpt = Path("."), as_json: JsonOpt = False):
+    """Generate synthetic training examples for every class with the project's LLM."""
+    proj = _open(project)
+    try:
+        with err.status(f"generating {per_class} examples per class with {proj.config.llm.model}"):
+            report = proj.generate(per_class, consistency_filter=consistency_filter)
+    except SynthloopError as e:
+        _fail(e)
+    summary = {"added": report.added, "requested": report.requested, "dropped": dict(report.dropped),
+               "failed_calls": report.failed_calls, "cost": report.cost}
+    if not _emit(summary, as_json):
+        table = Table("label", "requested", "added", title=f"synthetic data (${report.cost:.4f})")
+        for label, n in report.requested.items():
+            table.add_row(label, str(n), str(report.added.get(label, 0)))
+        out.print(table)
+        if report.dropped:
+            out.print("dropped: " + ", ".join(f"{k} {v}" for k, v in report.dropped.items()))
+
+
+llm_app = typer.Typer(help="The local LLM server.", no_args_is_help=True)
+app.add_typer(llm_app, name="llm")
+
+
+@llm_app.command("serve")
+def llm_serve(port: Annotated[int, typer.Option(help="Port on 127.0.0.1 (0 picks a free one).")] = 8080):
+    """Serve SmolLM2-135M-Instruct (a tiny real LLM) on 127.0.0.1 until Ctrl-C."""
+    from synthloop.llm.serve import LOCAL_MODEL_NAME, start_local_server
+
+    try:
+        server = start_local_server(port=port)
+    except SynthloopError as e:
+        _fail(e)
+    out.print(f"serving {LOCAL_MODEL_NAME} at {server.base_url}\n"
+              f"use it: export OPENAI_BASE_URL={server.base_url}  and set [llm] model = \"{LOCAL_MODEL_NAME}\"")
+    try:
+        server.process.wait()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.stop()
+
+
+@app.command()
 def status(project: ProjectOpt = Path("."), as_json: JsonOpt = False):
     """Examples, labels per class and source, pending queries, last metrics."""
     proj = _open(project)
@@ -190,6 +237,12 @@ def status(project: ProjectOpt = Path("."), as_json: JsonOpt = False):
         table.add_row(source, *(str(per_class.get(lab, 0)) for lab in labels), str(sum(per_class.values())))
     out.print(table)
     out.print("queries: " + (", ".join(f"{k} {v}" for k, v in sorted(info["queries"].items())) or "none"))
+    if info["llm"]:
+        usage = Table("purpose", "model", "calls", "cached", "failed", "tokens in", "tokens out", "$", "seconds", title="LLM usage")
+        for u in info["llm"]:
+            usage.add_row(u["purpose"], u["model"], str(u["calls"]), str(u["cached"]), str(u["failed"]), str(u["prompt_tokens"]),
+                          str(u["completion_tokens"]), f"{u['cost']:.4f}", f"{u['latency']:.1f}")
+        out.print(usage)
     if info["last_metrics"]:
         m = info["last_metrics"]
         out.print(f"last metrics (round {m['round']}, {m['n_labels']} labels): accuracy {m['accuracy']:.3f}, macro-F1 {m['macro_f1']:.3f}")

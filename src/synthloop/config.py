@@ -39,10 +39,43 @@ class LoopConfig(_Section):
     stop_set_size: int = Field(1000, ge=10)
 
 
+class LLMConfig(_Section):
+    """The LLM used to generate synthetic data and to label. The key is read from the environment only."""
+
+    model: str = "gpt-4o"
+    base_url: str | None = None  # None: $OPENAI_BASE_URL, else OpenAI's own API
+    api_key_env: str = "OPENAI_API_KEY"
+    base_url_env: str = "OPENAI_BASE_URL"
+    response_format: str = "auto"  # auto | json_schema | json_object_schema | prompt
+    timeout: float = Field(60.0, gt=0)
+    max_retries: int = Field(4, ge=0)
+    concurrency: int = Field(4, ge=1)
+    prices: dict[str, dict[str, float]] = Field(default_factory=dict)  # model -> {"input": $/1M, "output": $/1M}
+    label_temperature: float = Field(0.0, ge=0.0)
+    few_shot: int = Field(2, ge=0)  # examples per class in the labeling prompt
+    logprobs: bool = True
+
+
+class SynthConfig(_Section):
+    per_call: int = Field(5, ge=1, le=20)
+    temperature: float = Field(0.9, ge=0.0)
+    min_chars: int = Field(8, ge=1)
+    max_chars: int = Field(600, ge=10)
+    near_duplicate: float = Field(0.9, gt=0.0, le=1.0)
+    consistency_filter: bool = False
+    topup: bool = False
+    # Shares of the real labels / the training set; None means 0.5/K and 0.75/K for K classes.
+    topup_threshold: float | None = Field(None, gt=0.0, lt=1.0)
+    topup_target: float | None = Field(None, gt=0.0, lt=1.0)
+    topup_max_per_round: int = Field(50, ge=1)
+
+
 class Config(_Section):
     task: TaskSpec
     model: ModelConfig = Field(default_factory=ModelConfig)
     loop: LoopConfig = Field(default_factory=LoopConfig)
+    llm: LLMConfig = Field(default_factory=LLMConfig)
+    synth: SynthConfig = Field(default_factory=SynthConfig)
 
     def dump(self) -> str:
         return tomli_w.dumps(self.model_dump(mode="json", exclude_none=True))

@@ -57,6 +57,13 @@ def _checkpoint(step: str, number: int) -> None:
         time.sleep(3600)
 
 
+class _StoreCache:
+    """The LLM client's cache interface over the store's cache table."""
+
+    def __init__(self, store: Store):
+        self.get, self.put = store.cache_get, store.cache_put
+
+
 class Project:
     def __init__(self, root: str | Path = "."):
         self.root = Path(root).resolve()
@@ -65,6 +72,7 @@ class Project:
         self.store = Store.open(self.state_dir / "store.db")
         self._featurizers: dict[str, object] = {}
         self._feature_cache: dict[str, tuple[dict[str, int], object]] = {}
+        self._llm = None
 
     # creation -----------------------------------------------------------------------------------
     @classmethod
@@ -145,6 +153,51 @@ class Project:
         else:
             raise SynthloopError(f"cannot export to {path.suffix!r}; use .csv, .jsonl or .parquet")
         return len(frame)
+
+    # LLM ----------------------------------------------------------------------------------------
+    def llm_client(self):
+        """The project's LLM client; the key comes from the environment variable the config names."""
+        if self._llm is None:
+            from synthloop.llm.client import LLMClient
+
+            cfg = self.config.llm
+            self._llm = LLMClient(
+                cfg.model, base_url=cfg.base_url or os.environ.get(cfg.base_url_env) or None,
+                api_key=os.environ.get(cfg.api_key_env), timeout=cfg.timeout, max_retries=cfg.max_retries,
+                concurrency=cfg.concurrency, response_format=cfg.response_format,
+                cache=_StoreCache(self.store), prices=cfg.prices)
+        return self._llm
+
+    def record_llm_usage(self, results, purpose: str, round_: int | None) -> None:
+        model = self.config.llm.model
+        self.store.record_llm_calls([
+            {"purpose": purpose, "model": model, "prompt_tokens": r.usage.prompt_tokens,
+             "completion_tokens": r.usage.completion_tokens, "cost": r.usage.cost, "latency": r.usage.latency,
+             "cached": r.cached, "ok": r.value is not None, "round": round_}
+            for r in results
+        ])
+
+    def generate(self, per_class: int | dict[str, int], round_: int | None = None, consistency_filter: bool | None = None):
+        from synthloop.synth import generate
+
+        return generate(self, per_class, round_=round_, consistency_filter=consistency_filter)
+
+    def topup(self, round_: int):
+        """Fresh synthetic examples for classes that real labels leave short, conditioned on their real texts."""
+        from collections import Counter
+
+        from synthloop.synth import generate, topup_needs
+
+        cfg, k = self.config.synth, len(self.task.label_names)
+        rows = self.store.training_set()
+        real = [r for r in rows if source_rank(r[3]) < source_rank("synthetic")]
+        needs = topup_needs(Counter(r[2] for r in real), Counter(r[2] for r in rows) + Counter(lab for _, lab in self.task.examples()),
+                            self.task.label_names, cfg.topup_threshold or 0.5 / k, cfg.topup_target or 0.75 / k,
+                            cfg.topup_max_per_round)
+        if not needs:
+            return None
+        examples = {label: [r[1] for r in real if r[2] == label][-20:] for label in needs}
+        return generate(self, needs, examples=examples, round_=round_)
 
     # features -----------------------------------------------------------------------------------
     def _new_model(self) -> TextClassifier:
@@ -259,7 +312,8 @@ class Project:
             self._feature_cache = {}
         return key, model.featurizer_
 
-    def select(self, round_: int, model: TextClassifier, n: int | None = None, strategy: str | None = None) -> int:
+    def select(self, round_: int, model: TextClassifier, n: int | None = None, strategy: str | None = None,
+               labeler: str | None = None) -> int:
         """Score the unlabeled pool, pick the next batch and store it as pending queries."""
         n = self.config.loop.batch_size if n is None else n
         strategy = strategy or self.config.loop.strategy
@@ -274,7 +328,7 @@ class Project:
             X_training = self._features(key, featurizer, t_ids, t_texts)
         picked, scores = active.select(strategy, model, X, n, X_training=X_training, seed=self.config.loop.seed + round_)
         picks = [(ids[i], None if scores is None else float(scores[k])) for k, i in enumerate(picked)]
-        return self.store.add_queries(round_, picks, strategy, routed_to=self.config.loop.labeler)
+        return self.store.add_queries(round_, picks, strategy, routed_to=labeler or self.config.loop.labeler)
 
     def collect(self, round_: int | None = None) -> int:
         """Store the labels that every labeler with submitted queries has ready; never waits for more."""
@@ -298,7 +352,7 @@ class Project:
 
     # the round ----------------------------------------------------------------------------------
     def round(self, query: bool = True, n: int | None = None, strategy: str | None = None,
-              route: bool = True) -> RoundResult:
+              route: bool = True, labeler: str | None = None) -> RoundResult:
         """One round. With route=False it stops after selecting and stays open: `label` or the next
         `round` hands the queries out and closes it."""
         start = time.perf_counter()
@@ -324,9 +378,21 @@ class Project:
             version, model = self.load_model(info["model_version"])
         _checkpoint("trained", number)
 
+        if self.config.synth.topup:
+            t = time.perf_counter()
+            report = self.topup(number)
+            if report is not None:
+                counts = dict(self.store.round(number)["counts"] or {})
+                added = counts.get("synthetic_added", {})
+                for label, n_added in report.added.items():
+                    added[label] = added.get(label, 0) + n_added
+                self.store.update_round(number, counts={**counts, "synthetic_added": added})
+            timings["topup"] = time.perf_counter() - t
+        _checkpoint("augmented", number)
+
         if query and not self.store.queries(round_=number):
             t = time.perf_counter()
-            self.select(number, model, n=n, strategy=strategy)
+            self.select(number, model, n=n, strategy=strategy, labeler=labeler)
             timings["select"] = time.perf_counter() - t
         _checkpoint("selected", number)
         if not route:
@@ -342,7 +408,8 @@ class Project:
 
         info = self.store.round(number)
         queried = len(self.store.queries(round_=number))
-        counts = {"queried": queried, "labels_collected": collected, "labels_total": self.n_real_labels()}
+        counts = {**(info["counts"] or {}), "queried": queried, "labels_collected": collected,
+                  "labels_total": self.n_real_labels()}
         self.store.update_round(number, status="done", finished_at=time.time(), timings=timings, counts=counts)
         return RoundResult(number, resumed, version, (info["metrics"] or {}).get("n_labels", 0),
                            info["metrics"], queried, collected, time.perf_counter() - start)
@@ -395,6 +462,7 @@ class Project:
             "examples": {f"{split}/{origin}": n for (split, origin), n in sorted(counts.items())},
             "labels": by_source,
             "queries": self.store.query_counts(),
+            "llm": self.store.llm_usage(),
             "rounds": len(rounds),
             "model_version": model["version"] if model else None,
             "last_metrics": None if last is None else {

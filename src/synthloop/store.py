@@ -39,6 +39,7 @@ labels = sa.Table(
     sa.Column("confidence", sa.Float),
     sa.Column("round", sa.Integer),
     sa.Column("cost", sa.Float, nullable=False, default=0.0),
+    sa.Column("meta", sa.JSON),  # e.g. where an LLM's confidence came from
     sa.Column("created_at", sa.Float, nullable=False),
     sa.UniqueConstraint("example_id", "source"),
 )
@@ -137,6 +138,7 @@ class NewLabel:
     source: str
     confidence: float | None = None
     cost: float = 0.0
+    meta: dict | None = None
 
 
 def _on_sqlite_connect(dbapi_conn, _record):
@@ -251,7 +253,7 @@ class Store:
         now = time.time()
         rows = [
             {"example_id": x.example_id, "label": x.label, "source": x.source, "confidence": x.confidence,
-             "round": round_, "cost": x.cost, "created_at": now}
+             "round": round_, "cost": x.cost, "meta": x.meta, "created_at": now}
             for x in new
         ]
         return self._insert_ignore(conn, labels, rows)

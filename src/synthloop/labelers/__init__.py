@@ -6,12 +6,16 @@ from synthloop.errors import SynthloopError
 from synthloop.labelers.base import Labeler
 from synthloop.labelers.oracle import OracleLabeler
 
-LABELERS = ("oracle",)
+LABELERS = ("oracle", "llm")
 
 
 def get_labeler(name: str, project) -> Labeler:
     if name == "oracle":
         return OracleLabeler(project.store)
+    if name == "llm":
+        from synthloop.labelers.llm import LLMLabeler
+
+        return LLMLabeler(project)
     raise SynthloopError(f"unknown labeler {name!r}; choose one of {', '.join(LABELERS)}")
 
 

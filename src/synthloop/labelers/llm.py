@@ -1,0 +1,137 @@
+"""The LLM labeler: zero- or few-shot, the label constrained to the task's labels (or "abstain")."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+from pydantic import BaseModel, Field, create_model
+
+from synthloop.store import NewLabel, Query, source_rank
+from synthloop.task import TaskSpec
+
+ABSTAIN = "abstain"
+
+
+def answer_model(task: TaskSpec) -> type[BaseModel]:
+    labels = tuple(task.label_names) + (ABSTAIN,)
+    return create_model("LabelAnswer", label=(Literal[labels], ...),
+                        confidence=(float, Field(ge=0.0, le=1.0)))
+
+
+@dataclass
+class Outcome:
+    label: str | None  # None: failed or abstained
+    confidence: float | None
+    confidence_from: str | None  # logprobs | self-reported
+    abstained: bool
+    error: str | None
+    cost: float
+
+
+def few_shot_examples(project, per_class: int) -> list[tuple[str, str]]:
+    """Balanced shots: real labels first (deterministic, so prompts stay cacheable), then the task's examples."""
+    if per_class <= 0:
+        return []
+    by_class: dict[str, list[str]] = {lab: [] for lab in project.task.label_names}
+    for _, text, label, source in project.store.training_set():
+        if source_rank(source) < source_rank("llm") and len(by_class.get(label, [])) < per_class:
+            by_class[label].append(text)
+    for text, label in project.task.examples():
+        if len(by_class[label]) < per_class:
+            by_class[label].append(text)
+    return [(text, label) for label, texts in by_class.items() for text in texts]
+
+
+def labeling_messages(task: TaskSpec, text: str, shots: Sequence[tuple[str, str]]) -> list[dict]:
+    system = (
+        "You label texts for a classifier.\n" + task.render() + "\n\n"
+        f'Answer with JSON {{"label": one of {task.label_names + [ABSTAIN]}, "confidence": 0..1}}. '
+        f'Use "{ABSTAIN}" only if the text fits no label.'
+    )
+    messages = [{"role": "system", "content": system}]
+    for shot_text, shot_label in shots:
+        messages.append({"role": "user", "content": f"Text: {shot_text}"})
+        messages.append({"role": "assistant", "content": f'{{"label": "{shot_label}", "confidence": 1.0}}'})
+    messages.append({"role": "user", "content": f"Text: {text}"})
+    return messages
+
+
+def logprob_confidence(logprobs, label: str) -> float | None:
+    """Probability of the label's own tokens in the answer, from the server's token log-probabilities."""
+    if not logprobs:
+        return None
+    tokens = [(t["token"], t["logprob"]) for t in logprobs]
+    content = "".join(tok for tok, _ in tokens)
+    key = content.find('"label"')
+    start = content.find(label, key if key >= 0 else 0)
+    if start < 0:
+        return None
+    end, pos, total = start + len(label), 0, 0.0
+    for tok, lp in tokens:
+        if pos < end and pos + len(tok) > start:
+            total += lp
+        pos += len(tok)
+    return math.exp(total)
+
+
+def label_texts(project, texts: Sequence[str], purpose: str = "label", round_: int | None = None) -> list[Outcome]:
+    """Label texts with the project's LLM; every call's usage goes to the store."""
+    client = project.llm_client()
+    cfg = project.config.llm
+    schema = answer_model(project.task)
+    shots = few_shot_examples(project, cfg.few_shot)
+    requests = [labeling_messages(project.task, text, shots) for text in texts]
+    results = client.complete_json_many(requests, schema, temperature=cfg.label_temperature, logprobs=cfg.logprobs)
+    project.record_llm_usage(results, purpose, round_)
+    outcomes = []
+    for result in results:
+        cost = result.usage.cost if result.usage else 0.0
+        if result.value is None:
+            outcomes.append(Outcome(None, None, None, False, result.error or "invalid answer", cost))
+            continue
+        label = result.value.label
+        if label == ABSTAIN:
+            outcomes.append(Outcome(None, None, None, True, None, cost))
+            continue
+        confidence = logprob_confidence(result.logprobs, label)
+        source = "logprobs"
+        if confidence is None:
+            confidence, source = result.value.confidence, "self-reported"
+        outcomes.append(Outcome(label, confidence, source, False, None, cost))
+    return outcomes
+
+
+class LLMLabeler:
+    """Answers at once: `collect` labels every submitted query it has not answered yet. Responses are
+    cached in the store, so a run killed midway pays nothing again for what it already asked."""
+
+    name = "llm"
+
+    def __init__(self, project):
+        self.project = project
+
+    def submit(self, queries: Sequence[Query]) -> None:
+        pass
+
+    def collect(self) -> list[NewLabel]:
+        store = self.project.store
+        pending = store.queries(status="pending", routed_to=self.name, submitted=True)
+        if not pending:
+            return []
+        outcomes = label_texts(self.project, [q.text for q in pending], round_=store.current_round())
+        model = self.project.config.llm.model
+        labels, failed, abstained = [], [], []
+        for query, outcome in zip(pending, outcomes):
+            if outcome.label is not None:
+                labels.append(NewLabel(query.example_id, outcome.label, f"llm:{model}", outcome.confidence,
+                                       outcome.cost, meta={"confidence_from": outcome.confidence_from}))
+            elif outcome.abstained:
+                abstained.append(query.example_id)
+            else:
+                failed.append(query.example_id)
+        store.set_query_status(failed, "failed")
+        store.set_query_status(abstained, "skipped")
+        return labels

@@ -1,0 +1,185 @@
+"""Synthetic training data from an LLM: class-conditioned, diverse, deduplicated and filtered.
+
+Also the minority top-up: classes that real labels leave short get fresh synthetic examples,
+conditioned on that class's real labeled examples.
+"""
+
+from __future__ import annotations
+
+import random
+from collections import Counter
+from dataclasses import dataclass, field
+
+import numpy as np
+from pydantic import BaseModel, Field
+from sklearn.feature_extraction.text import HashingVectorizer
+
+from synthloop.data import example_id
+from synthloop.store import NewLabel
+from synthloop.task import TaskSpec
+
+PROMPT_VERSION = "synth-v1"
+
+STYLES = ["casual", "formal", "terse", "detailed", "emotional", "matter-of-fact", "with a typo or two", "headline-like"]
+LENGTHS = ["very short (under 10 words)", "short (one sentence)", "medium (two or three sentences)"]
+PERSONAS = ["a student", "a parent", "a retiree", "a small-business owner", "a journalist", "a teenager",
+            "an office worker", "a customer", "a nurse", "a shop assistant"]
+
+
+class Generated(BaseModel):
+    texts: list[str] = Field(min_length=1)
+
+
+@dataclass
+class GenerationReport:
+    requested: dict[str, int]
+    added: dict[str, int] = field(default_factory=dict)
+    dropped: Counter = field(default_factory=Counter)  # reason -> count
+    failed_calls: int = 0
+    cost: float = 0.0
+
+
+def generation_messages(task: TaskSpec, label: str, k: int, rng: random.Random,
+                        examples: list[str] | None = None) -> list[dict]:
+    """One request for k texts of one class; the style, length and persona are sampled for diversity."""
+    spec = next(lab for lab in task.labels if lab.name == label)
+    others = ", ".join(lab.name for lab in task.labels if lab.name != label)
+    shots = examples if examples is not None else spec.examples
+    shots = rng.sample(list(shots), min(3, len(shots))) if shots else []
+    lines = [
+        f"Task: {task.description}",
+        f"Class to write: {label}" + (f" — {spec.description}" if spec.description else ""),
+        f"Other classes (do NOT write texts that fit them): {others}",
+        f"Write {k} new, realistic, varied texts that clearly belong to '{label}'.",
+        f"Style: {rng.choice(STYLES)}. Length: {rng.choice(LENGTHS)}. Written by {rng.choice(PERSONAS)}.",
+        "Vary topics, wording and structure; never copy the examples.",
+    ]
+    if shots:
+        lines.append("Examples of this class:\n" + "\n".join(f"- {s}" for s in shots))
+    lines.append('Answer with JSON: {"texts": ["...", "..."]}')
+    return [
+        {"role": "system", "content": "You write realistic example texts for training a text classifier."},
+        {"role": "user", "content": "\n".join(lines)},
+    ]
+
+
+class NearDuplicateIndex:
+    """Character n-gram vectors; a text is a near duplicate when its cosine to a kept one is above the threshold."""
+
+    def __init__(self, threshold: float, existing: list[str] = ()):
+        self.threshold = threshold
+        self.vectorizer = HashingVectorizer(analyzer="char_wb", ngram_range=(3, 5), n_features=2**18,
+                                            alternate_sign=False, norm="l2")
+        self.matrix = self.vectorizer.transform(list(existing)) if existing else None
+
+    def is_near_duplicate(self, text: str) -> bool:
+        vec = self.vectorizer.transform([text])
+        if self.matrix is not None and self.matrix.shape[0] and (self.matrix @ vec.T).max() >= self.threshold:
+            return True
+        from scipy.sparse import vstack
+
+        self.matrix = vec if self.matrix is None else vstack([self.matrix, vec]).tocsr()
+        return False
+
+
+def filter_texts(candidates: list[str], label: str, seen_ids: set[str], index: NearDuplicateIndex,
+                 min_chars: int, max_chars: int, report: GenerationReport) -> list[str]:
+    kept = []
+    for raw in candidates:
+        text = " ".join(str(raw).split())
+        if not text:
+            report.dropped["empty"] += 1
+        elif len(text) < min_chars or len(text) > max_chars:
+            report.dropped["length"] += 1
+        elif example_id(text) in seen_ids:
+            report.dropped["exact duplicate"] += 1
+        elif index.is_near_duplicate(text):
+            report.dropped["near duplicate"] += 1
+        else:
+            seen_ids.add(example_id(text))
+            kept.append(text)
+    return kept
+
+
+def topup_needs(real_counts: dict[str, int], train_counts: dict[str, int], labels: list[str],
+                threshold: float, target: float, cap: int) -> dict[str, int]:
+    """How many synthetic examples each minority class needs.
+
+    A class is a minority when its share of the real labels is below `threshold`; it gets enough new
+    examples for its share of the training set to reach `target`: (target*T - c) / (1 - target).
+    """
+    real_total = sum(real_counts.values())
+    if real_total == 0:
+        return {}
+    total = sum(train_counts.values())
+    needs = {}
+    for label in labels:
+        if real_counts.get(label, 0) / real_total < threshold:
+            have = train_counts.get(label, 0)
+            missing = int(np.ceil((target * total - have) / (1 - target)))
+            if missing > 0:
+                needs[label] = min(missing, cap)
+    return needs
+
+
+def synthetic_labels(texts_by_label: dict[str, list[str]], model: str) -> tuple[list[dict], list[NewLabel]]:
+    rows, labels = [], []
+    for label, texts in texts_by_label.items():
+        for text in texts:
+            eid = example_id(text)
+            rows.append({"id": eid, "text": text, "origin": "synthetic", "split": "pool",
+                         "meta": {"prompt_version": PROMPT_VERSION, "model": model, "label": label}})
+            labels.append(NewLabel(eid, label, f"synthetic:{model}", confidence=None))
+    return rows, labels
+
+
+def generate(project, per_class: int | dict[str, int], examples: dict[str, list[str]] | None = None,
+             round_: int | None = None, consistency_filter: bool | None = None, seed: int | None = None) -> GenerationReport:
+    """Generate, filter and store synthetic examples; `examples` conditions each class on real texts."""
+    from synthloop.labelers.llm import label_texts
+
+    cfg = project.config.synth
+    labels = project.task.label_names
+    wanted = per_class if isinstance(per_class, dict) else {lab: per_class for lab in labels}
+    report = GenerationReport(requested=dict(wanted))
+    client = project.llm_client()
+    rng = random.Random(project.config.loop.seed if seed is None else seed + 7919 * (round_ or 0))
+    index = NearDuplicateIndex(cfg.near_duplicate, project.store.pool_texts_sample(20_000, project.config.loop.seed))
+    seen: set[str] = set()
+    kept_by_label: dict[str, list[str]] = {}
+    for label, n in wanted.items():
+        kept: list[str] = []
+        calls_left = 3 * -(-n // cfg.per_call)  # give up after three times the calls a perfect model needs
+        while len(kept) < n and calls_left > 0:
+            batch = min(calls_left, -(-(n - len(kept)) // cfg.per_call))
+            calls_left -= batch
+            requests = [generation_messages(project.task, label, cfg.per_call, rng, (examples or {}).get(label))
+                        for _ in range(batch)]
+            # A distinct seed per request keeps the cache from answering a repeated prompt with the same texts,
+            # while a re-run after a crash draws the same seeds and is answered from the cache for free.
+            seeds = [{"seed": rng.randrange(2**31)} for _ in requests]
+            results = client.complete_json_many(requests, Generated, per_request=seeds, temperature=cfg.temperature)
+            project.record_llm_usage(results, "generate", round_)
+            for result in results:
+                report.cost += result.usage.cost
+                if result.value is None:
+                    report.failed_calls += 1
+                    continue
+                candidates = filter_texts(result.value.texts, label, seen, index, cfg.min_chars, cfg.max_chars, report)
+                stored = project.store.existing_ids([example_id(t) for t in candidates])
+                for text in candidates:
+                    if example_id(text) in stored:
+                        report.dropped["exact duplicate"] += 1
+                    elif len(kept) < n:
+                        kept.append(text)
+        kept_by_label[label] = kept
+    if consistency_filter if consistency_filter is not None else cfg.consistency_filter:
+        for label, texts in kept_by_label.items():
+            outcomes = label_texts(project, texts, purpose="filter", round_=round_)
+            agree = [t for t, o in zip(texts, outcomes) if o.label == label]
+            report.dropped["label disagreement"] += len(texts) - len(agree)
+            kept_by_label[label] = agree
+    rows, new_labels = synthetic_labels(kept_by_label, project.config.llm.model)
+    project.store.add_examples(rows, new_labels)
+    report.added = {label: len(texts) for label, texts in kept_by_label.items()}
+    return report

@@ -1,0 +1,144 @@
+"""Failure modes of the LLM path against a local HTTP server that misbehaves on purpose."""
+
+import json
+import time
+
+import pytest
+from llm_servers import FaultServer
+from pydantic import BaseModel
+
+from synthloop import Project
+from synthloop.llm.client import DictCache, LLMClient
+
+SECRET = "sk-test-secret-0123456789"
+
+
+class Answer(BaseModel):
+    label: str
+
+
+@pytest.fixture(scope="module")
+def server():
+    srv = FaultServer()
+    yield srv
+    srv.stop()
+
+
+def client(server, **kw):
+    args = dict(model="gpt-4o-mini", base_url=server.base_url, api_key=SECRET, timeout=1.0, max_retries=2,
+                response_format="json_object_schema", validation_retries=1)
+    args.update(kw)
+    return LLMClient(**args)
+
+
+def ask(c):
+    return c.complete_json([{"role": "user", "content": "label this"}], Answer)
+
+
+def test_429_retry_after_is_honoured_then_succeeds(server):
+    server.reset(("429", 1), ("content", '{"label": "spam"}'))
+    start = time.monotonic()
+    result = ask(client(server))
+    assert result.value.label == "spam" and len(server.requests) == 2
+    assert server.requests[1]["time"] - server.requests[0]["time"] >= 0.9
+    assert time.monotonic() - start >= 0.9
+    assert result.usage.prompt_tokens == 20 and result.usage.cost > 0  # gpt-4o-mini is priced
+
+
+@pytest.mark.parametrize("status", ["500", "503"])
+def test_5xx_is_retried_then_recorded_as_failure(server, status):
+    server.reset((status,))
+    result = ask(client(server))
+    assert result.value is None and f"HTTP {status}" in result.error
+    assert len(server.requests) == 3  # one try and the SDK's two retries
+
+
+def test_timeout_is_retried_then_fails(server):
+    server.reset(("hang", 3))
+    result = ask(client(server, timeout=0.5, max_retries=1))
+    assert result.value is None and "Timeout" in result.error and len(server.requests) == 2
+
+
+def test_truncated_json_is_retried_then_fails(server):
+    server.reset(("truncated", '{"label": "sp'))
+    result = ask(client(server))
+    assert result.value is None and "truncated answer" in result.error
+    assert len(server.requests) == 2 and result.attempts == 2  # the validation retry
+
+
+def test_cache_answers_a_rerun_without_a_request(server):
+    server.reset(("content", '{"label": "ham"}'))
+    c = client(server, cache=DictCache())
+    assert ask(c).value.label == "ham" and ask(c).cached is True
+    assert len(server.requests) == 1
+
+
+def test_the_key_never_shows(server):
+    server.reset(("500",))
+    c = client(server)
+    result = ask(c)
+    assert SECRET not in repr(c) and SECRET not in str(vars(result)) and SECRET not in result.error
+    assert server.requests[0]["auth"] == f"Bearer {SECRET}"  # it was sent, only to the server
+
+
+def test_missing_key_for_openai_is_a_clear_error(monkeypatch):
+    from synthloop import SynthloopError
+
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    monkeypatch.delenv("OPENAI_BASE_URL", raising=False)
+    with pytest.raises(SynthloopError, match="set OPENAI_API_KEY"):
+        LLMClient("gpt-4o")
+
+
+@pytest.fixture
+def llm_project(project, small_pool, server, monkeypatch):
+    monkeypatch.setenv("OPENAI_API_KEY", SECRET)
+    project.config.llm.base_url = server.base_url
+    project.config.llm.model = "gpt-4o-mini"
+    project.config.llm.response_format = "json_object_schema"
+    project.config.llm.timeout = 1.0
+    project.config.llm.max_retries = 1
+    project.import_file(small_pool / "pool.csv", label_col="label", gold=True)
+    project.import_file(small_pool / "test.csv", label_col="label", split="test")
+    return project
+
+
+@pytest.mark.parametrize("script, status", [
+    ([("content", '{"label": "eggs", "confidence": 0.9}')], "failed"),   # a label outside the task
+    ([("truncated", '{"label": "ha')], "failed"),
+    ([("500",)], "failed"),
+    ([("content", '{"label": "abstain", "confidence": 0.2}')], "skipped"),
+])
+def test_bad_answers_store_no_label(llm_project, server, script, status):
+    server.reset(*script)
+    result = llm_project.round(labeler="llm")
+    assert result.queried == 10 and result.labels_collected == 0
+    assert llm_project.store.training_set() == []
+    assert llm_project.store.query_counts() == {status: 10}
+    usage = llm_project.store.llm_usage()
+    assert usage[0]["purpose"] == "label" and usage[0]["calls"] == 10
+    assert usage[0]["failed"] == (10 if status == "failed" else 0)
+
+
+def test_good_answers_are_stored_with_source_confidence_and_cost(llm_project, server):
+    server.reset(("429", 1), ("content", '{"label": "spam", "confidence": 0.8}'))
+    result = llm_project.round(labeler="llm")
+    assert result.labels_collected == 10
+    rows = llm_project.store.training_set()
+    assert {r[3] for r in rows} == {"llm:gpt-4o-mini"} and {r[2] for r in rows} == {"spam"}
+    import sqlalchemy as sa
+
+    with llm_project.store.engine.connect() as conn:
+        labels = conn.execute(sa.text("select confidence, cost, meta from labels")).all()
+        dump = "\n".join(str(tuple(r)) for table in ("labels", "llm_calls", "llm_cache", "queries", "rounds")
+                         for r in conn.execute(sa.text(f"select * from {table}")))
+    assert all(c == 0.8 and cost > 0 and json.loads(m)["confidence_from"] == "self-reported" for c, cost, m in labels)
+    assert SECRET not in dump and SECRET not in (llm_project.root / "synthloop.toml").read_text()
+    # A re-run of the same prompts is answered from the cache: no request, no cost.
+    before = len(server.requests)
+    again = Project(llm_project.root)
+    again.config.llm = llm_project.config.llm
+    from synthloop.labelers.llm import label_texts
+
+    outcomes = label_texts(again, [q.text for q in again.store.queries()])
+    assert len(server.requests) == before and all(o.label == "spam" and o.cost == 0 for o in outcomes)
