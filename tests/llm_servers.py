@@ -25,14 +25,49 @@ class FaultServer:
     def __init__(self):
         self.script: list[tuple] = [("content", "{}")]
         self.requests: list[dict] = []
+        # Batch API: uploaded files, batches (done on the second poll), and how each request is answered.
+        self.files: dict[str, bytes] = {}
+        self.batches: dict[str, dict] = {}
+        self.batch_answer = lambda body: completion('{"label": "spam"}')
         server = self
 
         class Handler(BaseHTTPRequestHandler):
             def log_message(self, *args):
                 pass
 
+            def do_GET(self):
+                parts = self.path.strip("/").split("/")  # v1/batches/<id> or v1/files/<id>/content
+                if parts[1] == "batches":
+                    batch = server.batches[parts[2]]
+                    batch["polls"] += 1
+                    if batch["polls"] >= 2 and batch["status"] != "completed":
+                        server._finish(batch)
+                    self._send(200, server._batch_json(batch))
+                else:
+                    data = server.files[parts[2]]
+                    self.send_response(200)
+                    self.send_header("Content-Type", "application/jsonl")
+                    self.send_header("Content-Length", str(len(data)))
+                    self.end_headers()
+                    self.wfile.write(data)
+
             def do_POST(self):
-                body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))) or b"{}")
+                raw = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                if self.path.endswith("/files"):
+                    file_id = f"file-{len(server.files)}"
+                    server.files[file_id] = _multipart_file(self.headers.get("Content-Type"), raw)
+                    self._send(200, {"id": file_id, "object": "file", "bytes": len(server.files[file_id]),
+                                     "created_at": 0, "filename": "requests.jsonl", "purpose": "batch", "status": "processed"})
+                    return
+                if self.path.endswith("/batches"):
+                    body = json.loads(raw)
+                    batch = {"id": f"batch-{len(server.batches)}", "input_file_id": body["input_file_id"],
+                             "endpoint": body["endpoint"], "completion_window": body["completion_window"],
+                             "status": "validating", "polls": 0, "output_file_id": None}
+                    server.batches[batch["id"]] = batch
+                    self._send(200, server._batch_json(batch))
+                    return
+                body = json.loads(raw or b"{}")
                 server.requests.append({"path": self.path, "body": body, "time": time.monotonic(),
                                         "auth": self.headers.get("Authorization")})
                 step = server.script[min(len(server.requests) - 1, len(server.script) - 1)]
@@ -67,6 +102,22 @@ class FaultServer:
         self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
         self.thread.start()
 
+    def _finish(self, batch: dict) -> None:
+        lines = []
+        for line in self.files[batch["input_file_id"]].decode().splitlines():
+            request = json.loads(line)
+            lines.append(json.dumps({"id": "r", "custom_id": request["custom_id"], "error": None,
+                                     "response": {"status_code": 200, "request_id": "q", "body": self.batch_answer(request["body"])}}))
+        out_id = f"file-{len(self.files)}"
+        self.files[out_id] = ("\n".join(lines) + "\n").encode()
+        batch.update(status="completed", output_file_id=out_id)
+
+    @staticmethod
+    def _batch_json(batch: dict) -> dict:
+        return {"id": batch["id"], "object": "batch", "endpoint": batch["endpoint"], "input_file_id": batch["input_file_id"],
+                "completion_window": batch["completion_window"], "status": batch["status"], "created_at": 0,
+                "output_file_id": batch["output_file_id"], "error_file_id": None}
+
     @property
     def base_url(self) -> str:
         return f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
@@ -78,3 +129,14 @@ class FaultServer:
     def stop(self) -> None:
         self.httpd.shutdown()
         self.httpd.server_close()
+
+
+def _multipart_file(content_type: str, raw: bytes) -> bytes:
+    from email.parser import BytesParser
+    from email.policy import HTTP
+
+    message = BytesParser(policy=HTTP).parsebytes(f"Content-Type: {content_type}\r\n\r\n".encode() + raw)
+    for part in message.iter_parts():
+        if part.get_param("name", header="content-disposition") == "file":
+            return part.get_payload(decode=True)
+    raise ValueError("no file part in the upload")

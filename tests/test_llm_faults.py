@@ -142,3 +142,20 @@ def test_good_answers_are_stored_with_source_confidence_and_cost(llm_project, se
 
     outcomes = label_texts(again, [q.text for q in again.store.queries()])
     assert len(server.requests) == before and all(o.label == "spam" and o.cost == 0 for o in outcomes)
+
+
+def test_batch_api_round_trip_at_half_price(server):
+    from synthloop.llm.batch import batch_status, collect_batch, submit_batch
+
+    c = client(server, model="gpt-4o")
+    requests = [(f"q{i}", [{"role": "user", "content": f"text {i}"}]) for i in range(3)]
+    batch_id = submit_batch(c, requests, Answer, temperature=0)
+    uploaded = [json.loads(line) for line in server.files["file-0"].decode().splitlines()]
+    assert [u["custom_id"] for u in uploaded] == ["q0", "q1", "q2"]
+    assert uploaded[0]["body"]["response_format"]["type"] == "json_object" and uploaded[0]["body"]["model"] == "gpt-4o"
+    assert collect_batch(c, batch_id, Answer) is None  # first poll: still running
+    results = collect_batch(c, batch_id, Answer)
+    assert batch_status(c, batch_id) == "completed"
+    assert sorted(results) == ["q0", "q1", "q2"] and all(r.value.label == "spam" for r in results.values())
+    full = (20 * 2.50 + 5 * 10.00) / 1e6
+    assert results["q0"].usage.cost == pytest.approx(full / 2)

@@ -79,13 +79,13 @@ class LLMClient:
         self.cache = cache
         self.prices = prices
         self.validation_retries = validation_retries
-        self._sdk = openai.OpenAI(api_key=key, base_url=self.base_url, timeout=timeout, max_retries=max_retries)
+        self.sdk = openai.OpenAI(api_key=key, base_url=self.base_url, timeout=timeout, max_retries=max_retries)
 
     def __repr__(self) -> str:
         return f"LLMClient(model={self.model!r}, base_url={self.base_url!r}, mode={self.mode!r})"
 
     # requests -----------------------------------------------------------------------------------
-    def _response_format(self, mode: str, schema_model: type[BaseModel]) -> dict | None:
+    def response_format_for(self, mode: str, schema_model: type[BaseModel]) -> dict | None:
         schema = schema_model.model_json_schema()
         if mode == "json_schema":
             return {"type": "json_schema", "json_schema": {"name": schema_model.__name__, "schema": schema, "strict": False}}
@@ -93,7 +93,7 @@ class LLMClient:
             return {"type": "json_object", "schema": schema}
         return None
 
-    def _messages(self, mode: str, messages: list[dict], schema_model: type[BaseModel]) -> list[dict]:
+    def request_messages(self, mode: str, messages: list[dict], schema_model: type[BaseModel]) -> list[dict]:
         if mode != "prompt":
             return messages
         hint = "Reply with only a JSON object matching this JSON schema:\n" + json.dumps(schema_model.model_json_schema())
@@ -108,12 +108,12 @@ class LLMClient:
         kwargs = dict(params)
         if kwargs.pop("logprobs", False):
             kwargs["logprobs"] = True
-        fmt = self._response_format(mode, schema_model)
+        fmt = self.response_format_for(mode, schema_model)
         if fmt is not None:
             kwargs["response_format"] = fmt
         # While probing which format the server takes, a rejection must come back at once, not after retries.
-        sdk = self._sdk.with_options(max_retries=0) if self.mode is None else self._sdk
-        return sdk.chat.completions.create(model=self.model, messages=self._messages(mode, messages, schema_model), **kwargs)
+        sdk = self.sdk.with_options(max_retries=0) if self.mode is None else self.sdk
+        return sdk.chat.completions.create(model=self.model, messages=self.request_messages(mode, messages, schema_model), **kwargs)
 
     def _rejects_format(self, err: openai.APIStatusError) -> bool:
         # llama.cpp answers json_schema with HTTP 500; other servers with 400/422 naming response_format.
