@@ -44,3 +44,31 @@ def small_pool(tmp_path) -> Path:
     test.to_csv(out / "test.csv", index=False)
     shutil.copy(EXAMPLE / "task.toml", out / "task.toml")
     return out
+
+
+@pytest.fixture(scope="session")
+def local_llm():
+    """The real local LLM server (llama.cpp + SmolLM2-135M), started once for the session on a free port."""
+    import importlib.util
+
+    from synthloop.llm.serve import find_local_model, start_local_server
+
+    if importlib.util.find_spec("llama_cpp") is None:
+        pytest.skip("llama-cpp-python is not installed (make test installs it through `make llm-deps`)")
+    find_local_model()
+    artifacts = ROOT / "test-artifacts"
+    artifacts.mkdir(exist_ok=True)
+    server = start_local_server(port=0, log_file=artifacts / "llm-server.log")
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def llm_project(project, small_pool, local_llm):
+    from synthloop.llm.serve import LOCAL_MODEL_NAME
+
+    project.config.llm.base_url = local_llm.base_url
+    project.config.llm.model = LOCAL_MODEL_NAME
+    project.import_file(small_pool / "pool.csv", label_col="label", gold=True)
+    project.import_file(small_pool / "test.csv", label_col="label", split="test")
+    return project

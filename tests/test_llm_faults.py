@@ -91,7 +91,7 @@ def test_missing_key_for_openai_is_a_clear_error(monkeypatch):
 
 
 @pytest.fixture
-def llm_project(project, small_pool, server, monkeypatch):
+def fault_project(project, small_pool, server, monkeypatch):
     monkeypatch.setenv("OPENAI_API_KEY", SECRET)
     project.config.llm.base_url = server.base_url
     project.config.llm.model = "gpt-4o-mini"
@@ -109,35 +109,35 @@ def llm_project(project, small_pool, server, monkeypatch):
     ([("500",)], "failed"),
     ([("content", '{"label": "abstain", "confidence": 0.2}')], "skipped"),
 ])
-def test_bad_answers_store_no_label(llm_project, server, script, status):
+def test_bad_answers_store_no_label(fault_project, server, script, status):
     server.reset(*script)
-    result = llm_project.round(labeler="llm")
+    result = fault_project.round(labeler="llm")
     assert result.queried == 10 and result.labels_collected == 0
-    assert llm_project.store.training_set() == []
-    assert llm_project.store.query_counts() == {status: 10}
-    usage = llm_project.store.llm_usage()
+    assert fault_project.store.training_set() == []
+    assert fault_project.store.query_counts() == {status: 10}
+    usage = fault_project.store.llm_usage()
     assert usage[0]["purpose"] == "label" and usage[0]["calls"] == 10
     assert usage[0]["failed"] == (10 if status == "failed" else 0)
 
 
-def test_good_answers_are_stored_with_source_confidence_and_cost(llm_project, server):
+def test_good_answers_are_stored_with_source_confidence_and_cost(fault_project, server):
     server.reset(("429", 1), ("content", '{"label": "spam", "confidence": 0.8}'))
-    result = llm_project.round(labeler="llm")
+    result = fault_project.round(labeler="llm")
     assert result.labels_collected == 10
-    rows = llm_project.store.training_set()
+    rows = fault_project.store.training_set()
     assert {r[3] for r in rows} == {"llm:gpt-4o-mini"} and {r[2] for r in rows} == {"spam"}
     import sqlalchemy as sa
 
-    with llm_project.store.engine.connect() as conn:
+    with fault_project.store.engine.connect() as conn:
         labels = conn.execute(sa.text("select confidence, cost, meta from labels")).all()
         dump = "\n".join(str(tuple(r)) for table in ("labels", "llm_calls", "llm_cache", "queries", "rounds")
                          for r in conn.execute(sa.text(f"select * from {table}")))
     assert all(c == 0.8 and cost > 0 and json.loads(m)["confidence_from"] == "self-reported" for c, cost, m in labels)
-    assert SECRET not in dump and SECRET not in (llm_project.root / "synthloop.toml").read_text()
+    assert SECRET not in dump and SECRET not in (fault_project.root / "synthloop.toml").read_text()
     # A re-run of the same prompts is answered from the cache: no request, no cost.
     before = len(server.requests)
-    again = Project(llm_project.root)
-    again.config.llm = llm_project.config.llm
+    again = Project(fault_project.root)
+    again.config.llm = fault_project.config.llm
     from synthloop.labelers.llm import label_texts
 
     outcomes = label_texts(again, [q.text for q in again.store.queries()])

@@ -1,0 +1,79 @@
+"""The LLM path end to end against a real local OpenAI-compatible server (llama.cpp, SmolLM2-135M).
+
+The model is tiny: these tests check structure (valid JSON, labels in the enum, costs counted), not quality.
+"""
+
+from typing import Literal
+
+from pydantic import BaseModel
+
+from synthloop.llm.client import LLMClient
+from synthloop.llm.serve import LOCAL_MODEL_NAME
+
+
+class Answer(BaseModel):
+    label: Literal["ham", "spam"]
+
+
+MESSAGES = [{"role": "user", "content": "Is this SMS spam or ham? 'WIN a free prize, call now!' Answer in JSON."}]
+
+
+def test_auto_mode_falls_back_to_the_schema_llama_cpp_accepts(local_llm):
+    client = LLMClient(LOCAL_MODEL_NAME, base_url=local_llm.base_url, response_format="auto")
+    result = client.complete_json(MESSAGES, Answer, temperature=0, max_tokens=30)
+    assert client.mode == "json_object_schema"
+    assert result.value is not None and result.value.label in ("ham", "spam")
+    assert result.usage.prompt_tokens > 0 and result.usage.completion_tokens > 0 and result.usage.cost == 0.0
+
+
+def test_json_schema_mode_is_rejected_by_llama_cpp(local_llm):
+    client = LLMClient(LOCAL_MODEL_NAME, base_url=local_llm.base_url, response_format="json_schema", max_retries=0)
+    result = client.complete_json(MESSAGES, Answer, temperature=0, max_tokens=30)
+    assert result.value is None and "HTTP 500" in result.error
+
+
+def test_many_keeps_order(local_llm):
+    client = LLMClient(LOCAL_MODEL_NAME, base_url=local_llm.base_url, response_format="json_object_schema", concurrency=2)
+    texts = ["hello mum", "FREE entry WIN cash", "see you at 5"]
+    results = client.complete_json_many([[{"role": "user", "content": f"Label: {t}"}] for t in texts], Answer,
+                                        temperature=0, max_tokens=20)
+    assert len(results) == 3 and all(r.value is not None for r in results)
+
+
+def test_llm_labeler_round_stores_enum_labels_with_costs(llm_project):
+    result = llm_project.round(labeler="llm")
+    assert result.queried == 10
+    statuses = llm_project.store.query_counts()
+    assert sum(statuses.values()) == 10 and set(statuses) <= {"labeled", "failed", "skipped"}
+    rows = llm_project.store.training_set()
+    assert len(rows) == statuses.get("labeled", 0)
+    assert all(r[2] in ("ham", "spam") and r[3] == f"llm:{LOCAL_MODEL_NAME}" for r in rows)
+    [usage] = llm_project.store.llm_usage()
+    assert usage["purpose"] == "label" and usage["calls"] == 10 and usage["prompt_tokens"] > 0 and usage["cost"] == 0
+
+
+def test_generate_stores_filtered_synthetic_examples(llm_project):
+    report = llm_project.generate(4)
+    assert set(report.added) == {"ham", "spam"} and sum(report.added.values()) > 0
+    counts = llm_project.store.count_examples()
+    assert counts[("pool", "synthetic")] == sum(report.added.values())
+    synthetic = [r for r in llm_project.store.training_set() if r[3].startswith("synthetic:")]
+    assert len(synthetic) == sum(report.added.values())
+    assert all(8 <= len(r[1]) <= 600 for r in synthetic)
+    usage = {u["purpose"]: u for u in llm_project.store.llm_usage()}
+    assert usage["generate"]["calls"] >= 2 and usage["generate"]["completion_tokens"] > 0
+    # Synthetic texts never become queries: they are not part of the pool to label.
+    ids = {r[0] for r in synthetic}
+    assert not ids & set(llm_project.store.unlabeled_pool()[0])
+
+
+def test_minority_topup_records_what_it_added(llm_project):
+    from synthloop.store import NewLabel
+
+    ids, texts = llm_project.store.unlabeled_pool()
+    llm_project.store.record_labels([NewLabel(i, "ham", "human:test") for i in ids[:12]], None)
+    llm_project.config.synth.topup = True
+    llm_project.config.synth.topup_max_per_round = 4
+    result = llm_project.round()
+    added = llm_project.store.round(result.number)["counts"].get("synthetic_added", {})
+    assert set(added) == {"spam"} and 0 < added["spam"] <= 4
