@@ -291,7 +291,8 @@ class Project:
         ids, texts = self.store.unlabeled_pool()
         pool = active.pool_uncertainty(active.FittedView(model), self._features(key, featurizer, ids, texts)) if ids else None
         stop_ids, stop_texts = self.store.stop_set(self.config.loop.stop_set_size)
-        current = list(model.classes_[model.predict_proba_features(self._features(key, featurizer, stop_ids, stop_texts)).argmax(axis=1)]) if stop_ids else []
+        X_stop = self._features(key, featurizer, stop_ids, stop_texts) if stop_ids else None
+        current = list(model.classes_[model.predict_proba_features(X_stop).argmax(axis=1)]) if stop_ids else []
         previous, history = None, []
         for info in self.store.rounds():
             if info["number"] < round_ and info["metrics"]:
@@ -299,7 +300,10 @@ class Project:
         before = self.store.round(round_ - 1) if round_ > 0 else None
         if before and before["model_version"] and stop_ids:
             _, prev_model = self.load_model(before["model_version"])
-            previous = list(prev_model.predict(stop_texts))
+            if getattr(prev_model, "featurizer_key_", None) == key:  # same features: reuse the rows computed above
+                previous = list(prev_model.classes_[prev_model.predict_proba_features(X_stop).argmax(axis=1)])
+            else:
+                previous = list(prev_model.predict(stop_texts))
         cfg = self.config.loop
         stopping = active.stabilizing_predictions(previous, current, history, cfg.stop_kappa, cfg.stop_window)
         return {"pool": pool, "stopping": stopping}
