@@ -98,6 +98,24 @@ def select(strategy: str, model, X, n: int, X_training=None, seed: int = 0) -> t
     return indices, (None if scores is None else np.asarray(scores, dtype=float).ravel())
 
 
+# Pointwise uncertainty, for scoring a pool in pieces and caching the scores -----------------------
+
+POINTWISE = ("least-confident", "margin", "entropy")
+
+
+def uncertainty(strategy: str, proba: np.ndarray) -> np.ndarray:
+    """Higher = less sure; the same measures as modAL's least confident, margin and entropy sampling."""
+    if strategy == "least-confident":
+        return 1 - proba.max(axis=1)
+    if strategy == "margin":
+        top2 = np.sort(proba, axis=1)[:, -2:]
+        return 1 - (top2[:, 1] - top2[:, 0])
+    if strategy == "entropy":
+        p = np.clip(proba, 1e-12, 1)
+        return -(p * np.log(p)).sum(axis=1)
+    raise SynthloopError(f"strategy {strategy!r} cannot score a pool piece by piece; use one of {', '.join(POINTWISE)}")
+
+
 # Stopping criteria -------------------------------------------------------------------------------
 
 def pool_uncertainty(view: FittedView, X) -> dict:

@@ -220,6 +220,34 @@ def llm_serve(port: Annotated[int, typer.Option(help="Port on 127.0.0.1 (0 picks
 
 
 @app.command()
+def nightly(pool: Annotated[Optional[str], typer.Option(help="Folder or glob of pool files; new or changed ones are imported.")] = None,
+            labeler: Annotated[Optional[str], typer.Option(help="Route tonight's queries here (default: the project's).")] = None,
+            max_labels: Annotated[Optional[int], typer.Option(help="Queries to hand out tonight, at most.")] = None,
+            max_cost: Annotated[Optional[float], typer.Option(help="$ the LLM labeler may spend tonight, at most.")] = None,
+            text_col: str = "text", id_col: Annotated[Optional[str], typer.Option()] = None,
+            dry_run: Annotated[bool, typer.Option("--dry-run", help="Show what would be done; change nothing.")] = False,
+            log_file: Annotated[Optional[Path], typer.Option(help="Default: .synthloop/logs/nightly.log")] = None,
+            project: ProjectOpt = Path("."), as_json: JsonOpt = False):
+    """The unattended job for cron/systemd/Kubernetes: exit 0 done, 1 failed, 2 bad input, 75 locked (retry later)."""
+    from synthloop.nightly import EXIT_FAILED, EXIT_LOCKED, Locked, run_nightly
+
+    proj = _open(project)
+    try:
+        summary = run_nightly(proj, pool, dry_run, max_labels, max_cost, labeler, text_col, id_col, log_file)
+    except Locked as e:
+        err.print(f"[yellow]locked:[/] {escape(str(e))}", highlight=False, soft_wrap=True)
+        raise typer.Exit(EXIT_LOCKED)
+    except SynthloopError as e:
+        _fail(e)
+    except Exception as e:  # noqa: BLE001 - a scheduler needs an exit status, and the log has the traceback
+        err.print(f"[bold red]failed:[/] {escape(type(e).__name__ + ': ' + str(e))}", highlight=False, soft_wrap=True)
+        raise typer.Exit(EXIT_FAILED)
+    if not _emit(summary, as_json):
+        for key, value in summary.items():
+            out.print(f"{key}: {value}", highlight=False)
+
+
+@app.command()
 def status(project: ProjectOpt = Path("."), as_json: JsonOpt = False):
     """Examples, labels per class and source, pending queries, last metrics."""
     proj = _open(project)

@@ -26,6 +26,12 @@ from synthloop.task import TaskSpec, load_task
 
 # Whole-pool feature matrices are kept in memory between rounds of one process only up to this size.
 FEATURE_CACHE_MAX_ROWS = 200_000
+# Pool uncertainty is tracked on this many unlabeled examples (the first by id: a fixed pseudo-random sample).
+POOL_STATS_SAMPLE = 5000
+# Incremental scoring: when the model changes, the previous model's most uncertain examples are re-scored,
+# plus a random slice of the rest so that no example keeps a stale score forever.
+RESCORE_TOP = 2000
+RESCORE_SLICE = 10_000
 
 
 @dataclass
@@ -73,6 +79,8 @@ class Project:
         self._featurizers: dict[str, object] = {}
         self._feature_cache: dict[str, tuple[dict[str, int], object]] = {}
         self._llm = None
+        self.llm_budget: float | None = None  # $ the LLM labeler may still spend in this process (nightly)
+        self.last_scored: int | None = None
 
     # creation -----------------------------------------------------------------------------------
     @classmethod
@@ -269,6 +277,14 @@ class Project:
         self.store.add_model(version, round_, model.name, str(path.relative_to(self.root)), len(texts))
         return version, model
 
+    def training_changed(self) -> bool:
+        """Whether the labeled set differs from what the latest model was trained on."""
+        last = self.store.latest_model()
+        return last is None or last["n_train"] != len(self.training_data()[0])
+
+    def _last_metrics(self) -> dict | None:
+        return next((r["metrics"] for r in reversed(self.store.rounds()) if r["metrics"]), None)
+
     def load_model(self, version: int | None = None) -> tuple[int, TextClassifier]:
         row = self.store.latest_model() if version is None else self.store.model(version)
         if row is None:
@@ -288,7 +304,7 @@ class Project:
     def monitor(self, round_: int, model: TextClassifier) -> dict:
         """Label-free signals: uncertainty over the unlabeled pool, and the stopping criterion's state."""
         key, featurizer = self._cached_featurizer(model)
-        ids, texts = self.store.unlabeled_pool()
+        ids, texts = self.store.unlabeled_pool(limit=POOL_STATS_SAMPLE)
         pool = active.pool_uncertainty(active.FittedView(model), self._features(key, featurizer, ids, texts)) if ids else None
         stop_ids, stop_texts = self.store.stop_set(self.config.loop.stop_set_size)
         X_stop = self._features(key, featurizer, stop_ids, stop_texts) if stop_ids else None
@@ -317,13 +333,15 @@ class Project:
         return key, model.featurizer_
 
     def select(self, round_: int, model: TextClassifier, n: int | None = None, strategy: str | None = None,
-               labeler: str | None = None) -> int:
+               labeler: str | None = None, incremental: bool = False) -> int:
         """Score the unlabeled pool, pick the next batch and store it as pending queries."""
         n = self.config.loop.batch_size if n is None else n
         strategy = strategy or self.config.loop.strategy
         ids, texts = self.store.unlabeled_pool()
         if not ids or n <= 0:
             return 0
+        if incremental and strategy in active.POINTWISE:
+            return self._select_incremental(round_, model, ids, texts, n, strategy, labeler)
         key, featurizer = self._cached_featurizer(model)
         X = self._features(key, featurizer, ids, texts)
         X_training = None
@@ -332,6 +350,38 @@ class Project:
             X_training = self._features(key, featurizer, t_ids, t_texts)
         picked, scores = active.select(strategy, model, X, n, X_training=X_training, seed=self.config.loop.seed + round_)
         picks = [(ids[i], None if scores is None else float(scores[k])) for k, i in enumerate(picked)]
+        return self.store.add_queries(round_, picks, strategy, routed_to=labeler or self.config.loop.labeler)
+
+    def _select_incremental(self, round_, model, ids, texts, n, strategy, labeler) -> int:
+        """Score only examples never scored, plus (when the model changed) the previous model's most
+        uncertain ones and a random slice; the rest keep their cached scores."""
+        import random
+
+        version = self.store.round(round_)["model_version"]
+        current = self.store.cached_scores(version, strategy)
+        ever = self.store.scored_ids(strategy)
+        unlabeled = set(ids)
+        todo = {i for i in ids if i not in ever}
+        last = self.store.latest_scored_version(strategy)
+        if last is not None and last != version:
+            old = self.store.cached_scores(last, strategy)
+            ranked = sorted((i for i in old if i in unlabeled), key=lambda i: (-old[i], i))
+            todo |= set(ranked[:RESCORE_TOP])
+            stale = sorted(unlabeled - todo - set(current))
+            todo |= set(random.Random(version).sample(stale, min(RESCORE_SLICE, len(stale))))
+        todo -= set(current)
+        if todo:
+            position = {eid: k for k, eid in enumerate(ids)}
+            todo_ids = sorted(todo, key=position.get)
+            key, featurizer = self._cached_featurizer(model)
+            X = self._features(key, featurizer, todo_ids, [texts[position[i]] for i in todo_ids])
+            values = active.uncertainty(strategy, model.predict_proba_features(X))
+            new = dict(zip(todo_ids, map(float, values)))
+            self.store.save_scores(version, strategy, new)
+            current.update(new)
+        self.last_scored = len(todo)
+        ranked = sorted((i for i in current if i in unlabeled), key=lambda i: (-current[i], i))
+        picks = [(i, current[i]) for i in ranked[:n]]
         return self.store.add_queries(round_, picks, strategy, routed_to=labeler or self.config.loop.labeler)
 
     def collect(self, round_: int | None = None) -> int:
@@ -356,7 +406,8 @@ class Project:
 
     # the round ----------------------------------------------------------------------------------
     def round(self, query: bool = True, n: int | None = None, strategy: str | None = None,
-              route: bool = True, labeler: str | None = None) -> RoundResult:
+              route: bool = True, labeler: str | None = None, incremental: bool = False,
+              retrain: bool = True) -> RoundResult:
         """One round. With route=False it stops after selecting and stays open: `label` or the next
         `round` hands the queries out and closes it."""
         start = time.perf_counter()
@@ -369,6 +420,10 @@ class Project:
         timings["collect"] = time.perf_counter() - t
         _checkpoint("collected", number)
 
+        if info["model_version"] is None and not retrain and not self.training_changed():
+            last = self.store.latest_model()
+            self.store.update_round(number, model_version=last["version"], metrics=self._last_metrics())
+            info = self.store.round(number)
         if info["model_version"] is None:
             t = time.perf_counter()
             version, model = self.train(number)
@@ -396,7 +451,7 @@ class Project:
 
         if query and not self.store.queries(round_=number):
             t = time.perf_counter()
-            self.select(number, model, n=n, strategy=strategy, labeler=labeler)
+            self.select(number, model, n=n, strategy=strategy, labeler=labeler, incremental=incremental)
             timings["select"] = time.perf_counter() - t
         _checkpoint("selected", number)
         if not route:

@@ -104,6 +104,34 @@ llm_cache = sa.Table(
     sa.Column("created_at", sa.Float, nullable=False),
 )
 
+pool_files = sa.Table(
+    "pool_files", metadata,
+    sa.Column("path", sa.String, primary_key=True),
+    sa.Column("size", sa.Integer, nullable=False),
+    sa.Column("mtime", sa.Float, nullable=False),
+    sa.Column("rows", sa.Integer, nullable=False),
+    sa.Column("added", sa.Integer, nullable=False),
+    sa.Column("imported_at", sa.Float, nullable=False),
+)
+
+scores = sa.Table(
+    "scores", metadata,
+    sa.Column("example_id", sa.String, primary_key=True),
+    sa.Column("model_version", sa.Integer, primary_key=True),
+    sa.Column("strategy", sa.String, primary_key=True),
+    sa.Column("uncertainty", sa.Float, nullable=False),  # higher = less sure
+)
+
+runs = sa.Table(
+    "runs", metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("kind", sa.String, nullable=False),
+    sa.Column("status", sa.String, nullable=False),  # running | done | failed
+    sa.Column("summary", sa.JSON),
+    sa.Column("started_at", sa.Float, nullable=False),
+    sa.Column("finished_at", sa.Float),
+)
+
 meta = sa.Table(
     "meta", metadata,
     sa.Column("key", sa.String, primary_key=True),
@@ -380,6 +408,56 @@ class Store:
         ).group_by(llm_calls.c.purpose, llm_calls.c.model)
         if round_ is not None:
             stmt = stmt.where(llm_calls.c.round == round_)
+        with self.engine.connect() as conn:
+            return [dict(r._mapping) for r in conn.execute(stmt)]
+
+    # nightly runs: pool files seen, cached scores, run records ---------------------------------------
+    def pool_file(self, path: str) -> dict | None:
+        with self.engine.connect() as conn:
+            row = conn.execute(sa.select(pool_files).where(pool_files.c.path == path)).first()
+        return dict(row._mapping) if row else None
+
+    def record_pool_file(self, path: str, size: int, mtime: float, rows: int, added: int) -> None:
+        values = {"size": size, "mtime": mtime, "rows": rows, "added": added, "imported_at": time.time()}
+        with self.engine.begin() as conn:
+            conn.execute(pool_files.delete().where(pool_files.c.path == path))
+            conn.execute(pool_files.insert().values(path=path, **values))
+
+    def cached_scores(self, model_version: int, strategy: str) -> dict[str, float]:
+        with self.engine.connect() as conn:
+            rows = conn.execute(sa.select(scores.c.example_id, scores.c.uncertainty)
+                                .where(scores.c.model_version == model_version, scores.c.strategy == strategy))
+            return dict(rows.all())
+
+    def scored_ids(self, strategy: str) -> set[str]:
+        with self.engine.connect() as conn:
+            return set(conn.execute(sa.select(scores.c.example_id).where(scores.c.strategy == strategy).distinct()).scalars())
+
+    def latest_scored_version(self, strategy: str) -> int | None:
+        with self.engine.connect() as conn:
+            return conn.execute(sa.select(sa.func.max(scores.c.model_version)).where(scores.c.strategy == strategy)).scalar()
+
+    def save_scores(self, model_version: int, strategy: str, values: dict[str, float]) -> None:
+        rows = [{"example_id": k, "model_version": model_version, "strategy": strategy, "uncertainty": v} for k, v in values.items()]
+        with self.engine.begin() as conn:
+            self._insert_ignore(conn, scores, rows)
+
+    def start_run(self, kind: str) -> int:
+        with self.engine.begin() as conn:
+            return conn.execute(runs.insert().values(kind=kind, status="running", started_at=time.time())).inserted_primary_key[0]
+
+    def mark_killed_runs(self, kind: str) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(runs.update().where(runs.c.kind == kind, runs.c.status == "running").values(status="killed"))
+
+    def finish_run(self, run_id: int, status: str, summary: dict) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(runs.update().where(runs.c.id == run_id).values(status=status, summary=summary, finished_at=time.time()))
+
+    def runs(self, kind: str | None = None) -> list[dict]:
+        stmt = sa.select(runs).order_by(runs.c.id)
+        if kind:
+            stmt = stmt.where(runs.c.kind == kind)
         with self.engine.connect() as conn:
             return [dict(r._mapping) for r in conn.execute(stmt)]
 

@@ -77,6 +77,17 @@ def logprob_confidence(logprobs, label: str) -> float | None:
     return math.exp(total)
 
 
+MAX_ANSWER_TOKENS = 60  # a label and a confidence; also the bound the budget guard relies on
+
+
+def estimated_cost(project, messages: list[dict]) -> float:
+    """An upper estimate of one labeling call: ~3 characters a token in, the answer cap out."""
+    from synthloop.llm.pricing import cost_usd
+
+    chars = sum(len(m["content"]) for m in messages)
+    return cost_usd(project.config.llm.model, chars // 3 + 20, MAX_ANSWER_TOKENS, prices=project.config.llm.prices)
+
+
 def label_texts(project, texts: Sequence[str], purpose: str = "label", round_: int | None = None) -> list[Outcome]:
     """Label texts with the project's LLM; every call's usage goes to the store."""
     client = project.llm_client()
@@ -84,7 +95,8 @@ def label_texts(project, texts: Sequence[str], purpose: str = "label", round_: i
     schema = answer_model(project.task)
     shots = few_shot_examples(project, cfg.few_shot)
     requests = [labeling_messages(project.task, text, shots) for text in texts]
-    results = client.complete_json_many(requests, schema, temperature=cfg.label_temperature, logprobs=cfg.logprobs)
+    results = client.complete_json_many(requests, schema, temperature=cfg.label_temperature, logprobs=cfg.logprobs,
+                                        max_tokens=MAX_ANSWER_TOKENS)
     project.record_llm_usage(results, purpose, round_)
     outcomes = []
     for result in results:
@@ -119,9 +131,21 @@ class LLMLabeler:
     def collect(self) -> list[NewLabel]:
         store = self.project.store
         pending = store.queries(status="pending", routed_to=self.name, submitted=True)
+        budget = getattr(self.project, "llm_budget", None)
+        if budget is not None and pending:
+            # Stop before the budget would be exceeded: the rest stay pending for the next run.
+            shots = few_shot_examples(self.project, self.project.config.llm.few_shot)
+            costs = [estimated_cost(self.project, labeling_messages(self.project.task, q.text, shots)) for q in pending]
+            affordable, total = 0, 0.0
+            while affordable < len(pending) and total + costs[affordable] <= budget:
+                total += costs[affordable]
+                affordable += 1
+            pending = pending[:affordable]
         if not pending:
             return []
         outcomes = label_texts(self.project, [q.text for q in pending], round_=store.current_round())
+        if budget is not None:
+            self.project.llm_budget = budget - sum(o.cost for o in outcomes)
         model = self.project.config.llm.model
         labels, failed, abstained = [], [], []
         for query, outcome in zip(pending, outcomes):
