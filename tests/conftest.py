@@ -48,17 +48,12 @@ def small_pool(tmp_path) -> Path:
 
 @pytest.fixture(scope="session")
 def local_llm():
-    """The real local LLM server (llama.cpp + SmolLM2-135M), started once for the session on a free port."""
-    import importlib.util
+    """The real local LLM server (llama.cpp + SmolLM2-135M), started once per session on a free port."""
+    from llm_servers import local_llm_or_skip
 
-    from synthloop.llm.serve import find_local_model, start_local_server
-
-    if importlib.util.find_spec("llama_cpp") is None:
-        pytest.skip("llama-cpp-python is not installed (make test installs it through `make llm-deps`)")
-    find_local_model()
     artifacts = ROOT / "test-artifacts"
     artifacts.mkdir(exist_ok=True)
-    server = start_local_server(port=0, log_file=artifacts / "llm-server.log")
+    server = local_llm_or_skip(log_file=artifacts / "llm-server.log")
     yield server
     server.stop()
 

@@ -13,6 +13,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from synthloop.cli_report import report
 from synthloop.data import read_table
 from synthloop.errors import SynthloopError
 from synthloop.project import Project, RoundResult
@@ -337,6 +338,9 @@ def simulate(task: Annotated[Path, typer.Option(help="Task file.")],
     for p in result["curve"]:
         table.add_row(str(p["labels"]), f"{p['accuracy']:.3f}", f"{p['macro_f1']:.3f}")
     out.print(table)
+
+
+app.command()(report)
 
 
 if __name__ == "__main__":

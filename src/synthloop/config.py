@@ -60,7 +60,7 @@ class SynthConfig(_Section):
     per_call: int = Field(5, ge=1, le=20)
     temperature: float = Field(0.9, ge=0.0)
     min_chars: int = Field(8, ge=1)
-    max_chars: int = Field(600, ge=10)
+    max_chars: int = Field(400, ge=10)
     near_duplicate: float = Field(0.9, gt=0.0, le=1.0)
     consistency_filter: bool = False
     topup: bool = False

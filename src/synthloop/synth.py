@@ -11,7 +11,9 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 import numpy as np
-from pydantic import BaseModel, Field
+from typing import Annotated
+
+from pydantic import BaseModel, Field, StringConstraints, create_model
 from sklearn.feature_extraction.text import HashingVectorizer
 
 from synthloop.data import example_id
@@ -28,6 +30,13 @@ PERSONAS = ["a student", "a parent", "a retiree", "a small-business owner", "a j
 
 class Generated(BaseModel):
     texts: list[str] = Field(min_length=1)
+
+
+def generated_model(k: int, min_chars: int, max_chars: int) -> type[BaseModel]:
+    """The answer schema with its bounds, so that servers that compile the schema into a grammar
+    (llama.cpp) can neither ramble past k texts of max_chars characters nor answer with scraps."""
+    text = Annotated[str, StringConstraints(min_length=min_chars, max_length=max_chars)]
+    return create_model("Generated", texts=(list[text], Field(min_length=1, max_length=k)))
 
 
 @dataclass
@@ -158,7 +167,8 @@ def generate(project, per_class: int | dict[str, int], examples: dict[str, list[
             # A distinct seed per request keeps the cache from answering a repeated prompt with the same texts,
             # while a re-run after a crash draws the same seeds and is answered from the cache for free.
             seeds = [{"seed": rng.randrange(2**31)} for _ in requests]
-            results = client.complete_json_many(requests, Generated, per_request=seeds, temperature=cfg.temperature)
+            results = client.complete_json_many(requests, generated_model(cfg.per_call, cfg.min_chars, cfg.max_chars), per_request=seeds,
+                                                temperature=cfg.temperature, max_tokens=cfg.per_call * (cfg.max_chars // 4 + 20))
             project.record_llm_usage(results, "generate", round_)
             for result in results:
                 report.cost += result.usage.cost

@@ -5,37 +5,41 @@ from __future__ import annotations
 
 import io
 import json
+import time
 from collections.abc import Sequence
 
+from openai.types.chat import ChatCompletion
 from pydantic import BaseModel, ValidationError
 
-from synthloop.llm.client import LLMClient, Result, Usage
+from synthloop.errors import SynthloopError
+from synthloop.llm.client import LLMClient, Result, Usage, _scrub, _token_logprobs, validate_answer
 from synthloop.llm.pricing import cost_usd
 
-DONE = ("completed",)
 FINAL = ("completed", "failed", "expired", "cancelled")
+ENDPOINT = "/v1/chat/completions"
 
 
 def batch_lines(client: LLMClient, requests: Sequence[tuple[str, list[dict]]], schema_model: type[BaseModel],
                 **params) -> str:
+    """JSONL, one chat-completions request per line, each under its caller-chosen custom_id."""
+    # No probing in a batch: a request the server rejects only shows up hours later.
     mode = client.mode or "json_schema"
-    lines = []
-    for custom_id, messages in requests:
-        body = {"model": client.model, "messages": client.request_messages(mode, messages, schema_model), **params}
-        fmt = client.response_format_for(mode, schema_model)
-        if fmt is not None:
-            body["response_format"] = fmt
-        lines.append(json.dumps({"custom_id": custom_id, "method": "POST", "url": "/v1/chat/completions", "body": body}))
+    ids = [custom_id for custom_id, _ in requests]
+    if len(set(ids)) != len(ids):
+        raise SynthloopError("batch custom ids must be unique")
+    lines = [json.dumps({"custom_id": custom_id, "method": "POST", "url": ENDPOINT,
+                         "body": client.request_body(mode, messages, schema_model, params)}, ensure_ascii=False)
+             for custom_id, messages in requests]
     return "\n".join(lines) + "\n"
 
 
 def submit_batch(client: LLMClient, requests: Sequence[tuple[str, list[dict]]], schema_model: type[BaseModel],
                  metadata: dict | None = None, **params) -> str:
-    """Upload the requests and start a batch; returns its id."""
+    """Upload the requests and start a batch; returns its id (store it: collecting needs nothing else)."""
     data = batch_lines(client, requests, schema_model, **params).encode()
     uploaded = client.sdk.files.create(file=("requests.jsonl", io.BytesIO(data)), purpose="batch")
-    batch = client.sdk.batches.create(input_file_id=uploaded.id, endpoint="/v1/chat/completions",
-                                       completion_window="24h", metadata=metadata or None)
+    extra = {"metadata": metadata} if metadata else {}
+    batch = client.sdk.batches.create(input_file_id=uploaded.id, endpoint=ENDPOINT, completion_window="24h", **extra)
     return batch.id
 
 
@@ -43,8 +47,19 @@ def batch_status(client: LLMClient, batch_id: str) -> str:
     return client.sdk.batches.retrieve(batch_id).status
 
 
+def poll_batch(client: LLMClient, batch_id: str, interval: float = 30.0, timeout: float | None = None) -> str:
+    """Wait until the batch is done (or failed, expired, cancelled); returns its last status."""
+    deadline = None if timeout is None else time.monotonic() + timeout
+    while True:
+        status = batch_status(client, batch_id)
+        if status in FINAL or (deadline is not None and time.monotonic() >= deadline):
+            return status
+        time.sleep(interval)
+
+
 def collect_batch(client: LLMClient, batch_id: str, schema_model: type[BaseModel]) -> dict[str, Result] | None:
-    """Answers by custom id once the batch is done (None while it runs); each validated, costs at batch price."""
+    """Answers by custom id once the batch is over (None while it runs); each validated, costs at batch price.
+    Requests the batch failed come back as Results with `error` set."""
     batch = client.sdk.batches.retrieve(batch_id)
     if batch.status not in FINAL:
         return None
@@ -62,15 +77,20 @@ def collect_batch(client: LLMClient, batch_id: str, schema_model: type[BaseModel
 def _result(client: LLMClient, item: dict, schema_model: type[BaseModel]) -> Result:
     response = item.get("response") or {}
     if item.get("error") or response.get("status_code") != 200:
-        message = (item.get("error") or {}).get("message") or f"HTTP {response.get('status_code')}"
-        return Result(None, error=message)
-    body = response["body"]
-    tokens = body.get("usage") or {}
-    usage = Usage(tokens.get("prompt_tokens", 0), tokens.get("completion_tokens", 0))
+        body_error = (response.get("body") or {}).get("error") or {}
+        message = (item.get("error") or {}).get("message") or body_error.get("message") or ""
+        return Result(None, error=_scrub(f"HTTP {response.get('status_code')}: {message}", client.sdk.api_key))
+    completion = ChatCompletion.model_validate(response["body"])
+    usage = Usage()
+    if completion.usage:
+        usage.prompt_tokens, usage.completion_tokens = completion.usage.prompt_tokens, completion.usage.completion_tokens
     usage.cost = cost_usd(client.model, usage.prompt_tokens, usage.completion_tokens, batch=True, prices=client.prices)
-    choice = body["choices"][0]
+    if not completion.choices:
+        return Result(None, error="empty answer", usage=usage, attempts=1)
+    choice = completion.choices[0]
     try:
-        value = schema_model.model_validate_json(choice["message"]["content"] or "")
+        value = validate_answer(schema_model, choice.message.content or "")
     except ValidationError as err:
-        return Result(None, error=f"answer off the schema: {err.errors()[0]['msg']}", usage=usage)
-    return Result(value, usage=usage)
+        reason = "truncated answer" if choice.finish_reason == "length" else "answer off the schema"
+        return Result(None, error=f"{reason}: {err.errors()[0]['msg']}", usage=usage, attempts=1)
+    return Result(value, usage=usage, logprobs=_token_logprobs(choice), attempts=1)

@@ -1,4 +1,7 @@
-"""USD per 1M tokens (input, output). Override or extend with [llm.prices] in synthloop.toml."""
+"""USD per 1M tokens (input, output). Override or extend with [llm.prices] in synthloop.toml.
+
+Standard-tier list prices; check https://openai.com/api/pricing when they change.
+"""
 
 from __future__ import annotations
 
@@ -9,18 +12,30 @@ PRICES: dict[str, dict[str, float]] = {
     "gpt-4.1-mini": {"input": 0.40, "output": 1.60},
     "gpt-4.1-nano": {"input": 0.10, "output": 0.40},
     "o4-mini": {"input": 1.10, "output": 4.40},
+    "o3": {"input": 2.00, "output": 8.00},
+    "o3-mini": {"input": 1.10, "output": 4.40},
 }
 BATCH_DISCOUNT = 0.5  # the Batch API bills half
+FREE = {"input": 0.0, "output": 0.0}
+
+
+def _lookup(model: str, prices: dict[str, dict[str, float]] | None) -> dict[str, float] | None:
+    table = {**PRICES, **(prices or {})}
+    # Longest name first, so gpt-4o-mini-2024-07-18 is gpt-4o-mini, not gpt-4o.
+    for name in sorted(table, key=len, reverse=True):
+        if model == name or model.startswith(name + "-"):
+            return table[name]
+    return None
+
+
+def is_priced(model: str, prices: dict[str, dict[str, float]] | None = None) -> bool:
+    return _lookup(model, prices) is not None
 
 
 def price(model: str, prices: dict[str, dict[str, float]] | None = None) -> dict[str, float]:
     """Price of a model; dated names (gpt-4o-2024-08-06) fall back to their family. Unknown models
     (a local server) cost nothing."""
-    table = {**PRICES, **(prices or {})}
-    for name in sorted(table, key=len, reverse=True):
-        if model == name or model.startswith(name + "-"):
-            return table[name]
-    return {"input": 0.0, "output": 0.0}
+    return _lookup(model, prices) or FREE
 
 
 def cost_usd(model: str, prompt_tokens: int, completion_tokens: int, batch: bool = False,

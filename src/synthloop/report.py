@@ -1,0 +1,332 @@
+"""The report: what labeling bought (learning curves, per-class scores, label quality) and what the
+compact model saves against calling GPT-4o for every prediction. One self-contained HTML file, plus
+Markdown and JSON twins with the same numbers."""
+
+from __future__ import annotations
+
+import inspect
+import json
+import logging
+import math
+import os
+import platform
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+from threadpoolctl import threadpool_limits
+
+from synthloop import plots
+from synthloop.errors import SynthloopError
+from synthloop.llm.pricing import cost_usd
+from synthloop.store import source_rank
+
+# Nobody has measured GPT-4o for this project: a typical single short-completion request takes
+# 0.5-1 s end to end, so the counterfactual uses the middle of that range and says so.
+GPT4O_SECONDS_PER_REQUEST = 0.75
+GPT4O_OUTPUT_TOKENS = 5  # a label name and the end of the message
+CHARS_PER_TOKEN = 4
+MESSAGE_OVERHEAD_TOKENS = 7  # chat-format tokens around the system and user messages
+SUSPICIOUS_MAX = 50
+REVIEW_TOP = 10  # the lowest-scored labels shown even when none is flagged
+
+
+def build_report(project, out_dir: str | Path | None = None, baselines: dict[str, list[dict]] | None = None,
+                 measure_latency: bool = True, measure_co2: bool = True, country_iso_code: str = "USA") -> dict:
+    """Write report.html, report.md and report.json; return the JSON data with a "paths" entry."""
+    rounds = project.store.rounds()
+    if not rounds:
+        raise SynthloopError("no rounds yet; run `synthloop round` first")
+    try:
+        version, model = project.load_model()
+    except SynthloopError:
+        raise SynthloopError("no model yet; run `synthloop round` first") from None
+    baselines = {name: [p for p in curve if p.get("accuracy") is not None] for name, curve in (baselines or {}).items()}
+    out = Path(out_dir) if out_dir is not None else project.state_dir / "reports"
+    out.mkdir(parents=True, exist_ok=True)
+
+    scored = [r for r in rounds if (r["metrics"] or {}).get("accuracy") is not None]
+    curve = [{"round": r["number"], "labels": r["metrics"].get("n_labels", 0), "accuracy": r["metrics"]["accuracy"],
+              "macro_f1": r["metrics"]["macro_f1"]} for r in scored]
+    tracker = _co2_start(country_iso_code) if measure_co2 else "turned off"
+    # One BLAS thread: these small fits and single predictions gain nothing from more, and on a busy
+    # machine OpenBLAS's spinning threads make them tens of times slower.
+    try:
+        with threadpool_limits(1):
+            quality = label_quality(project, model)
+            latency = measure_model_latency(project, model) if measure_latency else None
+    finally:
+        co2 = _co2_stop(tracker, rounds)  # also stops codecarbon's sampling thread when something failed
+    llm = _llm_spend(project, rounds)
+    data = {
+        "project": str(project.root), "task": project.task.name, "model_version": version,
+        "generated_at": time.strftime("%Y-%m-%d %H:%M:%S"), "rounds": len(rounds),
+        "curve": curve, "summary": _summary(curve, baselines), "baselines": baselines,
+        "per_class_f1": {"labels": [p["labels"] for p in curve],
+                         "f1": {lab: [r["metrics"].get("per_class", {}).get(lab, {}).get("f1") for r in scored]
+                                for lab in project.task.label_names}},
+        "latest": None if not scored else {"round": scored[-1]["number"], "per_class": scored[-1]["metrics"]["per_class"],
+                                           "confusion": scored[-1]["metrics"]["confusion"]},
+        "labels_by_source": _labels_by_source(project),
+        "synthetic_added": [{"round": r["number"], **(r["counts"] or {}).get("synthetic_added", {})}
+                            for r in rounds if (r["counts"] or {}).get("synthetic_added")],
+        "monitor": [_monitor_row(r) for r in rounds if r["metrics"] and (r["metrics"].get("pool") or r["metrics"].get("stopping"))],
+        "llm": llm, "label_quality": quality, "latency": latency, "co2": co2,
+    }
+    data["counterfactual"] = counterfactual(project, latency, llm["total_cost"])
+    blocks = plots.blocks(data, project.task.label_names)
+    paths = {"html": out / "report.html", "md": out / "report.md", "json": out / "report.json"}
+    paths["html"].write_text(plots.to_html(blocks, project.task.name), encoding="utf-8")
+    paths["md"].write_text(plots.to_markdown(blocks, project.task.name), encoding="utf-8")
+    data["paths"] = {k: str(v) for k, v in paths.items()}
+    paths["json"].write_text(json.dumps(data, indent=2, allow_nan=False, default=str), encoding="utf-8")
+    return data
+
+
+# numbers ----------------------------------------------------------------------------------------
+def _at(curve: list[dict], labels: int, key: str = "accuracy") -> float | None:
+    """A curve's score at a label count, linearly interpolated; None outside its range."""
+    pts = sorted((p["labels"], p[key]) for p in curve if p.get(key) is not None)
+    if not pts or labels < pts[0][0] or labels > pts[-1][0]:
+        return None
+    return float(np.interp(labels, [x for x, _ in pts], [y for _, y in pts]))
+
+
+def _summary(curve: list[dict], baselines: dict[str, list[dict]]) -> dict:
+    if not curve:
+        return {}
+    first, last = curve[0], curve[-1]
+    out = {"first": first, "last": last, "accuracy_gain": last["accuracy"] - first["accuracy"], "vs": {}}
+    for name, base in baselines.items():
+        reached = next((p["labels"] for p in sorted(base, key=lambda p: p["labels"]) if p["accuracy"] >= last["accuracy"]), None)
+        at_same = _at(base, last["labels"])
+        out["vs"][name] = {"accuracy_at_same_labels": at_same,
+                           "difference": None if at_same is None else last["accuracy"] - at_same,
+                           "labels_to_reach_same_accuracy": reached,
+                           "labels_saved": None if reached is None else reached - last["labels"]}
+    return out
+
+
+def _monitor_row(r: dict) -> dict:
+    pool, stop = r["metrics"].get("pool") or {}, r["metrics"].get("stopping") or {}
+    return {"round": r["number"], "labels": r["metrics"].get("n_labels", 0), "mean_margin": pool.get("mean_margin"),
+            "mean_entropy": pool.get("mean_entropy"), "pool_n": pool.get("n"), "kappa": stop.get("kappa"),
+            "should_stop": stop.get("should_stop")}
+
+
+def _labels_by_source(project) -> dict[str, dict[str, int]]:
+    out: dict[str, dict[str, int]] = {}
+    for source, label, n in sorted(project.store.label_counts()):
+        out.setdefault(source, {})[label] = n
+    return out
+
+
+def _llm_spend(project, rounds: list[dict]) -> dict:
+    usage = project.store.llm_usage()
+    by_purpose: dict[str, dict] = defaultdict(lambda: {"calls": 0, "prompt_tokens": 0, "completion_tokens": 0, "cost": 0.0})
+    for row in usage:
+        for key in ("calls", "prompt_tokens", "completion_tokens", "cost"):
+            by_purpose[row["purpose"]][key] += row[key] or 0
+    per_round = []
+    for r in rounds:
+        spent = project.store.llm_usage(round_=r["number"])
+        per_round.append({"round": r["number"], **{p: sum(x["cost"] or 0 for x in spent if x["purpose"] == p) for p in by_purpose}})
+    return {"usage": usage, "by_purpose": dict(by_purpose), "per_round": per_round,
+            "total_cost": sum(v["cost"] for v in by_purpose.values()),
+            "total_tokens": sum(v["prompt_tokens"] + v["completion_tokens"] for v in by_purpose.values())}
+
+
+# label quality ----------------------------------------------------------------------------------
+def _all_labels(project) -> list[tuple[str, str, str, str]]:
+    import sqlalchemy as sa
+
+    from synthloop.store import examples, labels
+
+    stmt = (sa.select(labels.c.example_id, examples.c.text, labels.c.label, labels.c.source)
+            .join(examples, examples.c.id == labels.c.example_id).order_by(labels.c.example_id, labels.c.source))
+    with project.store.engine.connect() as conn:
+        return [tuple(r) for r in conn.execute(stmt)]
+
+
+def llm_human_agreement(project) -> dict:
+    """Where an example has both an LLM label and a human label: how often they agree."""
+    by_example: dict[str, dict] = defaultdict(lambda: {"llm": [], "human": []})
+    for eid, text, label, source in _all_labels(project):
+        kind = source.split(":", 1)[0]
+        if kind in ("llm", "human"):
+            by_example[eid][kind].append((source, label))
+            by_example[eid]["text"] = text
+    pairs = [(eid, e["text"], h, s, lab) for eid, e in by_example.items() if e["human"] and e["llm"]
+             for s, lab in e["llm"] for _, h in e["human"][:1]]
+    if not pairs:
+        return {"n": 0, "note": "no example has both an LLM label and a human label"}
+    human, llm = [p[2] for p in pairs], [p[4] for p in pairs]
+    agree = sum(h == m for h, m in zip(human, llm)) / len(pairs)
+    kappa = None
+    if len(set(human) | set(llm)) > 1:
+        from sklearn.metrics import cohen_kappa_score
+
+        value = float(cohen_kappa_score(human, llm))
+        kappa = None if math.isnan(value) else value
+    return {"n": len(pairs), "agreement": agree, "kappa": kappa,
+            "disagreements": [{"id": eid, "text": text, "human": h, "llm": lab, "llm_source": s}
+                              for eid, text, h, s, lab in pairs if h != lab][:SUSPICIOUS_MAX]}
+
+
+def label_quality(project, model) -> dict:
+    """Out-of-fold probabilities of the project's model type over the real labels, then the labels most
+    worth a second look: cleanlab's find_label_issues first, then the lowest cleanlab label-quality scores
+    (without cleanlab: disagreements with the prediction, then the lowest probability of the given label)."""
+    from sklearn.model_selection import StratifiedKFold
+
+    result: dict = {"agreement": llm_human_agreement(project), "suspicious": []}
+    rows = project.store.training_set()
+    real = [r for r in rows if source_rank(r[3]) < source_rank("synthetic")]
+    extra = [(r[1], r[2]) for r in rows if source_rank(r[3]) >= source_rank("synthetic")] + project.task.examples()
+    given = np.array([r[2] for r in real], dtype=object)
+    present, counts = np.unique(given, return_counts=True) if len(given) else ([], [0])
+    folds = int(min(5, min(counts)))
+    if len(present) < 2 or folds < 2:
+        result["note"] = "needs at least two real labels in each of two classes; label more, then rerun"
+        return result
+    # The featurizer learned no labels (TF-IDF vocabulary or embeddings), so reusing it leaks nothing.
+    texts = [r[1] for r in real]
+    X, X_extra = model.transform(texts), model.transform([t for t, _ in extra]) if extra else None
+    weight = project.config.model.synthetic_weight
+    # Columns that are zero in every row keep a zero weight in an L2 logistic regression: dropping them
+    # gives the same model, many times faster (most of a 100k-column TF-IDF space is unused here).
+    import scipy.sparse as sp
+
+    stacked = X if X_extra is None else (sp.vstack([X, X_extra]) if sp.issparse(X) else np.vstack([X, X_extra]))
+    used = np.flatnonzero(np.asarray(abs(stacked).sum(axis=0)).ravel())
+    X, X_extra = X[:, used], None if X_extra is None else X_extra[:, used]
+    proba = np.zeros((len(real), len(project.task.label_names)))
+    for train, test in StratifiedKFold(folds, shuffle=True, random_state=project.config.loop.seed).split(texts, given):
+        clf = project._new_model()
+        # Calibration only rescales each class's scores; cleanlab's per-class thresholds already adapt to
+        # that scale, and skipping it makes k fits instead of 3k.
+        clf.calibrate = False
+        X_fit, y_fit, w = X[train], list(given[train]), [1.0] * len(train)
+        if X_extra is not None:
+            X_fit = sp.vstack([X_fit, X_extra]).tocsr() if sp.issparse(X_fit) else np.vstack([X_fit, X_extra])
+            y_fit, w = y_fit + [lab for _, lab in extra], w + [weight] * len(extra)
+        clf.fit([], y_fit, sample_weight=np.asarray(w), featurizer=model.featurizer_, X=X_fit)
+        proba[test] = clf.predict_proba_features(X[test])
+    names = list(project.task.label_names)
+    y = np.array([names.index(lab) for lab in given])
+    predicted = proba.argmax(axis=1)
+    self_conf = proba[np.arange(len(y)), y]
+    try:
+        from cleanlab.filter import find_label_issues
+        from cleanlab.rank import get_label_quality_scores
+
+        # cleanlab wants every class of pred_probs among the labels: keep the classes present.
+        cols = [names.index(c) for c in present]
+        p = proba[:, cols] / np.clip(proba[:, cols].sum(axis=1, keepdims=True), 1e-12, None)
+        y_present = np.array([cols.index(v) for v in y])
+        flagged = set(find_label_issues(y_present, p, return_indices_ranked_by="self_confidence").tolist())
+        # Adjusted by each class's typical confidence, so a class the model is unsure of overall does not
+        # crowd the top of the list; cleanlab's filter rarely fires on a few dozen labels, the ranking still helps.
+        score = get_label_quality_scores(y_present, p, method="self_confidence", adjust_pred_probs=True)
+        method = "cleanlab: label quality score (class-adjusted self-confidence), find_label_issues flags"
+    except (ImportError, ValueError) as err:  # not installed, or a class layout cleanlab refuses
+        flagged, score = set(np.flatnonzero(predicted != y).tolist()), self_conf
+        method = "out-of-fold probability of the given label" + (
+            " (install cleanlab for its confident-learning filter)" if isinstance(err, ImportError) else "")
+    ranked = sorted(range(len(real)), key=lambda i: (i not in flagged, score[i]))
+    shown = ranked[:min(SUSPICIOUS_MAX, max(REVIEW_TOP, len(flagged)))]
+    result.update({
+        "method": method, "folds": folds, "n_checked": len(real),
+        "out_of_fold_agreement": float((predicted == y).mean()), "n_flagged": len(flagged),
+        "suspicious": [{"id": real[i][0], "text": real[i][1], "given": real[i][2], "source": real[i][3],
+                        "predicted": names[predicted[i]], "score": float(score[i]), "p_given": float(self_conf[i]),
+                        "flagged": i in flagged} for i in shown],
+    })
+    return result
+
+
+# cost and impact --------------------------------------------------------------------------------
+def _sample_texts(project, n: int = 1000) -> list[str]:
+    texts = project.store.test_set()[0] or project.store.pool_texts_sample(n, 0) or [t for t, _ in project.task.examples()]
+    return (texts * math.ceil(n / len(texts)))[:n]
+
+
+def measure_model_latency(project, model, singles: int = 200, batch: int = 1000) -> dict:
+    texts = _sample_texts(project, batch)
+    model.predict_proba(texts[:1])  # first call pays for lazy imports and caches
+    times = []
+    for i in range(singles):
+        start = time.perf_counter()
+        model.predict_proba([texts[i % len(texts)]])
+        times.append(time.perf_counter() - start)
+    start = time.perf_counter()
+    model.predict_proba(texts)
+    seconds = time.perf_counter() - start
+    return {"p50_ms": 1000 * float(np.percentile(times, 50)), "p95_ms": 1000 * float(np.percentile(times, 95)),
+            "mean_ms": 1000 * float(np.mean(times)), "single_calls": singles, "batch_texts": len(texts),
+            "batch_seconds": seconds, "throughput_per_s": len(texts) / seconds,
+            "machine": (f"{platform.machine()}, {os.cpu_count()} CPUs, one BLAS thread, "
+                        f"load average {os.getloadavg()[0]:.1f} when measured")}
+
+
+def counterfactual(project, latency: dict | None, llm_spent: float) -> dict:
+    """Serving each prediction with one GPT-4o request instead: tokens from a zero-shot prompt's length."""
+    texts = _sample_texts(project, 1000)
+    avg_chars = sum(map(len, texts)) / len(texts)
+    prompt = ("You are a text classifier. Answer with exactly one label name.\n\n" + project.task.render()
+              + "\n\nText: ")
+    prompt_tokens = math.ceil((len(prompt) + avg_chars) / CHARS_PER_TOKEN) + MESSAGE_OVERHEAD_TOKENS
+    per_request = cost_usd("gpt-4o", prompt_tokens, GPT4O_OUTPUT_TOKENS)
+    rows = [{"what": "GPT-4o, one request per prediction (estimate)", "usd_per_1k": 1000 * per_request,
+             "seconds_per_1k_one_by_one": 1000 * GPT4O_SECONDS_PER_REQUEST, "seconds_per_1k_batched": None}]
+    if latency:
+        rows.insert(0, {"what": "compact model on this machine (measured)", "usd_per_1k": 0.0,
+                        "seconds_per_1k_one_by_one": latency["mean_ms"], "seconds_per_1k_batched": 1000 / latency["throughput_per_s"]})
+    return {"model": "gpt-4o", "prompt_tokens": prompt_tokens, "completion_tokens": GPT4O_OUTPUT_TOKENS,
+            "avg_text_chars": avg_chars, "usd_per_request": per_request,
+            "assumed_seconds_per_request": GPT4O_SECONDS_PER_REQUEST, "rows": rows,
+            "break_even_predictions": math.ceil(llm_spent / per_request) if per_request else None,
+            "assumptions": (f"~{CHARS_PER_TOKEN} characters per token; {GPT4O_OUTPUT_TOKENS} output tokens; "
+                            f"{GPT4O_SECONDS_PER_REQUEST} s per request is an assumed typical latency (0.5-1 s), "
+                            "not measured; the compact model costs no per-call fee (its electricity is under CO2)")}
+
+
+def _co2_start(country: str):
+    try:
+        from codecarbon import OfflineEmissionsTracker
+        from codecarbon.emissions_tracker import BaseEmissionsTracker
+    except ImportError:
+        return "codecarbon is not installed (pip install codecarbon)"
+    logging.getLogger("codecarbon").setLevel(logging.ERROR)
+    try:
+        # Nothing written to disk: codecarbon >= 3.3 takes output_methods, older versions save_to_file.
+        quiet = ({"output_methods": []} if "output_methods" in inspect.signature(BaseEmissionsTracker).parameters
+                 else {"save_to_file": False})
+        tracker = OfflineEmissionsTracker(country_iso_code=country, log_level="error", tracking_mode="process",
+                                          allow_multiple_runs=True, **quiet)
+        tracker.start()
+        return tracker
+    except Exception as err:  # codecarbon fails in many machine-specific ways; the report goes on without it
+        return f"codecarbon could not measure here: {type(err).__name__}"
+
+
+def _co2_stop(tracker, rounds: list[dict]) -> dict:
+    if isinstance(tracker, str):
+        return {"estimate": True, "note": tracker}
+    try:
+        tracker.stop()
+        d = tracker.final_emissions_data
+    except Exception as err:
+        return {"estimate": True, "note": f"codecarbon could not measure here: {type(err).__name__}"}
+    if not d.duration or not d.energy_consumed:
+        return {"estimate": True, "note": "codecarbon recorded no energy here"}
+    watts = 3_600_000 * d.energy_consumed / d.duration
+    kg_per_kwh = d.emissions / d.energy_consumed
+    train_s = sum((r["timings"] or {}).get("train", 0.0) for r in rounds)
+    return {"estimate": True, "country": d.country_iso_code, "cpu_model": d.cpu_model,
+            "measured_seconds": d.duration, "measured_kwh": d.energy_consumed, "measured_kg_co2": d.emissions,
+            "average_watts": watts, "kg_co2_per_kwh": kg_per_kwh, "training_seconds": train_s,
+            "training_kwh": watts * train_s / 3_600_000, "training_kg_co2": watts * train_s / 3_600_000 * kg_per_kwh,
+            "note": ("codecarbon (offline, process mode) over this report's k-fold refits and latency benchmark; the "
+                     "loop's training is that average power times the training time stored per round")}
