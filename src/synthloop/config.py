@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import tomllib
 from pathlib import Path
 import tomli_w
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from synthloop.errors import SynthloopError
-from synthloop.task import TaskSpec, format_validation_error
+from synthloop.task import TaskSpec, format_validation_error, read_toml
 
 CONFIG_FILE = "synthloop.toml"
 STATE_DIR = ".synthloop"
@@ -82,12 +81,7 @@ class Config(_Section):
 
 
 def load_config(path: Path) -> Config:
-    if not path.is_file():
-        raise SynthloopError(f"no {CONFIG_FILE} in {path.parent}; run `synthloop init {path.parent} --task TASK.toml` first")
-    try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as err:
-        raise SynthloopError(f"{path} is not valid UTF-8 TOML: {err}") from None
+    data = read_toml(path, f"no {CONFIG_FILE} in {path.parent}; run `synthloop init {path.parent} --task TASK.toml` first")
     try:
         return Config.model_validate(data)
     except ValidationError as err:

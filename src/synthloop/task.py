@@ -83,12 +83,17 @@ def parse_task(data: dict, source: str = "task") -> TaskSpec:
         raise SynthloopError(format_validation_error(err, source, prefix="task.")) from None
 
 
-def load_task(path: str | Path) -> TaskSpec:
-    path = Path(path)
+def read_toml(path: Path, missing: str) -> dict:
+    """A TOML file's contents; `missing` is the error when there is no such file."""
     if not path.is_file():
-        raise SynthloopError(f"task file {path} does not exist; pass the path of a task.toml")
+        raise SynthloopError(missing)
     try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
+        return tomllib.loads(path.read_text(encoding="utf-8"))
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as err:
         raise SynthloopError(f"{path} is not valid UTF-8 TOML: {err}") from None
+
+
+def load_task(path: str | Path) -> TaskSpec:
+    path = Path(path)
+    data = read_toml(path, f"task file {path} does not exist; pass the path of a task.toml")
     return parse_task(data, str(path))
