@@ -3,8 +3,8 @@
 1. Starts a real local LLM (llama.cpp serving SmolLM2-135M) and generates synthetic examples per class:
    the round-0 model trains on them (plus the task's examples).
 2. Runs active-learning rounds (margin sampling, the gold labels answering as a simulated reviewer)
-   with the minority top-up on: spam is ~13% of the real labels, so each round tops it up with
-   synthetic texts conditioned on the real spam seen so far.
+   with the minority top-up on: whenever spam (13% of the pool) is under 45% of the real labels, the
+   round adds synthetic spam conditioned on the real spam seen so far, up to half the training set.
 3. Prints accuracy per round next to random sampling without synthetic data.
 """
 
@@ -42,7 +42,8 @@ def main() -> None:
         project = Project.init(Path(tmp) / "demo", HERE / "task.toml",
                                loop={"strategy": "margin", "batch_size": args.batch},
                                llm={"model": LOCAL_MODEL_NAME, "base_url": server.base_url, "concurrency": 1},
-                               synth={"topup": True, "topup_max_per_round": 10, "max_chars": 200})
+                               synth={"topup": True, "topup_threshold": 0.45, "topup_target": 0.5,
+                                      "topup_max_per_round": 10, "max_chars": 200})
         project.import_file(HERE / "pool.csv", label_col="label", gold=True)
         project.import_file(HERE / "test.csv", label_col="label", split="test")
         status.update(f"generating {args.synthetic} synthetic examples per class with {LOCAL_MODEL_NAME}")
