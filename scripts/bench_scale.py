@@ -183,7 +183,6 @@ def measure(args: list[str], timeout: float = 3600) -> dict:
 def run(sizes, small_text_sizes, engines, out_prefix: Path) -> dict:
     import joblib
 
-    from synthloop.data import example_id
     from synthloop.models import TextClassifier
 
     texts, labels = source_texts()
