@@ -59,7 +59,7 @@ def pool(tmp_path_factory) -> dict:
     frame.to_parquet(folder / "pool.parquet", row_group_size=6000)
     frame.to_csv(folder / "pool.csv", index=False)
     (folder / "parts").mkdir()
-    for part in range(4):  # Ray lists several files on several threads: a path the single file never takes
+    for part in range(4):  # several files: Ray lists and reads them in parallel, a path one file never takes
         frame.iloc[part::4].to_parquet(folder / "parts" / f"part-{part}.parquet")
     return {"texts": texts, "parquet": folder / "pool.parquet", "csv": folder / "pool.csv", "folder": folder,
             "parts": folder / "parts"}
