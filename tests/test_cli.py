@@ -4,6 +4,8 @@ import json
 import subprocess
 import sys
 
+from synthloop import simulate
+
 
 def run(*args, cwd, check=True):
     proc = subprocess.run([sys.executable, "-m", "synthloop", *map(str, args)], cwd=cwd, capture_output=True, text=True)
@@ -34,6 +36,11 @@ def test_commands_end_to_end(tmp_path, small_pool):
     assert sum(status["labels"]["oracle"].values()) == 30 and status["queries"] == {"labeled": 30}
     table = run("status", cwd=proj).stdout
     assert "oracle" in table and "ham" in table and "accuracy" in table
+    # Cost and impact: the first status timed model v4 and kept the figure; this one read it back.
+    impact = status["impact"]
+    assert impact["compact_model"]["model_version"] == 4 and impact["compact_model"]["seconds_per_1k_batched"] > 0
+    assert impact["counterfactual"]["whole_pool"]["texts"] == imported["added"]
+    assert "cost and impact" in table and "measured earlier" in table and "whole pool" in table
 
     [pred] = json.loads(run("predict", "Free entry! Text WIN to 80082 now", "--json", cwd=proj).stdout)
     assert pred["label"] in ("ham", "spam")
@@ -59,3 +66,32 @@ def test_simulate_prints_the_json_contract(tmp_path, small_pool):
                "--budget", "20", "--batch", "10", "--seed", "0", "--json", cwd=tmp_path)
     result = json.loads(proc.stdout)
     assert set(result) == {"curve", "seconds"} and [p["labels"] for p in result["curve"]] == [0, 10, 20]
+
+
+def test_simulate_report_has_the_strategy_and_the_random_baseline(tmp_path, small_pool):
+    base = ["simulate", "--task", small_pool / "task.toml", "--pool", small_pool / "pool.csv", "--test", small_pool / "test.csv",
+            "--strategy", "margin", "--batch", "10", "--seed", "3"]
+    args = [*base, "--budget", "20"]
+    result = json.loads(run(*args, "--report", tmp_path / "rep", "--json", cwd=tmp_path).stdout)
+    assert set(result) == {"curve", "seconds", "baselines", "report"}
+    paths = {kind: tmp_path / "rep" / f"report.{kind}" for kind in ("html", "md", "json")}
+    assert all(p.is_file() and p.stat().st_size > 0 for p in paths.values())
+    report = json.loads(paths["json"].read_text())
+    labels = [p["labels"] for p in report["curve"]]
+    assert labels == [p["labels"] for p in result["curve"]] == [0, 10, 20]
+    assert [p["labels"] for p in report["baselines"]["random"]] == labels
+    assert report["baselines"]["random"] == result["baselines"]["random"]
+    assert all(0 <= p["accuracy"] <= 1 for p in report["curve"] + report["baselines"]["random"])
+    assert report["summary"]["vs"]["random"]["accuracy_at_same_labels"] == report["baselines"]["random"][-1]["accuracy"]
+    assert "margin vs random" in report["project"]
+    assert "random: labels" in paths["md"].read_text() and "random: labels" in paths["html"].read_text()
+    # The baseline is the plain random simulation with the same seed, not a different draw.
+    plain = simulate(small_pool / "task.toml", small_pool / "pool.csv", small_pool / "test.csv", strategy="random",
+                     budget=20, batch=10, seed=3)
+    assert plain["curve"] == result["baselines"]["random"]
+
+    # `--report` without a folder writes ./simulation-report; a folder without --report is refused.
+    text = run(*base, "--budget", "10", "--report", cwd=tmp_path).stdout
+    assert "random accuracy" in text and (tmp_path / "simulation-report" / "report.html").is_file()
+    proc = run(*args, tmp_path / "elsewhere", cwd=tmp_path, check=False)
+    assert proc.returncode == 2 and "add --report" in proc.stderr and not (tmp_path / "elsewhere").exists()

@@ -80,3 +80,34 @@ def test_minority_topup_records_what_it_added(llm_project):
     result = llm_project.round()
     added = llm_project.store.round(result.number)["counts"].get("synthetic_added", {})
     assert set(added) == {"spam"} and 0 < added["spam"] <= 4
+
+
+def test_consistency_filter_drops_texts_the_llm_labels_elsewhere(llm_project):
+    from synthloop.labelers.llm import label_texts
+
+    llm_project.config.synth.per_call, llm_project.config.synth.max_chars = 2, 120
+    llm_project.config.loop.seed = 1  # draws prompts of which, here, SmolLM2 labels one text back into its class
+    report = llm_project.generate(3, consistency_filter=True)
+    kept, dropped = sum(report.added.values()), report.dropped["label disagreement"]
+    usage = {u["purpose"]: u for u in llm_project.store.llm_usage()}
+    # Every text that passed the other filters was re-labeled exactly once: those that came back in their
+    # own class were stored, every other one is counted under "label disagreement". SmolLM2-135M answers
+    # "abstain" for most texts at temperature 0, so some are always dropped.
+    assert usage["filter"]["calls"] == kept + dropped and dropped > 0
+    synthetic = [r for r in llm_project.store.training_set() if r[3].startswith("synthetic:")]
+    assert len(synthetic) == kept == llm_project.store.count_examples().get(("pool", "synthetic"), 0)
+    # The stored ones agree with the labeler: asking again is answered from the store's cache (the same
+    # prompts, so the same decisions the filter saw) and gives back each text's class.
+    for label in ("ham", "spam"):
+        texts = [r[1] for r in synthetic if r[2] == label]
+        assert all(o.label == label for o in label_texts(llm_project, texts, purpose="check"))
+    if kept:
+        check = {u["purpose"]: u for u in llm_project.store.llm_usage()}["check"]
+        assert check["calls"] == check["cached"] == kept
+
+
+def test_consistency_filter_is_off_by_default(llm_project):
+    llm_project.config.synth.per_call, llm_project.config.synth.max_chars = 2, 120
+    report = llm_project.generate({"spam": 2})
+    assert "label disagreement" not in report.dropped
+    assert "filter" not in {u["purpose"] for u in llm_project.store.llm_usage()}

@@ -112,3 +112,43 @@ def test_loop_until_stable_stops_early(project, small_pool):
     results = project.loop(8, until_stable=True)
     stops = [r.metrics["stopping"]["should_stop"] for r in results]
     assert len(results) < 8 and stops[-1] and not any(stops[:-1])
+
+
+def test_status_shows_cost_and_impact(project, small_pool):
+    load(project, small_pool)
+    project.round()
+    call = {"model": "gpt-4o", "latency": 1.0, "cached": False, "ok": True, "round": 0}
+    project.store.record_llm_calls([{**call, "purpose": "label", "prompt_tokens": 300, "completion_tokens": 15, "cost": 0.0009}] * 4
+                                   + [{**call, "purpose": "generate", "prompt_tokens": 150, "completion_tokens": 250, "cost": 0.003}])
+    impact = project.status()["impact"]
+    assert impact["llm_spent_usd"] == pytest.approx(0.0066) and impact["llm_tokens"] == 4 * 315 + 400
+    assert impact["llm_by_purpose"]["label"]["calls"] == 4 and impact["llm_by_purpose"]["generate"]["completion_tokens"] == 250
+
+    model = impact["compact_model"]
+    assert model["model_version"] == 1 and not model["cached"] and model["batch_texts"] == 1000
+    # Sane on any machine this runs on: a TF-IDF + logistic regression model is far from a second per text.
+    assert 0 < model["seconds_per_1k_batched"] < 60 and 0 < model["seconds_per_1k_one_by_one"] < 600
+    cf = impact["counterfactual"]
+    local, gpt = cf["rows"]
+    assert local["usd_per_1k"] == 0 and local["seconds_per_1k_batched"] == model["seconds_per_1k_batched"]
+    assert 0.05 < gpt["usd_per_1k"] < 5 and gpt["seconds_per_1k_one_by_one"] == 750
+    pool = cf["whole_pool"]
+    assert pool["texts"] == project.store.count_examples()[("pool", "pool")] > 250
+    assert pool["usd"] == pytest.approx(pool["texts"] * cf["usd_per_request"]) and pool["seconds_one_by_one"] == pool["texts"] * 0.75
+    assert cf["break_even_predictions"] == pytest.approx(0.0066 / cf["usd_per_request"], abs=1)
+
+    # Measured once per model version: the next status reads the store, a new version is timed afresh.
+    again = project.status()["impact"]["compact_model"]
+    assert again["cached"] and again["measured_at"] == model["measured_at"]
+    project.round()
+    newer = project.status()["impact"]["compact_model"]
+    assert newer["model_version"] == 2 and not newer["cached"]
+    assert project.store.get_meta("inference_latency:v1")["measured_at"] == model["measured_at"]
+
+
+def test_status_without_a_model_still_estimates_gpt4o(project, small_pool):
+    load(project, small_pool)
+    impact = project.status()["impact"]
+    assert impact["compact_model"] is None and "synthloop round" in impact["compact_model_note"]
+    assert [r["what"] for r in impact["counterfactual"]["rows"]] == ["GPT-4o, one request per prediction (estimate)"]
+    assert impact["counterfactual"]["whole_pool"]["usd"] > 0 and impact["llm_spent_usd"] == 0

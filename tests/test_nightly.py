@@ -1,16 +1,21 @@
 """The nightly job: only new work on a second run, the lock, kill -9 and re-run, budgets, dry run."""
 
+import importlib.util
 import json
 import os
+import shutil
 import signal
+import socket
 import subprocess
 import sys
+import tempfile
 
+import numpy as np
 import pandas as pd
 import pytest
-from llm_servers import FaultServer
+from llm_servers import FaultServer, completion
 
-from synthloop import Project
+from synthloop import Project, SynthloopError
 from synthloop.nightly import run_nightly
 
 
@@ -138,3 +143,236 @@ def test_llm_budget_stops_before_it_is_exceeded(nightly_project, monkeypatch):
 def test_max_labels_caps_the_queries(nightly_project):
     project, incoming = nightly_project
     assert run_nightly(project, str(incoming), max_labels=3)["queried"] == 3
+
+
+# Scoring through synthloop.scale: --engine local | ray ------------------------------------------------
+
+@pytest.fixture
+def local_ray():
+    """Ray started in this process, on one CPU, in its own temp dir; ray.shutdown stops exactly what it started."""
+    ray = pytest.importorskip("ray")
+    pytest.importorskip("ray.data", reason="Ray is not installed: pip install 'synthloop[ray]' to run the Ray engine tests")
+    temp = tempfile.mkdtemp(prefix="slrayn", dir="/tmp")  # short: Ray's socket paths live under it
+    ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False, _temp_dir=temp)
+    try:
+        yield ray
+    finally:
+        ray.shutdown()
+        shutil.rmtree(temp, ignore_errors=True)
+
+
+def twin_of(project, folder) -> Project:
+    """An exact copy of the project, store included, to run the same night twice."""
+    project.store.engine.dispose()  # the last connection closing checkpoints the WAL into store.db
+    shutil.copytree(project.root, folder)
+    return Project(folder)
+
+
+def picks(project) -> list[tuple[str, float]]:
+    return [(q.example_id, q.score) for q in project.store.queries()]
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # Ray Data's own, about its DataContext defaults
+def test_engines_local_and_ray_select_the_same_ids(nightly_project, local_ray, monkeypatch, tmp_path):
+    import synthloop.project as project_module
+    from synthloop import active
+
+    project, incoming = nightly_project
+    monkeypatch.setattr(project_module, "SCORE_CHUNK_SIZE", 64)  # several chunks: several workers' results merged
+    twin = twin_of(project, tmp_path / "twin")
+    try:
+        local = run_nightly(project, str(incoming), max_labels=10, engine="local")
+        on_ray = run_nightly(twin, str(incoming), max_labels=10, engine="ray")  # Ray is up: score_pool uses it
+        assert local["engine"] == "local" and on_ray["engine"] == "ray"
+        assert local["model_version"] == on_ray["model_version"] and local["metrics"] == on_ray["metrics"]
+        unlabeled = len(project.store.unlabeled_pool()[0])
+        assert local["queried"] == on_ray["queried"] == 10 and local["scored"] == on_ray["scored"] == unlabeled + 10
+        assert [i for i, _ in picks(project)] == [i for i, _ in picks(twin)]
+        assert [s for _, s in picks(project)] == pytest.approx([s for _, s in picks(twin)], abs=1e-12)
+
+        # The streamed choice is the top 10 of the whole pool by the in-memory margin.
+        _, model = project.load_model(local["model_version"])
+        ids, texts = project.store.unlabeled_pool()
+        chosen = project.store.queries()
+        ids, texts = ids + [q.example_id for q in chosen], texts + [q.text for q in chosen]
+        margin = np.round(active.uncertainty("margin", model.predict_proba(texts)), 12)
+        best = sorted(range(len(ids)), key=lambda i: (-margin[i], ids[i]))[:10]
+        assert {ids[i] for i in best} == {q.example_id for q in chosen}
+
+        # ranked-batch: the few thousand most uncertain streamed, then the diversity step on those.
+        for proj in (project, twin):
+            proj.config.loop.strategy = "ranked-batch"
+        local = run_nightly(project, str(incoming), max_labels=10, engine="local")
+        on_ray = run_nightly(twin, str(incoming), max_labels=10, engine="ray")
+        assert local["retrained"] and local["model_version"] == on_ray["model_version"]
+        assert local["queried"] == on_ray["queried"] == 10
+        assert [i for i, _ in picks(project)] == [i for i, _ in picks(twin)]
+        assert {q.strategy for q in project.store.queries(round_=1)} == {"ranked-batch"}
+    finally:
+        twin.close()
+
+
+def test_bad_engine_options_are_refused_before_any_work(nightly_project):
+    from typer.testing import CliRunner
+
+    from synthloop.cli import app
+
+    project, incoming = nightly_project
+    cases = [(["--engine", "spark"], "unknown engine 'spark'; choose --engine local"),
+             (["--address", "10.0.0.5:6379"], "add --engine ray"),
+             (["--engine", "local", "--address", "10.0.0.5:6379"], "--address is for --engine ray"),
+             (["--labeler", "llm-bach"], "unknown labeler 'llm-bach'; choose --labeler one of")]
+    if importlib.util.find_spec("ray") is not None:
+        with socket.socket() as sock:  # a port nothing listens on
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
+        cases.append((["--engine", "ray", "--address", f"127.0.0.1:{port}"], f"cannot reach a Ray cluster at '127.0.0.1:{port}'"))
+    for args, message in cases:
+        result = CliRunner().invoke(app, ["nightly", "--project", str(project.root), "--pool", str(incoming), *args])
+        assert result.exit_code == 2, result.output
+        assert message in " ".join((result.output + (result.stderr or "")).split()), args
+    project.config.loop.strategy = "random"
+    with pytest.raises(SynthloopError, match=r"cannot be streamed by --engine; set \[loop\] strategy"):
+        run_nightly(project, str(incoming), engine="local")
+    assert project.store.runs() == [] and project.store.pool_file(str((incoming / "day1.csv").resolve())) is None
+
+
+def test_store_streams_the_unlabeled_pool_in_id_order(nightly_project):
+    project, _ = nightly_project
+    run_nightly(project, None, max_labels=10)  # labels and queries: both must be left out
+    ids, texts = project.store.unlabeled_pool()
+    for size in (1, 7, len(ids), len(ids) + 5):
+        chunks = list(project.store.unlabeled_pool_chunks(size))
+        assert [i for c, _ in chunks for i in c] == ids and [t for _, c in chunks for t in c] == texts
+        assert all(len(c) <= size for c, _ in chunks)
+    assert not set(ids) & {q.example_id for q in project.store.queries()}
+
+
+# The Batch API route: one night submits, the next collects --------------------------------------------
+
+def batch_setup(project, monkeypatch) -> FaultServer:
+    server = FaultServer()
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
+    cfg = project.config.llm
+    cfg.base_url, cfg.model, cfg.response_format, cfg.max_retries = server.base_url, "gpt-4o", "json_schema", 0
+    server.batch_answer = lambda body: completion('{"label": "ham", "confidence": 0.7}')
+    return server
+
+
+def custom_ids(server, batch_id) -> list[str]:
+    lines = server.files[server.batches[batch_id]["input_file_id"]].decode().splitlines()
+    return [json.loads(line)["custom_id"] for line in lines]
+
+
+def test_batch_route_night_one_submits_night_two_collects(nightly_project, monkeypatch):
+    from synthloop.labelers import get_labeler
+    from synthloop.labelers.batch import jobs
+    from synthloop.llm.pricing import cost_usd
+
+    project, incoming = nightly_project
+    server = batch_setup(project, monkeypatch)
+    try:
+        night1 = run_nightly(project, str(incoming), max_labels=10, labeler="llm-batch")
+        assert night1["queried"] == 10 and night1["labels_collected"] == 0 and night1["pending"] == 10
+        assert night1["batch"]["submitted"] == 10 and night1["batch"]["open_jobs"] == 1 and night1["batch"]["estimated_cost"] > 0
+        assert list(server.batches) == ["batch-0"] and server.batches["batch-0"]["polls"] == 1  # polled, not waited on
+        round0 = project.store.queries(round_=0)
+        assert custom_ids(server, "batch-0") == [q.example_id for q in round0]
+        assert jobs(project.store)["batch-0"]["state"] == "open" and server.requests == []  # no direct LLM call
+        body = json.loads(server.files["file-0"].decode().splitlines()[0])["body"]
+        assert body["model"] == "gpt-4o" and body["response_format"]["type"] == "json_schema" and body["logprobs"]
+
+        # A killed run resumed hands the same queries out again: nothing is submitted twice.
+        get_labeler("llm-batch", project).submit(round0)
+        assert list(server.batches) == ["batch-0"]
+
+        # The answers, decided when the job finishes: one off the task, one abstention, the rest labels.
+        texts = {q.text: q.example_id for q in round0}
+        odd, shy = round0[0].example_id, round0[1].example_id
+
+        def answer(body):
+            eid = texts.get(body["messages"][-1]["content"].removeprefix("Text: "))
+            if eid == odd:
+                return completion('{"label": "eggs", "confidence": 0.9}')
+            if eid == shy:
+                return completion('{"label": "abstain", "confidence": 0.2}')
+            return completion('{"label": "spam", "confidence": 0.8}', logprobs=True)
+
+        server.batch_answer = answer
+        night2 = run_nightly(project, str(incoming), max_labels=10, labeler="llm-batch")
+        assert night2["labels_collected"] == 8 and night2["retrained"] and night2["round"] == 1
+        assert night2["queried"] == 10 and night2["batch"]["submitted"] == 10 and night2["batch"]["open_jobs"] == 1
+        assert list(server.batches) == ["batch-0", "batch-1"]
+        assert custom_ids(server, "batch-1") == [q.example_id for q in project.store.queries(round_=1)]
+        statuses = {q.example_id: q.status for q in project.store.queries(round_=0)}
+        assert statuses.pop(odd) == "failed" and statuses.pop(shy) == "skipped" and set(statuses.values()) == {"labeled"}
+        half = cost_usd("gpt-4o", 20, 5) / 2  # the fault server's usage per answer, at batch price
+        labels = [r for r in project.store.training_set() if r[3] == "llm:gpt-4o"]
+        assert len(labels) == 8 and {r[2] for r in labels} == {"spam"}
+        usage = {(u["purpose"], u["model"]): u for u in project.store.llm_usage()}
+        assert usage[("label-batch", "gpt-4o")]["calls"] == 10 and usage[("label-batch", "gpt-4o")]["failed"] == 1
+        assert night2["llm_cost"] == pytest.approx(10 * half)
+        states = {k: j["state"] for k, j in jobs(project.store, states=("open", "answered", "done")).items()}
+        assert states == {"batch-0": "done", "batch-1": "open"}
+        assert "Batch API: 10 queries submitted" in (project.state_dir / "reports" / "nightly-0002.md").read_text()
+    finally:
+        server.stop()
+
+
+def test_batch_submissions_stay_within_the_nightly_budget(nightly_project, monkeypatch):
+    from synthloop.labelers.batch import jobs
+    from synthloop.labelers.llm import estimated_cost, few_shot_examples, labeling_messages
+    from synthloop.llm.pricing import BATCH_DISCOUNT
+
+    project, _ = nightly_project
+    server = batch_setup(project, monkeypatch)
+    try:
+        _, texts = project.store.unlabeled_pool()
+        shots = few_shot_examples(project, project.config.llm.few_shot)
+        budget = 3.5 * max(estimated_cost(project, labeling_messages(project.task, t, shots)) for t in texts) * BATCH_DISCOUNT
+        night1 = run_nightly(project, None, max_labels=10, max_cost=budget, labeler="llm-batch")
+        costs = [estimated_cost(project, labeling_messages(project.task, q.text, shots)) * BATCH_DISCOUNT
+                 for q in project.store.queries()]
+        allowed = next(k for k in range(len(costs) + 1) if k == len(costs) or sum(costs[:k + 1]) > budget)
+        assert 3 <= allowed < 10 and night1["batch"]["submitted"] == allowed
+        assert night1["batch"]["estimated_cost"] == pytest.approx(sum(costs[:allowed])) and sum(costs[:allowed]) <= budget
+        round0 = [q.example_id for q in project.store.queries(round_=0)]
+        assert custom_ids(server, "batch-0") == round0[:allowed]
+
+        # The next night (no cap): the answers come in, and the queries the budget left out go first.
+        night2 = run_nightly(project, None, max_labels=10, labeler="llm-batch")
+        assert night2["labels_collected"] == allowed and night2["batch"]["submitted"] == 10 - allowed + 10
+        round1 = [q.example_id for q in project.store.queries(round_=1)]
+        assert custom_ids(server, "batch-1") == round0[allowed:] + round1
+        assert len(jobs(project.store)) == 1
+    finally:
+        server.stop()
+
+
+def test_batch_answers_count_once_and_a_lost_job_is_sent_again(nightly_project, monkeypatch):
+    from synthloop.labelers import get_labeler
+    from synthloop.labelers.batch import jobs
+
+    project, _ = nightly_project
+    server = batch_setup(project, monkeypatch)
+    try:
+        project.round(n=6, labeler="llm-batch")  # submits one job and polls it once
+        labeler = get_labeler("llm-batch", project)
+        first = labeler.collect()  # second poll: finished
+        assert len(first) == 6 and {label.source for label in first} == {"llm:gpt-4o"}
+        # A run killed before these labels were stored: the next collect gives them again, the cost counts once.
+        again = labeler.collect()
+        assert [label.example_id for label in again] == [label.example_id for label in first]
+        assert [u["calls"] for u in project.store.llm_usage()] == [6]
+        project.store.record_labels(again, 0)
+        assert labeler.collect() == [] and jobs(project.store) == {}
+
+        project.round(n=4, labeler="llm-batch")
+        sent = [q.example_id for q in project.store.queries(round_=1)]
+        assert custom_ids(server, "batch-1") == sent
+        server.batches["elsewhere"] = server.batches.pop("batch-1")  # unknown to the server now: a 404
+        assert labeler.collect() == [] and jobs(project.store, states=("lost",))["batch-1"]["ids"] == sent
+        labeler.submit([])
+        assert custom_ids(server, "batch-2") == sent
+    finally:
+        server.stop()

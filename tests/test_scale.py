@@ -162,8 +162,7 @@ def test_store_chunks_and_the_pool_file_give_the_store_ids_and_the_in_memory_cho
     project.import_file(EXAMPLE / "pool.csv", label_col="label", gold=True)
     _, model = project.train()  # the project's default model (tfidf-lr): any model name streams
     ids, texts = project.store.unlabeled_pool()
-    chunks = [(ids[i:i + 300], texts[i:i + 300]) for i in range(0, len(ids), 300)]
-    from_store = score_pool(model, chunks, k=10, n_jobs=1)
+    from_store = score_pool(model, project.store.unlabeled_pool_chunks(300), k=10, n_jobs=1)
     assert score_pool(model, EXAMPLE / "pool.csv", k=10, n_jobs=1) == from_store
     picked, _ = select("margin", model, model.transform(texts), 10)
     assert {i for i, _ in from_store} == {ids[i] for i in picked}

@@ -14,6 +14,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from synthloop.cli_report import report
+from synthloop.cli_review import review_app
 from synthloop.data import read_table
 from synthloop.errors import SynthloopError
 from synthloop.project import Project, RoundResult
@@ -143,7 +144,7 @@ def label(with_: Annotated[Optional[str], typer.Option("--with", help="Labeler t
 
 
 @app.command("round")
-def round_(labeler: Annotated[Optional[str], typer.Option(help="Route this round's queries to this labeler (oracle, llm).")] = None,
+def round_(labeler: Annotated[Optional[str], typer.Option(help="Route this round's queries to this labeler (oracle, llm, argilla, hybrid).")] = None,
            project: ProjectOpt = Path("."), as_json: JsonOpt = False):
     """One full round: collect labels, train, evaluate, top up minority classes, select, route."""
     proj = _open(project)
@@ -199,6 +200,7 @@ def generate(per_class: Annotated[int, typer.Option("--per-class", help="Synthet
 
 llm_app = typer.Typer(help="The local LLM server.", no_args_is_help=True)
 app.add_typer(llm_app, name="llm")
+app.add_typer(review_app, name="review")
 
 
 @llm_app.command("serve")
@@ -228,13 +230,18 @@ def nightly(pool: Annotated[Optional[str], typer.Option(help="Folder or glob of 
             text_col: str = "text", id_col: Annotated[Optional[str], typer.Option()] = None,
             dry_run: Annotated[bool, typer.Option("--dry-run", help="Show what would be done; change nothing.")] = False,
             log_file: Annotated[Optional[Path], typer.Option(help="Default: .synthloop/logs/nightly.log")] = None,
+            engine: Annotated[Optional[str], typer.Option(help="Stream the pool through synthloop.scale: local (every core) "
+                                                          "or ray (a Ray cluster). Default: in memory, scores cached.")] = None,
+            address: Annotated[Optional[str], typer.Option(help="Ray cluster address (host:6379) for --engine ray; "
+                                                           "default: start Ray on this machine.")] = None,
             project: ProjectOpt = Path("."), as_json: JsonOpt = False):
     """The unattended job for cron/systemd/Kubernetes: exit 0 done, 1 failed, 2 bad input, 75 locked (retry later)."""
     from synthloop.nightly import EXIT_FAILED, EXIT_LOCKED, Locked, run_nightly
 
     proj = _open(project)
     try:
-        summary = run_nightly(proj, pool, dry_run, max_labels, max_cost, labeler, text_col, id_col, log_file)
+        summary = run_nightly(proj, pool, dry_run, max_labels, max_cost, labeler, text_col, id_col, log_file,
+                              engine=engine, address=address)
     except Locked as e:
         err.print(f"[yellow]locked:[/] {escape(str(e))}", highlight=False, soft_wrap=True)
         raise typer.Exit(EXIT_LOCKED)
@@ -249,10 +256,11 @@ def nightly(pool: Annotated[Optional[str], typer.Option(help="Folder or glob of 
 
 
 @app.command()
-def status(project: ProjectOpt = Path("."), as_json: JsonOpt = False):
-    """Examples, labels per class and source, pending queries, last metrics."""
+def status(no_latency: Annotated[bool, typer.Option("--no-latency", help="Skip timing the latest model (done once per version).")] = False,
+           project: ProjectOpt = Path("."), as_json: JsonOpt = False):
+    """Examples, labels per class and source, pending queries, last metrics, cost and impact."""
     proj = _open(project)
-    info = proj.status()
+    info = proj.status(measure_latency=not no_latency)
     if _emit(info, as_json):
         return
     out.print(f"[bold]{info['task']}[/] in {info['project']}: {info['rounds']} rounds, model v{info['model_version'] or '-'}")
@@ -272,9 +280,33 @@ def status(project: ProjectOpt = Path("."), as_json: JsonOpt = False):
             usage.add_row(u["purpose"], u["model"], str(u["calls"]), str(u["cached"]), str(u["failed"]), str(u["prompt_tokens"]),
                           str(u["completion_tokens"]), f"{u['cost']:.4f}", f"{u['latency']:.1f}")
         out.print(usage)
-    if info["last_metrics"]:
+    if info["last_metrics"] and info["last_metrics"]["accuracy"] is not None:  # None without a test split
         m = info["last_metrics"]
         out.print(f"last metrics (round {m['round']}, {m['n_labels']} labels): accuracy {m['accuracy']:.3f}, macro-F1 {m['macro_f1']:.3f}")
+    _print_impact(info["impact"])
+
+
+def _print_impact(impact: dict) -> None:
+    cf = impact["counterfactual"]
+    table = Table("", "$ per 1k predictions", "seconds per 1k, one by one", "seconds per 1k, batched", title="cost and impact")
+    for r in cf["rows"]:
+        batched = "-" if r["seconds_per_1k_batched"] is None else f"{r['seconds_per_1k_batched']:.2f}"
+        table.add_row(r["what"], f"{r['usd_per_1k']:.4f}", f"{r['seconds_per_1k_one_by_one']:.2f}", batched)
+    out.print(table)
+    model = impact["compact_model"]
+    if model:
+        out.print(f"compact model v{model['model_version']}, timed on this machine ({model['host']}"
+                  f"{'; measured earlier' if model['cached'] else ''}): {model['batch_texts']:,} texts in one batch, "
+                  f"{model['single_calls']} single calls", highlight=False)
+    else:
+        out.print(f"compact model: not timed ({escape(impact['compact_model_note'])})", highlight=False)
+    pool = cf["whole_pool"]
+    if pool["texts"]:
+        out.print(f"labeling the whole pool ({pool['texts']:,} texts) with GPT-4o, one request each: about ${pool['usd']:,.2f} "
+                  f"and {pool['seconds_one_by_one'] / 3600:,.1f} hours one by one (estimate)", highlight=False)
+    out.print(f"LLM spent so far: ${impact['llm_spent_usd']:.4f} for {impact['llm_tokens']:,} tokens"
+              + (f"; that is {cf['break_even_predictions']:,} GPT-4o predictions" if impact["llm_spent_usd"] else ""), highlight=False)
+    out.print(f"GPT-4o figures: {cf['assumptions']}", highlight=False, soft_wrap=True)
 
 
 @app.command()
@@ -318,26 +350,42 @@ def simulate(task: Annotated[Path, typer.Option(help="Task file.")],
              budget: Annotated[int, typer.Option(help="Labels to buy in all.")] = 500,
              batch: Annotated[int, typer.Option(help="Labels per round.")] = 25,
              seed: int = 0, text_col: str = "text", label_col: str = "label",
+             with_report: Annotated[bool, typer.Option("--report", help="Also run the random baseline (same seed) and write "
+                                                        "the report with both learning curves to REPORT_DIR.")] = False,
+             # A positional folder, because typer cannot give an option an optional value: `--report [DIR]`.
+             report_dir: Annotated[Optional[Path], typer.Argument(help="Folder for --report (default ./simulation-report).",
+                                                                  show_default=False)] = None,
              as_json: JsonOpt = False, quiet: QuietOpt = False):
     """Run a whole loop against gold labels in a temporary project; prints the learning curve."""
+    if report_dir is not None and not with_report:
+        _fail(SynthloopError(f"{report_dir} was given without --report; add --report to write the report there"))
+    if with_report and report_dir is None:
+        report_dir = Path("simulation-report")
     progress = Progress(TextColumn("labels"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.description}"),
                         TimeElapsedColumn(), console=err, disable=quiet or as_json)
 
     def on_point(point):
-        progress.update(bar, completed=point["labels"], description=f"acc {point['accuracy'] or 0:.3f}")
+        run = f"{point['baseline']}: " if "baseline" in point else ""
+        progress.update(bar, completed=point["labels"], description=f"{run}acc {point['accuracy'] or 0:.3f}")
 
     try:
         with progress:
             bar = progress.add_task("", total=budget)
-            result = run_simulation(task, pool, test, strategy, model, budget, batch, seed, text_col, label_col, on_point)
+            result = run_simulation(task, pool, test, strategy, model, budget, batch, seed, text_col, label_col, on_point,
+                                    report_dir=report_dir)
     except SynthloopError as e:
         _fail(e)
     if _emit(result, as_json):
         return
-    table = Table("labels", "accuracy", "macro-F1", title=f"{strategy} / {model} ({result['seconds']:.1f} s)")
-    for p in result["curve"]:
-        table.add_row(str(p["labels"]), f"{p['accuracy']:.3f}", f"{p['macro_f1']:.3f}")
+    baselines = result.get("baselines", {})
+    table = Table("labels", "accuracy", "macro-F1", *(f"{name} accuracy" for name in baselines),
+                  title=f"{strategy} / {model} ({result['seconds']:.1f} s)")
+    for k, p in enumerate(result["curve"]):
+        others = [f"{c[k]['accuracy']:.3f}" if k < len(c) and c[k]["labels"] == p["labels"] else "-" for c in baselines.values()]
+        table.add_row(str(p["labels"]), f"{p['accuracy']:.3f}", f"{p['macro_f1']:.3f}", *others)
     out.print(table)
+    for kind, path in result.get("report", {}).items():
+        out.print(f"{kind}: {path}", highlight=False, soft_wrap=True)
 
 
 app.command()(report)

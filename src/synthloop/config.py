@@ -69,12 +69,41 @@ class SynthConfig(_Section):
     topup_max_per_round: int = Field(50, ge=1)
 
 
+class ArgillaConfig(_Section):
+    """Human review in Argilla. The API key is read from the environment only."""
+
+    api_url: str | None = None  # None: $ARGILLA_API_URL, else http://localhost:6900
+    api_url_env: str = "ARGILLA_API_URL"
+    api_key_env: str = "ARGILLA_API_KEY"
+    workspace: str = "synthloop"
+    dataset: str | None = None  # None: the task's name
+    # Existing users to add to the workspace; missing ones are created with $ARGILLA_ANNOTATOR_PASSWORD.
+    annotators: list[str] = Field(default_factory=list)
+    # Submitted responses a record needs before its label is taken (Argilla's task distribution).
+    min_submitted: int = Field(1, ge=1)
+    chunk_size: int = Field(100, ge=1, le=500)
+    retries: int = Field(3, ge=0)  # per chunk, after the SDK's own connection retries
+    retry_wait: float = Field(2.0, ge=0.0)  # seconds, doubled after each try
+    timeout: float = Field(60.0, gt=0)
+
+
+class RouterConfig(_Section):
+    """The hybrid labeler: LLM labels first, the doubtful ones to human reviewers."""
+
+    # LLM answers less sure than this go to humans.
+    llm_min_confidence: float = Field(0.8, ge=0.0, le=1.0)
+    # A model at least this sure that disagrees with the LLM sends the example to humans.
+    model_confident: float = Field(0.9, ge=0.0, le=1.0)
+
+
 class Config(_Section):
     task: TaskSpec
     model: ModelConfig = Field(default_factory=ModelConfig)
     loop: LoopConfig = Field(default_factory=LoopConfig)
     llm: LLMConfig = Field(default_factory=LLMConfig)
     synth: SynthConfig = Field(default_factory=SynthConfig)
+    argilla: ArgillaConfig = Field(default_factory=ArgillaConfig)
+    router: RouterConfig = Field(default_factory=RouterConfig)
 
     def dump(self) -> str:
         return tomli_w.dumps(self.model_dump(mode="json", exclude_none=True))

@@ -264,6 +264,10 @@ def blocks(d: dict, label_names: list[str]) -> list[tuple]:
         gpt, local = cf["rows"][1], cf["rows"][0]
         b.append(("p", f"Per 1,000 predictions the compact model saves {_usd(gpt['usd_per_1k'])} and answers "
                        f"{gpt['seconds_per_1k_one_by_one'] / local['seconds_per_1k_one_by_one']:,.0f}x faster one by one."))
+    pool = cf.get("whole_pool")
+    if pool and pool["texts"]:
+        b.append(("p", f"Labeling the whole pool ({pool['texts']:,} texts) with GPT-4o, one request each, would cost about "
+                       f"{_usd(pool['usd'])} and take about {pool['seconds_one_by_one'] / 3600:,.1f} hours one by one (estimate)."))
     if llm["total_cost"] and cf["break_even_predictions"]:
         b.append(("p", f"The {_usd(llm['total_cost'])} spent on LLM calls equals {cf['break_even_predictions']:,} GPT-4o "
                        "predictions: past that, every prediction the compact model serves is money saved."))

@@ -32,6 +32,8 @@ POOL_STATS_SAMPLE = 5000
 # plus a random slice of the rest so that no example keeps a stale score forever.
 RESCORE_TOP = 2000
 RESCORE_SLICE = 10_000
+# Rows per chunk when the pool is streamed from the store to synthloop.scale (select with an engine).
+SCORE_CHUNK_SIZE = 50_000
 
 
 @dataclass
@@ -333,10 +335,14 @@ class Project:
         return key, model.featurizer_
 
     def select(self, round_: int, model: TextClassifier, n: int | None = None, strategy: str | None = None,
-               labeler: str | None = None, incremental: bool = False) -> int:
-        """Score the unlabeled pool, pick the next batch and store it as pending queries."""
+               labeler: str | None = None, incremental: bool = False, engine: str | None = None,
+               address: str | None = None) -> int:
+        """Score the unlabeled pool, pick the next batch and store it as pending queries. With an engine
+        ("local" or "ray", see synthloop.scale) the pool is streamed from the store in chunks instead."""
         n = self.config.loop.batch_size if n is None else n
         strategy = strategy or self.config.loop.strategy
+        if engine is not None:
+            return self._select_streamed(round_, model, n, strategy, labeler, engine, address)
         ids, texts = self.store.unlabeled_pool()
         if not ids or n <= 0:
             return 0
@@ -350,6 +356,28 @@ class Project:
             X_training = self._features(key, featurizer, t_ids, t_texts)
         picked, scores = active.select(strategy, model, X, n, X_training=X_training, seed=self.config.loop.seed + round_)
         picks = [(ids[i], None if scores is None else float(scores[k])) for k, i in enumerate(picked)]
+        return self.store.add_queries(round_, picks, strategy, routed_to=labeler or self.config.loop.labeler)
+
+    def _select_streamed(self, round_, model, n, strategy, labeler, engine, address) -> int:
+        """Every unlabeled example is scored each time: per-example cached scores would make the store's
+        score table as big as the pool, which is what streaming is for avoiding."""
+        from synthloop.scale import score_pool
+
+        if n <= 0:
+            return 0
+        streamed = 0
+
+        def chunks():
+            nonlocal streamed
+            for ids, texts in self.store.unlabeled_pool_chunks(SCORE_CHUNK_SIZE):
+                streamed += len(ids)
+                yield ids, texts
+
+        # ranked-batch prefers candidates unlike the labeled set, as the in-memory strategy does.
+        training = self.training_data()[1] if strategy == "ranked-batch" else None
+        picks = score_pool(model, chunks(), strategy=strategy, k=n, engine=engine, address=address,
+                           chunk_size=SCORE_CHUNK_SIZE, training_texts=training)
+        self.last_scored = streamed
         return self.store.add_queries(round_, picks, strategy, routed_to=labeler or self.config.loop.labeler)
 
     def _select_incremental(self, round_, model, ids, texts, n, strategy, labeler) -> int:
@@ -407,7 +435,7 @@ class Project:
     # the round ----------------------------------------------------------------------------------
     def round(self, query: bool = True, n: int | None = None, strategy: str | None = None,
               route: bool = True, labeler: str | None = None, incremental: bool = False,
-              retrain: bool = True) -> RoundResult:
+              retrain: bool = True, engine: str | None = None, address: str | None = None) -> RoundResult:
         """One round. With route=False it stops after selecting and stays open: `label` or the next
         `round` hands the queries out and closes it."""
         start = time.perf_counter()
@@ -451,7 +479,8 @@ class Project:
 
         if query and not self.store.queries(round_=number):
             t = time.perf_counter()
-            self.select(number, model, n=n, strategy=strategy, labeler=labeler, incremental=incremental)
+            self.select(number, model, n=n, strategy=strategy, labeler=labeler, incremental=incremental,
+                        engine=engine, address=address)
             timings["select"] = time.perf_counter() - t
         _checkpoint("selected", number)
         if not route:
@@ -507,7 +536,11 @@ class Project:
             for text, p in zip(texts, proba)
         ]
 
-    def status(self) -> dict:
+    def status(self, measure_latency: bool = True) -> dict:
+        """What the project holds, and what it cost: LLM spend, the latest model's latency on this machine
+        (measured once per model version, then read from the store) and GPT-4o per request instead."""
+        from synthloop.impact import status_impact
+
         counts = self.store.count_examples()
         by_source: dict[str, dict[str, int]] = {}
         for source, label, n in self.store.label_counts():
@@ -526,5 +559,6 @@ class Project:
             "model_version": model["version"] if model else None,
             "last_metrics": None if last is None else {
                 "round": last["number"], **{k: last["metrics"].get(k) for k in ("n_labels", "accuracy", "macro_f1")}},
+            "impact": status_impact(self, measure=measure_latency),
         }
 

@@ -8,8 +8,6 @@ import inspect
 import json
 import logging
 import math
-import os
-import platform
 import time
 from collections import defaultdict
 from pathlib import Path
@@ -19,22 +17,18 @@ from threadpoolctl import threadpool_limits
 
 from synthloop import plots
 from synthloop.errors import SynthloopError
-from synthloop.llm.pricing import cost_usd
+from synthloop.impact import counterfactual, llm_totals, measure_model_latency
 from synthloop.store import source_rank
 
-# Nobody has measured GPT-4o for this project: a typical single short-completion request takes
-# 0.5-1 s end to end, so the counterfactual uses the middle of that range and says so.
-GPT4O_SECONDS_PER_REQUEST = 0.75
-GPT4O_OUTPUT_TOKENS = 5  # a label name and the end of the message
-CHARS_PER_TOKEN = 4
-MESSAGE_OVERHEAD_TOKENS = 7  # chat-format tokens around the system and user messages
 SUSPICIOUS_MAX = 50
 REVIEW_TOP = 10  # the lowest-scored labels shown even when none is flagged
 
 
 def build_report(project, out_dir: str | Path | None = None, baselines: dict[str, list[dict]] | None = None,
-                 measure_latency: bool = True, measure_co2: bool = True, country_iso_code: str = "USA") -> dict:
-    """Write report.html, report.md and report.json; return the JSON data with a "paths" entry."""
+                 measure_latency: bool = True, measure_co2: bool = True, country_iso_code: str = "USA",
+                 project_label: str | None = None) -> dict:
+    """Write report.html, report.md and report.json; return the JSON data with a "paths" entry.
+    project_label replaces the project's folder where that folder means nothing (a simulation's temporary one)."""
     rounds = project.store.rounds()
     if not rounds:
         raise SynthloopError("no rounds yet; run `synthloop round` first")
@@ -60,7 +54,7 @@ def build_report(project, out_dir: str | Path | None = None, baselines: dict[str
         co2 = _co2_stop(tracker, rounds)  # also stops codecarbon's sampling thread when something failed
     llm = _llm_spend(project, rounds)
     data = {
-        "project": str(project.root), "task": project.task.name, "model_version": version,
+        "project": project_label or str(project.root), "task": project.task.name, "model_version": version,
         "generated_at": time.strftime("%Y-%m-%d %H:%M:%S"), "rounds": len(rounds),
         "curve": curve, "summary": _summary(curve, baselines), "baselines": baselines,
         "per_class_f1": {"labels": [p["labels"] for p in curve],
@@ -124,17 +118,13 @@ def _labels_by_source(project) -> dict[str, dict[str, int]]:
 
 def _llm_spend(project, rounds: list[dict]) -> dict:
     usage = project.store.llm_usage()
-    by_purpose: dict[str, dict] = defaultdict(lambda: {"calls": 0, "prompt_tokens": 0, "completion_tokens": 0, "cost": 0.0})
-    for row in usage:
-        for key in ("calls", "prompt_tokens", "completion_tokens", "cost"):
-            by_purpose[row["purpose"]][key] += row[key] or 0
+    totals = llm_totals(usage)
     per_round = []
     for r in rounds:
         spent = project.store.llm_usage(round_=r["number"])
-        per_round.append({"round": r["number"], **{p: sum(x["cost"] or 0 for x in spent if x["purpose"] == p) for p in by_purpose}})
-    return {"usage": usage, "by_purpose": dict(by_purpose), "per_round": per_round,
-            "total_cost": sum(v["cost"] for v in by_purpose.values()),
-            "total_tokens": sum(v["prompt_tokens"] + v["completion_tokens"] for v in by_purpose.values())}
+        per_round.append({"round": r["number"], **{p: sum(x["cost"] or 0 for x in spent if x["purpose"] == p)
+                                                    for p in totals["by_purpose"]}})
+    return {"usage": usage, "per_round": per_round, **totals}
 
 
 # label quality ----------------------------------------------------------------------------------
@@ -246,52 +236,7 @@ def label_quality(project, model) -> dict:
     return result
 
 
-# cost and impact --------------------------------------------------------------------------------
-def _sample_texts(project, n: int = 1000) -> list[str]:
-    texts = project.store.test_set()[0] or project.store.pool_texts_sample(n, 0) or [t for t, _ in project.task.examples()]
-    return (texts * math.ceil(n / len(texts)))[:n]
-
-
-def measure_model_latency(project, model, singles: int = 200, batch: int = 1000) -> dict:
-    texts = _sample_texts(project, batch)
-    model.predict_proba(texts[:1])  # first call pays for lazy imports and caches
-    times = []
-    for i in range(singles):
-        start = time.perf_counter()
-        model.predict_proba([texts[i % len(texts)]])
-        times.append(time.perf_counter() - start)
-    start = time.perf_counter()
-    model.predict_proba(texts)
-    seconds = time.perf_counter() - start
-    return {"p50_ms": 1000 * float(np.percentile(times, 50)), "p95_ms": 1000 * float(np.percentile(times, 95)),
-            "mean_ms": 1000 * float(np.mean(times)), "single_calls": singles, "batch_texts": len(texts),
-            "batch_seconds": seconds, "throughput_per_s": len(texts) / seconds,
-            "machine": (f"{platform.machine()}, {os.cpu_count()} CPUs, one BLAS thread, "
-                        f"load average {os.getloadavg()[0]:.1f} when measured")}
-
-
-def counterfactual(project, latency: dict | None, llm_spent: float) -> dict:
-    """Serving each prediction with one GPT-4o request instead: tokens from a zero-shot prompt's length."""
-    texts = _sample_texts(project, 1000)
-    avg_chars = sum(map(len, texts)) / len(texts)
-    prompt = ("You are a text classifier. Answer with exactly one label name.\n\n" + project.task.render()
-              + "\n\nText: ")
-    prompt_tokens = math.ceil((len(prompt) + avg_chars) / CHARS_PER_TOKEN) + MESSAGE_OVERHEAD_TOKENS
-    per_request = cost_usd("gpt-4o", prompt_tokens, GPT4O_OUTPUT_TOKENS)
-    rows = [{"what": "GPT-4o, one request per prediction (estimate)", "usd_per_1k": 1000 * per_request,
-             "seconds_per_1k_one_by_one": 1000 * GPT4O_SECONDS_PER_REQUEST, "seconds_per_1k_batched": None}]
-    if latency:
-        rows.insert(0, {"what": "compact model on this machine (measured)", "usd_per_1k": 0.0,
-                        "seconds_per_1k_one_by_one": latency["mean_ms"], "seconds_per_1k_batched": 1000 / latency["throughput_per_s"]})
-    return {"model": "gpt-4o", "prompt_tokens": prompt_tokens, "completion_tokens": GPT4O_OUTPUT_TOKENS,
-            "avg_text_chars": avg_chars, "usd_per_request": per_request,
-            "assumed_seconds_per_request": GPT4O_SECONDS_PER_REQUEST, "rows": rows,
-            "break_even_predictions": math.ceil(llm_spent / per_request) if per_request else None,
-            "assumptions": (f"~{CHARS_PER_TOKEN} characters per token; {GPT4O_OUTPUT_TOKENS} output tokens; "
-                            f"{GPT4O_SECONDS_PER_REQUEST} s per request is an assumed typical latency (0.5-1 s), "
-                            "not measured; the compact model costs no per-call fee (its electricity is under CO2)")}
-
-
+# cost and impact: the shared numbers live in synthloop.impact -------------------------------------
 def _co2_start(country: str):
     try:
         from codecarbon import OfflineEmissionsTracker

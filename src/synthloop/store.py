@@ -7,14 +7,14 @@ before the write or after it, never in between; the loop resumes from what is st
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: queries.meta
 
 metadata = sa.MetaData()
 
@@ -54,6 +54,7 @@ queries = sa.Table(
     sa.Column("routed_to", sa.String, nullable=False),
     sa.Column("status", sa.String, nullable=False),  # pending | labeled | skipped | failed
     sa.Column("submitted_at", sa.Float),  # when it was handed to its labeler; pending until labels come back
+    sa.Column("meta", sa.JSON),  # e.g. the LLM's answer when the router sent the example on to humans
     sa.Column("created_at", sa.Float, nullable=False),
     sa.Column("updated_at", sa.Float, nullable=False),
 )
@@ -157,6 +158,7 @@ class Query:
     routed_to: str
     status: str
     submitted_at: float | None = None
+    meta: dict | None = None
 
 
 @dataclass(frozen=True)
@@ -185,8 +187,17 @@ class Store:
         if self.engine.dialect.name == "sqlite":
             sa.event.listen(self.engine, "connect", _on_sqlite_connect)
         metadata.create_all(self.engine)
+        self._migrate()
         with self.engine.begin() as conn:
             self._insert_ignore(conn, meta, [{"key": "schema_version", "value": SCHEMA_VERSION}])
+            conn.execute(meta.update().where(meta.c.key == "schema_version").values(value=SCHEMA_VERSION))
+
+    def _migrate(self) -> None:
+        # create_all adds missing tables but never columns; stores made by schema 1 lack queries.meta.
+        columns = {c["name"] for c in sa.inspect(self.engine).get_columns("queries")}
+        if "meta" not in columns:
+            with self.engine.begin() as conn:
+                conn.execute(sa.text("ALTER TABLE queries ADD COLUMN meta JSON"))
 
     @classmethod
     def open(cls, path: str | Path) -> Store:
@@ -243,21 +254,46 @@ class Store:
             ).all()
         return [r.text for r in rows], [r.gold for r in rows]
 
-    def unlabeled_pool(self, limit: int | None = None) -> tuple[list[str], list[str]]:
-        """Pool examples with no label and no query yet: the candidates a strategy chooses from."""
+    @staticmethod
+    def _unlabeled_pool_select():
         labeled = sa.select(labels.c.example_id).where(~labels.c.source.like("synthetic%"))
         queried = sa.select(queries.c.example_id)
-        stmt = (
+        return (
             sa.select(examples.c.id, examples.c.text)
             .where(examples.c.split == "pool", examples.c.origin != "synthetic")
             .where(examples.c.id.not_in(labeled), examples.c.id.not_in(queried))
             .order_by(examples.c.id)
         )
+
+    def unlabeled_pool(self, limit: int | None = None) -> tuple[list[str], list[str]]:
+        """Pool examples with no label and no query yet: the candidates a strategy chooses from."""
+        stmt = self._unlabeled_pool_select()
         if limit:
             stmt = stmt.limit(limit)
         with self.engine.connect() as conn:
             rows = conn.execute(stmt).all()
         return [r.id for r in rows], [r.text for r in rows]
+
+    def unlabeled_pool_chunks(self, chunk_size: int = 50_000) -> Iterator[tuple[list[str], list[str]]]:
+        """The same examples as unlabeled_pool, as (ids, texts) chunks in id order, one chunk in memory at a time.
+        Keyset pagination (id > the last id seen), not OFFSET: each page is an index range scan, so the cost per
+        page stays flat however deep into a large pool it is; and each page is its own short read, so no read
+        transaction stays open while the caller scores a chunk."""
+        if chunk_size <= 0:
+            raise ValueError(f"chunk_size must be positive, not {chunk_size}")
+        last = None
+        while True:
+            stmt = self._unlabeled_pool_select()
+            if last is not None:
+                stmt = stmt.where(examples.c.id > last)
+            with self.engine.connect() as conn:
+                rows = conn.execute(stmt.limit(chunk_size)).all()
+            if not rows:
+                return
+            yield [r.id for r in rows], [r.text for r in rows]
+            if len(rows) < chunk_size:
+                return
+            last = rows[-1].id
 
     def stop_set(self, n: int) -> tuple[list[str], list[str]]:
         """A fixed sample of the pool (ids are hashes, so the first n by id are a random-looking sample)."""
@@ -305,13 +341,14 @@ class Store:
             sa.select(examples.c.id, examples.c.text, labels.c.label, labels.c.source)
             .join(labels, labels.c.example_id == examples.c.id)
             .where(examples.c.split != "test")
-            .order_by(examples.c.id)
+            .order_by(examples.c.id, labels.c.id)
         )
         best: dict[str, tuple[str, str, str, str]] = {}
         with self.engine.connect() as conn:
             for row in conn.execute(stmt):
                 current = best.get(row.id)
-                if current is None or source_rank(row.source) < source_rank(current[3]):
+                # Among sources of one rank the newest wins: a reviewer's re-check replaces the label it doubted.
+                if current is None or source_rank(row.source) <= source_rank(current[3]):
                     best[row.id] = (row.id, row.text, row.label, row.source)
         return list(best.values())
 
@@ -320,6 +357,16 @@ class Store:
         with self.engine.connect() as conn:
             stmt = sa.select(labels.c.source, labels.c.label, sa.func.count()).group_by(labels.c.source, labels.c.label)
             return [tuple(r) for r in conn.execute(stmt)]
+
+    def origins(self, example_ids: Sequence[str]) -> dict[str, str]:
+        ids = list(example_ids)
+        out = {}
+        with self.engine.connect() as conn:
+            for start in range(0, len(ids), 900):
+                rows = conn.execute(sa.select(examples.c.id, examples.c.origin)
+                                    .where(examples.c.id.in_(ids[start:start + 900])))
+                out.update({r.id: r.origin for r in rows})
+        return out
 
     def gold_for(self, example_ids: Sequence[str]) -> dict[str, str]:
         with self.engine.connect() as conn:
@@ -357,8 +404,8 @@ class Store:
             stmt = stmt.where(queries.c.round == round_)
         with self.engine.connect() as conn:
             rows = conn.execute(stmt.order_by(queries.c.id)).all()
-        return [Query(r.id, r.round, r.example_id, r.text, r.strategy, r.score, r.routed_to, r.status, r.submitted_at)
-                for r in rows]
+        return [Query(r.id, r.round, r.example_id, r.text, r.strategy, r.score, r.routed_to, r.status, r.submitted_at,
+                      r.meta) for r in rows]
 
     def _update_queries(self, example_ids: Sequence[str], **values) -> None:
         example_ids = list(example_ids)
@@ -376,6 +423,15 @@ class Store:
     def reroute(self, example_ids: Sequence[str], routed_to: str) -> None:
         self._update_queries(example_ids, routed_to=routed_to, submitted_at=None)
 
+    def set_query_meta(self, values: dict[str, dict]) -> None:
+        """Merge extra facts into queries' meta, e.g. {example_id: {"llm": {...}}}, in one transaction."""
+        with self.engine.begin() as conn:
+            rows = conn.execute(sa.select(queries.c.example_id, queries.c.meta)
+                                .where(queries.c.example_id.in_(list(values)))).all()
+            for row in rows:
+                conn.execute(queries.update().where(queries.c.example_id == row.example_id)
+                             .values(meta={**(row.meta or {}), **values[row.example_id]}, updated_at=time.time()))
+
     def query_counts(self) -> dict[str, int]:
         with self.engine.connect() as conn:
             return dict(conn.execute(sa.select(queries.c.status, sa.func.count()).group_by(queries.c.status)).all())
@@ -389,12 +445,36 @@ class Store:
         with self.engine.begin() as conn:
             self._insert_ignore(conn, llm_cache, [{"key": key, "value": value, "created_at": time.time()}])
 
-    def record_llm_calls(self, calls: Sequence[dict]) -> None:
-        """calls: dicts with purpose, model, prompt_tokens, completion_tokens, cost, latency, cached, ok, round."""
+    # project facts worth keeping between commands (e.g. a model version's measured latency) ------------
+    def get_meta(self, key: str):
+        with self.engine.connect() as conn:
+            return conn.execute(sa.select(meta.c.value).where(meta.c.key == key)).scalar()
+
+    def set_meta(self, key: str, value) -> None:
+        dialect = sqlite if self.engine.dialect.name == "sqlite" else postgresql
+        stmt = dialect.insert(meta).values(key=key, value=value)
+        with self.engine.begin() as conn:
+            conn.execute(stmt.on_conflict_do_update(index_elements=[meta.c.key], set_={"value": stmt.excluded.value}))
+
+    def meta_with_prefix(self, prefix: str) -> dict:
+        """Every meta entry whose key starts with prefix, by key."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(sa.select(meta.c.key, meta.c.value).where(meta.c.key.startswith(prefix, autoescape=True))
+                                .order_by(meta.c.key))
+            return dict(rows.all())
+
+    def record_llm_calls(self, calls: Sequence[dict], meta_values: dict | None = None) -> None:
+        """calls: dicts with purpose, model, prompt_tokens, completion_tokens, cost, latency, cached, ok, round.
+        meta_values ({key: value}) are set in the same transaction: a Batch API job is marked collected together
+        with its usage, so a kill between the two can neither lose its cost nor record it twice."""
         now = time.time()
+        dialect = sqlite if self.engine.dialect.name == "sqlite" else postgresql
         with self.engine.begin() as conn:
             if calls:
                 conn.execute(llm_calls.insert(), [{"created_at": now, **c} for c in calls])
+            for key, value in (meta_values or {}).items():
+                stmt = dialect.insert(meta).values(key=key, value=value)
+                conn.execute(stmt.on_conflict_do_update(index_elements=[meta.c.key], set_={"value": stmt.excluded.value}))
 
     def llm_usage(self, round_: int | None = None) -> list[dict]:
         """Totals per (purpose, model): calls, tokens in/out, $ and seconds; cache hits counted apart."""

@@ -6,7 +6,7 @@ from synthloop.errors import SynthloopError
 from synthloop.labelers.base import Labeler
 from synthloop.labelers.oracle import OracleLabeler
 
-LABELERS = ("oracle", "llm")
+LABELERS = ("oracle", "llm", "argilla", "hybrid", "llm-batch")
 
 
 def get_labeler(name: str, project) -> Labeler:
@@ -16,6 +16,18 @@ def get_labeler(name: str, project) -> Labeler:
         from synthloop.labelers.llm import LLMLabeler
 
         return LLMLabeler(project)
+    if name == "llm-batch":
+        from synthloop.labelers.batch import BatchLabeler
+
+        return BatchLabeler(project)
+    if name == "argilla":
+        from synthloop.labelers.argilla import ArgillaLabeler
+
+        return ArgillaLabeler(project)
+    if name == "hybrid":
+        from synthloop.labelers.router import HybridLabeler
+
+        return HybridLabeler(project)
     raise SynthloopError(f"unknown labeler {name!r}; choose one of {', '.join(LABELERS)}")
 
 

@@ -98,22 +98,23 @@ def label_texts(project, texts: Sequence[str], purpose: str = "label", round_: i
     results = client.complete_json_many(requests, schema, temperature=cfg.label_temperature, logprobs=cfg.logprobs,
                                         max_tokens=MAX_ANSWER_TOKENS)
     project.record_llm_usage(results, purpose, round_)
-    outcomes = []
-    for result in results:
-        cost = result.usage.cost if result.usage else 0.0
-        if result.value is None:
-            outcomes.append(Outcome(None, None, None, False, result.error or "invalid answer", cost))
-            continue
-        label = result.value.label
-        if label == ABSTAIN:
-            outcomes.append(Outcome(None, None, None, True, None, cost))
-            continue
-        confidence = logprob_confidence(result.logprobs, label)
-        source = "logprobs"
-        if confidence is None:
-            confidence, source = result.value.confidence, "self-reported"
-        outcomes.append(Outcome(label, confidence, source, False, None, cost))
-    return outcomes
+    return [outcome_of(result) for result in results]
+
+
+def outcome_of(result) -> Outcome:
+    """What one answer (an llm.client Result, from a direct call or a Batch API job) means: a label with its
+    confidence, an abstention, or a failure."""
+    cost = result.usage.cost if result.usage else 0.0
+    if result.value is None:
+        return Outcome(None, None, None, False, result.error or "invalid answer", cost)
+    label = result.value.label
+    if label == ABSTAIN:
+        return Outcome(None, None, None, True, None, cost)
+    confidence = logprob_confidence(result.logprobs, label)
+    source = "logprobs"
+    if confidence is None:
+        confidence, source = result.value.confidence, "self-reported"
+    return Outcome(label, confidence, source, False, None, cost)
 
 
 class LLMLabeler:
@@ -128,30 +129,40 @@ class LLMLabeler:
     def submit(self, queries: Sequence[Query]) -> None:
         pass
 
-    def collect(self) -> list[NewLabel]:
-        store = self.project.store
-        pending = store.queries(status="pending", routed_to=self.name, submitted=True)
+    def affordable(self, pending: list[Query]) -> list[Query]:
+        """The first queries whose estimated cost fits what is left of the budget (nightly's $ cap); the
+        rest stay pending for the next run."""
         budget = getattr(self.project, "llm_budget", None)
-        if budget is not None and pending:
-            # Stop before the budget would be exceeded: the rest stay pending for the next run.
-            shots = few_shot_examples(self.project, self.project.config.llm.few_shot)
-            costs = [estimated_cost(self.project, labeling_messages(self.project.task, q.text, shots)) for q in pending]
-            affordable, total = 0, 0.0
-            while affordable < len(pending) and total + costs[affordable] <= budget:
-                total += costs[affordable]
-                affordable += 1
-            pending = pending[:affordable]
-        if not pending:
-            return []
-        outcomes = label_texts(self.project, [q.text for q in pending], round_=store.current_round())
+        if budget is None or not pending:
+            return pending
+        shots = few_shot_examples(self.project, self.project.config.llm.few_shot)
+        costs = [estimated_cost(self.project, labeling_messages(self.project.task, q.text, shots)) for q in pending]
+        affordable, total = 0, 0.0
+        while affordable < len(pending) and total + costs[affordable] <= budget:
+            total += costs[affordable]
+            affordable += 1
+        return pending[:affordable]
+
+    def answer(self, pending: list[Query]) -> list[Outcome]:
+        outcomes = label_texts(self.project, [q.text for q in pending], round_=self.project.store.current_round())
+        budget = getattr(self.project, "llm_budget", None)
         if budget is not None:
             self.project.llm_budget = budget - sum(o.cost for o in outcomes)
-        model = self.project.config.llm.model
+        return outcomes
+
+    def to_label(self, query: Query, outcome: Outcome) -> NewLabel:
+        return NewLabel(query.example_id, outcome.label, f"llm:{self.project.config.llm.model}", outcome.confidence,
+                        outcome.cost, meta={"confidence_from": outcome.confidence_from})
+
+    def collect(self) -> list[NewLabel]:
+        store = self.project.store
+        pending = self.affordable(store.queries(status="pending", routed_to=self.name, submitted=True))
+        if not pending:
+            return []
         labels, failed, abstained = [], [], []
-        for query, outcome in zip(pending, outcomes):
+        for query, outcome in zip(pending, self.answer(pending)):
             if outcome.label is not None:
-                labels.append(NewLabel(query.example_id, outcome.label, f"llm:{model}", outcome.confidence,
-                                       outcome.cost, meta={"confidence_from": outcome.confidence_from}))
+                labels.append(self.to_label(query, outcome))
             elif outcome.abstained:
                 abstained.append(query.example_id)
             else:

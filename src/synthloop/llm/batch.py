@@ -60,7 +60,12 @@ def poll_batch(client: LLMClient, batch_id: str, interval: float = 30.0, timeout
 def collect_batch(client: LLMClient, batch_id: str, schema_model: type[BaseModel]) -> dict[str, Result] | None:
     """Answers by custom id once the batch is over (None while it runs); each validated, costs at batch price.
     Requests the batch failed come back as Results with `error` set."""
-    batch = client.sdk.batches.retrieve(batch_id)
+    return batch_results(client, client.sdk.batches.retrieve(batch_id), schema_model)
+
+
+def batch_results(client: LLMClient, batch, schema_model: type[BaseModel]) -> dict[str, Result] | None:
+    """collect_batch for a batch object already retrieved (one status request per poll: a caller that needs
+    the status too does not ask twice)."""
     if batch.status not in FINAL:
         return None
     results: dict[str, Result] = {}

@@ -96,6 +96,11 @@ def validate_answer(schema_model: type[BaseModel], content: str) -> BaseModel:
             return schema_model.model_validate_json(inner)
         except ValidationError:
             pass
+    # llama.cpp's JSON grammar lets raw newlines and tabs into strings, which strict JSON forbids.
+    try:
+        return schema_model.model_validate(json.loads(inner, strict=False))
+    except ValueError:  # JSONDecodeError and pydantic's ValidationError are both ValueErrors
+        pass
     raise first
 
 

@@ -1,0 +1,347 @@
+"""Human review in Argilla through the official SDK (2.x).
+
+`push` sends pending queries as records (record id = example id, so pushing again updates instead of
+duplicating), with the model's prediction as the suggestion and the LLM's answer, when there is one, beside
+it. `pull` takes submitted responses, resolves several annotators by majority and stores one label row per
+annotator who voted for the winner, as `human:<username>`. Drafts and discarded responses are ignored; ties
+stay pending and are reported.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+import warnings
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+from synthloop.errors import SynthloopError
+from synthloop.store import NewLabel, Query
+
+log = logging.getLogger("synthloop.argilla")
+
+DEFAULT_URL = "http://localhost:6900"
+QUESTION = "label"
+
+
+@dataclass
+class PushResult:
+    pushed: int
+    dataset: str
+    url: str
+
+
+@dataclass
+class PullResult:
+    added: int
+    examples: int
+    ties: list[str] = field(default_factory=list)  # example ids whose annotators disagree evenly
+    waiting: int = 0  # records with fewer submitted responses than min_submitted
+    rechecked: int = 0  # label rows from the `-recheck` dataset
+
+
+def _sdk():
+    try:
+        import argilla as rg
+        from argilla.records import _dataset_records
+    except ImportError:
+        raise SynthloopError("the argilla SDK is not installed: pip install 'synthloop[argilla]'") from None
+    # The SDK draws a tqdm bar per log() call and warns on every lookup that finds nothing; synthloop
+    # pushes in chunks under its own progress bar and treats "not found" as "create it".
+    if not getattr(_dataset_records, "_synthloop_quiet", False):
+        import functools
+
+        import tqdm
+
+        _dataset_records.tqdm = functools.partial(tqdm.tqdm, disable=True)
+        _dataset_records._synthloop_quiet = True
+        logging.getLogger("argilla.sdk").setLevel(logging.ERROR)
+    return rg
+
+
+def _retryable(err: Exception) -> bool:
+    import httpx
+    from argilla._exceptions import ArgillaAPIError  # the SDK's documented error types live here
+
+    if isinstance(err, httpx.TransportError):
+        return True
+    return isinstance(err, ArgillaAPIError) and getattr(err, "status_code", 0) >= 500
+
+
+def hints(query: Query, prediction: tuple[str, float] | None) -> str:
+    """Markdown shown beside the text: Argilla keeps one suggestion per question, so the LLM's answer
+    (when the router sent the example on) is shown here and in the metadata."""
+    lines = []
+    if prediction is not None:
+        lines.append(f"**Model:** {prediction[0]} ({prediction[1]:.2f})")
+    llm = (query.meta or {}).get("llm")
+    if llm:
+        answer = llm.get("label") or "no answer"
+        conf = "" if llm.get("confidence") is None else f" ({llm['confidence']:.2f}, {llm.get('confidence_from', '')})"
+        lines.append(f"**LLM {llm.get('model', '')}:** {answer}{conf}")
+    return "  \n".join(lines) or "No suggestion yet."
+
+
+class ArgillaLabeler:
+    """The `argilla` labeler: `submit` pushes, `collect` pulls whatever reviewers have submitted."""
+
+    name = "argilla"
+
+    def __init__(self, project, dataset_suffix: str = ""):
+        self.project = project
+        self.cfg = project.config.argilla
+        self.url = self.cfg.api_url or os.environ.get(self.cfg.api_url_env) or DEFAULT_URL
+        self.dataset_name = (self.cfg.dataset or project.task.name) + dataset_suffix
+        self.ties: list[str] = []
+        self.waiting = 0
+        self._client = None
+        self._dataset = None
+        self._model = None
+
+    # connection ---------------------------------------------------------------------------------
+    def _call(self, what: str, fn: Callable, *args, **kwargs):
+        """Retry transient failures (connection refused or reset, 5xx) with growing waits, then fail clearly."""
+        wait = self.cfg.retry_wait
+        for attempt in range(self.cfg.retries + 1):
+            try:
+                with warnings.catch_warnings():
+                    warnings.filterwarnings("ignore", message=r".* not found", category=UserWarning)
+                    return fn(*args, **kwargs)
+            except Exception as err:  # noqa: BLE001 - sorted into retryable and not below
+                if not _retryable(err):
+                    raise
+                if attempt == self.cfg.retries:
+                    raise SynthloopError(
+                        f"Argilla at {self.url} did not answer ({what}) after {attempt + 1} tries: "
+                        f"{type(err).__name__}. Is the server up (`make argilla`)? Run the command again once it is; "
+                        "nothing is stored or pushed twice.") from None
+                log.warning("Argilla %s failed (%s); retrying in %.0f s", what, type(err).__name__, wait)
+                time.sleep(wait)
+                wait *= 2
+
+    @property
+    def client(self):
+        if self._client is None:
+            rg = _sdk()
+            from argilla._exceptions import ArgillaError
+
+            key = os.environ.get(self.cfg.api_key_env)
+            if not key:
+                raise SynthloopError(f"set ${self.cfg.api_key_env} to the Argilla API key of an owner or admin "
+                                     "(the local server's default is argilla.apikey)")
+            try:
+                self._client = self._call("connect", rg.Argilla, api_url=self.url, api_key=key,
+                                          timeout=int(self.cfg.timeout), retries=2)
+            except ArgillaError as err:
+                raise SynthloopError(f"cannot use Argilla at {self.url}: {err} — check ${self.cfg.api_key_env} "
+                                     f"and ${self.cfg.api_url_env}") from None
+        return self._client
+
+    # setup --------------------------------------------------------------------------------------
+    def settings(self):
+        rg = _sdk()
+        task = self.project.task
+        guidelines = task.description + "\n\n" + "\n".join(
+            f"- **{label.name}**: {label.description}" for label in task.labels)
+        return rg.Settings(
+            guidelines=guidelines,
+            fields=[rg.TextField(name="text", title="Text"),
+                    rg.TextField(name="hints", title="Suggestions", use_markdown=True, required=False)],
+            questions=[rg.LabelQuestion(name=QUESTION, title="Label", labels=task.label_names,
+                                        description="Pick the label that fits; the suggestion is the model's guess.")],
+            metadata=[rg.IntegerMetadataProperty(name="round"),
+                      rg.FloatMetadataProperty(name="uncertainty"),
+                      rg.TermsMetadataProperty(name="strategy"),
+                      rg.TermsMetadataProperty(name="origin"),
+                      rg.TermsMetadataProperty(name="llm_label"),
+                      rg.FloatMetadataProperty(name="llm_confidence")],
+            distribution=rg.TaskDistribution(min_submitted=self.cfg.min_submitted),
+        )
+
+    def existing_dataset(self):
+        return self._call("dataset", self.client.datasets, self.dataset_name, workspace=self.cfg.workspace)
+
+    def ensure_dataset(self):
+        """The workspace, its annotators and the dataset, each made only if missing."""
+        if self._dataset is not None:
+            return self._dataset
+        rg = _sdk()
+        client = self.client
+        workspace = self._call("workspace", client.workspaces, self.cfg.workspace)
+        if workspace is None:
+            workspace = self._call("create workspace", rg.Workspace(name=self.cfg.workspace, client=client).create)
+        members = {u.username for u in self._call("list users", lambda: list(workspace.users))}
+        for username in self.cfg.annotators:
+            if username in members:
+                continue
+            user = self._call("user", client.users, username)
+            if user is None:
+                password = os.environ.get("ARGILLA_ANNOTATOR_PASSWORD")
+                if not password:
+                    raise SynthloopError(f"Argilla user {username!r} does not exist: create it, or set "
+                                         "$ARGILLA_ANNOTATOR_PASSWORD (8+ characters) to let synthloop create it")
+                user = self._call("create user", rg.User(username=username, password=password, role="annotator",
+                                                         client=client).create)
+            self._call("add user", workspace.add_user, user)
+        dataset = self._call("dataset", client.datasets, self.dataset_name, workspace=self.cfg.workspace)
+        if dataset is None:
+            dataset = self._call("create dataset", rg.Dataset(name=self.dataset_name, workspace=workspace,
+                                                              settings=self.settings(), client=client).create)
+        labels = list(dataset.settings.questions[QUESTION].labels)
+        if sorted(labels) != sorted(self.project.task.label_names):
+            raise SynthloopError(
+                f"Argilla dataset {self.dataset_name!r} has labels {labels}, the task has "
+                f"{self.project.task.label_names}; set [argilla] dataset to a new name in synthloop.toml")
+        self._dataset = dataset
+        return dataset
+
+    # push ---------------------------------------------------------------------------------------
+    def predictions(self, texts: list[str]) -> list[tuple[str, float] | None]:
+        if self.project.store.latest_model() is None:
+            return [None] * len(texts)
+        if self._model is None:
+            _, self._model = self.project.load_model()
+        model = self._model
+        proba = model.predict_proba(texts)
+        return [(str(model.classes_[int(p.argmax())]), float(p.max())) for p in proba]
+
+    def records(self, queries: Sequence[Query]) -> list:
+        rg = _sdk()
+        origins = self.project.store.origins([q.example_id for q in queries])
+        out = []
+        for query, prediction in zip(queries, self.predictions([q.text for q in queries])):
+            llm = (query.meta or {}).get("llm") or {}
+            metadata = {"round": query.round, "strategy": query.strategy, "origin": origins.get(query.example_id)}
+            if query.score is not None:
+                metadata["uncertainty"] = float(query.score)
+            if llm.get("label"):
+                metadata["llm_label"] = llm["label"]
+            if llm.get("confidence") is not None:
+                metadata["llm_confidence"] = float(llm["confidence"])
+            suggestions = []
+            if prediction is not None:
+                suggestions.append(rg.Suggestion(question_name=QUESTION, value=prediction[0],
+                                                 score=round(prediction[1], 4), agent="synthloop-model"))
+            out.append(rg.Record(id=query.example_id, fields={"text": query.text, "hints": hints(query, prediction)},
+                                 metadata={k: v for k, v in metadata.items() if v is not None},
+                                 suggestions=suggestions))
+        return out
+
+    def submit(self, queries: Sequence[Query], on_chunk: Callable[[int, int], None] | None = None) -> int:
+        """Push in chunks; each chunk is marked submitted in the store only after Argilla took it."""
+        queries = list(queries)
+
+        def pushed(chunk):
+            self.project.store.mark_submitted([q.example_id for q in chunk])
+
+        return self.log(queries, self.records, pushed, on_chunk)
+
+    def log(self, items: list, to_records: Callable, pushed: Callable | None = None,
+            on_chunk: Callable[[int, int], None] | None = None) -> int:
+        if not items:
+            return 0
+        dataset = self.ensure_dataset()
+        done = 0
+        for start in range(0, len(items), self.cfg.chunk_size):
+            chunk = items[start:start + self.cfg.chunk_size]
+            records = to_records(chunk)
+            try:
+                self._call("push", dataset.records.log, records, batch_size=len(records))
+            except SynthloopError as err:
+                raise SynthloopError(f"{err} Pushed {done} of {len(items)} records before it failed.") from None
+            if pushed:
+                pushed(chunk)
+            done += len(chunk)
+            if on_chunk:
+                on_chunk(done, len(items))
+        return done
+
+    # pull ---------------------------------------------------------------------------------------
+    def responses(self) -> dict[str, list[tuple[str, str]]]:
+        """example id -> [(username, label)] of submitted responses."""
+        rg = _sdk()
+        dataset = self.ensure_dataset()
+        users = {str(u.id): u.username for u in self._call("list users", lambda: list(self.client.users))}
+        query = rg.Query(filter=rg.Filter(("response.status", "==", "submitted")))
+        records = self._call("pull", lambda: list(dataset.records(query=query, with_responses=True)))
+        out: dict[str, list[tuple[str, str]]] = {}
+        for record in records:
+            for response in record.responses[QUESTION] or []:
+                if str(getattr(response.status, "value", response.status)) == "submitted":
+                    out.setdefault(str(record.id), []).append((users.get(str(response.user_id), str(response.user_id)),
+                                                               str(response.value)))
+        return out
+
+    def collect(self) -> list[NewLabel]:
+        store = self.project.store
+        pending = {q.example_id for q in store.queries(status="pending", routed_to=self.name, submitted=True)}
+        if not pending:
+            return []
+        responses = {eid: votes for eid, votes in self.responses().items() if eid in pending}
+        return self.resolve_all(responses)
+
+    def resolve_all(self, responses: dict[str, list[tuple[str, str]]]) -> list[NewLabel]:
+        """Majority per record; one label row per annotator who voted for the winner."""
+        known = set(self.project.task.label_names)
+        self.ties, self.waiting = [], 0
+        labels = []
+        for example_id, votes in sorted(responses.items()):
+            votes = [(user, label) for user, label in votes if label in known]
+            if len(votes) < self.cfg.min_submitted:
+                self.waiting += 1
+                continue
+            label = resolve([label for _, label in votes])
+            if label is None:
+                self.ties.append(example_id)
+                continue
+            counts = dict(Counter(lab for _, lab in votes))
+            for user, vote in votes:
+                if vote == label:
+                    labels.append(NewLabel(example_id, label, f"human:{user}", confidence=counts[label] / len(votes),
+                                           meta={"votes": counts, "annotators": dict(votes)}))
+        return labels
+
+    def progress(self) -> dict:
+        dataset = self.ensure_dataset()
+        progress = self._call("progress", dataset.progress, with_users_distribution=True)
+        return {"dataset": self.dataset_name, "workspace": self.cfg.workspace, "url": self.url, **progress}
+
+
+def resolve(votes: Sequence[str]) -> str | None:
+    """Majority label, or None on a tie for first place."""
+    ranked = Counter(votes).most_common()
+    if not ranked or (len(ranked) > 1 and ranked[0][1] == ranked[1][1]):
+        return None
+    return ranked[0][0]
+
+
+def push(project, reroute: bool = False, on_chunk=None) -> PushResult:
+    """Push every pending query routed to Argilla (or, with reroute, every pending query)."""
+    labeler = ArgillaLabeler(project)
+    store = project.store
+    if reroute:
+        store.reroute([q.example_id for q in store.queries(status="pending")], labeler.name)
+    pending = store.queries(status="pending", routed_to=labeler.name)
+    pushed = labeler.submit(pending, on_chunk=on_chunk) if pending else 0
+    return PushResult(pushed, labeler.dataset_name, labeler.url)
+
+
+def pull(project, rechecks: bool = True) -> PullResult:
+    """Labels for pending queries, plus (with rechecks) the answers in the `-recheck` dataset."""
+    labeler = ArgillaLabeler(project)
+    labels = labeler.collect()
+    added = project.store.record_labels(labels, project.store.current_round())
+    result = PullResult(added, len({x.example_id for x in labels}), labeler.ties, labeler.waiting)
+    if rechecks:
+        from synthloop.labelers.recheck import pull_rechecked
+
+        result.rechecked = pull_rechecked(project).added
+    return result
+
+
+def status(project) -> dict:
+    store = project.store
+    waiting = len(store.queries(status="pending", routed_to=ArgillaLabeler.name))
+    return {**ArgillaLabeler(project).progress(), "pending_in_store": waiting}

@@ -1,0 +1,468 @@
+"""Human review in Argilla against the real local argilla-server (argilla_setup/): push, responses submitted
+as annotators through the REST API the UI uses, pull, majority and ties, the hybrid router, a server killed
+mid-push, the CLI, and one real browser session in the review UI."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+
+from argilla_server import argilla_server_skip_reason, start_argilla_server
+
+_reason = argilla_server_skip_reason()
+if _reason:
+    pytest.skip(_reason, allow_module_level=True)
+rg = pytest.importorskip("argilla", reason="the argilla SDK is not installed in this venv (pip install argilla)")
+httpx = pytest.importorskip("httpx")
+
+from synthloop import Project, SynthloopError  # noqa: E402
+from synthloop.labelers import argilla as review  # noqa: E402
+from synthloop.labelers.llm import Outcome  # noqa: E402
+from synthloop.labelers.router import decide  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+EXAMPLE = ROOT / "examples" / "sms_spam"
+CHROMIUM = Path("/usr/bin/chromium")
+ANNOTATORS = ["alice", "bob", "carol"]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    with start_argilla_server(tmp_path_factory.mktemp("argilla"), annotators=ANNOTATORS) as srv:
+        yield srv
+
+
+@pytest.fixture
+def argilla_env(server, monkeypatch):
+    monkeypatch.setenv("ARGILLA_API_URL", server.url)
+    monkeypatch.setenv("ARGILLA_API_KEY", server.api_key)
+    return server
+
+
+def make_project(path: Path, small_pool: Path, **argilla) -> Project:
+    # One dataset per test: they share the module's server.
+    settings = {"dataset": path.parent.name[:40].replace("_", "-"), "annotators": ANNOTATORS, "retry_wait": 0.2,
+                **argilla}
+    project = Project.init(path, EXAMPLE / "task.toml", loop={"batch_size": 10, "labeler": "argilla"},
+                           argilla=settings)
+    project.import_file(small_pool / "pool.csv", label_col="label", gold=True)
+    project.import_file(small_pool / "test.csv", label_col="label", split="test")
+    return project
+
+
+@pytest.fixture
+def proj(tmp_path, small_pool, argilla_env):
+    project = make_project(tmp_path / "proj", small_pool)
+    yield project
+    project.close()
+
+
+def dataset_of(server, project):
+    client = rg.Argilla(api_url=server.url, api_key=server.api_key)
+    return client.datasets(project.config.argilla.dataset, workspace=project.config.argilla.workspace)
+
+
+def server_ids(server, project) -> dict[str, str]:
+    """example id (= record id) -> Argilla's own record UUID, which the response endpoint takes."""
+    return {str(r.id): str(r._server_id) for r in dataset_of(server, project).records()}
+
+
+def respond(server, user: str, record_uuid: str, label: str | None, status: str = "submitted") -> None:
+    values = {} if label is None else {"label": {"value": label}}
+    r = httpx.post(f"{server.url}/api/v1/records/{record_uuid}/responses", json={"values": values, "status": status},
+                   headers={"X-Argilla-Api-Key": server.annotators[user]})
+    assert r.status_code == 201, r.text
+
+
+def label_rows(project) -> list[tuple]:
+    import sqlalchemy as sa
+
+    with project.store.engine.connect() as conn:
+        return [tuple(r) for r in conn.execute(sa.text(
+            "select example_id, label, source, confidence, meta from labels order by example_id, source"))]
+
+
+# ------------------------------------------------------------------------------------------------------ push
+def test_round_pushes_records_with_suggestions_and_metadata_once(proj, argilla_env):
+    result = proj.round()
+    assert result.queried == 10 and result.labels_collected == 0
+    queries = proj.store.queries()
+    assert all(q.routed_to == "argilla" and q.submitted_at and q.status == "pending" for q in queries)
+
+    dataset = dataset_of(argilla_env, proj)
+    records = list(dataset.records(with_suggestions=True))
+    assert sorted(str(r.id) for r in records) == sorted(q.example_id for q in queries)
+    by_id = {q.example_id: q for q in queries}
+    for record in records:
+        query = by_id[str(record.id)]
+        assert record.fields["text"] == query.text
+        suggestion = record.suggestions["label"]
+        assert suggestion.value in ("ham", "spam") and 0.5 <= suggestion.score <= 1.0
+        assert suggestion.agent == "synthloop-model"
+        assert "**Model:**" in record.fields["hints"]
+        assert record.metadata["round"] == 0 and record.metadata["strategy"] == "margin"
+        assert record.metadata["origin"] == "pool"
+        assert record.metadata["uncertainty"] == pytest.approx(query.score)
+    settings = dataset.settings
+    assert list(settings.questions["label"].labels) == ["ham", "spam"]
+    assert "Unsolicited advertising" in settings.guidelines or "spam" in settings.guidelines
+    assert {u.username for u in rg.Argilla(api_url=argilla_env.url, api_key=argilla_env.api_key)
+            .workspaces("synthloop").users} >= set(ANNOTATORS)
+
+    again = review.push(proj)  # the same records again: updated, not added
+    assert again.pushed == 10
+    assert len(list(dataset_of(argilla_env, proj).records())) == 10
+
+
+def test_dataset_with_other_labels_is_refused(tmp_path, small_pool, argilla_env):
+    first = make_project(tmp_path / "a", small_pool, dataset="clash")
+    first.round()
+    other = Project.init(tmp_path / "b", _task_file(tmp_path), loop={"labeler": "argilla"},
+                         argilla={"dataset": "clash"})
+    other.import_file(small_pool / "pool.csv")
+    other.round(route=False)
+    with pytest.raises(SynthloopError, match="set \\[argilla\\] dataset to a new name"):
+        review.push(other)
+
+
+def _task_file(tmp_path: Path) -> Path:
+    path = tmp_path / "other-task.toml"
+    path.write_text('[task]\nname = "moods"\ndescription = "The mood of a message"\n'
+                    '[[task.labels]]\nname = "happy"\ndescription = "glad"\nexamples = ["great news, thanks!"]\n'
+                    '[[task.labels]]\nname = "sad"\ndescription = "unhappy"\nexamples = ["this is awful"]\n')
+    return path
+
+
+def test_missing_key_and_unreachable_server_are_clear_errors(proj, argilla_env, monkeypatch):
+    proj.round(route=False)
+    monkeypatch.delenv("ARGILLA_API_KEY")
+    with pytest.raises(SynthloopError, match="set \\$ARGILLA_API_KEY"):
+        review.push(proj)
+    monkeypatch.setenv("ARGILLA_API_KEY", argilla_env.api_key)
+    monkeypatch.setenv("ARGILLA_API_URL", "http://127.0.0.1:9")  # nothing listens there
+    proj.config.argilla.retries = 1
+    with pytest.raises(SynthloopError, match="did not answer .* after 2 tries.*make argilla"):
+        review.push(proj)
+    assert all(q.submitted_at is None for q in proj.store.queries())
+
+
+# ------------------------------------------------------------------------------------------------------ pull
+def test_pull_takes_submitted_responses_only_and_twice_adds_nothing(proj, argilla_env):
+    proj.round()
+    ids = server_ids(argilla_env, proj)
+    example_ids = sorted(ids)
+    gold = proj.store.gold_for(example_ids)
+    for eid in example_ids[:3]:
+        respond(argilla_env, "alice", ids[eid], gold[eid])
+    respond(argilla_env, "alice", ids[example_ids[3]], "spam", status="draft")
+    respond(argilla_env, "alice", ids[example_ids[4]], None, status="discarded")
+
+    first = review.pull(proj)
+    assert (first.added, first.examples, first.ties) == (3, 3, [])
+    rows = label_rows(proj)
+    assert [(r[0], r[1], r[2]) for r in rows] == [(eid, gold[eid], "human:alice") for eid in example_ids[:3]]
+    assert proj.store.query_counts() == {"labeled": 3, "pending": 7}
+
+    second = review.pull(proj)
+    assert second.added == 0 and len(label_rows(proj)) == 3
+
+    # The next round trains on the human labels and asks new questions.
+    result = proj.round()
+    assert result.n_labels == 3 and result.queried == 10
+    assert {src for *_, src in proj.store.training_set() if src.startswith("human")} == {"human:alice"}
+
+
+def test_several_annotators_majority_ties_and_waiting(tmp_path, small_pool, argilla_env):
+    project = make_project(tmp_path / "proj", small_pool, min_submitted=2)
+    project.round()
+    ids = server_ids(argilla_env, project)
+    a, b, c = sorted(ids)[:3]
+    respond(argilla_env, "alice", ids[a], "spam")
+    respond(argilla_env, "bob", ids[a], "spam")
+    respond(argilla_env, "alice", ids[b], "spam")
+    respond(argilla_env, "bob", ids[b], "ham")
+    respond(argilla_env, "alice", ids[c], "ham")  # one response of the two this dataset needs
+
+    result = review.pull(project)
+    assert result.examples == 1 and result.added == 2 and result.ties == [b] and result.waiting == 1
+    rows = label_rows(project)
+    assert [(r[0], r[1], r[2]) for r in rows] == [(a, "spam", "human:alice"), (a, "spam", "human:bob")]
+    assert json.loads(rows[0][4])["votes"] == {"spam": 2}
+
+    respond(argilla_env, "carol", ids[b], "ham")  # breaks the tie
+    result = review.pull(project)
+    assert result.examples == 1 and result.ties == []
+    resolved = [(r[1], r[2], r[3]) for r in label_rows(project) if r[0] == b]
+    assert resolved == [("ham", "human:bob", pytest.approx(2 / 3)), ("ham", "human:carol", pytest.approx(2 / 3))]
+    meta = json.loads([r for r in label_rows(project) if r[0] == b][0][4])
+    assert meta["annotators"] == {"alice": "spam", "bob": "ham", "carol": "ham"}
+    assert [r[0] for r in project.store.training_set() if r[0] in (a, b, c)] == sorted([a, b])
+    project.close()
+
+
+def test_review_status_reports_progress_per_annotator(proj, argilla_env):
+    proj.round()
+    ids = server_ids(argilla_env, proj)
+    first, second = sorted(ids)[:2]
+    respond(argilla_env, "bob", ids[first], "ham")
+    respond(argilla_env, "bob", ids[second], "spam", status="draft")
+    data = review.status(proj)
+    assert data["total"] == 10 and data["completed"] == 1 and data["pending"] == 9
+    bob = data["users"]["bob"]
+    assert bob["completed"]["submitted"] + bob["pending"]["submitted"] == 1
+    assert bob["completed"]["draft"] + bob["pending"]["draft"] == 1
+    assert data["pending_in_store"] == 10
+
+
+def test_recheck_sends_doubtful_labels_and_a_correction_replaces_them(proj, argilla_env):
+    from synthloop.labelers.recheck import push_suspicious
+    from synthloop.store import NewLabel
+
+    proj.round(labeler="oracle", n=60)
+    labeled = sorted(proj.store.training_set())
+    planted = {}
+    for eid, _, label, _ in [r for r in labeled if r[2] == "spam"][:2] + [r for r in labeled if r[2] == "ham"][:2]:
+        planted[eid] = label
+        wrong = "ham" if label == "spam" else "spam"
+        proj.store.record_labels([NewLabel(eid, wrong, "human:mallory")], None)
+    proj.train()
+
+    result = review.push(proj)  # nothing pending: nothing to push
+    assert result.pushed == 0
+    result = push_suspicious(proj, n=10)
+    assert result.pushed == 10 and result.dataset.endswith("-recheck")
+    client = rg.Argilla(api_url=argilla_env.url, api_key=argilla_env.api_key)
+    records = {str(r.id): r for r in client.datasets(result.dataset, workspace="synthloop").records(with_suggestions=True)}
+    from synthloop.report import label_quality
+
+    assert set(records) == {row["id"] for row in label_quality(proj, proj.load_model()[1])["suspicious"][:10]}
+    caught = sorted(set(planted) & set(records))
+    assert caught, (planted, sorted(records))
+    eid = caught[0]
+    assert records[eid].suggestions["label"].value != planted[eid]  # the stored (wrong) label is suggested
+    assert "**Stored label:**" in records[eid].fields["hints"] and "human:mallory" in records[eid].fields["hints"]
+
+    respond(argilla_env, "alice", str(records[eid]._server_id), planted[eid])
+    pulled = review.pull(proj)
+    assert pulled.rechecked == 1 and pulled.added == 0
+    assert [r for r in proj.store.training_set() if r[0] == eid][0][2:] == (planted[eid], "human:alice")
+    assert review.pull(proj).rechecked == 0  # pulling again adds nothing
+
+
+# ---------------------------------------------------------------------------------------------- hybrid
+@contextlib.contextmanager
+def scripted_llm(project, monkeypatch, answer):
+    """A local OpenAI-compatible server whose answers the test scripts (tests/llm_servers.py)."""
+    from llm_servers import FaultServer
+
+    with FaultServer() as llm:
+        llm.reset(answer)
+        monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
+        project.config.llm.base_url = llm.base_url
+        project.config.llm.model = "gpt-4o-mini"
+        project.config.llm.response_format = "json_object_schema"
+        project.config.llm.logprobs = False
+        project.config.llm.few_shot = 0
+        yield llm
+
+
+@pytest.mark.parametrize("outcome, prediction, to_human, reason", [
+    (Outcome("spam", 0.95, "logprobs", False, None, 0.0), ("spam", 0.99), False, "llm-confident"),
+    (Outcome("spam", 0.95, "logprobs", False, None, 0.0), ("ham", 0.6), False, "llm-confident"),
+    (Outcome("spam", 0.95, "logprobs", False, None, 0.0), ("ham", 0.95), True, "disagrees-with-model"),
+    (Outcome("spam", 0.5, "self-reported", False, None, 0.0), ("spam", 0.99), True, "llm-unsure"),
+    (Outcome(None, None, None, True, None, 0.0), None, True, "abstained"),
+    (Outcome(None, None, None, False, "timeout", 0.0), None, True, "llm-failed"),
+])
+def test_router_decisions(outcome, prediction, to_human, reason):
+    decision = decide(outcome, prediction, llm_min_confidence=0.8, model_confident=0.9)
+    assert (decision.to_human, decision.reason) == (to_human, reason)
+
+
+def test_hybrid_round_keeps_confident_llm_labels_and_sends_the_rest_to_argilla(proj, argilla_env, monkeypatch):
+    def sure(text: str) -> bool:
+        return len(text) % 2 == 0
+
+    def answer(body):
+        # A scripted LLM, sure about texts of even length and unsure about the rest.
+        text = body["messages"][-1]["content"].removeprefix("Text: ")
+        if sure(text):
+            return ("content", '{"label": "spam", "confidence": 0.97}')
+        return ("content", '{"label": "ham", "confidence": 0.4}')
+
+    with scripted_llm(proj, monkeypatch, answer):
+        result = proj.round(labeler="hybrid", n=20)
+    queries = {q.example_id: q for q in proj.store.queries()}
+    confident = {eid for eid, q in queries.items() if sure(q.text)}
+    assert 0 < len(confident) < 20 and result.labels_collected == len(confident)
+    llm_labels = {r[0]: r[2] for r in proj.store.training_set() if r[3] == "llm:gpt-4o-mini"}
+    assert llm_labels == {eid: "spam" for eid in confident}
+    humans = {eid for eid, q in queries.items() if q.routed_to == "argilla"}
+    assert humans == set(queries) - confident
+    assert all(queries[eid].meta["llm"]["reason"] == "llm-unsure" and queries[eid].status == "pending"
+               for eid in humans)
+    records = {str(r.id): r for r in dataset_of(argilla_env, proj).records()}
+    assert set(records) == humans
+    some = records[sorted(humans)[0]]
+    assert some.metadata["llm_label"] == "ham" and some.metadata["llm_confidence"] == pytest.approx(0.4)
+    assert "**LLM gpt-4o-mini:** ham (0.40" in some.fields["hints"]
+
+    ids = server_ids(argilla_env, proj)
+    eid = sorted(humans)[0]
+    respond(argilla_env, "carol", ids[eid], "spam")
+    assert proj.collect() == 1  # the next round's collect step takes the human label
+    assert [r for r in proj.store.training_set() if r[0] == eid][0][2:] == ("spam", "human:carol")
+
+
+# ----------------------------------------------------------------------------------------------- nightly
+def test_two_nights_route_to_argilla_and_collect_what_reviewers_submitted(proj, argilla_env):
+    from synthloop.nightly import run_nightly
+
+    first = run_nightly(proj, labeler="argilla", max_labels=10)
+    assert first["queried"] == 10 and first["labels_collected"] == 0
+    ids = server_ids(argilla_env, proj)
+    assert len(ids) == 10
+    gold = proj.store.gold_for(list(ids))
+    answered = sorted(ids)[:6]
+    for eid in answered:  # the reviewers label six of the ten during the day
+        respond(argilla_env, "alice", ids[eid], gold[eid])
+
+    second = run_nightly(proj, labeler="argilla", max_labels=10)
+    assert second["labels_collected"] == 6 and second["retrained"] and second["queried"] == 10
+    assert second["pending"] == 14  # four left from the first night, ten new
+    assert len(server_ids(argilla_env, proj)) == 20
+    assert {r[0]: r[3] for r in proj.store.training_set() if r[0] in answered} == {eid: "human:alice"
+                                                                                     for eid in answered}
+
+
+# ---------------------------------------------------------------------------------- server killed mid-push
+def test_server_killed_mid_push_then_rerun_finishes_without_duplicates(tmp_path, small_pool, monkeypatch):
+    with start_argilla_server(tmp_path / "own", annotators=["alice"]) as server:
+        monkeypatch.setenv("ARGILLA_API_URL", server.url)
+        monkeypatch.setenv("ARGILLA_API_KEY", server.api_key)
+        project = make_project(tmp_path / "proj", small_pool, chunk_size=20, retries=1, retry_wait=0.2,
+                               annotators=["alice"], dataset="killed")
+        project.round(n=60, labeler="oracle")  # some labels already stored before the push
+        labels_before = label_rows(project)
+        assert len(labels_before) == 60
+        project.round(n=100, route=False)
+        assert len(project.store.queries(status="pending")) == 100
+
+        def kill_after_first_chunk(done, total):
+            if done == 20:
+                server.kill()
+
+        with pytest.raises(SynthloopError, match="Pushed 20 of 100 records"):
+            review.push(project, on_chunk=kill_after_first_chunk)
+        submitted = [q for q in project.store.queries(status="pending") if q.submitted_at]
+        assert len(submitted) == 20
+        assert label_rows(project) == labels_before
+
+        server.start()  # same data folder and port: what Argilla stored survives
+        assert len(list(dataset_of(server, project).records())) == 20
+        result = review.push(project)
+        assert result.pushed == 100
+        records = [str(r.id) for r in dataset_of(server, project).records()]
+        assert len(records) == len(set(records)) == 100
+        assert set(records) == {q.example_id for q in project.store.queries(status="pending")}
+        assert all(q.submitted_at for q in project.store.queries(status="pending"))
+        assert label_rows(project) == labels_before
+
+        # A server that restarts mid-push (down ~10 s) is waited for: the push finishes by itself.
+        project.config.argilla.retries, project.config.argilla.retry_wait = 6, 1.0
+        restarting: list[threading.Thread] = []
+
+        def restart_after_first_chunk(done, total):
+            if done == 20:
+                server.kill()
+                restarting.append(threading.Thread(target=server.start))
+                restarting[0].start()
+
+        assert review.push(project, on_chunk=restart_after_first_chunk).pushed == 100
+        restarting[0].join()
+        records = [str(r.id) for r in dataset_of(server, project).records()]
+        assert len(records) == len(set(records)) == 100
+        project.close()
+
+
+# ------------------------------------------------------------------------------------------------------- CLI
+def run_cli(*args: str, env: dict) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "synthloop", *args], capture_output=True, text=True, env=env,
+                          timeout=300)
+
+
+def test_cli_review_push_pull_status(proj, argilla_env):
+    proj.round(route=False)
+    env = {**os.environ, "ARGILLA_API_URL": argilla_env.url, "ARGILLA_API_KEY": argilla_env.api_key, "COLUMNS": "200"}
+    pushed = run_cli("review", "push", "-p", str(proj.root), "--json", env=env)
+    assert pushed.returncode == 0, pushed.stderr
+    assert json.loads(pushed.stdout)["pushed"] == 10
+    assert argilla_env.api_key not in pushed.stdout + pushed.stderr
+
+    ids = server_ids(argilla_env, proj)
+    eid = sorted(ids)[0]
+    respond(argilla_env, "alice", ids[eid], "spam")
+    pulled = run_cli("review", "pull", "-p", str(proj.root), "--json", env=env)
+    assert pulled.returncode == 0, pulled.stderr
+    assert json.loads(pulled.stdout) == {"added": 1, "examples": 1, "ties": [], "waiting": 0,
+                                          "rechecked": 0}
+
+    shown = run_cli("review", "status", "-p", str(proj.root), env=env)
+    assert shown.returncode == 0, shown.stderr
+    assert "1 of 10 records done" in shown.stdout and "alice" in shown.stdout
+
+    no_key = {k: v for k, v in env.items() if k != "ARGILLA_API_KEY"}
+    failed = run_cli("review", "pull", "-p", str(proj.root), env=no_key)
+    assert failed.returncode == 2 and "ARGILLA_API_KEY" in failed.stderr and "Traceback" not in failed.stderr
+
+
+# --------------------------------------------------------------------------------------------------- browser
+def test_review_ui_in_a_browser_shows_suggestions_and_submits_a_label(proj, argilla_env, monkeypatch):
+    if not CHROMIUM.exists():
+        pytest.skip("/usr/bin/chromium is missing (apt-get install -y chromium)")
+    playwright = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (pip install playwright)")
+    proj.round(labeler="oracle", n=40)  # a model with something to say
+    with scripted_llm(proj, monkeypatch, lambda body: ("content", '{"label": "spam", "confidence": 0.55}')):
+        proj.round(labeler="hybrid")  # the LLM is unsure of all ten: they go to reviewers with both opinions
+    texts = {q.text: q.example_id for q in proj.store.queries()}
+    artifacts = ROOT / "test-artifacts"
+    artifacts.mkdir(exist_ok=True)
+    args = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
+            "--disable-component-update", "--disable-sync"]
+    with playwright.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=args)
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": 800})
+            page.goto(f"{argilla_env.url}/sign-in")
+            page.get_by_label("Username").fill("alice")
+            page.get_by_label("Password").fill(argilla_env.password)
+            page.get_by_role("button", name="Sign in").click()
+            dataset = proj.config.argilla.dataset
+            page.get_by_text(dataset, exact=True).first.click(timeout=60_000)
+            page.get_by_text("synthloop-model").first.wait_for(timeout=60_000)
+            body = page.inner_text("body")
+            shown = [text for text in texts if text.strip() and text.strip()[:60] in body]
+            assert len(shown) == 1, body[:1000]
+            assert "Model:" in body and "LLM gpt-4o-mini:" in body and "Suggestions" in body
+            page.screenshot(path=str(artifacts / "argilla-review.png"))
+            # The UI pre-selects the suggested label; the reviewer overrules it with the other one.
+            active = [name for name in ("ham", "spam")
+                      if "label-active" in page.locator(f"label[for=label_{name}]").get_attribute("class")]
+            assert len(active) == 1, active
+            choice = "spam" if active == ["ham"] else "ham"
+            page.locator(f"label[for=label_{choice}]").click()
+            page.get_by_role("button", name="Submit").click()
+            page.get_by_text("1 of 10").wait_for(state="detached", timeout=30_000)
+        finally:
+            browser.close()
+    pulled = review.pull(proj)
+    assert pulled.examples == 1
+    eid = texts[shown[0]]
+    assert [r for r in proj.store.training_set() if r[0] == eid][0][2:] == (choice, "human:alice")
