@@ -67,3 +67,13 @@ def llm_project(project, small_pool, local_llm):
     project.import_file(small_pool / "pool.csv", label_col="label", gold=True)
     project.import_file(small_pool / "test.csv", label_col="label", split="test")
     return project
+
+
+@pytest.fixture(scope="session")
+def ray_cluster():
+    """The address of a real two-node Ray cluster (tests/ray_cluster.py), started once per session."""
+    pytest.importorskip("ray.data", reason="Ray is not installed: pip install 'synthloop[ray]' to run the Ray engine tests")
+    from ray_cluster import two_node_cluster
+
+    with two_node_cluster() as address:
+        yield address

@@ -8,7 +8,6 @@ import signal
 import socket
 import subprocess
 import sys
-import tempfile
 
 import numpy as np
 import pandas as pd
@@ -147,20 +146,6 @@ def test_max_labels_caps_the_queries(nightly_project):
 
 # Scoring through synthloop.scale: --engine local | ray ------------------------------------------------
 
-@pytest.fixture
-def local_ray():
-    """Ray started in this process, on one CPU, in its own temp dir; ray.shutdown stops exactly what it started."""
-    ray = pytest.importorskip("ray")
-    pytest.importorskip("ray.data", reason="Ray is not installed: pip install 'synthloop[ray]' to run the Ray engine tests")
-    temp = tempfile.mkdtemp(prefix="slrayn", dir="/tmp")  # short: Ray's socket paths live under it
-    ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False, _temp_dir=temp)
-    try:
-        yield ray
-    finally:
-        ray.shutdown()
-        shutil.rmtree(temp, ignore_errors=True)
-
-
 def twin_of(project, folder) -> Project:
     """An exact copy of the project, store included, to run the same night twice."""
     project.store.engine.dispose()  # the last connection closing checkpoints the WAL into store.db
@@ -173,7 +158,7 @@ def picks(project) -> list[tuple[str, float]]:
 
 
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")  # Ray Data's own, about its DataContext defaults
-def test_engines_local_and_ray_select_the_same_ids(nightly_project, local_ray, monkeypatch, tmp_path):
+def test_engines_local_and_ray_select_the_same_ids(nightly_project, ray_cluster, monkeypatch, tmp_path):
     import synthloop.project as project_module
     from synthloop import active
 
@@ -182,7 +167,7 @@ def test_engines_local_and_ray_select_the_same_ids(nightly_project, local_ray, m
     twin = twin_of(project, tmp_path / "twin")
     try:
         local = run_nightly(project, str(incoming), max_labels=10, engine="local")
-        on_ray = run_nightly(twin, str(incoming), max_labels=10, engine="ray")  # Ray is up: score_pool uses it
+        on_ray = run_nightly(twin, str(incoming), max_labels=10, engine="ray", address=ray_cluster)
         assert local["engine"] == "local" and on_ray["engine"] == "ray"
         assert local["model_version"] == on_ray["model_version"] and local["metrics"] == on_ray["metrics"]
         unlabeled = len(project.store.unlabeled_pool()[0])
@@ -203,7 +188,7 @@ def test_engines_local_and_ray_select_the_same_ids(nightly_project, local_ray, m
         for proj in (project, twin):
             proj.config.loop.strategy = "ranked-batch"
         local = run_nightly(project, str(incoming), max_labels=10, engine="local")
-        on_ray = run_nightly(twin, str(incoming), max_labels=10, engine="ray")
+        on_ray = run_nightly(twin, str(incoming), max_labels=10, engine="ray", address=ray_cluster)
         assert local["retrained"] and local["model_version"] == on_ray["model_version"]
         assert local["queried"] == on_ray["queried"] == 10
         assert [i for i, _ in picks(project)] == [i for i, _ in picks(twin)]
