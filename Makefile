@@ -41,7 +41,8 @@ system-deps:
 		echo "note: chromium not installed; the browser tests will be skipped"
 
 # A real Argilla server for reviewers, in its own venv (argilla_setup/.venv): see argilla_setup/README.md.
-argilla-install:
+# After system-deps: both may run apt-get, and two apt-gets at once fight over dpkg's lock.
+argilla-install: | system-deps
 	bash argilla_setup/install.sh
 
 argilla: argilla-install
@@ -50,8 +51,10 @@ argilla: argilla-install
 demo: install llm-deps
 	$(PY) scripts/demo.py
 
+# The installs run side by side: compiling llama.cpp is CPU-bound, the others mostly wait on downloads.
 # One BLAS thread: on 2 cores with tests running side by side, BLAS threads fight and fits run 5-30x slower.
-test: install llm-deps system-deps argilla-install
+test:
+	$(MAKE) --no-print-directory -j3 llm-deps system-deps argilla-install
 	OPENBLAS_NUM_THREADS=1 $(PY) -m pytest
 
 clean:
