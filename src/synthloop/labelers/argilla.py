@@ -111,6 +111,10 @@ class ArgillaLabeler:
                     return fn(*args, **kwargs)
             except Exception as err:  # noqa: BLE001 - sorted into retryable and not below
                 if not _retryable(err):
+                    from argilla._exceptions import ArgillaError
+
+                    if isinstance(err, ArgillaError) and what != "connect":
+                        raise SynthloopError(f"Argilla at {self.url} refused ({what}): {err}") from None
                     raise
                 if attempt == self.cfg.retries:
                     raise SynthloopError(
