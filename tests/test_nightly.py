@@ -235,13 +235,17 @@ def test_store_streams_the_unlabeled_pool_in_id_order(nightly_project):
 
 # The Batch API route: one night submits, the next collects --------------------------------------------
 
-def batch_setup(project, monkeypatch) -> FaultServer:
+@pytest.fixture
+def batch_server(nightly_project, monkeypatch):
+    """The local files/batches server, with the nightly project's LLM pointed at it."""
+    project, _ = nightly_project
     server = FaultServer()
     monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
     cfg = project.config.llm
     cfg.base_url, cfg.model, cfg.response_format, cfg.max_retries = server.base_url, "gpt-4o", "json_schema", 0
     server.batch_answer = lambda body: completion('{"label": "ham", "confidence": 0.7}')
-    return server
+    yield server
+    server.stop()
 
 
 def custom_ids(server, batch_id) -> list[str]:
@@ -249,115 +253,106 @@ def custom_ids(server, batch_id) -> list[str]:
     return [json.loads(line)["custom_id"] for line in lines]
 
 
-def test_batch_route_night_one_submits_night_two_collects(nightly_project, monkeypatch):
+def test_batch_route_night_one_submits_night_two_collects(nightly_project, batch_server):
     from synthloop.labelers import get_labeler
     from synthloop.labelers.batch import jobs
     from synthloop.llm.pricing import cost_usd
 
+    server = batch_server
     project, incoming = nightly_project
-    server = batch_setup(project, monkeypatch)
-    try:
-        night1 = run_nightly(project, str(incoming), max_labels=10, labeler="llm-batch")
-        assert night1["queried"] == 10 and night1["labels_collected"] == 0 and night1["pending"] == 10
-        assert night1["batch"]["submitted"] == 10 and night1["batch"]["open_jobs"] == 1 and night1["batch"]["estimated_cost"] > 0
-        assert list(server.batches) == ["batch-0"] and server.batches["batch-0"]["polls"] == 1  # polled, not waited on
-        round0 = project.store.queries(round_=0)
-        assert custom_ids(server, "batch-0") == [q.example_id for q in round0]
-        assert jobs(project.store)["batch-0"]["state"] == "open" and server.requests == []  # no direct LLM call
-        body = json.loads(server.files["file-0"].decode().splitlines()[0])["body"]
-        assert body["model"] == "gpt-4o" and body["response_format"]["type"] == "json_schema" and body["logprobs"]
+    night1 = run_nightly(project, str(incoming), max_labels=10, labeler="llm-batch")
+    assert night1["queried"] == 10 and night1["labels_collected"] == 0 and night1["pending"] == 10
+    assert night1["batch"]["submitted"] == 10 and night1["batch"]["open_jobs"] == 1 and night1["batch"]["estimated_cost"] > 0
+    assert list(server.batches) == ["batch-0"] and server.batches["batch-0"]["polls"] == 1  # polled, not waited on
+    round0 = project.store.queries(round_=0)
+    assert custom_ids(server, "batch-0") == [q.example_id for q in round0]
+    assert jobs(project.store)["batch-0"]["state"] == "open" and server.requests == []  # no direct LLM call
+    body = json.loads(server.files["file-0"].decode().splitlines()[0])["body"]
+    assert body["model"] == "gpt-4o" and body["response_format"]["type"] == "json_schema" and body["logprobs"]
 
-        # A killed run resumed hands the same queries out again: nothing is submitted twice.
-        get_labeler("llm-batch", project).submit(round0)
-        assert list(server.batches) == ["batch-0"]
+    # A killed run resumed hands the same queries out again: nothing is submitted twice.
+    get_labeler("llm-batch", project).submit(round0)
+    assert list(server.batches) == ["batch-0"]
 
-        # The answers, decided when the job finishes: one off the task, one abstention, the rest labels.
-        texts = {q.text: q.example_id for q in round0}
-        odd, shy = round0[0].example_id, round0[1].example_id
+    # The answers, decided when the job finishes: one off the task, one abstention, the rest labels.
+    texts = {q.text: q.example_id for q in round0}
+    odd, shy = round0[0].example_id, round0[1].example_id
 
-        def answer(body):
-            eid = texts.get(body["messages"][-1]["content"].removeprefix("Text: "))
-            if eid == odd:
-                return completion('{"label": "eggs", "confidence": 0.9}')
-            if eid == shy:
-                return completion('{"label": "abstain", "confidence": 0.2}')
-            return completion('{"label": "spam", "confidence": 0.8}', logprobs=True)
+    def answer(body):
+        eid = texts.get(body["messages"][-1]["content"].removeprefix("Text: "))
+        if eid == odd:
+            return completion('{"label": "eggs", "confidence": 0.9}')
+        if eid == shy:
+            return completion('{"label": "abstain", "confidence": 0.2}')
+        return completion('{"label": "spam", "confidence": 0.8}', logprobs=True)
 
-        server.batch_answer = answer
-        night2 = run_nightly(project, str(incoming), max_labels=10, labeler="llm-batch")
-        assert night2["labels_collected"] == 8 and night2["retrained"] and night2["round"] == 1
-        assert night2["queried"] == 10 and night2["batch"]["submitted"] == 10 and night2["batch"]["open_jobs"] == 1
-        assert list(server.batches) == ["batch-0", "batch-1"]
-        assert custom_ids(server, "batch-1") == [q.example_id for q in project.store.queries(round_=1)]
-        statuses = {q.example_id: q.status for q in project.store.queries(round_=0)}
-        assert statuses.pop(odd) == "failed" and statuses.pop(shy) == "skipped" and set(statuses.values()) == {"labeled"}
-        half = cost_usd("gpt-4o", 20, 5) / 2  # the fault server's usage per answer, at batch price
-        labels = [r for r in project.store.training_set() if r[3] == "llm:gpt-4o"]
-        assert len(labels) == 8 and {r[2] for r in labels} == {"spam"}
-        usage = {(u["purpose"], u["model"]): u for u in project.store.llm_usage()}
-        assert usage[("label-batch", "gpt-4o")]["calls"] == 10 and usage[("label-batch", "gpt-4o")]["failed"] == 1
-        assert night2["llm_cost"] == pytest.approx(10 * half)
-        states = {k: j["state"] for k, j in jobs(project.store, states=("open", "answered", "done")).items()}
-        assert states == {"batch-0": "done", "batch-1": "open"}
-        assert "Batch API: 10 queries submitted" in (project.state_dir / "reports" / "nightly-0002.md").read_text()
-    finally:
-        server.stop()
+    server.batch_answer = answer
+    night2 = run_nightly(project, str(incoming), max_labels=10, labeler="llm-batch")
+    assert night2["labels_collected"] == 8 and night2["retrained"] and night2["round"] == 1
+    assert night2["queried"] == 10 and night2["batch"]["submitted"] == 10 and night2["batch"]["open_jobs"] == 1
+    assert list(server.batches) == ["batch-0", "batch-1"]
+    assert custom_ids(server, "batch-1") == [q.example_id for q in project.store.queries(round_=1)]
+    statuses = {q.example_id: q.status for q in project.store.queries(round_=0)}
+    assert statuses.pop(odd) == "failed" and statuses.pop(shy) == "skipped" and set(statuses.values()) == {"labeled"}
+    half = cost_usd("gpt-4o", 20, 5) / 2  # the fault server's usage per answer, at batch price
+    labels = [r for r in project.store.training_set() if r[3] == "llm:gpt-4o"]
+    assert len(labels) == 8 and {r[2] for r in labels} == {"spam"}
+    usage = {(u["purpose"], u["model"]): u for u in project.store.llm_usage()}
+    assert usage[("label-batch", "gpt-4o")]["calls"] == 10 and usage[("label-batch", "gpt-4o")]["failed"] == 1
+    assert night2["llm_cost"] == pytest.approx(10 * half)
+    states = {k: j["state"] for k, j in jobs(project.store, states=("open", "answered", "done")).items()}
+    assert states == {"batch-0": "done", "batch-1": "open"}
+    assert "Batch API: 10 queries submitted" in (project.state_dir / "reports" / "nightly-0002.md").read_text()
 
 
-def test_batch_submissions_stay_within_the_nightly_budget(nightly_project, monkeypatch):
+def test_batch_submissions_stay_within_the_nightly_budget(nightly_project, batch_server):
     from synthloop.labelers.batch import jobs
     from synthloop.labelers.llm import estimated_cost, few_shot_examples, labeling_messages
     from synthloop.llm.pricing import BATCH_DISCOUNT
 
+    server = batch_server
     project, _ = nightly_project
-    server = batch_setup(project, monkeypatch)
-    try:
-        _, texts = project.store.unlabeled_pool()
-        shots = few_shot_examples(project, project.config.llm.few_shot)
-        budget = 3.5 * max(estimated_cost(project, labeling_messages(project.task, t, shots)) for t in texts) * BATCH_DISCOUNT
-        night1 = run_nightly(project, None, max_labels=10, max_cost=budget, labeler="llm-batch")
-        costs = [estimated_cost(project, labeling_messages(project.task, q.text, shots)) * BATCH_DISCOUNT
-                 for q in project.store.queries()]
-        allowed = next(k for k in range(len(costs) + 1) if k == len(costs) or sum(costs[:k + 1]) > budget)
-        assert 3 <= allowed < 10 and night1["batch"]["submitted"] == allowed
-        assert night1["batch"]["estimated_cost"] == pytest.approx(sum(costs[:allowed])) and sum(costs[:allowed]) <= budget
-        round0 = [q.example_id for q in project.store.queries(round_=0)]
-        assert custom_ids(server, "batch-0") == round0[:allowed]
+    _, texts = project.store.unlabeled_pool()
+    shots = few_shot_examples(project, project.config.llm.few_shot)
+    budget = 3.5 * max(estimated_cost(project, labeling_messages(project.task, t, shots)) for t in texts) * BATCH_DISCOUNT
+    night1 = run_nightly(project, None, max_labels=10, max_cost=budget, labeler="llm-batch")
+    costs = [estimated_cost(project, labeling_messages(project.task, q.text, shots)) * BATCH_DISCOUNT
+             for q in project.store.queries()]
+    allowed = next(k for k in range(len(costs) + 1) if k == len(costs) or sum(costs[:k + 1]) > budget)
+    assert 3 <= allowed < 10 and night1["batch"]["submitted"] == allowed
+    assert night1["batch"]["estimated_cost"] == pytest.approx(sum(costs[:allowed])) and sum(costs[:allowed]) <= budget
+    round0 = [q.example_id for q in project.store.queries(round_=0)]
+    assert custom_ids(server, "batch-0") == round0[:allowed]
 
-        # The next night (no cap): the answers come in, and the queries the budget left out go first.
-        night2 = run_nightly(project, None, max_labels=10, labeler="llm-batch")
-        assert night2["labels_collected"] == allowed and night2["batch"]["submitted"] == 10 - allowed + 10
-        round1 = [q.example_id for q in project.store.queries(round_=1)]
-        assert custom_ids(server, "batch-1") == round0[allowed:] + round1
-        assert len(jobs(project.store)) == 1
-    finally:
-        server.stop()
+    # The next night (no cap): the answers come in, and the queries the budget left out go first.
+    night2 = run_nightly(project, None, max_labels=10, labeler="llm-batch")
+    assert night2["labels_collected"] == allowed and night2["batch"]["submitted"] == 10 - allowed + 10
+    round1 = [q.example_id for q in project.store.queries(round_=1)]
+    assert custom_ids(server, "batch-1") == round0[allowed:] + round1
+    assert len(jobs(project.store)) == 1
 
 
-def test_batch_answers_count_once_and_a_lost_job_is_sent_again(nightly_project, monkeypatch):
+def test_batch_answers_count_once_and_a_lost_job_is_sent_again(nightly_project, batch_server):
     from synthloop.labelers import get_labeler
     from synthloop.labelers.batch import jobs
 
+    server = batch_server
     project, _ = nightly_project
-    server = batch_setup(project, monkeypatch)
-    try:
-        project.round(n=6, labeler="llm-batch")  # submits one job and polls it once
-        labeler = get_labeler("llm-batch", project)
-        first = labeler.collect()  # second poll: finished
-        assert len(first) == 6 and {label.source for label in first} == {"llm:gpt-4o"}
-        # A run killed before these labels were stored: the next collect gives them again, the cost counts once.
-        again = labeler.collect()
-        assert [label.example_id for label in again] == [label.example_id for label in first]
-        assert [u["calls"] for u in project.store.llm_usage()] == [6]
-        project.store.record_labels(again, 0)
-        assert labeler.collect() == [] and jobs(project.store) == {}
+    project.round(n=6, labeler="llm-batch")  # submits one job and polls it once
+    labeler = get_labeler("llm-batch", project)
+    first = labeler.collect()  # second poll: finished
+    assert len(first) == 6 and {label.source for label in first} == {"llm:gpt-4o"}
+    # A run killed before these labels were stored: the next collect gives them again, the cost counts once.
+    again = labeler.collect()
+    assert [label.example_id for label in again] == [label.example_id for label in first]
+    assert [u["calls"] for u in project.store.llm_usage()] == [6]
+    project.store.record_labels(again, 0)
+    assert labeler.collect() == [] and jobs(project.store) == {}
 
-        project.round(n=4, labeler="llm-batch")
-        sent = [q.example_id for q in project.store.queries(round_=1)]
-        assert custom_ids(server, "batch-1") == sent
-        server.batches["elsewhere"] = server.batches.pop("batch-1")  # unknown to the server now: a 404
-        assert labeler.collect() == [] and jobs(project.store, states=("lost",))["batch-1"]["ids"] == sent
-        labeler.submit([])
-        assert custom_ids(server, "batch-2") == sent
-    finally:
-        server.stop()
+    project.round(n=4, labeler="llm-batch")
+    sent = [q.example_id for q in project.store.queries(round_=1)]
+    assert custom_ids(server, "batch-1") == sent
+    server.batches["elsewhere"] = server.batches.pop("batch-1")  # unknown to the server now: a 404
+    assert labeler.collect() == [] and jobs(project.store, states=("lost",))["batch-1"]["ids"] == sent
+    labeler.submit([])
+    assert custom_ids(server, "batch-2") == sent

@@ -1,0 +1,221 @@
+"""The seed table: what a prediction costs and how accurate it is, from GPT-4o to a compact model.
+
+For each benchmark task, one row per option: GPT-4o's published accuracy, the local LLM (SmolLM2-135M)
+as a labeler, the compact model (tfidf-lr) trained only on synthetic data, and the same model after
+50/100/200/500 labels chosen by active learning (margin sampling, batch 25; the simulated reviewer is
+the pool's gold labels through the oracle labeler), each with $ and latency per 1k predictions.
+
+It reuses scripts/bench_synthetic.py's work instead of generating again: its results
+(benchmarks/synthetic.json: the labeler's accuracy, seconds and token counts) and its projects in
+.cache/bench/synthetic/ (the synthetic examples), copied to .cache/bench/seed_table/ before the
+active-learning rounds. Run that script first. With OPENAI_API_KEY set, GPT-4o is also measured
+here, as a labeler on the same 100 test examples. Writes benchmarks/seed_table.json and .md.
+
+    python scripts/bench_synthetic.py && python scripts/reproduce_seed_table.py
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+
+from synthloop import Project
+from synthloop.llm.pricing import cost_usd, price
+from synthloop.llm.serve import LOCAL_MODEL_NAME
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import bench_synthetic  # a sibling script, not a package
+
+ROOT = bench_synthetic.ROOT
+DATA = bench_synthetic.DATA
+WORK = ROOT / ".cache" / "bench" / "seed_table"
+CHECKPOINTS = [50, 100, 200, 500]
+BATCH = 25
+TASKS = {"sms_spam": "SMS spam", "ag_news": "news topic (stands in for product)", "corona_nlp": "COVID sentiment"}
+# Published GPT-4o accuracy on the original tasks (see ../shared/README.md); ag_news stands in for the
+# 4-class e-commerce product task, whose data could not be obtained.
+PUBLISHED = {"sms_spam": "0.95 zero-shot", "ag_news": "0.85 zero-shot (product task)",
+             "corona_nlp": "0.27 zero-shot / 0.38 / 0.41 two-shot"}
+GPT4O = "gpt-4o"
+
+
+def active_learning(dataset: str, source: Path) -> list[dict]:
+    """Margin sampling from the synthetic seed up to the last checkpoint; one point per checkpoint
+    (0 = the seed model), with the model version that scored it."""
+    work = WORK / dataset
+    if work.exists():
+        shutil.rmtree(work)  # a fresh copy each run: the rounds take minutes, the synthetic data is the costly part
+    shutil.copytree(source, work)
+    project = Project(work)
+    project.config.loop = project.config.loop.model_copy(update={"strategy": "margin", "batch_size": BATCH, "labeler": "oracle"})
+    budget, points = CHECKPOINTS[-1], []
+    try:
+        while True:  # as synthloop.simulate does: a round scores the labels it starts with, then queries more
+            remaining = budget - project.n_real_labels()
+            result = project.round(query=remaining > 0, n=min(BATCH, max(remaining, 0)))
+            if result.n_labels in (0, *CHECKPOINTS):
+                points.append({"labels": result.n_labels, "accuracy": result.metrics["accuracy"],
+                               "macro_f1": result.metrics["macro_f1"], "model_version": result.model_version,
+                               "seconds_per_1k": prediction_seconds_per_1k(project, dataset, result.model_version)})
+                print(f"  {dataset}: {result.n_labels} labels, accuracy {result.metrics['accuracy']:.3f}", flush=True)
+            if remaining <= 0 or result.queried == 0:
+                break
+    finally:
+        project.close()
+    return points
+
+
+def prediction_seconds_per_1k(project: Project, dataset: str, version: int) -> float:
+    """Wall time of predict_proba on 1,000 raw test texts (featurizing included), median of 3 after a warm-up."""
+    _, model = project.load_model(version)
+    texts = list(pd.read_csv(DATA / dataset / "test.csv").text[:1000])
+    model.predict_proba(texts[:10])
+    times = []
+    for _ in range(3):
+        start = time.perf_counter()
+        model.predict_proba(texts)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times) * 1000 / len(texts)
+
+
+def gpt4o_price_per_1k(labeler: dict) -> float:
+    """$ per 1k labels at GPT-4o's list price, for the mean prompt and answer of the local labeling run."""
+    calls = max(labeler["calls"], 1)
+    return cost_usd(GPT4O, labeler["prompt_tokens"] / calls, labeler["completion_tokens"] / calls) * 1000
+
+
+def task_rows(dataset: str, synthetic: dict, measured_gpt4o: dict | None) -> dict:
+    local = next(r for r in synthetic["results"] if r["dataset"] == dataset and r["llm"] == LOCAL_MODEL_NAME)
+    lab = local["labeler"]
+    source = ROOT / local["project"]
+    seed_n = local["seed_model"][-1]
+    curve = active_learning(dataset, source)
+    rows = [
+        {"row": "GPT-4o, published", "accuracy": PUBLISHED[dataset], "usd_per_1k": gpt4o_price_per_1k(lab),
+         "seconds_per_1k": None},
+    ]
+    if measured_gpt4o is not None:
+        m = measured_gpt4o["labeler"]
+        rows.append({"row": "GPT-4o, measured here (100 test examples)", "accuracy": m["accuracy"],
+                     "usd_per_1k": m["cost"] / m["n"] * 1000, "seconds_per_1k": m["seconds"] / m["n"] * 1000})
+    rows.append({"row": f"local LLM ({LOCAL_MODEL_NAME}) as labeler, 100 test examples", "accuracy": lab["accuracy"],
+                 "usd_per_1k": 0.0, "seconds_per_1k": lab["seconds"] / lab["n"] * 1000})
+    for point in curve:
+        name = (f"compact model, synthetic only ({sum(seed_n['kept'].values())} texts, N = {seed_n['per_class']}/class)"
+                if point["labels"] == 0 else f"compact model after {point['labels']} active labels")
+        rows.append({"row": name, "accuracy": point["accuracy"], "usd_per_1k": 0.0, "seconds_per_1k": point["seconds_per_1k"]})
+    return {"rows": rows, "curve": curve, "labeler": lab, "synthetic_seed": seed_n,
+            "majority_accuracy": local["majority_accuracy"]}
+
+
+def fmt_acc(value) -> str:
+    return value if isinstance(value, str) else f"{value:.3f}"
+
+
+def fmt_usd(values: list[float]) -> str:
+    if all(v == 0 for v in values):
+        return "$0"
+    return " / ".join(f"${v:.2f}" for v in values)
+
+
+def fmt_seconds(values: list[float | None]) -> str:
+    if all(v is None for v in values):
+        return "not measured here"
+    return " / ".join("–" if v is None else (f"{v:.2f} s" if v < 10 else f"{v:,.0f} s") for v in values)
+
+
+def markdown(result: dict) -> str:
+    datasets = list(result["tasks"])
+    names = [TASKS[d] for d in datasets]
+    lines = ["# Seed table: accuracy, $ and latency per 1k predictions", "",
+             (f"Generated by `scripts/reproduce_seed_table.py` on {result['machine']} in {result['minutes']} min, from the "
+             "synthetic data and labeler run of `scripts/bench_synthetic.py` ([synthetic.md](synthetic.md))."), "",
+             f"| | {' | '.join(names)} | $ per 1k predictions | latency per 1k predictions |",
+             "|---" * (len(datasets) + 3) + "|"]
+    for k, row in enumerate(result["tasks"][datasets[0]]["rows"]):
+        per = [result["tasks"][d]["rows"][k] for d in datasets]
+        lines.append(f"| {row['row']} | " + " | ".join(fmt_acc(r["accuracy"]) for r in per) + " | "
+                     + fmt_usd([r["usd_per_1k"] for r in per]) + " | " + fmt_seconds([r["seconds_per_1k"] for r in per]) + " |")
+    majority = " / ".join(f"{result['tasks'][d]['majority_accuracy']:.3f}" for d in datasets)
+    tokens = "; ".join(f"{TASKS[d]}: {t['labeler']['prompt_tokens'] / max(t['labeler']['calls'], 1):.0f} in, "
+                       f"{t['labeler']['completion_tokens'] / max(t['labeler']['calls'], 1):.0f} out"
+                       for d, t in result["tasks"].items())
+    loads = " / ".join("–".join(str(x) for x in result["tasks"][d]["labeler"].get("load_average", [])) or "?" for d in datasets)
+    lines += [
+        "", "Cells with three values are in column order (" + " / ".join(names) + ").", "",
+        ("- **Accuracy** is on the full test split for the compact model, on 100 test examples "
+        "(`pandas.sample(100, random_state=0)`) for the local LLM (failed or abstained answers count as wrong), "
+        "and as published on the original tasks for GPT-4o (40–100 samples; the sentiment 0.38 is an intermediate "
+        "setting quoted with the other two; ../shared/README.md lists only 0.27 and 0.41). ag_news stands in for the 4-class e-commerce product task, "
+        f"whose data could not be obtained. Majority-class accuracy for reference: {majority}."),
+        ("- **Compact model**: tfidf-lr (TF-IDF word and character n-grams + calibrated logistic regression). Its $ is "
+        "0 API cost: it runs on the CPU that serves the application (machine cost not counted). Latency: wall time of "
+        "`predict_proba` on 1,000 raw test texts, featurizing included, one process, median of 3, measured on this "
+        f"machine ({result['machine']}, cores shared with other work)."),
+        ("- **Active learning**: starts from the synthetic-only seed (synthetic examples weighted 0.5 against real "
+        f"labels), margin sampling, batch {BATCH}; the simulated reviewer answers from the pool's gold labels (oracle "
+        "labeler). The labels themselves are a one-off cost, not a per-prediction one."),
+        (f"- **Local LLM**: {LOCAL_MODEL_NAME} through llama.cpp on this machine's CPU, one request at a time, few-shot "
+        "with the task's examples; $0 (no API). Latency = the labeling run's wall seconds for 100 texts × 10 "
+        f"(1-minute load average before–after each run: {loads}; other agents shared the 2 cores)."),
+        ("- **GPT-4o $**: the labeling prompts' mean token counts as measured by the local server on the same prompts "
+        f"({tokens}; SmolLM2's tokenizer, not GPT-4o's, and without the JSON schema OpenAI adds), priced with "
+        f"`synthloop.llm.pricing` at GPT-4o's list price (${price(GPT4O)['input']:.2f} / 1M input, "
+        f"${price(GPT4O)['output']:.2f} / 1M output tokens). An estimate, not a bill."),
+    ]
+    if result["openai"]:
+        lines.append("- **GPT-4o, measured here**: the same 100 test examples and prompts, through the OpenAI API "
+                     "(4 requests in flight); $ from the returned token counts at list price.")
+    else:
+        lines.append("- **GPT-4o latency** is not measured here: no `OPENAI_API_KEY` was set for this run (with one, "
+                     "the script labels the same 100 test examples with GPT-4o and adds a measured row).")
+    lines += ["", "## Active-learning curve (test accuracy / macro-F1)", "",
+              "| labels | " + " | ".join(names) + " |", "|---" * (len(datasets) + 1) + "|"]
+    for k, point in enumerate(result["tasks"][datasets[0]]["curve"]):
+        cells = [result["tasks"][d]["curve"][k] for d in datasets]
+        lines.append(f"| {point['labels']} | " + " | ".join(f"{c['accuracy']:.3f} / {c['macro_f1']:.3f}" for c in cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--datasets", nargs="*", default=list(TASKS))
+    parser.add_argument("--synthetic", type=Path, default=ROOT / "benchmarks" / "synthetic.json",
+                        help="scripts/bench_synthetic.py's results")
+    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks")
+    args = parser.parse_args()
+    if not args.synthetic.is_file():
+        raise SystemExit(f"{args.synthetic} not found: run scripts/bench_synthetic.py first")
+    synthetic = json.loads(args.synthetic.read_text())
+    done = {r["dataset"] for r in synthetic["results"] if r["llm"] == LOCAL_MODEL_NAME and r["seed_model"]}
+    missing = [d for d in args.datasets if d not in done]
+    if missing:
+        raise SystemExit(f"{args.synthetic} has no local-LLM results for {', '.join(missing)}: run scripts/bench_synthetic.py first")
+    started = time.time()
+    openai = bool(os.environ.get("OPENAI_API_KEY"))
+    tasks = {}
+    for dataset in args.datasets:
+        print(dataset, flush=True)
+        # GPT-4o as a labeler on the same 100 examples; bench_synthetic's stage is reused if it already ran it.
+        measured = bench_synthetic.run_dataset(dataset, {"model": GPT4O}, [], 100) if openai else None
+        tasks[dataset] = task_rows(dataset, synthetic, measured)
+    result = {"machine": f"{platform.node() or 'this machine'} ({os.cpu_count()} cores)",
+              "minutes": round((time.time() - started) / 60, 1), "openai": openai, "batch": BATCH,
+              "checkpoints": CHECKPOINTS, "published_gpt4o": PUBLISHED, "tasks": tasks}
+    args.out.mkdir(exist_ok=True)
+    (args.out / "seed_table.json").write_text(json.dumps(result, indent=1))
+    (args.out / "seed_table.md").write_text(markdown(result))
+    print(markdown(result))
+
+
+if __name__ == "__main__":
+    main()
