@@ -358,20 +358,20 @@ class Store:
             stmt = sa.select(labels.c.source, labels.c.label, sa.func.count()).group_by(labels.c.source, labels.c.label)
             return [tuple(r) for r in conn.execute(stmt)]
 
-    def origins(self, example_ids: Sequence[str]) -> dict[str, str]:
+    def _column_by_id(self, column: sa.Column, example_ids: Sequence[str]) -> dict[str, str]:
         ids = list(example_ids)
         out = {}
         with self.engine.connect() as conn:
-            for start in range(0, len(ids), 900):
-                rows = conn.execute(sa.select(examples.c.id, examples.c.origin)
-                                    .where(examples.c.id.in_(ids[start:start + 900])))
-                out.update({r.id: r.origin for r in rows})
+            for start in range(0, len(ids), 900):  # SQLite caps bound parameters per statement
+                rows = conn.execute(sa.select(examples.c.id, column).where(examples.c.id.in_(ids[start:start + 900])))
+                out.update({r[0]: r[1] for r in rows if r[1] is not None})
         return out
 
+    def origins(self, example_ids: Sequence[str]) -> dict[str, str]:
+        return self._column_by_id(examples.c.origin, example_ids)
+
     def gold_for(self, example_ids: Sequence[str]) -> dict[str, str]:
-        with self.engine.connect() as conn:
-            rows = conn.execute(sa.select(examples.c.id, examples.c.gold).where(examples.c.id.in_(list(example_ids))))
-            return {r.id: r.gold for r in rows if r.gold is not None}
+        return self._column_by_id(examples.c.gold, example_ids)
 
     def labeled_export(self) -> list[dict]:
         return [

@@ -19,7 +19,7 @@ from collections.abc import Sequence
 import openai
 
 from synthloop.labelers.llm import MAX_ANSWER_TOKENS, answer_model, estimated_cost, few_shot_examples
-from synthloop.labelers.llm import labeling_messages, outcome_of
+from synthloop.labelers.llm import labeling_messages, outcome_of, within_budget
 from synthloop.llm.batch import batch_results, submit_batch
 from synthloop.llm.pricing import BATCH_DISCOUNT
 from synthloop.store import NewLabel, Query
@@ -59,10 +59,7 @@ class BatchLabeler:
         budget = getattr(self.project, "llm_budget", None)
         if budget is not None:
             # A batch is paid when it finishes, but committed now: tonight's budget bounds it, at its estimate.
-            fit, total = 0, 0.0
-            while fit < len(todo) and total + costs[fit] <= budget:
-                total += costs[fit]
-                fit += 1
+            fit = within_budget(costs, budget)
             todo, messages, costs = todo[:fit], messages[:fit], costs[:fit]
             if not todo:
                 log.info("llm-batch: the budget left ($%.4f) does not cover one more query; the rest stay pending", budget)

@@ -117,6 +117,15 @@ def outcome_of(result) -> Outcome:
     return Outcome(label, confidence, source, False, None, cost)
 
 
+def within_budget(costs: Sequence[float], budget: float) -> int:
+    """How many of the first costs fit in the budget, in order."""
+    fit, total = 0, 0.0
+    while fit < len(costs) and total + costs[fit] <= budget:
+        total += costs[fit]
+        fit += 1
+    return fit
+
+
 class LLMLabeler:
     """Answers at once: `collect` labels every submitted query it has not answered yet. Responses are
     cached in the store, so a run killed midway pays nothing again for what it already asked."""
@@ -137,11 +146,7 @@ class LLMLabeler:
             return pending
         shots = few_shot_examples(self.project, self.project.config.llm.few_shot)
         costs = [estimated_cost(self.project, labeling_messages(self.project.task, q.text, shots)) for q in pending]
-        affordable, total = 0, 0.0
-        while affordable < len(pending) and total + costs[affordable] <= budget:
-            total += costs[affordable]
-            affordable += 1
-        return pending[:affordable]
+        return pending[:within_budget(costs, budget)]
 
     def answer(self, pending: list[Query]) -> list[Outcome]:
         outcomes = label_texts(self.project, [q.text for q in pending], round_=self.project.store.current_round())
