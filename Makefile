@@ -9,7 +9,7 @@ LLAMA_CPP_VERSION := 0.3.36
 # llama.cpp compiled for any x86-64 (no -march=native), so the cached wheel can move between machines.
 LLAMA_CMAKE_ARGS := -DLLAVA_BUILD=OFF -DGGML_NATIVE=OFF
 
-.PHONY: install llm-deps system-deps argilla-install argilla demo test clean
+.PHONY: install llm-deps system-deps argilla-install apt-steps argilla demo test clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -34,16 +34,23 @@ $(LLM_STAMP): | $(STAMP)
 llm-deps: $(LLM_STAMP)
 
 # Debian's chromium renders the report and the review UI in the browser tests (never a downloaded
-# browser). Installed when missing and we may (root with apt-get); otherwise those tests say why they skip.
+# browser). Installed when missing and we may (root with apt-get); otherwise those tests say why they skip
+# (or fail, when $CI is set: `make test` sets it).
 system-deps:
 	@command -v chromium >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; } || \
 		echo "note: chromium not installed; the browser tests will be skipped"
 
 # A real Argilla server for reviewers, in its own venv (argilla_setup/.venv): see argilla_setup/README.md.
-# After system-deps: both may run apt-get, and two apt-gets at once fight over dpkg's lock.
-argilla-install: | system-deps
+# No chromium here: `make argilla` needs none; only `make test` runs system-deps (see apt-steps).
+argilla-install:
 	bash argilla_setup/install.sh
+
+# For `make test`: system-deps and argilla-install may both run apt-get, and two apt-gets at once fight
+# over dpkg's lock, so they run one after the other while llm-deps compiles beside them.
+apt-steps:
+	$(MAKE) --no-print-directory system-deps
+	$(MAKE) --no-print-directory argilla-install
 
 argilla: argilla-install
 	argilla_setup/.venv/bin/python argilla_setup/launch.py $(ARGILLA_ARGS)
@@ -53,9 +60,10 @@ demo: install llm-deps
 
 # The installs run side by side: compiling llama.cpp is CPU-bound, the others mostly wait on downloads.
 # One BLAS thread: on 2 cores with tests running side by side, BLAS threads fight and fits run 5-30x slower.
+# CI=1 (unless set): a browser test whose chromium or playwright is missing fails instead of skipping.
 test:
-	$(MAKE) --no-print-directory -j3 llm-deps system-deps argilla-install
-	OPENBLAS_NUM_THREADS=1 $(PY) -m pytest
+	$(MAKE) --no-print-directory -j2 llm-deps apt-steps
+	CI=$${CI:-1} OPENBLAS_NUM_THREADS=1 $(PY) -m pytest
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -44,7 +44,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--username", default=env("ARGILLA_USERNAME", "argilla"))
     p.add_argument("--password", default=env("ARGILLA_PASSWORD", "12345678"))
     p.add_argument("--api-key", default=env("ARGILLA_API_KEY", "argilla.apikey"))
-    p.add_argument("--workspace", default=env("ARGILLA_WORKSPACE", "argilla"), help="made if missing; users join it")
+    # synthloop's own default ([argilla] workspace): annotators made here see the datasets synthloop pushes.
+    p.add_argument("--workspace", default=env("ARGILLA_WORKSPACE", "synthloop"), help="made if missing; users join it")
     p.add_argument(
         "--annotators",
         default=env("ARGILLA_ANNOTATORS", ""),
@@ -281,7 +282,10 @@ async def serve(args, url: str, users: list) -> None:
 
     server = Server(uvicorn.Config(app, host=args.host, port=args.port, log_level=args.log_level, workers=1))
 
+    signalled = []
+
     def request_stop():
+        signalled.append(True)
         server.force_exit = server.should_exit  # a second signal skips the graceful wait
         server.should_exit = True
 
@@ -309,7 +313,7 @@ async def serve(args, url: str, users: list) -> None:
     announcer = asyncio.create_task(announce())
     await server.serve()
     announcer.cancel()
-    if not server.started:
+    if not server.started and not signalled:  # a Ctrl-C during start-up is a clean stop, not a failure
         raise RuntimeError(f"uvicorn could not start on {args.host}:{args.port}")
 
 

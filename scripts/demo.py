@@ -6,6 +6,8 @@
    with the minority top-up on: whenever spam (13% of the pool) is under 45% of the real labels, the
    round adds synthetic spam conditioned on the real spam seen so far, up to half the training set.
 3. Prints accuracy per round next to random sampling without synthetic data.
+4. Writes the report (HTML, Markdown, JSON, with the random baseline) to .cache/demo/report/ and prints
+   where it is: the demo's project is temporary, so the report is written before it goes.
 """
 
 from __future__ import annotations
@@ -20,8 +22,11 @@ from rich.table import Table
 from synthloop import Project, simulate
 from synthloop.llm.pricing import cost_usd
 from synthloop.llm.serve import LOCAL_MODEL_NAME, start_local_server
+from synthloop.report import build_report
 
-HERE = Path(__file__).resolve().parent.parent / "examples" / "sms_spam"
+ROOT = Path(__file__).resolve().parent.parent
+HERE = ROOT / "examples" / "sms_spam"
+REPORT_DIR = ROOT / ".cache" / "demo" / "report"  # git-ignored
 
 
 def main() -> None:
@@ -29,6 +34,7 @@ def main() -> None:
     parser.add_argument("--budget", type=int, default=150)
     parser.add_argument("--batch", type=int, default=25)
     parser.add_argument("--synthetic", type=int, default=10, help="synthetic examples per class for round 0")
+    parser.add_argument("--report-dir", type=Path, default=REPORT_DIR, help="where the report goes")
     args = parser.parse_args()
     console = Console()
 
@@ -58,7 +64,12 @@ def main() -> None:
             if labels >= args.budget:
                 break
         usage = project.store.llm_usage()
-        project.close()
+        status.update("writing the report")
+        try:
+            paths = build_report(project, out_dir=args.report_dir, baselines={"random": random_curve},
+                                 project_label=f"make demo ({LOCAL_MODEL_NAME}, {args.budget} labels; its temporary project is gone)")["paths"]
+        finally:
+            project.close()
 
     table = Table(title="SMS spam: test accuracy per round (tfidf-lr)")
     for col in ("round", "real labels", "margin + synthetic", "macro-F1", "synthetic added (top-up)", "random, no synthetic"):
@@ -74,6 +85,7 @@ def main() -> None:
     console.print(f"local LLM: {calls} calls, {tokens_in + tokens_out} tokens, $0 "
                   f"(the same tokens at GPT-4o's list price: ${cost_usd('gpt-4o', tokens_in, tokens_out):.3f})")
     console.print("GPT-4o zero-shot on SMS spam (published): 0.95 accuracy")
+    console.print(f"report: {paths['html']} (report.md and report.json beside it)")
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ active-learning rounds. Run that script first. With OPENAI_API_KEY set, GPT-4o i
 here, as a labeler on the same 100 test examples. Writes benchmarks/seed_table.json and .md.
 
     python scripts/bench_synthetic.py && python scripts/reproduce_seed_table.py
+    python scripts/reproduce_seed_table.py --from-json     # only re-render the .md from the committed .json
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from pathlib import Path
 import pandas as pd
 
 from synthloop import Project
+from synthloop.impact import GPT4O_SECONDS_PER_REQUEST
 from synthloop.llm.pricing import cost_usd, price
 from synthloop.llm.serve import LOCAL_MODEL_NAME
 
@@ -46,26 +48,30 @@ TASKS = {"sms_spam": "SMS spam", "ag_news": "news topic (stands in for product)"
 PUBLISHED = {"sms_spam": "0.95 zero-shot", "ag_news": "0.85 zero-shot (product task)",
              "corona_nlp": "0.27 zero-shot / 0.38 / 0.41 two-shot"}
 GPT4O = "gpt-4o"
+SEED_ROW = "compact model, synthetic only"
+LOCAL_ROW = "local LLM"
 
 
-def active_learning(dataset: str, source: Path) -> list[dict]:
+def active_learning(dataset: str, source: Path, work: Path | None = None, checkpoints: list[int] = CHECKPOINTS,
+                    batch: int = BATCH, test_csv: Path | None = None) -> list[dict]:
     """Margin sampling from the synthetic seed up to the last checkpoint; one point per checkpoint
     (0 = the seed model), with the model version that scored it."""
-    work = WORK / dataset
+    work = work or WORK / dataset
+    test_csv = test_csv or DATA / dataset / "test.csv"
     if work.exists():
         shutil.rmtree(work)  # a fresh copy each run: the rounds take minutes, the synthetic data is the costly part
     shutil.copytree(source, work)
     project = Project(work)
-    project.config.loop = project.config.loop.model_copy(update={"strategy": "margin", "batch_size": BATCH, "labeler": "oracle"})
-    budget, points = CHECKPOINTS[-1], []
+    project.config.loop = project.config.loop.model_copy(update={"strategy": "margin", "batch_size": batch, "labeler": "oracle"})
+    budget, points = checkpoints[-1], []
     try:
         while True:  # as synthloop.simulate does: a round scores the labels it starts with, then queries more
             remaining = budget - project.n_real_labels()
-            result = project.round(query=remaining > 0, n=min(BATCH, max(remaining, 0)))
-            if result.n_labels in (0, *CHECKPOINTS):
+            result = project.round(query=remaining > 0, n=min(batch, max(remaining, 0)))
+            if result.n_labels in (0, *checkpoints):
                 points.append({"labels": result.n_labels, "accuracy": result.metrics["accuracy"],
                                "macro_f1": result.metrics["macro_f1"], "model_version": result.model_version,
-                               "seconds_per_1k": prediction_seconds_per_1k(project, dataset, result.model_version)})
+                               "seconds_per_1k": prediction_seconds_per_1k(project, test_csv, result.model_version)})
                 print(f"  {dataset}: {result.n_labels} labels, accuracy {result.metrics['accuracy']:.3f}", flush=True)
             if remaining <= 0 or result.queried == 0:
                 break
@@ -74,10 +80,10 @@ def active_learning(dataset: str, source: Path) -> list[dict]:
     return points
 
 
-def prediction_seconds_per_1k(project: Project, dataset: str, version: int) -> float:
+def prediction_seconds_per_1k(project: Project, test_csv: Path, version: int) -> float:
     """Wall time of predict_proba on 1,000 raw test texts (featurizing included), median of 3 after a warm-up."""
     _, model = project.load_model(version)
-    texts = list(pd.read_csv(DATA / dataset / "test.csv").text[:1000])
+    texts = list(pd.read_csv(test_csv).text[:1000])
     model.predict_proba(texts[:10])
     times = []
     for _ in range(3):
@@ -93,26 +99,42 @@ def gpt4o_price_per_1k(labeler: dict) -> float:
     return cost_usd(GPT4O, labeler["prompt_tokens"] / calls, labeler["completion_tokens"] / calls) * 1000
 
 
-def task_rows(dataset: str, synthetic: dict, measured_gpt4o: dict | None) -> dict:
-    local = next(r for r in synthetic["results"] if r["dataset"] == dataset and r["llm"] == LOCAL_MODEL_NAME)
+def local_result(synthetic: dict, dataset: str) -> dict:
+    """bench_synthetic's run of the local LLM on this dataset: its labeler figures and synthetic seed."""
+    return next(r for r in synthetic["results"] if r["dataset"] == dataset and r["llm"] == LOCAL_MODEL_NAME)
+
+
+def answers(labeler: dict) -> dict:
+    """How many of the labeler's texts it answered, abstained on or failed: an accuracy needs these beside it."""
+    return {k: labeler[k] for k in ("n", "answered", "abstained", "failed")}
+
+
+def compact_rows(curve: list[dict], seed: dict) -> list[dict]:
+    rows = []
+    for point in curve:
+        # The per-class N is the same for every task, the total is not (2, 4 and 5 classes): the total
+        # goes beside the row's name when the table is rendered, from synthetic_seed.
+        name = (f"{SEED_ROW} (N = {seed['per_class']}/class)" if point["labels"] == 0
+                else f"compact model after {point['labels']} active labels")
+        rows.append({"row": name, "accuracy": point["accuracy"], "usd_per_1k": 0.0, "seconds_per_1k": point["seconds_per_1k"]})
+    return rows
+
+
+def task_rows(dataset: str, local: dict, curve: list[dict], measured_gpt4o: dict | None = None) -> dict:
+    """One task's column: local is bench_synthetic's local-LLM result, curve active_learning's points."""
     lab = local["labeler"]
-    source = ROOT / local["project"]
     seed_n = local["seed_model"][-1]
-    curve = active_learning(dataset, source)
     rows = [
         {"row": "GPT-4o, published", "accuracy": PUBLISHED[dataset], "usd_per_1k": gpt4o_price_per_1k(lab),
          "seconds_per_1k": None},
     ]
     if measured_gpt4o is not None:
         m = measured_gpt4o["labeler"]
-        rows.append({"row": "GPT-4o, measured here (100 test examples)", "accuracy": m["accuracy"],
+        rows.append({"row": "GPT-4o, measured here (100 test examples)", "accuracy": m["accuracy"], "answers": answers(m),
                      "usd_per_1k": m["cost"] / m["n"] * 1000, "seconds_per_1k": m["seconds"] / m["n"] * 1000})
-    rows.append({"row": f"local LLM ({LOCAL_MODEL_NAME}) as labeler, 100 test examples", "accuracy": lab["accuracy"],
-                 "usd_per_1k": 0.0, "seconds_per_1k": lab["seconds"] / lab["n"] * 1000})
-    for point in curve:
-        name = (f"compact model, synthetic only ({sum(seed_n['kept'].values())} texts, N = {seed_n['per_class']}/class)"
-                if point["labels"] == 0 else f"compact model after {point['labels']} active labels")
-        rows.append({"row": name, "accuracy": point["accuracy"], "usd_per_1k": 0.0, "seconds_per_1k": point["seconds_per_1k"]})
+    rows.append({"row": f"{LOCAL_ROW} ({LOCAL_MODEL_NAME}) as labeler, 100 test examples", "accuracy": lab["accuracy"],
+                 "answers": answers(lab), "usd_per_1k": 0.0, "seconds_per_1k": lab["seconds"] / lab["n"] * 1000})
+    rows += compact_rows(curve, seed_n)
     return {"rows": rows, "curve": curve, "labeler": lab, "synthetic_seed": seed_n,
             "majority_accuracy": local["majority_accuracy"]}
 
@@ -128,9 +150,79 @@ def fmt_usd(values: list[float]) -> str:
 
 
 def fmt_seconds(values: list[float | None]) -> str:
-    if all(v is None for v in values):
-        return "not measured here"
     return " / ".join("–" if v is None else (f"{v:.2f} s" if v < 10 else f"{v:,.0f} s") for v in values)
+
+
+def gpt4o_seconds_per_request(result: dict) -> float:
+    # Results written before the assumption was recorded used the same constant.
+    return result.get("gpt4o_assumed_seconds_per_request", GPT4O_SECONDS_PER_REQUEST)
+
+
+def latency_cell(row: dict, per: list[dict], result: dict) -> str:
+    """Measured seconds where there are any; for GPT-4o without a measurement, the assumed latency,
+    marked as such, so that every row has a figure beside its $."""
+    values = [r["seconds_per_1k"] for r in per]
+    if any(v is not None for v in values):
+        return fmt_seconds(values)
+    if row["row"].startswith("GPT-4o"):
+        return f"≈{1000 * gpt4o_seconds_per_request(result):,.0f} s est., sequential"
+    return "not measured here"
+
+
+def row_answers(row: dict, task: dict) -> dict | None:
+    # Results written before rows carried "answers": the local LLM row's figures are the task's labeler's.
+    if "answers" in row:
+        return row["answers"]
+    return answers(task["labeler"]) if row["row"].startswith(LOCAL_ROW) else None
+
+
+def accuracy_cell(row: dict, task: dict) -> str:
+    """The accuracy, with how often the labeler gave no label: 0.020 means little until one reads that it
+    abstained on 90 of 100 texts (abstained and failed answers count as wrong)."""
+    counts = row_answers(row, task)
+    notes = [f"{kind} {counts[kind]}/{counts['n']}" for kind in ("abstained", "failed") if counts and counts.get(kind)]
+    return fmt_acc(row["accuracy"]) + (f" ({'; '.join(notes)})" if notes else "")
+
+
+def row_name(per: list[dict], tasks: list[dict]) -> str:
+    """The row's name, shared by every task; the synthetic-only seed's size differs per task (100 per class of
+    2, 4 or 5 classes), so its name lists the totals in column order."""
+    if per[0]["row"].startswith(SEED_ROW):
+        seeds = [t["synthetic_seed"] for t in tasks]
+        per_class = " / ".join(dict.fromkeys(str(s["per_class"]) for s in seeds))
+        totals = " / ".join(str(sum(s["kept"].values())) for s in seeds)
+        return f"{SEED_ROW} (N = {per_class}/class: {totals} texts)"
+    names = {r["row"] for r in per}
+    if len(names) > 1:  # one name for all columns would be wrong for some of them
+        raise ValueError(f"row names differ between tasks: {sorted(names)}")
+    return per[0]["row"]
+
+
+def table_rows(result: dict) -> list[str]:
+    tasks = list(result["tasks"].values())
+    lines = []
+    for k, row in enumerate(tasks[0]["rows"]):
+        per = [t["rows"][k] for t in tasks]
+        cells = [row_name(per, tasks), *(accuracy_cell(r, t) for r, t in zip(per, tasks)),
+                 fmt_usd([r["usd_per_1k"] for r in per]), latency_cell(row, per, result)]
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
+def abstention_note(result: dict) -> str:
+    """Where the local LLM abstained or failed: how many, and how the texts it did answer went."""
+    parts = []
+    for d, t in result["tasks"].items():
+        lab = t["labeler"]
+        if not (lab.get("abstained") or lab.get("failed")):
+            continue
+        missed = " and ".join(f"{kind} on {lab[kind]}" for kind in ("abstained", "failed") if lab.get(kind))
+        given = ", ".join(f"{label} {n}" for label, n in lab["predicted"].items() if label != "abstain")
+        parts.append(f"on {TASKS[d]} it {missed} of {lab['n']} texts; of the {lab['answered']} it answered "
+                     f"(answers: {given}), {lab['accuracy_answered']:.3f} were right")
+    if not parts:
+        return ""
+    return " Where it gave no label the accuracy cell says how often: " + "; ".join(parts) + "."
 
 
 def markdown(result: dict) -> str:
@@ -140,11 +232,7 @@ def markdown(result: dict) -> str:
              (f"Generated by `scripts/reproduce_seed_table.py` on {result['machine']} in {result['minutes']} min, from the "
              "synthetic data and labeler run of `scripts/bench_synthetic.py` ([synthetic.md](synthetic.md))."), "",
              f"| | {' | '.join(names)} | $ per 1k predictions | latency per 1k predictions |",
-             "|---" * (len(datasets) + 3) + "|"]
-    for k, row in enumerate(result["tasks"][datasets[0]]["rows"]):
-        per = [result["tasks"][d]["rows"][k] for d in datasets]
-        lines.append(f"| {row['row']} | " + " | ".join(fmt_acc(r["accuracy"]) for r in per) + " | "
-                     + fmt_usd([r["usd_per_1k"] for r in per]) + " | " + fmt_seconds([r["seconds_per_1k"] for r in per]) + " |")
+             "|---" * (len(datasets) + 3) + "|", *table_rows(result)]
     majority = " / ".join(f"{result['tasks'][d]['majority_accuracy']:.3f}" for d in datasets)
     tokens = "; ".join(f"{TASKS[d]}: {t['labeler']['prompt_tokens'] / max(t['labeler']['calls'], 1):.0f} in, "
                        f"{t['labeler']['completion_tokens'] / max(t['labeler']['calls'], 1):.0f} out"
@@ -166,7 +254,8 @@ def markdown(result: dict) -> str:
         "labeler). The labels themselves are a one-off cost, not a per-prediction one."),
         (f"- **Local LLM**: {LOCAL_MODEL_NAME} through llama.cpp on this machine's CPU, one request at a time, few-shot "
         "with the task's examples; $0 (no API). Latency = the labeling run's wall seconds for 100 texts × 10 "
-        f"(1-minute load average before–after each run: {loads}; other agents shared the 2 cores)."),
+        f"(1-minute load average before–after each run: {loads}; other agents shared the 2 cores)."
+        + abstention_note(result)),
         ("- **GPT-4o $**: the labeling prompts' mean token counts as measured by the local server on the same prompts "
         f"({tokens}; SmolLM2's tokenizer, not GPT-4o's, and without the JSON schema OpenAI adds), priced with "
         f"`synthloop.llm.pricing` at GPT-4o's list price (${price(GPT4O)['input']:.2f} / 1M input, "
@@ -175,9 +264,14 @@ def markdown(result: dict) -> str:
     if result["openai"]:
         lines.append("- **GPT-4o, measured here**: the same 100 test examples and prompts, through the OpenAI API "
                      "(4 requests in flight); $ from the returned token counts at list price.")
-    else:
-        lines.append("- **GPT-4o latency** is not measured here: no `OPENAI_API_KEY` was set for this run (with one, "
-                     "the script labels the same 100 test examples with GPT-4o and adds a measured row).")
+    seconds = gpt4o_seconds_per_request(result)
+    lines.append(f"- **GPT-4o latency** (the ≈ figure) is an estimate, not a measurement: {seconds} s per request "
+                 "(`synthloop.impact.GPT4O_SECONDS_PER_REQUEST`, the middle of the 0.5–1 s a short single completion "
+                 f"typically takes end to end) × 1,000 requests sent one after another = {1000 * seconds:,.0f} s; "
+                 "requests in parallel cut the wall time, not the $.")
+    if not result["openai"]:
+        lines.append("- **GPT-4o was not run**: no `OPENAI_API_KEY` was set for this run (with one, the script labels "
+                     "the same 100 test examples with GPT-4o and adds a measured row).")
     lines += ["", "## Active-learning curve (test accuracy / macro-F1)", "",
               "| labels | " + " | ".join(names) + " |", "|---" * (len(datasets) + 1) + "|"]
     for k, point in enumerate(result["tasks"][datasets[0]]["curve"]):
@@ -186,20 +280,38 @@ def markdown(result: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def render(json_path: Path, out: Path) -> str:
+    """The Markdown of a finished run, from its JSON alone: nothing is measured again."""
+    md = markdown(json.loads(json_path.read_text()))
+    out.mkdir(exist_ok=True)
+    (out / "seed_table.md").write_text(md)
+    return md
+
+
+def check_inputs(synthetic_path: Path, datasets: list[str]) -> dict:
+    if not synthetic_path.is_file():
+        raise SystemExit(f"{synthetic_path} not found: run scripts/bench_synthetic.py first")
+    synthetic = json.loads(synthetic_path.read_text())
+    done = {r["dataset"] for r in synthetic["results"] if r["llm"] == LOCAL_MODEL_NAME and r["seed_model"]}
+    missing = [d for d in datasets if d not in done]
+    if missing:
+        raise SystemExit(f"{synthetic_path} has no local-LLM results for {', '.join(missing)}: run scripts/bench_synthetic.py first")
+    return synthetic
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--datasets", nargs="*", default=list(TASKS))
     parser.add_argument("--synthetic", type=Path, default=ROOT / "benchmarks" / "synthetic.json",
                         help="scripts/bench_synthetic.py's results")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks")
+    parser.add_argument("--from-json", type=Path, nargs="?", const=ROOT / "benchmarks" / "seed_table.json",
+                        help="only render seed_table.md (into --out) from this run's JSON (default benchmarks/seed_table.json)")
     args = parser.parse_args()
-    if not args.synthetic.is_file():
-        raise SystemExit(f"{args.synthetic} not found: run scripts/bench_synthetic.py first")
-    synthetic = json.loads(args.synthetic.read_text())
-    done = {r["dataset"] for r in synthetic["results"] if r["llm"] == LOCAL_MODEL_NAME and r["seed_model"]}
-    missing = [d for d in args.datasets if d not in done]
-    if missing:
-        raise SystemExit(f"{args.synthetic} has no local-LLM results for {', '.join(missing)}: run scripts/bench_synthetic.py first")
+    if args.from_json is not None:
+        print(render(args.from_json, args.out))
+        return
+    synthetic = check_inputs(args.synthetic, args.datasets)
     started = time.time()
     openai = bool(os.environ.get("OPENAI_API_KEY"))
     tasks = {}
@@ -207,14 +319,15 @@ def main() -> None:
         print(dataset, flush=True)
         # GPT-4o as a labeler on the same 100 examples; bench_synthetic's stage is reused if it already ran it.
         measured = bench_synthetic.run_dataset(dataset, {"model": GPT4O}, [], 100) if openai else None
-        tasks[dataset] = task_rows(dataset, synthetic, measured)
+        local = local_result(synthetic, dataset)
+        tasks[dataset] = task_rows(dataset, local, active_learning(dataset, ROOT / local["project"]), measured)
     result = {"machine": f"{platform.node() or 'this machine'} ({os.cpu_count()} cores)",
               "minutes": round((time.time() - started) / 60, 1), "openai": openai, "batch": BATCH,
-              "checkpoints": CHECKPOINTS, "published_gpt4o": PUBLISHED, "tasks": tasks}
+              "checkpoints": CHECKPOINTS, "published_gpt4o": PUBLISHED,
+              "gpt4o_assumed_seconds_per_request": GPT4O_SECONDS_PER_REQUEST, "tasks": tasks}
     args.out.mkdir(exist_ok=True)
     (args.out / "seed_table.json").write_text(json.dumps(result, indent=1))
-    (args.out / "seed_table.md").write_text(markdown(result))
-    print(markdown(result))
+    print(render(args.out / "seed_table.json", args.out))
 
 
 if __name__ == "__main__":

@@ -37,11 +37,13 @@ def _fields(line: str) -> dict[str, str]:
 
 class ArgillaServer:
     """A launched server. `.url`, `.api_key`, `.username`, `.password` describe the owner; `.annotators`
-    maps each annotator made with `annotators=` to its api key. `restart()` keeps the data dir and port."""
+    maps each annotator made with `annotators=` to its api key. `restart()` keeps the data dir and port.
+    `env` overrides the launcher's environment (e.g. a PATH without redis-server)."""
 
     def __init__(self, data_dir: Path, annotators: list[str] | tuple = (), port: int = 0,
-                 timeout: float = READY_TIMEOUT):
+                 timeout: float = READY_TIMEOUT, env: dict[str, str] | None = None):
         self.data_dir = Path(data_dir)
+        self.extra_env = dict(env or {})
         self.annotator_names = list(annotators)
         self.port = port
         self.timeout = timeout
@@ -64,7 +66,7 @@ class ArgillaServer:
         if self.annotator_names:
             cmd += ["--annotators", ",".join(self.annotator_names)]
         # The launcher reads ARGILLA_* defaults from the environment; tests want its documented defaults.
-        env = {k: v for k, v in os.environ.items() if not k.startswith("ARGILLA_")}
+        env = {k: v for k, v in os.environ.items() if not k.startswith("ARGILLA_")} | self.extra_env
         with open(self.stdout_path, "wb") as out, open(self.stderr_path, "wb") as err:
             # Own session: a Ctrl-C meant for pytest must not reach the server half-way through a test.
             self.proc = subprocess.Popen(cmd, stdout=out, stderr=err, env=env, cwd=ROOT, start_new_session=True)
@@ -100,16 +102,18 @@ class ArgillaServer:
         except OSError:
             return ""
 
-    def stop(self, timeout: float = 30) -> int | None:
-        """SIGTERM, as a user's Ctrl-C would: the launcher stops uvicorn, its job worker and Redis."""
+    def stop(self, timeout: float = 30, sig: int = signal.SIGTERM) -> int | None:
+        """SIGTERM (or `sig`, e.g. SIGINT as a Ctrl-C): the launcher stops uvicorn, its job worker and Redis.
+        Returns the launcher's exit status."""
         if self.proc is None or self.proc.poll() is not None:
             return None if self.proc is None else self.proc.returncode
-        self.proc.send_signal(signal.SIGTERM)
+        self.proc.send_signal(sig)
         try:
             return self.proc.wait(timeout)
         except subprocess.TimeoutExpired:
             self.kill()
-            raise ArgillaServerError(f"argilla server ignored SIGTERM for {timeout:.0f} s{self._stderr_tail()}")
+            raise ArgillaServerError(f"argilla server ignored {signal.Signals(sig).name} for {timeout:.0f} s"
+                                     f"{self._stderr_tail()}")
 
     def kill(self) -> None:
         """SIGKILL, for crash tests: nothing is cleaned up (its Redis child dies with it)."""
@@ -120,6 +124,21 @@ class ArgillaServer:
     def restart(self) -> "ArgillaServer":
         self.stop()
         return self.start()
+
+    def children(self, name: str | None = None) -> list[int]:
+        """Pids of the launcher's child processes (named `name`, e.g. "redis-server"), from /proc."""
+        if self.proc is None:
+            return []
+        pids = []
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            try:
+                text = stat.read_text()
+            except OSError:  # the process ended while we looked
+                continue
+            comm, rest = text[text.index("(") + 1:text.rindex(")")], text[text.rindex(")") + 2:].split()
+            if int(rest[1]) == self.proc.pid and name in (None, comm):
+                pids.append(int(stat.parent.name))
+        return pids
 
     @property
     def running(self) -> bool:
@@ -136,7 +155,16 @@ class ArgillaServer:
 
 
 def start_argilla_server(tmp_dir: Path, annotators: list[str] | tuple = (), port: int = 0,
-                         timeout: float = READY_TIMEOUT) -> ArgillaServer:
+                         timeout: float = READY_TIMEOUT, env: dict[str, str] | None = None) -> ArgillaServer:
     """Start a server with its data (SQLite, Redis dir, logs) under tmp_dir/argilla and wait until it answers."""
-    server = ArgillaServer(Path(tmp_dir) / "argilla", annotators=annotators, port=port, timeout=timeout)
+    server = ArgillaServer(Path(tmp_dir) / "argilla", annotators=annotators, port=port, timeout=timeout, env=env)
     return server.start()
+
+
+def process_alive(pid: int) -> bool:
+    """Running, not gone and not a zombie waiting to be reaped."""
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return text[text.rindex(")") + 2:].split()[0] != "Z"

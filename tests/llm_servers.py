@@ -16,17 +16,17 @@ def local_llm_or_skip(log_file: Path | None = None):
     """Start the real llama.cpp server (SmolLM2-135M) or skip, naming what is missing."""
     import importlib.util
 
-    import pytest
+    from conftest import skip_or_fail
 
     from synthloop.errors import SynthloopError
     from synthloop.llm.serve import find_local_model, start_local_server
 
     if importlib.util.find_spec("llama_cpp") is None:
-        pytest.skip("llama-cpp-python is not installed (`make llm-deps` builds and installs it)")
+        skip_or_fail("llama-cpp-python is not installed (`make llm-deps` builds and installs it)")
     try:
         find_local_model()
     except SynthloopError as err:
-        pytest.skip(str(err))
+        skip_or_fail(str(err))
     return start_local_server(port=0, log_file=log_file)
 
 

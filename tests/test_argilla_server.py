@@ -3,11 +3,13 @@ when it sends uncertain examples to reviewers. One server for the module (about 
 
 from __future__ import annotations
 
+import shutil
+import signal
 import time
 
 import pytest
 
-from argilla_server import argilla_server_skip_reason, start_argilla_server
+from argilla_server import argilla_server_skip_reason, process_alive, start_argilla_server
 
 _reason = argilla_server_skip_reason()
 if _reason:
@@ -183,10 +185,35 @@ def test_background_job_updates_record_status(review):
         assert dataset.progress()["completed"] == completed
 
 
+def _redis_children(server) -> list[int]:
+    redis = server.children("redis-server")
+    assert bool(redis) == bool(shutil.which("redis-server"))  # a real Redis wherever one is installed
+    return redis
+
+
+def _ctrl_c(server):
+    """SIGINT, as Ctrl-C in `make argilla`: a clean exit (status 0) that takes its Redis child along."""
+    redis = _redis_children(server)
+    assert server.stop(sig=signal.SIGINT) == 0, server._stderr_tail()
+    assert not any(process_alive(pid) for pid in redis)
+    server.start()
+
+
+def _crash(server):
+    """SIGKILL: nothing is cleaned up by the launcher, yet its Redis dies with it (PR_SET_PDEATHSIG)."""
+    redis = _redis_children(server)
+    server.kill()
+    deadline = time.monotonic() + 10
+    while any(process_alive(pid) for pid in redis) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not any(process_alive(pid) for pid in redis)
+    server.start()
+
+
 def test_index_rebuilt_after_restart_and_crash(server, client, review):
     dataset_id = review["dataset"].id
-    for stop in (server.restart, lambda: (server.kill(), server.start())):
-        stop()
+    for stop in (_ctrl_c, _crash):
+        stop(server)
         fresh = rg.Argilla(api_url=server.url, api_key=server.api_key)
         dataset = fresh.datasets(name="sms_review", workspace="review")
         assert dataset.id == dataset_id
@@ -207,7 +234,7 @@ def test_search_engine_covers_vectors_ratings_edits_and_deletes(server, client):
         metadata=[rg.IntegerMetadataProperty(name="n")],
         vectors=[rg.VectorField(name="emb", dimensions=3)],
     )
-    workspace = client.workspaces("argilla")
+    workspace = client.workspaces("synthloop")  # the launcher's default, synthloop's too
     dataset = rg.Dataset(name="engine_coverage", workspace=workspace, settings=settings, client=client).create()
     dataset.records.log([
         rg.Record(id=f"c{i}", fields={"text": f"alpha beta {'gamma' if i % 2 else 'delta'} word{i}"},
@@ -268,3 +295,28 @@ def test_search_engine_covers_vectors_ratings_edits_and_deletes(server, client):
         documents = api.get("/api/v1/status").json()["search_engine"]["documents"]
         dataset.delete()
         assert api.get("/api/v1/status").json()["search_engine"]["documents"] == documents - 7
+
+
+def test_without_redis_server_falls_back_to_fakeredis(tmp_path):
+    # A PATH with no redis-server on it (nor anything else: the launcher must need no other binary).
+    empty = tmp_path / "bin"
+    empty.mkdir()
+    with start_argilla_server(tmp_path, annotators=["annie"], env={"PATH": str(empty)}) as srv:
+        assert "redis-server not found: using fakeredis" in srv.stderr_path.read_text()
+        assert srv.children() == []  # no Redis child: fakeredis lives inside the launcher
+        client = rg.Argilla(api_url=srv.url, api_key=srv.api_key)
+        dataset = rg.Dataset(name="fake", workspace=client.workspaces("synthloop"), settings=_settings(),
+                             client=client).create()
+        dataset.records.log(_records())
+        with _api(srv, srv.annotators["annie"]) as api:
+            record = next(r for r in dataset.records if r.id == "sms-1")
+            api.post(f"/api/v1/records/{record._server_id}/responses",
+                     json={"values": {"label": {"value": "spam"}}, "status": "submitted"}).raise_for_status()
+        # A background job (statuses recomputed after a distribution change) goes through fakeredis' queue.
+        dataset.settings.distribution = rg.TaskDistribution(min_submitted=2)
+        dataset.update()
+        deadline = time.monotonic() + 20
+        while dataset.progress()["completed"] != 0 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert dataset.progress()["completed"] == 0
+        assert srv.stop(sig=signal.SIGINT) == 0, srv._stderr_tail()

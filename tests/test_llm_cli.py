@@ -82,3 +82,53 @@ def test_label_with_llm_stores_llm_labels_and_usage(cli_project, tmp_path):
         assert {q.routed_to for q in project.store.queries()} == {"llm"}
     finally:
         project.close()
+
+
+def test_round_with_the_llm_labeler(cli_project, small_pool):
+    # SmolLM2-135M abstains on most SMS texts; a user of such a small model turns abstaining off.
+    path = cli_project / "synthloop.toml"
+    config = tomllib.loads(path.read_text())
+    config["llm"]["abstain"] = False
+    config["loop"] = {**config.get("loop", {}), "batch_size": 4}
+    path.write_text(tomli_w.dumps(config))
+    run("import", small_pool / "pool.csv", "--label-col", "label", "--gold", cwd=cli_project)
+    first = json.loads(run("round", "--labeler", "llm", "--json", cwd=cli_project))
+    assert first["queried"] == 4
+    second = json.loads(run("round", "--json", "--labeler", "llm", cwd=cli_project))
+    assert second["number"] == first["number"] + 1 and second["queried"] == 4
+    status = json.loads(run("status", "--json", "--no-latency", cwd=cli_project))
+    source = f"llm:{LOCAL_MODEL_NAME}"
+    # The LLM answers at once: every query is labeled, or failed when its answer was invalid.
+    assert sum(status["queries"].values()) == 8 and set(status["queries"]) <= {"labeled", "failed"}
+    assert sum(status["labels"][source].values()) == status["queries"]["labeled"] > 0
+    assert {u["purpose"] for u in status["llm"]} == {"label"}
+    assert [r["round"] for r in status["impact"]["llm_by_round"]] == [0, 1]
+
+
+def test_llm_serve_answers_until_interrupted(tmp_path):
+    import signal
+    import time
+
+    from openai import OpenAI
+
+    from synthloop.llm.serve import free_port
+
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "synthloop", "llm", "serve", "--port", str(port)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        line = proc.stdout.readline()  # printed once the server answers
+        assert f"http://127.0.0.1:{port}/v1" in line, proc.stderr.read() if proc.poll() is not None else line
+        client = OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="x", timeout=60)
+        answer = client.chat.completions.create(model=LOCAL_MODEL_NAME, max_tokens=5,
+                                                messages=[{"role": "user", "content": "Say hi"}])
+        assert answer.choices[0].message.content is not None and answer.usage.completion_tokens > 0
+    finally:
+        proc.send_signal(signal.SIGINT)
+        rc = proc.wait(timeout=30)
+    assert rc == 0
+    time.sleep(0.5)
+    import socket
+
+    with socket.socket() as sock:  # the llama.cpp child went with it
+        assert sock.connect_ex(("127.0.0.1", port)) != 0

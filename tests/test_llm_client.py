@@ -142,6 +142,17 @@ def test_truncated_json_gets_a_validation_retry_then_fails(fault):
     assert result.usage.completion_tokens == 15  # every attempt is paid for
 
 
+def test_a_retry_samples_anew_and_a_truncated_answer_gets_more_room(fault):
+    # The same greedy request would get the same bad answer again (llama.cpp is deterministic at temperature 0).
+    fault.reset(("truncated", '{"label": "sp'), ("content", "no json"), ("content", '{"label": "ham"}'))
+    result = fclient(fault, validation_retries=2).complete_json(MSG, Label, temperature=0, max_tokens=10, seed=5)
+    assert result.value.label == "ham" and result.attempts == 3
+    first, second, third = (r["body"] for r in fault.requests)
+    assert (first["temperature"], first["seed"], first["max_tokens"]) == (0, 5, 10)
+    assert (second["temperature"], second["seed"], second["max_tokens"]) == (0.7, 6, 20)  # truncated: twice the room
+    assert (third["temperature"], third["seed"], third["max_tokens"]) == (0.7, 7, 20)
+
+
 def test_label_outside_the_enum_is_a_failure_not_a_label(fault):
     fault.reset(("content", '{"label": "eggs"}'))
     result = fclient(fault).complete_json(MSG, Label)

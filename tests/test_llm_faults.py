@@ -107,6 +107,9 @@ def fault_project(project, small_pool, server, monkeypatch):
     ([("content", '{"label": "eggs", "confidence": 0.9}')], "failed"),   # a label outside the task
     ([("truncated", '{"label": "ha')], "failed"),
     ([("500",)], "failed"),
+    ([("503",)], "failed"),
+    ([("429", 0)], "failed"),                                            # rate limited past every retry
+    ([("hang", 5)], "failed"),                                           # past the 1 s timeout, every try
     ([("content", '{"label": "abstain", "confidence": 0.2}')], "skipped"),
 ])
 def test_bad_answers_store_no_label(fault_project, server, script, status):
@@ -118,6 +121,8 @@ def test_bad_answers_store_no_label(fault_project, server, script, status):
     usage = fault_project.store.llm_usage()
     assert usage[0]["purpose"] == "label" and usage[0]["calls"] == 10
     assert usage[0]["failed"] == (10 if status == "failed" else 0)
+    if script[0][0] in ("500", "503", "429", "hang"):
+        assert len(server.requests) == 20  # each query: one try and the SDK's one retry (max_retries = 1)
 
 
 def test_good_answers_are_stored_with_source_confidence_and_cost(fault_project, server):
@@ -159,3 +164,17 @@ def test_batch_api_round_trip_at_half_price(server):
     assert sorted(results) == ["q0", "q1", "q2"] and all(r.value.label == "spam" for r in results.values())
     full = (20 * 2.50 + 5 * 10.00) / 1e6
     assert results["q0"].usage.cost == pytest.approx(full / 2)
+
+
+def test_only_the_named_key_variable_is_read(fault_project, server, monkeypatch):
+    # A project that names its own variable must not send $OPENAI_API_KEY (set by the fixture) to its server.
+    fault_project.config.llm.api_key_env = "MY_SERVER_KEY"
+    monkeypatch.delenv("MY_SERVER_KEY", raising=False)
+    server.reset(("content", '{"label": "spam", "confidence": 0.9}'))
+    fault_project.config.loop.batch_size = 1
+    fault_project.round(labeler="llm")
+    assert server.requests[-1]["auth"] == "Bearer not-needed"
+    monkeypatch.setenv("MY_SERVER_KEY", "sk-mine-0000")
+    fault_project._llm = None
+    fault_project.round(labeler="llm")
+    assert server.requests[-1]["auth"] == "Bearer sk-mine-0000"

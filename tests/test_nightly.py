@@ -38,12 +38,14 @@ def new_count(project, texts) -> int:
 
 
 def test_second_run_only_does_new_work(nightly_project, monkeypatch):
+    import synthloop.project as project_module
+
     project, incoming = nightly_project
     expected = new_count(project, pd.read_csv(incoming / "day1.csv").text)
     first = run_nightly(project, str(incoming), max_labels=10)
     assert first["new_files"] == 1 and first["imported"] == expected > 90 and first["retrained"] and first["queried"] == 10
-    unlabeled = len(project.store.unlabeled_pool()[0])
-    assert first["scored"] == unlabeled + 10  # everything was new
+    unlabeled, _ = project.store.unlabeled_pool()
+    assert first["scored"] == len(unlabeled) + 10  # everything was new
 
     # From now on the labeler answers nothing (an LLM that fails), so no new label changes the model.
     server = FaultServer()
@@ -51,10 +53,18 @@ def test_second_run_only_does_new_work(nightly_project, monkeypatch):
     monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
     project.config.llm.base_url, project.config.llm.max_retries = server.base_url, 0
     project.config.llm.response_format = "json_object_schema"
+    # A re-score bounded well below the pool: the old model's 20 most uncertain and a random 30 others.
+    monkeypatch.setattr(project_module, "RESCORE_TOP", 20)
+    monkeypatch.setattr(project_module, "RESCORE_SLICE", 30)
+    old = project.store.cached_scores(first["model_version"], "margin")
+    old_top = sorted(unlabeled, key=lambda i: (-old[i], i))[:20]
     try:
         second = run_nightly(project, str(incoming), max_labels=5, labeler="llm")
         assert second["new_files"] == 0 and second["retrained"] and second["queried"] == 5
-        assert second["scored"] == unlabeled  # the model changed: its candidates were re-scored
+        # The model changed: its candidates were re-scored, not the whole pool.
+        assert second["scored"] == 20 + 30 < len(unlabeled)
+        rescored = project.store.cached_scores(second["model_version"], "margin")
+        assert len(rescored) == 50 and set(old_top) <= set(rescored)
 
         third = run_nightly(project, str(incoming), max_labels=5, labeler="llm")
         assert third["new_files"] == 0 and not third["retrained"] and third["scored"] == 0 and third["queried"] == 5
@@ -74,11 +84,22 @@ def test_second_run_only_does_new_work(nightly_project, monkeypatch):
 
 
 def test_dry_run_changes_nothing(nightly_project):
+    from typer.testing import CliRunner
+
+    from synthloop.cli import app
+
     project, incoming = nightly_project
     before = project.store.count_examples()
     plan = run_nightly(project, str(incoming), dry_run=True)
-    assert plan["dry_run"] and len(plan["new_files"]) == 1 and plan["retrain"]
+    assert plan["dry_run"] and len(plan["new_files"]) == 1 and plan["retrain"] and plan["select"] == 10
+    result = CliRunner().invoke(app, ["nightly", "--project", str(project.root), "--pool", str(incoming), "--dry-run",
+                                      "--max-labels", "30", "--max-cost", "2", "--json"])
+    assert result.exit_code == 0, result.output
+    shown = json.loads(result.stdout)
+    assert shown["dry_run"] and shown["new_files"] == plan["new_files"] and shown["select"] == 30
+    assert shown["budget_left"] == 2
     assert project.store.count_examples() == before and project.store.runs() == [] and project.store.rounds() == []
+    assert project.store.queries() == [] and project.store.pool_file(plan["new_files"][0]) is None
 
 
 def nightly_cli(root, *args, env=None):
@@ -86,12 +107,13 @@ def nightly_cli(root, *args, env=None):
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, env={**os.environ, **(env or {})})
 
 
-def test_lock_then_kill_9_then_rerun(nightly_project):
+@pytest.mark.parametrize("step", ["trained", "selected", "routed"])
+def test_lock_then_kill_9_then_rerun(nightly_project, step):
     project, incoming = nightly_project
     root = project.root
-    first = nightly_cli(root, "--pool", str(incoming), env={"SYNTHLOOP_PAUSE_AT": "selected"})
+    first = nightly_cli(root, "--pool", str(incoming), env={"SYNTHLOOP_PAUSE_AT": step})
     line = first.stdout.readline()
-    assert line.startswith("PAUSED selected"), line + first.stderr.read()
+    assert line.startswith(f"PAUSED {step}"), line + first.stderr.read()
 
     second = nightly_cli(root, "--pool", str(incoming))
     _, err = second.communicate(timeout=60)
@@ -106,8 +128,9 @@ def test_lock_then_kill_9_then_rerun(nightly_project):
     assert summary["imported"] == 0  # the killed run had imported the file already
     reopened = Project(root)
     queries = reopened.store.queries()
-    # The re-run finished the killed run's round: its 10 queries handed out once, none selected twice.
-    assert len(queries) == len({q.example_id for q in queries}) == 10
+    # The re-run finished the killed run's round: 10 queries (selected by it, or by the re-run when the kill
+    # came before selecting), handed out once, none selected twice.
+    assert len(queries) == len({q.example_id for q in queries}) == 10 and summary["queried"] == 10
     assert summary["round"] == 0 and {q.status for q in queries} <= {"labeled", "skipped"}
     assert [r["status"] for r in reopened.store.runs("nightly")] == ["killed", "done"]
 
@@ -139,9 +162,190 @@ def test_llm_budget_stops_before_it_is_exceeded(nightly_project, monkeypatch):
         server.stop()
 
 
-def test_max_labels_caps_the_queries(nightly_project):
+def test_max_labels_is_tonights_selection_size(nightly_project):
     project, incoming = nightly_project
+    assert project.config.loop.batch_size == 10
     assert run_nightly(project, str(incoming), max_labels=3)["queried"] == 3
+    assert run_nightly(project, str(incoming), max_labels=25)["queried"] == 25  # not stopped at batch_size
+    assert run_nightly(project, str(incoming))["queried"] == 10  # no cap: one batch_size
+
+
+@pytest.fixture
+def llm_server(nightly_project, monkeypatch):
+    """A fault server that labels everything spam, with the nightly project's LLM pointed at it."""
+    project, _ = nightly_project
+    server = FaultServer()
+    server.reset(("content", '{"label": "spam", "confidence": 0.9}'))
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
+    cfg = project.config.llm
+    cfg.base_url, cfg.model, cfg.response_format = server.base_url, "gpt-4o", "json_object_schema"
+    yield server
+    server.stop()
+
+
+def test_max_labels_caps_what_goes_out_tonight_leftovers_included(nightly_project, llm_server):
+    from synthloop.nightly import HELD
+
+    project, _ = nightly_project
+    night1 = run_nightly(project, None, max_labels=10, max_cost=0, labeler="llm")  # nothing fits: all left over
+    assert night1["queried"] == 10 and night1["pending"] == 10 and llm_server.requests == []
+
+    # The cap is below the leftovers: the 4 oldest go out, none is selected, the other 6 wait.
+    night2 = run_nightly(project, None, max_labels=4, labeler="llm")
+    assert (night2["carried_over"], night2["held_back"], night2["queried"]) == (4, 6, 0)
+    assert len(llm_server.requests) == 4 and night2["labels_collected"] == 4 and night2["pending"] == 6
+    round0 = project.store.queries(round_=0)
+    assert [q.status for q in round0] == ["labeled"] * 4 + ["pending"] * 6  # oldest first
+    assert HELD not in project.store.query_counts()  # released when the run ended
+
+    # A run killed while holding leaves them held: the next run releases them before it counts anything.
+    project.store.set_query_status([q.example_id for q in round0[4:]], HELD)
+    assert run_nightly(project, None, max_labels=10, dry_run=True)["carried_over"] == 6
+    night3 = run_nightly(project, None, max_labels=10, labeler="llm")
+    assert (night3["carried_over"], night3["held_back"], night3["queried"]) == (6, 0, 4)
+    assert len(llm_server.requests) == 4 + 10 and night3["labels_collected"] == 10 and night3["pending"] == 0
+
+
+def test_the_budget_covers_the_night_across_a_failed_run(nightly_project, llm_server, monkeypatch):
+    import synthloop.nightly as nightly_module
+    from synthloop.labelers.llm import estimated_cost, few_shot_examples, labeling_messages
+
+    project, _ = nightly_project
+    ids, texts = project.store.unlabeled_pool()
+    shots = few_shot_examples(project, project.config.llm.few_shot)
+    budget = 3.5 * max(estimated_cost(project, labeling_messages(project.task, t, shots)) for t in texts)
+
+    def report_fails(*args):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(nightly_module, "write_report", report_fails)  # the run fails after it has labeled
+    with pytest.raises(OSError, match="disk full"):
+        run_nightly(project, None, max_labels=10, max_cost=budget, labeler="llm")
+    allowed = len(llm_server.requests)
+    assert 3 <= allowed < 10 and [r["status"] for r in project.store.runs("nightly")] == ["failed"]
+    spent = sum(u["cost"] for u in project.store.llm_usage())
+    assert 0 < spent <= budget
+    monkeypatch.undo()
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
+
+    # The re-run is the same night: it gets what is left, not the budget again, so no leftover is labeled.
+    again = run_nightly(project, None, max_labels=10, max_cost=budget, labeler="llm")
+    assert again["carried_over"] == 10 - allowed and len(llm_server.requests) == allowed
+    assert again["night_cost"] == pytest.approx(spent) and again["budget_left"] == pytest.approx(budget - spent)
+    assert sum(u["cost"] for u in project.store.llm_usage()) == pytest.approx(spent)
+
+    # That run finished: the next one is a new night with the whole budget.
+    night2 = run_nightly(project, None, max_labels=10, max_cost=budget, labeler="llm")
+    assert len(llm_server.requests) > allowed and 0 < night2["night_cost"] <= budget
+    assert [r["status"] for r in project.store.runs("nightly")] == ["failed", "done", "done"]
+
+
+def test_topup_waits_when_the_night_budget_is_spent(nightly_project, monkeypatch):
+    import synthloop.synth as synth_module
+
+    project, _ = nightly_project
+    labeled = project.root / "ham.csv"  # real labels all of one class: spam is short, whatever the oracle adds
+    pd.DataFrame({"text": [f"lunch at noon with the team, day {i}" for i in range(20)], "label": "ham"}).to_csv(labeled, index=False)
+    project.import_file(labeled, label_col="label")
+    project.config.synth.topup = True
+    calls = []
+    monkeypatch.setattr(synth_module, "generate", lambda *args, **kwargs: calls.append(args))
+    run_nightly(project, None, max_labels=5, max_cost=0)
+    assert calls == []  # spam is short, but $0 is left tonight
+    run_nightly(project, None, max_labels=5)
+    assert len(calls) == 1  # no cap: the top-up runs
+
+
+# Exit statuses a scheduler acts on; the CLI end to end -----------------------------------------------------
+
+def test_exit_status_tells_a_server_down_from_bad_input():
+    import httpx
+    import openai
+
+    from synthloop.labelers.argilla import ArgillaUnreachable
+    from synthloop.nightly import Locked, Unavailable, exit_status
+    from synthloop.scale import RayUnreachable
+
+    def raised_while(handling: Exception, error: Exception) -> Exception:
+        try:
+            try:
+                raise handling
+            except Exception:
+                raise error from None  # as the clients do: the context stays, the traceback hides it
+        except Exception as err:
+            return err
+
+    request = httpx.Request("GET", "http://127.0.0.1:9/")
+    assert exit_status(ArgillaUnreachable("http://x", "push", 3, "ConnectError")) == 69
+    assert exit_status(RayUnreachable("no head")) == exit_status(Unavailable("down")) == 69
+    assert exit_status(openai.APIConnectionError(request=request)) == 69
+    assert exit_status(openai.APITimeoutError(request=request)) == 69
+    assert exit_status(raised_while(httpx.ConnectError("refused"), SynthloopError("server gone"))) == 69
+    assert exit_status(ConnectionRefusedError()) == exit_status(TimeoutError()) == 69
+    assert exit_status(SynthloopError("no column 'text'; pass --text-col")) == 2
+    assert exit_status(raised_while(KeyError("x"), SynthloopError("bad config"))) == 2
+    assert exit_status(RuntimeError("a bug")) == 1 and exit_status(Locked("busy")) == 75
+
+
+def test_cli_exits_69_when_the_llm_is_down_and_records_the_failed_run(nightly_project, tmp_path):
+    project, incoming = nightly_project
+    with socket.socket() as sock:  # a port nothing listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    log = tmp_path / "logs" / "tonight.log"
+    down = nightly_cli(project.root, "--pool", str(incoming), "--labeler", "llm", "--log-file", str(log),
+                       env={"OPENAI_BASE_URL": f"http://127.0.0.1:{port}/v1", "OPENAI_API_KEY": "sk-test"})
+    _, err = down.communicate(timeout=120)
+    assert down.returncode == 69, err
+    assert f"unavailable: the LLM API at http://127.0.0.1:{port}/v1 does not answer" in " ".join(err.split())
+    reopened = Project(project.root)
+    (run,) = reopened.store.runs("nightly")
+    assert run["status"] == "failed" and run["summary"]["exit_status"] == 69 and "does not answer" in run["summary"]["error"]
+    # Before anything was done: no file imported, no query marked failed.
+    assert reopened.store.pool_file(str((incoming / "day1.csv").resolve())) is None and reopened.store.queries() == []
+    text = log.read_text()
+    assert "run 1 failed (exit status 69)" in text and "Unavailable" in text
+    assert not (project.state_dir / "logs" / "nightly.log").exists()  # --log-file, not the default
+    reopened.close()
+
+
+def test_cli_exits_1_on_an_unexpected_error_with_the_traceback_in_the_log(nightly_project, monkeypatch):
+    from typer.testing import CliRunner
+
+    from synthloop.cli import app
+
+    project, incoming = nightly_project
+
+    def broken_round(self, **kwargs):
+        raise ZeroDivisionError("a bug")
+
+    monkeypatch.setattr(Project, "round", broken_round)
+    result = CliRunner().invoke(app, ["nightly", "--project", str(project.root), "--pool", str(incoming)])
+    assert result.exit_code == 1 and "failed: ZeroDivisionError: a bug" in result.output + (result.stderr or "")
+    (run,) = project.store.runs("nightly")
+    assert run["status"] == "failed" and run["summary"] == {"error": "a bug", "exit_status": 1}
+    text = (project.state_dir / "logs" / "nightly.log").read_text()
+    assert "run 1 failed (exit status 1)" in text and "Traceback" in text and "broken_round" in text
+
+
+def test_cli_twice_in_a_row_the_second_run_only_does_new_work(nightly_project):
+    project, incoming = nightly_project
+    runs = []
+    for _ in range(2):
+        proc = nightly_cli(project.root, "--pool", str(incoming), "--max-labels", "10", "--json")
+        out, err = proc.communicate(timeout=180)
+        assert proc.returncode == 0, err
+        runs.append(json.loads(out))
+    first, second = runs
+    assert first["new_files"] == 1 and first["imported"] > 90 and first["queried"] == 10 and first["round"] == 0
+    assert second["new_files"] == 0 and second["imported"] == 0  # the file is not imported again
+    assert second["round"] == 1 and second["queried"] == 10 and second["labels_collected"] == 0
+    reopened = Project(project.root)
+    queries = reopened.store.queries()
+    assert len(queries) == len({q.example_id for q in queries}) == 20  # nothing asked twice
+    assert [r["status"] for r in reopened.store.runs("nightly")] == ["done", "done"]
+    assert (reopened.state_dir / "reports" / "nightly-0002.json").is_file()
+    reopened.close()
 
 
 # Scoring through synthloop.scale: --engine local | ray ------------------------------------------------
@@ -211,10 +415,13 @@ def test_bad_engine_options_are_refused_before_any_work(nightly_project):
         with socket.socket() as sock:  # a port nothing listens on
             sock.bind(("127.0.0.1", 0))
             port = sock.getsockname()[1]
-        cases.append((["--engine", "ray", "--address", f"127.0.0.1:{port}"], f"cannot reach a Ray cluster at '127.0.0.1:{port}'"))
-    for args, message in cases:
+        # A cluster that does not answer is "try again later" to a scheduler, not a bad option.
+        cases.append((["--engine", "ray", "--address", f"127.0.0.1:{port}"],
+                      f"unavailable: cannot reach a Ray cluster at '127.0.0.1:{port}'", 69))
+    cases += [(["--max-labels", "-1"], "--max-labels is -1; give 0 or more"), (["--max-cost", "-0.5"], "--max-cost is -0.5")]
+    for args, message, *status in cases:
         result = CliRunner().invoke(app, ["nightly", "--project", str(project.root), "--pool", str(incoming), *args])
-        assert result.exit_code == 2, result.output
+        assert result.exit_code == (status[0] if status else 2), result.output
         assert message in " ".join((result.output + (result.stderr or "")).split()), args
     project.config.loop.strategy = "random"
     with pytest.raises(SynthloopError, match=r"cannot be streamed by --engine; set \[loop\] strategy"):
@@ -324,12 +531,30 @@ def test_batch_submissions_stay_within_the_nightly_budget(nightly_project, batch
     round0 = [q.example_id for q in project.store.queries(round_=0)]
     assert custom_ids(server, "batch-0") == round0[:allowed]
 
-    # The next night (no cap): the answers come in, and the queries the budget left out go first.
+    # The next night (no $ cap): the answers come in, and the queries the budget left out go first, in the
+    # same 10 as the new selection.
     night2 = run_nightly(project, None, max_labels=10, labeler="llm-batch")
-    assert night2["labels_collected"] == allowed and night2["batch"]["submitted"] == 10 - allowed + 10
+    assert night2["labels_collected"] == allowed and night2["batch"]["submitted"] == 10
+    assert night2["carried_over"] == 10 - allowed and night2["queried"] == allowed
     round1 = [q.example_id for q in project.store.queries(round_=1)]
     assert custom_ids(server, "batch-1") == round0[allowed:] + round1
     assert len(jobs(project.store)) == 1
+
+
+def test_batch_leftovers_beyond_the_cap_wait_for_the_next_night(nightly_project, batch_server):
+    server = batch_server
+    project, _ = nightly_project
+    night1 = run_nightly(project, None, max_labels=10, max_cost=0, labeler="llm-batch")
+    assert night1["queried"] == 10 and night1["batch"]["submitted"] == 0 and server.batches == {}
+    round0 = [q.example_id for q in project.store.queries(round_=0)]
+
+    # Fewer than the leftovers: nothing new is selected, and the oldest 4 go out in tonight's job.
+    night2 = run_nightly(project, None, max_labels=4, labeler="llm-batch")
+    assert night2["queried"] == 0 and night2["batch"]["submitted"] == 4 and night2["held_back"] == 6
+    assert custom_ids(server, "batch-0") == round0[:4]
+    night3 = run_nightly(project, None, max_labels=8, labeler="llm-batch")
+    assert night3["labels_collected"] == 4 and night3["batch"]["submitted"] == 8 and night3["queried"] == 2
+    assert custom_ids(server, "batch-1") == round0[4:] + [q.example_id for q in project.store.queries(round_=2)]
 
 
 def test_batch_answers_count_once_and_a_lost_job_is_sent_again(nightly_project, batch_server):

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -15,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from argilla_server import argilla_server_skip_reason, start_argilla_server
+from conftest import skip_or_fail
 
 _reason = argilla_server_skip_reason()
 if _reason:
@@ -31,6 +33,7 @@ ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = ROOT / "examples" / "sms_spam"
 CHROMIUM = Path("/usr/bin/chromium")
 ANNOTATORS = ["alice", "bob", "carol"]
+CLOSED = "http://127.0.0.1:9"  # nothing listens there: a server that is down
 
 
 @pytest.fixture(scope="module")
@@ -112,7 +115,8 @@ def test_round_pushes_records_with_suggestions_and_metadata_once(proj, argilla_e
         assert record.metadata["uncertainty"] == pytest.approx(query.score)
     settings = dataset.settings
     assert list(settings.questions["label"].labels) == ["ham", "spam"]
-    assert "Unsolicited advertising" in settings.guidelines or "spam" in settings.guidelines
+    for label in proj.task.labels:
+        assert f"- **{label.name}**: {label.description}" in settings.guidelines
     assert {u.username for u in rg.Argilla(api_url=argilla_env.url, api_key=argilla_env.api_key)
             .workspaces("synthloop").users} >= set(ANNOTATORS)
 
@@ -146,11 +150,62 @@ def test_missing_key_and_unreachable_server_are_clear_errors(proj, argilla_env, 
     with pytest.raises(SynthloopError, match="set \\$ARGILLA_API_KEY"):
         review.push(proj)
     monkeypatch.setenv("ARGILLA_API_KEY", argilla_env.api_key)
-    monkeypatch.setenv("ARGILLA_API_URL", "http://127.0.0.1:9")  # nothing listens there
+    monkeypatch.setenv("ARGILLA_API_URL", CLOSED)
     proj.config.argilla.retries = 1
     with pytest.raises(SynthloopError, match="did not answer .* after 2 tries.*make argilla"):
         review.push(proj)
     assert all(q.submitted_at is None for q in proj.store.queries())
+
+
+def test_retryable_errors():
+    from argilla._exceptions import ArgillaAPIError
+
+    assert review._retryable(httpx.ConnectError("refused"))
+    assert review._retryable(ArgillaAPIError("boom", status_code=503))
+    assert not review._retryable(ArgillaAPIError("bad request", status_code=422))
+    assert not review._retryable(ArgillaAPIError("no response at all", status_code=None))  # no TypeError
+    assert not review._retryable(ValueError("not a connection problem"))
+
+
+def _warnings(caplog) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.name == "synthloop" and r.levelno == logging.WARNING]
+
+
+def test_rounds_go_on_while_argilla_is_down_and_catch_up_once_it_is_back(proj, argilla_env, monkeypatch, caplog):
+    proj.config.argilla.retries = 1
+    monkeypatch.setenv("ARGILLA_API_URL", CLOSED)
+    with caplog.at_level(logging.WARNING, logger="synthloop"):
+        first = proj.round()
+    assert first.queried == 10 and proj.store.round(first.number)["status"] == "done"
+    assert all(q.status == "pending" and q.submitted_at is None for q in proj.store.queries())
+    assert _warnings(caplog) == [f"Argilla at {CLOSED} did not answer (connect) after 2 tries: ConnectError; "
+                                 "10 queries stay pending and go out with the next round or `synthloop review push`"]
+
+    # Back: the next round sends its own queries and the ones the first could not.
+    monkeypatch.setenv("ARGILLA_API_URL", argilla_env.url)
+    proj.round()
+    ids = server_ids(argilla_env, proj)
+    assert set(ids) == {q.example_id for q in proj.store.queries()} and len(ids) == 20
+    assert all(q.submitted_at for q in proj.store.queries())
+    answered = next(q.example_id for q in proj.store.queries() if q.round == first.number)
+    respond(argilla_env, "alice", ids[answered], "spam")
+
+    # Down again: collecting fails too, and the round still finishes; the label waits on the server.
+    monkeypatch.setenv("ARGILLA_API_URL", CLOSED)
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="synthloop"):
+        third = proj.round()
+    assert third.labels_collected == 0 and proj.store.round(third.number)["status"] == "done"
+    assert f"Argilla at {CLOSED} did not answer (connect) after 2 tries: ConnectError; its labels wait for a " \
+           "later round or `synthloop review pull`" in _warnings(caplog)
+    assert proj.store.query_counts() == {"pending": 30}
+
+    monkeypatch.setenv("ARGILLA_API_URL", argilla_env.url)
+    pulled = review.pull(proj)
+    assert (pulled.added, pulled.examples) == (1, 1)
+    assert [r for r in proj.store.training_set() if r[0] == answered][0][2:] == ("spam", "human:alice")
+    assert review.push(proj).pushed == 29
+    assert len(server_ids(argilla_env, proj)) == 30 and all(q.submitted_at for q in proj.store.queries())
 
 
 # ------------------------------------------------------------------------------------------------------ pull
@@ -210,14 +265,18 @@ def test_several_annotators_majority_ties_and_waiting(tmp_path, small_pool, argi
 def test_review_status_reports_progress_per_annotator(proj, argilla_env):
     proj.round()
     ids = server_ids(argilla_env, proj)
-    first, second = sorted(ids)[:2]
+    first, second, third = sorted(ids)[:3]
     respond(argilla_env, "bob", ids[first], "ham")
     respond(argilla_env, "bob", ids[second], "spam", status="draft")
+    respond(argilla_env, "alice", ids[third], None, status="discarded")
     data = review.status(proj)
     assert data["total"] == 10 and data["completed"] == 1 and data["pending"] == 9
-    bob = data["users"]["bob"]
-    assert bob["completed"]["submitted"] + bob["pending"]["submitted"] == 1
-    assert bob["completed"]["draft"] + bob["pending"]["draft"] == 1
+    # pending: the dataset's records that annotator has not submitted or discarded; carol has not started.
+    assert data["annotators"] == {
+        "alice": {"submitted": 0, "draft": 0, "discarded": 1, "pending": 9},
+        "bob": {"submitted": 1, "draft": 1, "discarded": 0, "pending": 9},
+        "carol": {"submitted": 0, "draft": 0, "discarded": 0, "pending": 10},
+    }
     assert data["pending_in_store"] == 10
 
 
@@ -297,28 +356,57 @@ def test_hybrid_round_keeps_confident_llm_labels_and_sends_the_rest_to_argilla(p
             return ("content", '{"label": "spam", "confidence": 0.97}')
         return ("content", '{"label": "ham", "confidence": 0.4}')
 
+    # Any model prediction counts as confident here, so every sure "spam" the model calls ham is contested.
+    proj.config.router.model_confident = 0.5
     with scripted_llm(proj, monkeypatch, answer):
         result = proj.round(labeler="hybrid", n=20)
     queries = {q.example_id: q for q in proj.store.queries()}
-    confident = {eid for eid, q in queries.items() if sure(q.text)}
-    assert 0 < len(confident) < 20 and result.labels_collected == len(confident)
+    _, model = proj.load_model()  # the model this round trained, which the router asked
+    model_says = dict(zip(queries, model.predict([q.text for q in queries.values()])))
+    expected = {eid: "llm-unsure" if not sure(q.text) else
+                "disagrees-with-model" if model_says[eid] == "ham" else "llm-confident"
+                for eid, q in queries.items()}
+    assert set(expected.values()) == {"llm-unsure", "disagrees-with-model", "llm-confident"}, expected
+    confident = {eid for eid, reason in expected.items() if reason == "llm-confident"}
+    assert result.labels_collected == len(confident)
     llm_labels = {r[0]: r[2] for r in proj.store.training_set() if r[3] == "llm:gpt-4o-mini"}
     assert llm_labels == {eid: "spam" for eid in confident}
     humans = {eid for eid, q in queries.items() if q.routed_to == "argilla"}
     assert humans == set(queries) - confident
-    assert all(queries[eid].meta["llm"]["reason"] == "llm-unsure" and queries[eid].status == "pending"
-               for eid in humans)
-    records = {str(r.id): r for r in dataset_of(argilla_env, proj).records()}
+    assert {eid: queries[eid].meta["llm"]["reason"] for eid in humans} == {eid: expected[eid] for eid in humans}
+    assert all(queries[eid].status == "pending" for eid in humans)
+    records = {str(r.id): r for r in dataset_of(argilla_env, proj).records(with_suggestions=True)}
     assert set(records) == humans
-    some = records[sorted(humans)[0]]
-    assert some.metadata["llm_label"] == "ham" and some.metadata["llm_confidence"] == pytest.approx(0.4)
-    assert "**LLM gpt-4o-mini:** ham (0.40" in some.fields["hints"]
+    unsure = records[min(eid for eid in humans if expected[eid] == "llm-unsure")]
+    assert unsure.metadata["llm_label"] == "ham" and unsure.metadata["llm_confidence"] == pytest.approx(0.4)
+    assert "**LLM gpt-4o-mini:** ham (0.40" in unsure.fields["hints"]
+    # Contested: the reviewer sees the model's ham as the suggestion and the LLM's spam beside it.
+    contested = records[min(eid for eid in humans if expected[eid] == "disagrees-with-model")]
+    suggestion = contested.suggestions["label"]
+    assert (suggestion.value, suggestion.agent) == ("ham", "synthloop-model") and suggestion.score >= 0.5
+    assert contested.metadata["llm_label"] == "spam" and "**LLM gpt-4o-mini:** spam (0.97" in contested.fields["hints"]
 
     ids = server_ids(argilla_env, proj)
     eid = sorted(humans)[0]
     respond(argilla_env, "carol", ids[eid], "spam")
     assert proj.collect() == 1  # the next round's collect step takes the human label
     assert [r for r in proj.store.training_set() if r[0] == eid][0][2:] == ("spam", "human:carol")
+
+
+def test_without_a_model_the_llm_answer_is_the_suggestion(proj, argilla_env, monkeypatch):
+    # `synthloop label --labeler hybrid` on queries made before any model: the LLM is all the reviewer has.
+    ids, _ = proj.store.unlabeled_pool(limit=5)
+    proj.store.add_queries(0, [(eid, None) for eid in ids], "random", routed_to="hybrid")
+    assert proj.store.latest_model() is None
+    with scripted_llm(proj, monkeypatch, lambda body: ("content", '{"label": "spam", "confidence": 0.55}')):
+        assert proj.label() == 0  # unsure of all five: they go to reviewers
+    records = list(dataset_of(argilla_env, proj).records(with_suggestions=True))
+    assert sorted(str(r.id) for r in records) == sorted(ids)
+    for record in records:
+        suggestion = record.suggestions["label"]
+        assert (suggestion.value, suggestion.agent) == ("spam", "llm:gpt-4o-mini")
+        assert suggestion.score == pytest.approx(0.55)
+        assert "**LLM gpt-4o-mini:** spam (0.55" in record.fields["hints"] and "**Model:**" not in record.fields["hints"]
 
 
 # ----------------------------------------------------------------------------------------------- nightly
@@ -359,7 +447,9 @@ def test_server_killed_mid_push_then_rerun_finishes_without_duplicates(tmp_path,
             if done == 20:
                 server.kill()
 
-        with pytest.raises(SynthloopError, match="Pushed 20 of 100 records"):
+        # retries=1: the second chunk is tried twice before the push gives up, and says how far it got.
+        with pytest.raises(review.ArgillaUnreachable,
+                           match=r"did not answer \(push\) after 2 tries: .*Pushed 20 of 100 records"):
             review.push(project, on_chunk=kill_after_first_chunk)
         submitted = [q for q in project.store.queries(status="pending") if q.submitted_at]
         assert len(submitted) == 20
@@ -398,13 +488,30 @@ def run_cli(*args: str, env: dict) -> subprocess.CompletedProcess:
                           timeout=300)
 
 
-def test_cli_review_push_pull_status(proj, argilla_env):
-    proj.round(route=False)
-    env = {**os.environ, "ARGILLA_API_URL": argilla_env.url, "ARGILLA_API_KEY": argilla_env.api_key, "COLUMNS": "200"}
+def table_rows(text: str) -> dict[str, list[str]]:
+    """A rich table's body rows, first cell -> the other cells."""
+    rows = [[cell.strip() for cell in line.strip().strip("│").split("│")] for line in text.splitlines()
+            if line.strip().startswith("│")]
+    return {row[0]: row[1:] for row in rows}
+
+
+def test_cli_round_review_push_pull_status_as_the_readme_says(tmp_path, small_pool, argilla_env):
+    # No [argilla] annotators: the launcher made alice, bob and carol in the workspace synthloop uses too.
+    proj = make_project(tmp_path / "proj", small_pool, annotators=[])
+    env = {**os.environ, "ARGILLA_API_URL": CLOSED, "ARGILLA_API_KEY": argilla_env.api_key, "COLUMNS": "200"}
+    down = run_cli("round", "--labeler", "argilla", "-p", str(proj.root), env=env)
+    assert down.returncode == 0, down.stderr  # the loop never blocks on reviewers
+    assert f"Argilla at {CLOSED} did not answer (connect) after 4 tries" in down.stderr
+    assert "10 queries stay pending" in down.stderr and "Traceback" not in down.stderr
+    assert all(q.submitted_at is None and q.routed_to == "argilla" for q in proj.store.queries())
+
+    env["ARGILLA_API_URL"] = argilla_env.url
     pushed = run_cli("review", "push", "-p", str(proj.root), "--json", env=env)
     assert pushed.returncode == 0, pushed.stderr
     assert json.loads(pushed.stdout)["pushed"] == 10
     assert argilla_env.api_key not in pushed.stdout + pushed.stderr
+    mine = httpx.get(f"{argilla_env.url}/api/v1/me/datasets", headers={"X-Argilla-Api-Key": argilla_env.annotators["alice"]})
+    assert proj.config.argilla.dataset in [d["name"] for d in mine.raise_for_status().json()["items"]]
 
     ids = server_ids(argilla_env, proj)
     eid = sorted(ids)[0]
@@ -416,18 +523,27 @@ def test_cli_review_push_pull_status(proj, argilla_env):
 
     shown = run_cli("review", "status", "-p", str(proj.root), env=env)
     assert shown.returncode == 0, shown.stderr
-    assert "1 of 10 records done" in shown.stdout and "alice" in shown.stdout
+    assert "1 of 10 records done" in shown.stdout
+    assert table_rows(shown.stdout) == {"alice": ["1", "0", "0", "9"], "bob": ["0", "0", "0", "10"],
+                                        "carol": ["0", "0", "0", "10"]}
+    as_json = json.loads(run_cli("review", "status", "-p", str(proj.root), "--json", env=env).stdout)
+    assert as_json["annotators"]["alice"] == {"submitted": 1, "draft": 0, "discarded": 0, "pending": 9}
+    assert (as_json["total"], as_json["completed"], as_json["pending_in_store"]) == (10, 1, 9)
 
     no_key = {k: v for k, v in env.items() if k != "ARGILLA_API_KEY"}
     failed = run_cli("review", "pull", "-p", str(proj.root), env=no_key)
     assert failed.returncode == 2 and "ARGILLA_API_KEY" in failed.stderr and "Traceback" not in failed.stderr
+    proj.close()
 
 
 # --------------------------------------------------------------------------------------------------- browser
 def test_review_ui_in_a_browser_shows_suggestions_and_submits_a_label(proj, argilla_env, monkeypatch):
     if not CHROMIUM.exists():
-        pytest.skip("/usr/bin/chromium is missing (apt-get install -y chromium)")
-    playwright = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (pip install playwright)")
+        skip_or_fail(f"{CHROMIUM} is missing: apt-get install -y chromium (`make system-deps` as root)")
+    try:
+        from playwright import sync_api as playwright
+    except ImportError:
+        skip_or_fail("playwright is not installed: pip install -e '.[test]'")
     proj.round(labeler="oracle", n=40)  # a model with something to say
     with scripted_llm(proj, monkeypatch, lambda body: ("content", '{"label": "spam", "confidence": 0.55}')):
         proj.round(labeler="hybrid")  # the LLM is unsure of all ten: they go to reviewers with both opinions

@@ -222,11 +222,18 @@ def llm_serve(port: Annotated[int, typer.Option(help="Port on 127.0.0.1 (0 picks
         server.stop()
 
 
-@app.command()
+NIGHTLY_EXITS = "exit 0 done, 1 failed, 2 bad input, 69 a server did not answer (retry later), 75 locked (retry later)"
+
+
+@app.command(help=f"The unattended job for cron/systemd/Kubernetes: {NIGHTLY_EXITS}.")
 def nightly(pool: Annotated[Optional[str], typer.Option(help="Folder or glob of pool files; new or changed ones are imported.")] = None,
             labeler: Annotated[Optional[str], typer.Option(help="Route tonight's queries here (default: the project's).")] = None,
-            max_labels: Annotated[Optional[int], typer.Option(help="Queries to hand out tonight, at most.")] = None,
-            max_cost: Annotated[Optional[float], typer.Option(help="$ the LLM labeler may spend tonight, at most.")] = None,
+            max_labels: Annotated[Optional[int], typer.Option(
+                help="Queries to hand out tonight, at most: leftovers of earlier nights first, then new ones selected "
+                     "to fill the rest. Default: select [loop] batch_size, no cap.")] = None,
+            max_cost: Annotated[Optional[float], typer.Option(
+                help="$ the LLM may spend tonight, at most (labeling and top-up); a re-run after a killed or "
+                     "failed run gets what is left.")] = None,
             text_col: str = "text", id_col: Annotated[Optional[str], typer.Option()] = None,
             dry_run: Annotated[bool, typer.Option("--dry-run", help="Show what would be done; change nothing.")] = False,
             log_file: Annotated[Optional[Path], typer.Option(help="Default: .synthloop/logs/nightly.log")] = None,
@@ -235,21 +242,19 @@ def nightly(pool: Annotated[Optional[str], typer.Option(help="Folder or glob of 
             address: Annotated[Optional[str], typer.Option(help="Ray cluster address (host:6379) for --engine ray; "
                                                            "default: start Ray on this machine.")] = None,
             project: ProjectOpt = Path("."), as_json: JsonOpt = False):
-    """The unattended job for cron/systemd/Kubernetes: exit 0 done, 1 failed, 2 bad input, 75 locked (retry later)."""
-    from synthloop.nightly import EXIT_FAILED, EXIT_LOCKED, Locked, run_nightly
+    from synthloop.nightly import EXIT_FAILED, EXIT_LOCKED, EXIT_UNAVAILABLE, exit_status, run_nightly
 
     proj = _open(project)
     try:
         summary = run_nightly(proj, pool, dry_run, max_labels, max_cost, labeler, text_col, id_col, log_file,
                               engine=engine, address=address)
-    except Locked as e:
-        err.print(f"[yellow]locked:[/] {escape(str(e))}", highlight=False, soft_wrap=True)
-        raise typer.Exit(EXIT_LOCKED)
-    except SynthloopError as e:
-        _fail(e)
     except Exception as e:  # noqa: BLE001 - a scheduler needs an exit status, and the log has the traceback
-        err.print(f"[bold red]failed:[/] {escape(type(e).__name__ + ': ' + str(e))}", highlight=False, soft_wrap=True)
-        raise typer.Exit(EXIT_FAILED)
+        status = exit_status(e)
+        word = {EXIT_LOCKED: "[yellow]locked:[/]", EXIT_UNAVAILABLE: "[bold red]unavailable:[/]",
+                EXIT_FAILED: "[bold red]failed:[/]"}.get(status, "[bold red]error:[/]")
+        message = str(e) if isinstance(e, SynthloopError) else f"{type(e).__name__}: {e}"
+        err.print(f"{word} {escape(message)}", highlight=False, soft_wrap=True)
+        raise typer.Exit(status) from None
     if not _emit(summary, as_json):
         for key, value in summary.items():
             out.print(f"{key}: {value}", highlight=False)
@@ -307,6 +312,18 @@ def _print_impact(impact: dict) -> None:
     out.print(f"LLM spent so far: ${impact['llm_spent_usd']:.4f} for {impact['llm_tokens']:,} tokens"
               + (f"; that is {cf['break_even_predictions']:,} GPT-4o predictions" if impact["llm_spent_usd"] else ""), highlight=False)
     out.print(f"GPT-4o figures: {cf['assumptions']}", highlight=False, soft_wrap=True)
+    if impact["llm_by_round"]:
+        rounds = Table("round", "LLM calls", "tokens in", "tokens out", "$", "seconds", title="LLM cost per round")
+        for r in impact["llm_by_round"]:
+            rounds.add_row("-" if r["round"] is None else str(r["round"]), str(r["calls"]), str(r["prompt_tokens"] or 0),
+                           str(r["completion_tokens"] or 0), f"{r['cost'] or 0:.4f}", f"{r['latency'] or 0:.1f}")
+        out.print(rounds)
+    co2 = impact["co2"]
+    if "measured_kg_co2" in co2:
+        out.print(f"CO2 (estimate, codecarbon, from the report of {co2['generated_at']}): model training over all rounds "
+                  f"{1000 * co2['training_kg_co2']:.4f} g CO2eq at {co2['average_watts']:.1f} W", highlight=False)
+    else:
+        out.print(f"CO2: {escape(co2['note'])}", highlight=False)
 
 
 @app.command()

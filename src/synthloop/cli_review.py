@@ -101,12 +101,13 @@ def status(project: ProjectOpt = Path("."), as_json: JsonOpt = False):
     out.print(f"dataset [bold]{data['dataset']}[/] ({data['workspace']}) at {data['url']}: "
               f"{data.get('completed', 0)} of {data.get('total', 0)} records done, "
               f"{data['pending_in_store']} queries waiting in the store")
-    users = data.get("users") or {}
-    if not users:
-        out.print("no responses yet")
+    annotators = data.get("annotators") or {}
+    if not annotators:
+        out.print("no annotators in the workspace and no responses yet: add some with `[argilla] annotators`")
         return
-    table = Table("annotator", "submitted", "draft", "discarded")
-    for user, counts in sorted(users.items()):
-        done, todo = counts.get("completed", {}), counts.get("pending", {})
-        table.add_row(user, *(str(done.get(k, 0) + todo.get(k, 0)) for k in ("submitted", "draft", "discarded")))
+    # pending: records this annotator has not submitted or discarded yet (drafts count as pending)
+    columns = ("submitted", "draft", "discarded", "pending")
+    table = Table("annotator", *columns)
+    for user, counts in annotators.items():
+        table.add_row(user, *(str(counts[k]) for k in columns))
     out.print(table)

@@ -53,6 +53,9 @@ class LLMConfig(_Section):
     label_temperature: float = Field(0.0, ge=0.0)
     few_shot: int = Field(2, ge=0)  # examples per class in the labeling prompt
     logprobs: bool = True
+    # Let the labeler answer "abstain" (the query is skipped). Very small models pick it for most texts:
+    # turn it off to force one of the task's labels.
+    abstain: bool = True
 
 
 class SynthConfig(_Section):
@@ -61,6 +64,8 @@ class SynthConfig(_Section):
     min_chars: int = Field(8, ge=1)
     max_chars: int = Field(400, ge=10)
     near_duplicate: float = Field(0.9, gt=0.0, le=1.0)
+    dedup_pool_sample: int = Field(20000, ge=0)  # pool texts that near-duplicate checks compare against
+    subtopics: int = Field(8, ge=0, le=20)  # sub-topics per class drawn from the LLM for diversity; 0: none
     consistency_filter: bool = False
     topup: bool = False
     # Shares of the real labels / the training set; None means 0.5/K and 0.75/K for K classes.

@@ -100,7 +100,7 @@ def counterfactual(project, latency: dict | None, llm_spent: float) -> dict:
     prompt = ("You are a text classifier. Answer with exactly one label name.\n\n" + project.task.render()
               + "\n\nText: ")
     prompt_tokens = math.ceil((len(prompt) + avg_chars) / CHARS_PER_TOKEN) + MESSAGE_OVERHEAD_TOKENS
-    per_request = cost_usd("gpt-4o", prompt_tokens, GPT4O_OUTPUT_TOKENS)
+    per_request = cost_usd("gpt-4o", prompt_tokens, GPT4O_OUTPUT_TOKENS, prices=project.config.llm.prices)
     rows = [{"what": "GPT-4o, one request per prediction (estimate)", "usd_per_1k": 1000 * per_request,
              "seconds_per_1k_one_by_one": 1000 * GPT4O_SECONDS_PER_REQUEST, "seconds_per_1k_batched": None}]
     if latency:
@@ -130,5 +130,20 @@ def status_impact(project, measure: bool = True) -> dict:
     else:
         note = "not measured"
     return {"llm_spent_usd": spent["total_cost"], "llm_tokens": spent["total_tokens"], "llm_by_purpose": spent["by_purpose"],
+            "llm_by_round": project.store.llm_usage_by_round(),
             "compact_model": latency, "compact_model_note": note,
-            "counterfactual": counterfactual(project, latency, spent["total_cost"])}
+            "counterfactual": counterfactual(project, latency, spent["total_cost"]),
+            "co2": last_co2(project)}
+
+
+def last_co2(project) -> dict:
+    """The CO2 estimate of the latest report: codecarbon samples power while it runs, which a status
+    command that must answer in a second cannot wait for."""
+    import json
+
+    path = project.state_dir / "reports" / "report.json"
+    try:
+        report = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {"estimate": True, "note": "no report yet: `synthloop report` measures it with codecarbon"}
+    return {**(report.get("co2") or {}), "report": str(path), "generated_at": report.get("generated_at")}

@@ -119,6 +119,22 @@ def _short(text: str, n: int = 140) -> str:
     return text if len(text) <= n else text[:n - 1] + "…"
 
 
+def _round_name(number) -> str:
+    return "outside rounds" if number is None else str(number)
+
+
+def _errors_per_round(per_round: list[dict]) -> list[dict]:
+    """Misclassified test examples per true class, from each scored round's confusion matrix."""
+    out = []
+    for r in per_round:
+        if not r["confusion"]:
+            continue
+        labels, matrix = r["confusion"]["labels"], r["confusion"]["matrix"]
+        out.append({"round": r["round"], "labels": r["labels"],
+                    "errors": {lab: sum(row) - row[i] for i, (lab, row) in enumerate(zip(labels, matrix))}})
+    return out
+
+
 def _glance(d: dict) -> list[list]:
     rows = []
     if d["curve"]:
@@ -175,6 +191,14 @@ def blocks(d: dict, label_names: list[str]) -> list[tuple]:
                   [[lab, _f(v["precision"]), _f(v["recall"]), _f(v["f1"]), v["support"]] for lab, v in latest["per_class"].items()]))
         b.append(("img", "confusion matrix", confusion(latest["confusion"]["labels"], latest["confusion"]["matrix"],
                                                            f"Confusion matrix, round {latest['round']} (test split)")))
+        errors = _errors_per_round(d["per_round"])
+        if len(errors) > 1:  # one round is the matrix above
+            b.append(("img", "test errors by true class over rounds", stacked_bars(
+                [str(r["round"]) for r in errors], {lab: [float(r["errors"].get(lab, 0)) for r in errors] for lab in label_names},
+                "Test errors by true class, per round (off-diagonal of each confusion matrix)", "round", "misclassified")))
+            b.append(("table", ["round", "real labels", *(f"{lab} errors" for lab in label_names), "all errors"],
+                      [[r["round"], r["labels"], *(r["errors"].get(lab, 0) for lab in label_names), sum(r["errors"].values())]
+                       for r in errors]))
 
     b.append(("h2", "Labels"))
     by_source = d["labels_by_source"]
@@ -184,14 +208,24 @@ def blocks(d: dict, label_names: list[str]) -> list[tuple]:
             "Labels by class and source", "class", "labels")))
         b.append(("table", ["source", *label_names, "total"],
                   [[src, *(c.get(lab, 0) for lab in label_names), sum(c.values())] for src, c in by_source.items()]))
+        per_round = d["per_round"]
+        if len(per_round) > 1:
+            sources = sorted({src for r in per_round for src in r["labels_total"]})
+            totals = {src: [float(sum(r["labels_total"].get(src, {}).values())) for r in per_round] for src in sources}
+            b.append(("img", "labels by source over rounds", stacked_bars(
+                [str(r["round"]) for r in per_round], totals, "Labels stored by the end of each round, by source",
+                "round", "labels")))
+            b.append(("table", ["round", *sources], [[r["round"], *(int(totals[src][k]) for src in sources)]
+                                                    for k, r in enumerate(per_round)]))
     else:
         b.append(("p", "No labels stored yet."))
     if d["synthetic_added"]:
         rows = d["synthetic_added"]
         b.append(("img", "synthetic examples added", stacked_bars(
-            [str(r["round"]) for r in rows], {lab: [float(r.get(lab, 0)) for r in rows] for lab in label_names},
-            "Synthetic examples added by minority top-up", "round", "examples")))
-        b.append(("table", ["round", *label_names], [[r["round"], *(r.get(lab, 0) for lab in label_names)] for r in rows]))
+            [_round_name(r["round"]) for r in rows], {lab: [float(r.get(lab, 0)) for r in rows] for lab in label_names},
+            "Synthetic examples added (per round: minority top-up)", "round", "examples")))
+        b.append(("table", ["round", *label_names], [[_round_name(r["round"]), *(r.get(lab, 0) for lab in label_names)]
+                                                     for r in rows]))
 
     if d["monitor"]:
         m = d["monitor"]
@@ -199,11 +233,14 @@ def blocks(d: dict, label_names: list[str]) -> list[tuple]:
         series = {k: [r[k] for r in m] for k in ("mean_margin", "mean_entropy", "kappa") if any(r[k] is not None for r in m)}
         b.append(("img", "pool uncertainty", lines([r["round"] for r in m], series,
                                                          "Unlabeled pool: uncertainty, and agreement between rounds", "round", "value")))
+        rule = next((r for r in m if r.get("kappa_threshold") is not None), None)
+        when = (f" (stop once kappa ≥ {rule['kappa_threshold']} for {rule['window']} rounds in a row)" if rule
+                else " (stop once it stays high)")
         b.append(("p", "Margin rises and entropy falls as the model grows sure of the pool; kappa is the agreement of "
-                       "consecutive models on a fixed stop set (stop once it stays high)."))
-        b.append(("table", ["round", "labels", "mean margin", "mean entropy", "pool sample", "kappa", "stop?"],
+                       f"consecutive models on a fixed stop set{when}."))
+        b.append(("table", ["round", "labels", "mean margin", "mean entropy", "pool sample", "kappa", "stable rounds", "stop?"],
                   [[r["round"], r["labels"], _f(r["mean_margin"]), _f(r["mean_entropy"]), _f(r["pool_n"]), _f(r["kappa"]),
-                    {True: "yes", False: "no"}.get(r["should_stop"], "–")] for r in m]))
+                    _f(r.get("stable_rounds")), {True: "yes", False: "no"}.get(r["should_stop"], "–")] for r in m]))
 
     q = d["label_quality"]
     b.append(("h2", "Label quality"))

@@ -16,7 +16,7 @@ import scipy.sparse as sp
 
 from synthloop import active
 from synthloop.config import CONFIG_FILE, STATE_DIR, Config, load_config
-from synthloop.data import read_table
+from synthloop.data import scan_table
 from synthloop.errors import SynthloopError
 from synthloop.labelers import get_labeler
 from synthloop.metrics import evaluate
@@ -81,7 +81,7 @@ class Project:
         self._featurizers: dict[str, object] = {}
         self._feature_cache: dict[str, tuple[dict[str, int], object]] = {}
         self._llm = None
-        self.llm_budget: float | None = None  # $ the LLM labeler may still spend in this process (nightly)
+        self.llm_budget: float | None = None  # $ the LLM may still spend tonight (nightly --max-cost), None: no cap
         self.last_scored: int | None = None
 
     # creation -----------------------------------------------------------------------------------
@@ -116,35 +116,41 @@ class Project:
     def import_file(self, path: str | Path, text_col: str = "text", label_col: str | None = None,
                     id_col: str | None = None, split: str = "pool", gold: bool = False) -> ImportResult:
         """Import examples. Labels of a test file, or of a pool file with gold=True, stay hidden: they
-        score the model (test) or answer the simulated reviewer (pool). Other pool labels train the model."""
+        score the model (test) or answer the simulated reviewer (pool). Other pool labels train the model.
+
+        The file is streamed twice, never loaded whole: a first pass checks every row, so bad input stores
+        nothing; the second stores it batch by batch, a transaction each. A run killed during the second pass
+        leaves the batches stored so far, and importing the file again adds the rest (ids are stable)."""
         if split not in ("pool", "test"):
             raise SynthloopError(f"split must be 'pool' or 'test', not {split!r}")
         if split == "test" and label_col is None:
             raise SynthloopError("a test split needs labels; pass --label-col with the column that holds them")
-        table = read_table(path, text_col, label_col, id_col, allowed_labels=self.task.label_names)
-        stored = self.store.existing_ids(table.ids)
-        hidden = split == "test" or gold
+        plan = scan_table(path, text_col, label_col, id_col, allowed_labels=self.task.label_names)
+        result = ImportResult(rows=plan.rows, added=0, already_stored=0, duplicates_in_file=plan.duplicates,
+                              labels_added=0, other_split=0)
+        before = self._label_total()
+        for batch in plan.batches():
+            self._import_batch(batch, split, hidden=split == "test" or gold, result=result)
+        result.labels_added = self._label_total() - before
+        return result
+
+    def _import_batch(self, batch, split: str, hidden: bool, result: ImportResult) -> None:
+        # Ids are unique across the file's batches (the first pass kept each id's first row), so `stored`
+        # is what the store held before this import, never a row an earlier batch added.
+        stored = self.store.existing_ids(batch.ids)
         rows, new_labels = [], []
-        other_split = 0
-        for eid, text, label in zip(table.ids, table.texts, table.labels):
+        for eid, text, label in zip(batch.ids, batch.texts, batch.labels):
             if stored.get(eid, split) != split:
-                other_split += 1
+                result.other_split += 1
                 continue
-            if eid not in stored:
+            if eid in stored:
+                result.already_stored += 1
+            else:
                 rows.append({"id": eid, "text": text, "origin": "pool" if split == "pool" else "import",
                              "split": split, "gold": label if hidden else None})
             if label is not None and not hidden:
                 new_labels.append(NewLabel(eid, label, "import", confidence=1.0))
-        before = self._label_total()
-        added = self.store.add_examples(rows, new_labels)
-        return ImportResult(
-            rows=len(table.ids) + table.duplicates,
-            added=added,
-            already_stored=sum(1 for eid in table.ids if eid in stored and stored[eid] == split),
-            duplicates_in_file=table.duplicates,
-            labels_added=self._label_total() - before,
-            other_split=other_split,
-        )
+        result.added += self.store.add_examples(rows, new_labels)
 
     def _label_total(self) -> int:
         return sum(n for _, _, n in self.store.label_counts())
@@ -172,8 +178,8 @@ class Project:
 
             cfg = self.config.llm
             self._llm = LLMClient(
-                cfg.model, base_url=cfg.base_url or os.environ.get(cfg.base_url_env) or None,
-                api_key=os.environ.get(cfg.api_key_env), timeout=cfg.timeout, max_retries=cfg.max_retries,
+                cfg.model, base_url=cfg.base_url, api_key_env=cfg.api_key_env, base_url_env=cfg.base_url_env,
+                timeout=cfg.timeout, max_retries=cfg.max_retries,
                 concurrency=cfg.concurrency, response_format=cfg.response_format,
                 cache=_StoreCache(self.store), prices=cfg.prices)
         return self._llm
@@ -190,6 +196,8 @@ class Project:
     def generate(self, per_class: int | dict[str, int], round_: int | None = None, consistency_filter: bool | None = None):
         from synthloop.synth import generate
 
+        # Attributed to the round whose model trains on it, so its cost shows in that round's row.
+        round_ = self.store.next_round_number() if round_ is None else round_
         return generate(self, per_class, round_=round_, consistency_filter=consistency_filter)
 
     def topup(self, round_: int):
@@ -206,8 +214,16 @@ class Project:
                             cfg.topup_max_per_round)
         if not needs:
             return None
+        budget = self.llm_budget
+        if budget is not None and budget <= 0:
+            # The night's $ cap (nightly --max-cost) is spent: generation waits for a night with money left.
+            return None
         examples = {label: [r[1] for r in real if r[2] == label][-20:] for label in needs}
-        return generate(self, needs, examples=examples, round_=round_)
+        started = time.time()
+        report = generate(self, needs, examples=examples, round_=round_)
+        if budget is not None:  # what generation spent is gone from what the labelers may spend tonight
+            self.llm_budget = budget - self.store.llm_cost_since(started)
+        return report
 
     # features -----------------------------------------------------------------------------------
     def _new_model(self) -> TextClassifier:
@@ -413,11 +429,21 @@ class Project:
         return self.store.add_queries(round_, picks, strategy, routed_to=labeler or self.config.loop.labeler)
 
     def collect(self, round_: int | None = None) -> int:
-        """Store the labels that every labeler with submitted queries has ready; never waits for more."""
+        """Store the labels that every labeler with submitted queries has ready; never waits for more. A
+        labeler whose server is unreachable (Argilla down) is skipped with a warning: the loop never blocks
+        on humans, and what they submitted is collected by a later round."""
+        import logging
+
         pending = {q.routed_to for q in self.store.queries(status="pending", submitted=True)}
         added = 0
         for name in sorted(pending):
-            labels = get_labeler(name, self).collect()
+            labeler = get_labeler(name, self)
+            try:
+                labels = labeler.collect()
+            except getattr(labeler, "defers_on", ()) as err:
+                logging.getLogger("synthloop").warning(
+                    "%s; its labels wait for a later round or `synthloop review pull`", err.summary)
+                continue
             added += self.store.record_labels(labels, round_)
         return added
 
@@ -427,9 +453,23 @@ class Project:
         return self.collect(round_)
 
     def _hand_out(self, pending) -> None:
+        import logging
+
         for name in sorted({q.routed_to for q in pending}):
+            labeler = get_labeler(name, self)
             mine = [q for q in pending if q.routed_to == name]
-            get_labeler(name, self).submit(mine)
+            deferrable = getattr(labeler, "defers_on", ())
+            if deferrable:  # what an earlier round could not hand out (server down then) goes out now
+                ids = {q.example_id for q in mine}
+                mine += [q for q in self.store.queries(status="pending", routed_to=name, submitted=False)
+                         if q.example_id not in ids]
+            try:
+                labeler.submit(mine)
+            except deferrable as err:
+                logging.getLogger("synthloop").warning(
+                    "%s; %d queries stay pending and go out with the next round or `synthloop review push`",
+                    err.summary, sum(1 for q in self.store.queries(status="pending", routed_to=name, submitted=False)))
+                continue
             self.store.mark_submitted([q.example_id for q in mine])
 
     # the round ----------------------------------------------------------------------------------

@@ -63,8 +63,8 @@ def build_report(project, out_dir: str | Path | None = None, baselines: dict[str
         "latest": None if not scored else {"round": scored[-1]["number"], "per_class": scored[-1]["metrics"]["per_class"],
                                            "confusion": scored[-1]["metrics"]["confusion"]},
         "labels_by_source": _labels_by_source(project),
-        "synthetic_added": [{"round": r["number"], **(r["counts"] or {}).get("synthetic_added", {})}
-                            for r in rounds if (r["counts"] or {}).get("synthetic_added")],
+        "per_round": _per_round(project, rounds),
+        "synthetic_added": _synthetic_added(project, rounds),
         "monitor": [_monitor_row(r) for r in rounds if r["metrics"] and (r["metrics"].get("pool") or r["metrics"].get("stopping"))],
         "llm": llm, "label_quality": quality, "latency": latency, "co2": co2,
     }
@@ -106,7 +106,8 @@ def _monitor_row(r: dict) -> dict:
     pool, stop = r["metrics"].get("pool") or {}, r["metrics"].get("stopping") or {}
     return {"round": r["number"], "labels": r["metrics"].get("n_labels", 0), "mean_margin": pool.get("mean_margin"),
             "mean_entropy": pool.get("mean_entropy"), "pool_n": pool.get("n"), "kappa": stop.get("kappa"),
-            "should_stop": stop.get("should_stop")}
+            "stable_rounds": stop.get("stable_rounds"), "kappa_threshold": stop.get("threshold"),
+            "window": stop.get("window"), "should_stop": stop.get("should_stop")}
 
 
 def _labels_by_source(project) -> dict[str, dict[str, int]]:
@@ -114,6 +115,79 @@ def _labels_by_source(project) -> dict[str, dict[str, int]]:
     for source, label, n in sorted(project.store.label_counts()):
         out.setdefault(source, {})[label] = n
     return out
+
+
+def _label_rows(project) -> list[tuple[str, str, int | None, float]]:
+    """(source, label, round, created_at) of every stored label."""
+    import sqlalchemy as sa
+
+    from synthloop.store import labels
+
+    stmt = sa.select(labels.c.source, labels.c.label, labels.c.round, labels.c.created_at).order_by(labels.c.id)
+    with project.store.engine.connect() as conn:
+        return [tuple(r) for r in conn.execute(stmt)]
+
+
+def _round_of(label_round: int | None, created_at: float, rounds: list[dict]) -> int:
+    """The round a label arrived in. Imports, `synthloop generate` and the top-up store labels without a
+    round: those belong to the first round that finished after them (round 0 trains on an import made
+    before it); anything stored after the last round finished is counted in the last one."""
+    if label_round is not None:
+        return label_round
+    for r in rounds:
+        if r["finished_at"] is None or created_at <= r["finished_at"]:
+            return r["number"]
+    return rounds[-1]["number"]
+
+
+def _add(counts: dict[str, dict[str, int]], source: str, label: str, n: int = 1) -> None:
+    counts.setdefault(source, {})[label] = counts.get(source, {}).get(label, 0) + n
+
+
+def _labels_per_round(project, rounds: list[dict]) -> dict[int, dict]:
+    """Per round: labels by source and class that arrived in it, and all stored by its end (the latest
+    round's total is every label stored now, the same as labels_by_source)."""
+    added: dict[int, dict[str, dict[str, int]]] = {r["number"]: {} for r in rounds}
+    for source, label, label_round, created_at in _label_rows(project):
+        _add(added.setdefault(_round_of(label_round, created_at, rounds), {}), source, label)
+    out, total = {}, {}
+    for number in sorted(added):
+        for source, by_label in added[number].items():
+            for label, n in by_label.items():
+                _add(total, source, label, n)
+        out[number] = {"added": _sorted(added[number]), "total": _sorted(total)}
+    return out
+
+
+def _sorted(counts: dict[str, dict[str, int]]) -> dict[str, dict[str, int]]:
+    return {src: dict(sorted(c.items())) for src, c in sorted(counts.items())}
+
+
+def _per_round(project, rounds: list[dict]) -> list[dict]:
+    """Every round's test scores and confusion matrix (None where it was not scored) and its labels."""
+    by_round = _labels_per_round(project, rounds)
+    out = []
+    for r in rounds:
+        m = r["metrics"] or {}
+        labels = by_round.get(r["number"], {"added": {}, "total": {}})
+        out.append({"round": r["number"], "labels": m.get("n_labels", 0), "accuracy": m.get("accuracy"),
+                    "macro_f1": m.get("macro_f1"), "per_class": m.get("per_class"), "confusion": m.get("confusion"),
+                    "labels_added": labels["added"], "labels_total": labels["total"]})
+    return out
+
+
+def _synthetic_added(project, rounds: list[dict]) -> list[dict]:
+    """Synthetic examples per class: per round from the top-up counts the round recorded, and under round
+    None the stored synthetic labels those do not account for (`synthloop generate`, the seed data)."""
+    per_round = [{"round": r["number"], **(r["counts"] or {}).get("synthetic_added", {})}
+                 for r in rounds if (r["counts"] or {}).get("synthetic_added")]
+    stored: dict[str, int] = defaultdict(int)
+    for source, label, n in project.store.label_counts():
+        if source.startswith("synthetic"):
+            stored[label] += n
+    outside = {label: n - sum(r.get(label, 0) for r in per_round) for label, n in sorted(stored.items())}
+    outside = {label: n for label, n in outside.items() if n > 0}
+    return ([{"round": None, **outside}] if outside else []) + per_round
 
 
 def _llm_spend(project, rounds: list[dict]) -> dict:

@@ -221,6 +221,10 @@ def _score_local(model, chunks: Iterable, measure: str, keep: int, exclude: froz
     return best
 
 
+class RayUnreachable(SynthloopError):
+    """Nothing answers at the Ray address: the cluster is down (try again later) or the address is wrong."""
+
+
 def check_ray_address(address: str, timeout: float = 10.0) -> None:
     """Fail at once, naming the fix, when nothing listens at a host:port address: ray.init would wait for
     minutes on an unreachable head (measured: over 3 minutes with Ray 2.60), which a nightly job must not."""
@@ -233,7 +237,7 @@ def check_ray_address(address: str, timeout: float = 10.0) -> None:
     try:
         socket.create_connection((host.strip("[]"), int(port)), timeout=timeout).close()
     except OSError as err:
-        raise SynthloopError(f"cannot reach a Ray cluster at {address!r} ({err.strerror or err}); check that the "
+        raise RayUnreachable(f"cannot reach a Ray cluster at {address!r} ({err.strerror or err}); check that the "
                              "cluster is up and that the address is its head's host:port (6379 by default)") from None
 
 
@@ -287,11 +291,6 @@ class _RayScorer:
         return result
 
 
-def _score_chunk_remote(holder, ids, texts, measure, keep, with_texts):
-    bundle = _ray_bundle(holder)
-    return score_chunk(bundle["model"], ids, texts, measure, keep, bundle["exclude"], with_texts)
-
-
 def _score_ray(model, files: list[Path] | str | None, chunks: Iterable | None, measure: str, keep: int,
                exclude: frozenset, with_texts: bool, address: str | None, chunk_size: int, n_jobs: int,
                text_col: str, id_col: str | None) -> TopK:
@@ -304,7 +303,7 @@ def _score_ray(model, files: list[Path] | str | None, chunks: Iterable | None, m
         try:
             ray.init(log_to_driver=False, **options)
         except ConnectionError as err:
-            raise SynthloopError(f"cannot reach a Ray cluster at {address!r} ({err}); check that the cluster is up and "
+            raise RayUnreachable(f"cannot reach a Ray cluster at {address!r} ({err}); check that the cluster is up and "
                                  "that the address is its head's host:port (6379 by default)") from None
     context = ray.data.DataContext.get_current()
     saved = {name: getattr(context, name) for name in RAY_DATA_SETTINGS}
@@ -313,29 +312,47 @@ def _score_ray(model, files: list[Path] | str | None, chunks: Iterable | None, m
             setattr(context, name, value)
         holder = [ray.put({"model": model, "exclude": exclude})]  # in a list so Ray passes the ref, not the value
         best = TopK(keep, with_texts)
-        scorer = _RayScorer(holder, measure, keep, with_texts, text_col, id_col)
         if files is not None:
-            for batch in _ray_dataset(ray, files, text_col, id_col).map_batches(
-                    scorer, batch_size=chunk_size, batch_format="pyarrow").iter_batches(batch_size=None, batch_format="numpy"):
-                best.add(batch["id"], batch["score"], batch.get("text"))
+            scorer = _RayScorer(holder, measure, keep, with_texts, text_col, id_col)
+            _merge(best, _ray_dataset(ray, files, text_col, id_col).map_batches(
+                scorer, batch_size=chunk_size, batch_format="pyarrow"))
             return best
-        # Chunks from the caller (e.g. the store): tasks, with a bounded number in flight.
-        remote = ray.remote(_score_chunk_remote)
-        in_flight = max(2, 2 * int(ray.cluster_resources().get("CPU", 1)))
-        pending = []
-        for ids, texts in chunks:
-            pending.append(remote.remote(holder, ids, list(texts), measure, keep, with_texts))
-            while len(pending) >= in_flight:
-                done, pending = ray.wait(pending, num_returns=1)
-                best.add(*ray.get(done[0]))
-        for result in ray.get(pending):
-            best.add(*result)
+        window = max(2, 2 * int(ray.cluster_resources().get("CPU", 1)))
+        for tables in _windows(chunks, window):
+            scorer = _RayScorer(holder, measure, keep, with_texts, "text", "id" if "id" in tables[0].column_names else None)
+            # One chunk is one block is one batch: each chunk's top rows come back, as from the files' blocks.
+            _merge(best, ray.data.from_arrow(tables).map_batches(scorer, batch_size=None, batch_format="pyarrow"))
         return best
     finally:
         for name, value in saved.items():
             setattr(context, name, value)
         if started:
             ray.shutdown()
+
+
+def _merge(best: TopK, dataset) -> None:
+    for batch in dataset.iter_batches(batch_size=None, batch_format="numpy"):
+        best.add(batch["id"], batch["score"], batch.get("text"))
+
+
+def _windows(chunks: Iterable, size: int) -> Iterator[list]:
+    """Chunks from the caller (the project's store, which only the driver can read) as lists of up to `size`
+    Arrow tables, each list one Ray Data dataset scored before the next is read: the object store holds one
+    window of the pool at a time. A window holds chunks of one kind (with ids, or ids made from the texts)."""
+    import pyarrow as pa
+
+    window: list = []
+    for ids, texts in chunks:
+        columns = {"text": pa.array([t if isinstance(t, str) else None for t in texts], pa.string())}
+        if ids is not None:
+            columns["id"] = pa.array([str(i) for i in ids], pa.string())
+        table = pa.table(columns)
+        if window and (len(window) >= size or window[0].column_names != table.column_names):
+            yield window
+            window = []
+        window.append(table)
+    if window:
+        yield window
 
 
 def _ray_dataset(ray, files: list[Path] | str, text_col: str, id_col: str | None):

@@ -491,6 +491,31 @@ class Store:
         with self.engine.connect() as conn:
             return [dict(r._mapping) for r in conn.execute(stmt)]
 
+    def llm_cost_since(self, since: float, exclude_purposes: Sequence[str] = ()) -> float:
+        """$ of the LLM calls recorded at or after `since` (a time.time()), e.g. what a night has spent so far."""
+        stmt = sa.select(sa.func.coalesce(sa.func.sum(llm_calls.c.cost), 0.0)).where(llm_calls.c.created_at >= since)
+        if exclude_purposes:
+            stmt = stmt.where(llm_calls.c.purpose.not_in(list(exclude_purposes)))
+        with self.engine.connect() as conn:
+            return float(conn.execute(stmt).scalar())
+
+    def llm_usage_by_round(self) -> list[dict]:
+        """Calls, tokens, $ and seconds per round (None: calls made outside any round)."""
+        stmt = sa.select(
+            llm_calls.c.round, sa.func.count().label("calls"),
+            sa.func.sum(llm_calls.c.prompt_tokens).label("prompt_tokens"),
+            sa.func.sum(llm_calls.c.completion_tokens).label("completion_tokens"),
+            sa.func.sum(llm_calls.c.cost).label("cost"), sa.func.sum(llm_calls.c.latency).label("latency"),
+        ).group_by(llm_calls.c.round).order_by(llm_calls.c.round)
+        with self.engine.connect() as conn:
+            return [dict(r._mapping) for r in conn.execute(stmt)]
+
+    def next_round_number(self) -> int:
+        """The round that work done now feeds: the unfinished one, else the next."""
+        with self.engine.connect() as conn:
+            last = conn.execute(sa.select(rounds).order_by(rounds.c.number.desc()).limit(1)).first()
+        return 0 if last is None else last.number + (last.status == "done")
+
     # nightly runs: pool files seen, cached scores, run records ---------------------------------------
     def pool_file(self, path: str) -> dict | None:
         with self.engine.connect() as conn:

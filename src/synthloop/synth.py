@@ -48,9 +48,42 @@ class GenerationReport:
     cost: float = 0.0
 
 
+class Subtopics(BaseModel):
+    subtopics: list[Annotated[str, StringConstraints(min_length=3, max_length=80)]] = Field(min_length=1, max_length=20)
+
+
+def subtopic_messages(task: TaskSpec, label: str, k: int) -> list[dict]:
+    spec = next(lab for lab in task.labels if lab.name == label)
+    return [
+        {"role": "system", "content": "You plan diverse training data for a text classifier."},
+        {"role": "user", "content": (
+            f"Task: {task.description}\nClass: {label}" + (f" — {spec.description}" if spec.description else "")
+            + f"\nList {k} distinct sub-topics or situations that texts of this class are about, a few words each."
+            + '\nAnswer with JSON: {"subtopics": ["...", "..."]}')},
+    ]
+
+
+def draw_subtopics(project, labels: list[str], round_: int | None) -> dict[str, list[str]]:
+    """Sub-topics per class, asked of the LLM once: the same prompt each time, so later calls (top-up rounds,
+    a re-run) are answered from the cache for free. A class whose answer fails goes without."""
+    k = project.config.synth.subtopics
+    if k <= 0:
+        return {}
+    requests = [subtopic_messages(project.task, label, k) for label in labels]
+    results = project.llm_client().complete_json_many(requests, Subtopics, temperature=0.7, seed=0,
+                                                      max_tokens=k * 25 + 20)
+    project.record_llm_usage(results, "generate", round_)
+    topics = {}
+    for label, result in zip(labels, results):
+        if result.value is not None:
+            unique = list(dict.fromkeys(" ".join(t.split()) for t in result.value.subtopics))
+            topics[label] = [t for t in unique if t][:k]
+    return topics
+
+
 def generation_messages(task: TaskSpec, label: str, k: int, rng: random.Random,
-                        examples: list[str] | None = None) -> list[dict]:
-    """One request for k texts of one class; the style, length and persona are sampled for diversity."""
+                        examples: list[str] | None = None, subtopics: list[str] | None = None) -> list[dict]:
+    """One request for k texts of one class; the sub-topic, style, length and persona are sampled for diversity."""
     spec = next(lab for lab in task.labels if lab.name == label)
     others = ", ".join(lab.name for lab in task.labels if lab.name != label)
     shots = examples if examples is not None else spec.examples
@@ -63,6 +96,8 @@ def generation_messages(task: TaskSpec, label: str, k: int, rng: random.Random,
         f"Style: {rng.choice(STYLES)}. Length: {rng.choice(LENGTHS)}. Written by {rng.choice(PERSONAS)}.",
         "Vary topics, wording and structure; never copy the examples.",
     ]
+    if subtopics:
+        lines.insert(4, f"Sub-topic: {rng.choice(subtopics)}.")
     if shots:
         lines.append("Examples of this class:\n" + "\n".join(f"- {s}" for s in shots))
     lines.append('Answer with JSON: {"texts": ["...", "..."]}')
@@ -142,6 +177,16 @@ def synthetic_labels(texts_by_label: dict[str, list[str]], model: str) -> tuple[
     return rows, labels
 
 
+def generation_seed(project, seed: int | None, round_: int | None) -> str:
+    """Seeds the prompts and sampling seeds of one generation run. The round and the synthetic examples
+    already stored make each top-up round and each repeated `generate` draw new prompts (the same ones would
+    be answered from the cache and dropped as duplicates), while a run that crashed before storing anything
+    draws the same ones again and is answered from the cache for free."""
+    base = project.config.loop.seed if seed is None else seed
+    n_synthetic = sum(n for (_, origin), n in project.store.count_examples().items() if origin == "synthetic")
+    return f"{base}:{round_}:{n_synthetic}"
+
+
 def generate(project, per_class: int | dict[str, int], examples: dict[str, list[str]] | None = None,
              round_: int | None = None, consistency_filter: bool | None = None, seed: int | None = None) -> GenerationReport:
     """Generate, filter and store synthetic examples; `examples` conditions each class on real texts."""
@@ -152,8 +197,11 @@ def generate(project, per_class: int | dict[str, int], examples: dict[str, list[
     wanted = per_class if isinstance(per_class, dict) else {lab: per_class for lab in labels}
     report = GenerationReport(requested=dict(wanted))
     client = project.llm_client()
-    rng = random.Random(project.config.loop.seed if seed is None else seed + 7919 * (round_ or 0))
-    index = NearDuplicateIndex(cfg.near_duplicate, project.store.pool_texts_sample(20_000, project.config.loop.seed))
+    rng = random.Random(generation_seed(project, seed, round_))
+    # Exact duplicates are checked against the whole store; near duplicates against a sample of the pool,
+    # which keeps generation quick on pools of millions.
+    index = NearDuplicateIndex(cfg.near_duplicate, project.store.pool_texts_sample(cfg.dedup_pool_sample, project.config.loop.seed))
+    topics = draw_subtopics(project, list(wanted), round_)
     seen: set[str] = set()
     kept_by_label: dict[str, list[str]] = {}
     for label, n in wanted.items():
@@ -162,8 +210,8 @@ def generate(project, per_class: int | dict[str, int], examples: dict[str, list[
         while len(kept) < n and calls_left > 0:
             batch = min(calls_left, -(-(n - len(kept)) // cfg.per_call))
             calls_left -= batch
-            requests = [generation_messages(project.task, label, cfg.per_call, rng, (examples or {}).get(label))
-                        for _ in range(batch)]
+            requests = [generation_messages(project.task, label, cfg.per_call, rng, (examples or {}).get(label),
+                                            topics.get(label)) for _ in range(batch)]
             # A distinct seed per request keeps the cache from answering a repeated prompt with the same texts,
             # while a re-run after a crash draws the same seeds and is answered from the cache for free.
             seeds = [{"seed": rng.randrange(2**31)} for _ in requests]

@@ -2,7 +2,7 @@
 
 `push` sends pending queries as records (record id = example id, so pushing again updates instead of
 duplicating), with the model's prediction as the suggestion and the LLM's answer, when there is one, beside
-it. `pull` takes submitted responses, resolves several annotators by majority and stores one label row per
+it (Argilla keeps one suggestion per question; before there is a model, the LLM's answer is the suggestion). `pull` takes submitted responses, resolves several annotators by majority and stores one label row per
 annotator who voted for the winner, as `human:<username>`. Drafts and discarded responses are ignored; ties
 stay pending and are reported.
 """
@@ -24,6 +24,16 @@ log = logging.getLogger("synthloop.argilla")
 
 DEFAULT_URL = "http://localhost:6900"
 QUESTION = "label"
+
+
+class ArgillaUnreachable(SynthloopError):
+    """The server did not answer, even after the retries. A round carries on without it (the loop never waits
+    for humans); `review push` and `review pull` stop with this error."""
+
+    def __init__(self, url: str, what: str, tries: int, cause: str):
+        self.summary = f"Argilla at {url} did not answer ({what}) after {tries} tries: {cause}"
+        super().__init__(f"{self.summary}. Is the server up (`make argilla`)? Run the command again once it is; "
+                         "nothing is stored or pushed twice.")
 
 
 @dataclass
@@ -67,7 +77,8 @@ def _retryable(err: Exception) -> bool:
 
     if isinstance(err, httpx.TransportError):
         return True
-    return isinstance(err, ArgillaAPIError) and getattr(err, "status_code", 0) >= 500
+    # Some SDK errors carry status_code=None (no HTTP response at all): not a server error.
+    return isinstance(err, ArgillaAPIError) and (getattr(err, "status_code", None) or 0) >= 500
 
 
 def hints(query: Query, prediction: tuple[str, float] | None) -> str:
@@ -88,6 +99,8 @@ class ArgillaLabeler:
     """The `argilla` labeler: `submit` pushes, `collect` pulls whatever reviewers have submitted."""
 
     name = "argilla"
+    # Errors a round logs and goes on from: the queries stay pending for the next round or `review push`.
+    defers_on = (ArgillaUnreachable,)
 
     def __init__(self, project, dataset_suffix: str = ""):
         self.project = project
@@ -117,10 +130,7 @@ class ArgillaLabeler:
                         raise SynthloopError(f"Argilla at {self.url} refused ({what}): {err}") from None
                     raise
                 if attempt == self.cfg.retries:
-                    raise SynthloopError(
-                        f"Argilla at {self.url} did not answer ({what}) after {attempt + 1} tries: "
-                        f"{type(err).__name__}. Is the server up (`make argilla`)? Run the command again once it is; "
-                        "nothing is stored or pushed twice.") from None
+                    raise ArgillaUnreachable(self.url, what, attempt + 1, type(err).__name__) from None
                 log.warning("Argilla %s failed (%s); retrying in %.0f s", what, type(err).__name__, wait)
                 time.sleep(wait)
                 wait *= 2
@@ -154,7 +164,8 @@ class ArgillaLabeler:
             fields=[rg.TextField(name="text", title="Text"),
                     rg.TextField(name="hints", title="Suggestions", use_markdown=True, required=False)],
             questions=[rg.LabelQuestion(name=QUESTION, title="Label", labels=task.label_names,
-                                        description="Pick the label that fits; the suggestion is the model's guess.")],
+                                        description="Pick the label that fits; the suggestion is the model's guess "
+                                                    "(the LLM's before there is a model).")],
             metadata=[rg.IntegerMetadataProperty(name="round"),
                       rg.FloatMetadataProperty(name="uncertainty"),
                       rg.TermsMetadataProperty(name="strategy"),
@@ -224,14 +235,25 @@ class ArgillaLabeler:
                 metadata["llm_label"] = llm["label"]
             if llm.get("confidence") is not None:
                 metadata["llm_confidence"] = float(llm["confidence"])
-            suggestions = []
-            if prediction is not None:
-                suggestions.append(rg.Suggestion(question_name=QUESTION, value=prediction[0],
-                                                 score=round(prediction[1], 4), agent="synthloop-model"))
+            suggestion = self.suggestion(prediction, llm)
             out.append(rg.Record(id=query.example_id, fields={"text": query.text, "hints": hints(query, prediction)},
                                  metadata={k: v for k, v in metadata.items() if v is not None},
-                                 suggestions=suggestions))
+                                 suggestions=[] if suggestion is None else [suggestion]))
         return out
+
+    def suggestion(self, prediction: tuple[str, float] | None, llm: dict):
+        """The model's guess; before there is a model, the LLM's. Argilla keeps one suggestion per question,
+        so when both exist the LLM's answer stays in the hints field and the metadata."""
+        rg = _sdk()
+        if prediction is not None:
+            return rg.Suggestion(question_name=QUESTION, value=prediction[0], score=round(prediction[1], 4),
+                                 agent="synthloop-model")
+        if llm.get("label") in self.project.task.label_names:  # Argilla refuses a value outside the labels
+            confidence = llm.get("confidence")
+            return rg.Suggestion(question_name=QUESTION, value=llm["label"],
+                                 score=None if confidence is None else round(float(confidence), 4),
+                                 agent=f"llm:{llm.get('model') or self.project.config.llm.model}")
+        return None
 
     def submit(self, queries: Sequence[Query], on_chunk: Callable[[int, int], None] | None = None) -> int:
         """Push in chunks; each chunk is marked submitted in the store only after Argilla took it."""
@@ -254,7 +276,8 @@ class ArgillaLabeler:
             try:
                 self._call("push", dataset.records.log, records, batch_size=len(records))
             except SynthloopError as err:
-                raise SynthloopError(f"{err} Pushed {done} of {len(items)} records before it failed.") from None
+                err.args = (f"{err} Pushed {done} of {len(items)} records before it failed.",)
+                raise  # the same type: a round goes on after ArgillaUnreachable, not after a refusal
             if pushed:
                 pushed(chunk)
             done += len(chunk)
@@ -310,7 +333,24 @@ class ArgillaLabeler:
     def progress(self) -> dict:
         dataset = self.ensure_dataset()
         progress = self._call("progress", dataset.progress, with_users_distribution=True)
-        return {"dataset": self.dataset_name, "workspace": self.cfg.workspace, "url": self.url, **progress}
+        workspace = self._call("workspace", self.client.workspaces, self.cfg.workspace)
+        members = [u.username for u in self._call("list users", lambda: list(workspace.users))
+                   if str(getattr(u.role, "value", u.role)) == "annotator"]
+        return {"dataset": self.dataset_name, "workspace": self.cfg.workspace, "url": self.url, **progress,
+                "annotators": per_annotator(progress.get("total", 0), progress.get("users") or {}, members)}
+
+
+def per_annotator(total: int, users: dict, members: Sequence[str] = ()) -> dict[str, dict[str, int]]:
+    """username -> submitted, draft, discarded and pending, where pending is every record of the dataset the
+    user has not submitted or discarded (drafts are still to do). Annotators of the workspace who have not
+    answered anything yet are listed too, with everything pending."""
+    out = {}
+    for name in sorted(set(users) | set(members)):
+        done, todo = users.get(name, {}).get("completed", {}), users.get(name, {}).get("pending", {})
+        row = {k: done.get(k, 0) + todo.get(k, 0) for k in ("submitted", "draft", "discarded")}
+        row["pending"] = max(0, total - row["submitted"] - row["discarded"])
+        out[name] = row
+    return out
 
 
 def resolve(votes: Sequence[str]) -> str | None:

@@ -54,7 +54,7 @@ class BatchLabeler:
             return
         task, cfg = self.project.task, self.project.config.llm
         shots = few_shot_examples(self.project, cfg.few_shot)
-        messages = [labeling_messages(task, q.text, shots) for q in todo]
+        messages = [labeling_messages(task, q.text, shots, cfg.abstain) for q in todo]
         costs = [estimated_cost(self.project, m) * BATCH_DISCOUNT for m in messages]
         budget = getattr(self.project, "llm_budget", None)
         if budget is not None:
@@ -65,7 +65,7 @@ class BatchLabeler:
                 log.info("llm-batch: the budget left ($%.4f) does not cover one more query; the rest stay pending", budget)
                 return
         client = self.project.llm_client()
-        batch_id = submit_batch(client, [(q.example_id, m) for q, m in zip(todo, messages)], answer_model(task),
+        batch_id = submit_batch(client, [(q.example_id, m) for q, m in zip(todo, messages)], answer_model(task, cfg.abstain),
                                 metadata={"synthloop": "llm-batch"}, temperature=cfg.label_temperature,
                                 logprobs=cfg.logprobs, max_tokens=MAX_ANSWER_TOKENS)
         estimate = sum(costs)
@@ -105,7 +105,7 @@ class BatchLabeler:
         client = self._client(model)
         try:
             batch = client.sdk.batches.retrieve(batch_id)
-            results = batch_results(client, batch, answer_model(self.project.task))
+            results = batch_results(client, batch, answer_model(self.project.task, self.project.config.llm.abstain))
         except (openai.APIConnectionError, openai.APITimeoutError, openai.RateLimitError, openai.InternalServerError) as err:
             log.warning("llm-batch: cannot reach the Batch API for %s now (%s); trying again next run", batch_id,
                         type(err).__name__)

@@ -15,8 +15,8 @@ from synthloop.task import TaskSpec
 ABSTAIN = "abstain"
 
 
-def answer_model(task: TaskSpec) -> type[BaseModel]:
-    labels = tuple(task.label_names) + (ABSTAIN,)
+def answer_model(task: TaskSpec, abstain: bool = True) -> type[BaseModel]:
+    labels = tuple(task.label_names) + ((ABSTAIN,) if abstain else ())
     return create_model("LabelAnswer", label=(Literal[labels], ...),
                         confidence=(float, Field(ge=0.0, le=1.0)))
 
@@ -45,11 +45,12 @@ def few_shot_examples(project, per_class: int) -> list[tuple[str, str]]:
     return [(text, label) for label, texts in by_class.items() for text in texts]
 
 
-def labeling_messages(task: TaskSpec, text: str, shots: Sequence[tuple[str, str]]) -> list[dict]:
+def labeling_messages(task: TaskSpec, text: str, shots: Sequence[tuple[str, str]], abstain: bool = True) -> list[dict]:
+    choices = task.label_names + ([ABSTAIN] if abstain else [])
     system = (
         "You label texts for a classifier.\n" + task.render() + "\n\n"
-        f'Answer with JSON {{"label": one of {task.label_names + [ABSTAIN]}, "confidence": 0..1}}. '
-        f'Use "{ABSTAIN}" only if the text fits no label.'
+        f'Answer with JSON {{"label": one of {choices}, "confidence": 0..1}}.'
+        + (f' Use "{ABSTAIN}" only if the text fits no label.' if abstain else "")
     )
     messages = [{"role": "system", "content": system}]
     for shot_text, shot_label in shots:
@@ -92,9 +93,9 @@ def label_texts(project, texts: Sequence[str], purpose: str = "label", round_: i
     """Label texts with the project's LLM; every call's usage goes to the store."""
     client = project.llm_client()
     cfg = project.config.llm
-    schema = answer_model(project.task)
+    schema = answer_model(project.task, cfg.abstain)
     shots = few_shot_examples(project, cfg.few_shot)
-    requests = [labeling_messages(project.task, text, shots) for text in texts]
+    requests = [labeling_messages(project.task, text, shots, cfg.abstain) for text in texts]
     results = client.complete_json_many(requests, schema, temperature=cfg.label_temperature, logprobs=cfg.logprobs,
                                         max_tokens=MAX_ANSWER_TOKENS)
     project.record_llm_usage(results, purpose, round_)
@@ -145,7 +146,8 @@ class LLMLabeler:
         if budget is None or not pending:
             return pending
         shots = few_shot_examples(self.project, self.project.config.llm.few_shot)
-        costs = [estimated_cost(self.project, labeling_messages(self.project.task, q.text, shots)) for q in pending]
+        abstain = self.project.config.llm.abstain
+        costs = [estimated_cost(self.project, labeling_messages(self.project.task, q.text, shots, abstain)) for q in pending]
         return pending[:within_budget(costs, budget)]
 
     def answer(self, pending: list[Query]) -> list[Outcome]:

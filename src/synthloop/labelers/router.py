@@ -76,6 +76,7 @@ class HybridLabeler:
             try:
                 humans.submit(store.queries(status="pending", routed_to=humans.name, submitted=False))
             except SynthloopError as err:
-                # The LLM's labels are good either way; `synthloop review push` sends the rest later.
-                log.warning("%s", err)
+                # The LLM's labels are good either way; the next round or `synthloop review push` sends the rest.
+                log.warning("%s; the queries for reviewers stay pending and go out with the next round or "
+                            "`synthloop review push`", getattr(err, "summary", err))
         return labels

@@ -107,15 +107,17 @@ def validate_answer(schema_model: type[BaseModel], content: str) -> BaseModel:
 class LLMClient:
     def __init__(self, model: str, base_url: str | None = None, api_key: str | None = None, timeout: float = 60.0,
                  max_retries: int = 4, concurrency: int = 4, response_format: str = "auto", cache=None,
-                 prices: dict | None = None, validation_retries: int = 2):
+                 prices: dict | None = None, validation_retries: int = 2, api_key_env: str = "OPENAI_API_KEY",
+                 base_url_env: str = "OPENAI_BASE_URL"):
         if response_format not in ("auto", *MODES):
             raise SynthloopError(f"response_format must be auto or one of {', '.join(MODES)}, not {response_format!r}")
         self.model = model
-        self.base_url = base_url or os.environ.get("OPENAI_BASE_URL") or None
-        key = api_key or os.environ.get("OPENAI_API_KEY")
+        # Only the variables named: a key meant for one server must not go to another one by a fallback.
+        self.base_url = base_url or os.environ.get(base_url_env) or None
+        key = api_key or os.environ.get(api_key_env)
         if not key:
             if self.base_url is None:
-                raise SynthloopError("no API key: set OPENAI_API_KEY in the environment, or point [llm] base_url at a local server")
+                raise SynthloopError(f"no API key: set {api_key_env} in the environment, or point [llm] base_url at a local server")
             key = LOCAL_KEY
         is_openai = self.base_url is None or OPENAI_HOST in self.base_url
         # None until the first answer settles it: other servers are probed, json_schema first.
@@ -224,11 +226,12 @@ class LLMClient:
                 except ValidationError:
                     pass  # an entry from an older schema: ask again
         usage, errors, attempts = Usage(), [], 0
+        send_params = dict(params)
         for _ in range(self.validation_retries + 1):
             attempts += 1
             start = time.perf_counter()
             try:
-                response = self._send(messages, schema_model, params)
+                response = self._send(messages, schema_model, send_params)
             except openai.APIStatusError as err:
                 detail = err.body.get("message") if isinstance(err.body, dict) else None
                 return self._failed(f"HTTP {err.status_code}: {detail or err.message}", usage, attempts)
@@ -248,8 +251,10 @@ class LLMClient:
             try:
                 value = validate_answer(schema_model, content)
             except ValidationError as err:
-                reason = "truncated answer" if choice.finish_reason == "length" else "answer off the schema"
+                truncated = choice.finish_reason == "length"
+                reason = "truncated answer" if truncated else "answer off the schema"
                 errors.append(f"{reason}: {err.errors()[0]['msg']}")
+                send_params = retry_params(send_params, truncated)
                 continue
             logprobs = _token_logprobs(choice)
             if self.cache is not None:
@@ -274,6 +279,23 @@ class LLMClient:
             with ThreadPoolExecutor(max_workers=self.concurrency) as pool:
                 results += pool.map(lambda job: self.complete_json(job[0], schema_model, **params, **job[1]), jobs)
         return results
+
+
+RETRY_MIN_TEMPERATURE = 0.7
+MAX_RETRY_TOKENS = 4096
+
+
+def retry_params(params: dict, truncated: bool) -> dict:
+    """The parameters for asking again after an invalid answer. The same request would get the same answer
+    (greedy or seeded sampling is deterministic), so a retry samples anew: another seed and, at a low
+    temperature, a higher one. A truncated answer gets twice the room."""
+    new = dict(params)
+    new["seed"] = int(params.get("seed", 0)) + 1
+    if new.get("temperature") is not None and new["temperature"] < RETRY_MIN_TEMPERATURE:
+        new["temperature"] = RETRY_MIN_TEMPERATURE
+    if truncated and new.get("max_tokens"):
+        new["max_tokens"] = min(2 * new["max_tokens"], MAX_RETRY_TOKENS)
+    return new
 
 
 def _token_logprobs(choice) -> list[dict] | None:
