@@ -206,37 +206,42 @@ def test_max_labels_caps_what_goes_out_tonight_leftovers_included(nightly_projec
     assert len(llm_server.requests) == 4 + 10 and night3["labels_collected"] == 10 and night3["pending"] == 0
 
 
-def test_the_budget_covers_the_night_across_a_failed_run(nightly_project, llm_server, monkeypatch):
+def test_the_budget_covers_the_night_across_a_failed_run(nightly_project, batch_server, monkeypatch):
     import synthloop.nightly as nightly_module
     from synthloop.labelers.llm import estimated_cost, few_shot_examples, labeling_messages
+    from synthloop.llm.pricing import BATCH_DISCOUNT
 
+    server = batch_server
     project, _ = nightly_project
-    ids, texts = project.store.unlabeled_pool()
+    _, texts = project.store.unlabeled_pool()
     shots = few_shot_examples(project, project.config.llm.few_shot)
-    budget = 3.5 * max(estimated_cost(project, labeling_messages(project.task, t, shots)) for t in texts)
+    budget = 3.5 * max(estimated_cost(project, labeling_messages(project.task, t, shots)) for t in texts) * BATCH_DISCOUNT
 
     def report_fails(*args):
         raise OSError("disk full")
 
-    monkeypatch.setattr(nightly_module, "write_report", report_fails)  # the run fails after it has labeled
-    with pytest.raises(OSError, match="disk full"):
-        run_nightly(project, None, max_labels=10, max_cost=budget, labeler="llm")
-    allowed = len(llm_server.requests)
-    assert 3 <= allowed < 10 and [r["status"] for r in project.store.runs("nightly")] == ["failed"]
-    spent = sum(u["cost"] for u in project.store.llm_usage())
-    assert 0 < spent <= budget
-    monkeypatch.undo()
-    monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
+    with monkeypatch.context() as patch:
+        patch.setattr(nightly_module, "write_report", report_fails)  # the run fails after it has submitted
+        with pytest.raises(OSError, match="disk full"):
+            run_nightly(project, None, max_labels=10, max_cost=budget, labeler="llm-batch")
+    (job,) = server.batches.values()
+    committed = project.store.get_meta(f"llm-batch:job:{job['id']}")["estimated_cost"]
+    allowed = len(custom_ids(server, job["id"]))
+    assert 3 <= allowed < 10 and committed <= budget
+    assert [(r["status"], r["summary"]["exit_status"]) for r in project.store.runs("nightly")] == [("failed", 1)]
 
-    # The re-run is the same night: it gets what is left, not the budget again, so no leftover is labeled.
-    again = run_nightly(project, None, max_labels=10, max_cost=budget, labeler="llm")
-    assert again["carried_over"] == 10 - allowed and len(llm_server.requests) == allowed
-    assert again["night_cost"] == pytest.approx(spent) and again["budget_left"] == pytest.approx(budget - spent)
-    assert sum(u["cost"] for u in project.store.llm_usage()) == pytest.approx(spent)
+    # The re-run is the same night: it gets what is left, which covers no more query, not the budget again.
+    again = run_nightly(project, None, max_labels=10, max_cost=budget, labeler="llm-batch")
+    assert again["carried_over"] == 10 - allowed and again["batch"]["submitted"] == 0 and len(server.batches) == 1
+    assert again["night_cost"] == pytest.approx(committed, abs=1e-6)  # the summary rounds to 6 decimals
+    assert again["budget_left"] == pytest.approx(budget - committed, abs=1e-6)
+    assert again["labels_collected"] == allowed  # the answers came in; their cost was counted when submitted
 
-    # That run finished: the next one is a new night with the whole budget.
-    night2 = run_nightly(project, None, max_labels=10, max_cost=budget, labeler="llm")
-    assert len(llm_server.requests) > allowed and 0 < night2["night_cost"] <= budget
+    # That run finished: the next one is a new night, with the whole budget.
+    night2 = run_nightly(project, None, max_labels=10, max_cost=budget, labeler="llm-batch")
+    assert 3 <= night2["batch"]["submitted"] < 10 and len(server.batches) == 2
+    assert night2["night_cost"] == pytest.approx(night2["batch"]["estimated_cost"], abs=1e-6)
+    assert 0 < night2["night_cost"] <= budget
     assert [r["status"] for r in project.store.runs("nightly")] == ["failed", "done", "done"]
 
 
@@ -339,7 +344,7 @@ def test_cli_twice_in_a_row_the_second_run_only_does_new_work(nightly_project):
     first, second = runs
     assert first["new_files"] == 1 and first["imported"] > 90 and first["queried"] == 10 and first["round"] == 0
     assert second["new_files"] == 0 and second["imported"] == 0  # the file is not imported again
-    assert second["round"] == 1 and second["queried"] == 10 and second["labels_collected"] == 0
+    assert second["round"] == 1 and second["queried"] == 10
     reopened = Project(project.root)
     queries = reopened.store.queries()
     assert len(queries) == len({q.example_id for q in queries}) == 20  # nothing asked twice

@@ -91,7 +91,7 @@ def test_every_round_has_its_confusion_matrix_and_labels(built):
     assert [r["round"] for r in per_round] == [0, 1, 2]
     for r, stored in zip(per_round, project.store.rounds()):
         assert r["confusion"] == stored["metrics"]["confusion"] and r["confusion"]["labels"] == ["ham", "spam"]
-        assert sum(map(sum, r["confusion"]["matrix"])) == 200  # the test split
+        assert sum(map(sum, r["confusion"]["matrix"])) == len(project.store.test_set()[0])  # the whole test split
     assert per_round[-1]["confusion"] == report["latest"]["confusion"]
     assert len({json.dumps(r["confusion"]) for r in per_round}) > 1  # the rounds' models differ
     # The oracle answered each round's 10 queries in that round; the planted labels were recorded in round 2.
@@ -205,6 +205,16 @@ def _playwright():
     return sync_api
 
 
+def test_a_missing_browser_fails_in_ci_and_skips_elsewhere(monkeypatch):
+    monkeypatch.setattr(__import__(__name__), "CHROMIUM", Path("/nonexistent/chromium"))
+    monkeypatch.setenv("CI", "1")
+    with pytest.raises(pytest.fail.Exception, match="CI is set.*/nonexistent/chromium is missing"):
+        _playwright()
+    monkeypatch.delenv("CI")
+    with pytest.raises(pytest.skip.Exception, match="/nonexistent/chromium is missing"):
+        _playwright()
+
+
 EXTERNAL = r"^\s*(https?:)?//"
 
 
@@ -239,7 +249,7 @@ def test_report_renders_in_a_browser(built):
     assert {"learning curve", "F1 per class", "confusion matrix", "test errors by true class over rounds",
             "labels by source and class", "labels by source over rounds", "LLM cost over rounds"} <= set(embedded)
     for image in images:
-        assert image["complete"] and image["src"] == "data:image/png;base64", image
+        assert image["complete"] and image["src"] == "data:image/png;base64,", image
         assert min(image["natural"]) >= 200 and image["shown"][0] >= 200 and image["shown"][1] >= 150, image
     # Offline: nothing points outside the file, and the page asked for nothing but itself and its data URIs.
     assert not [link for link in links if re.match(EXTERNAL, link)], links

@@ -510,8 +510,9 @@ def test_cli_round_review_push_pull_status_as_the_readme_says(tmp_path, small_po
     assert pushed.returncode == 0, pushed.stderr
     assert json.loads(pushed.stdout)["pushed"] == 10
     assert argilla_env.api_key not in pushed.stdout + pushed.stderr
-    mine = httpx.get(f"{argilla_env.url}/api/v1/me/datasets", headers={"X-Argilla-Api-Key": argilla_env.annotators["alice"]})
-    assert proj.config.argilla.dataset in [d["name"] for d in mine.raise_for_status().json()["items"]]
+    alice = {"X-Argilla-Api-Key": argilla_env.annotators["alice"]}  # what she sees once signed in
+    mine = httpx.get(f"{argilla_env.url}/api/v1/me/datasets", headers=alice).raise_for_status().json()["items"]
+    assert proj.config.argilla.dataset in [d["name"] for d in mine]
 
     ids = server_ids(argilla_env, proj)
     eid = sorted(ids)[0]
@@ -526,9 +527,6 @@ def test_cli_round_review_push_pull_status_as_the_readme_says(tmp_path, small_po
     assert "1 of 10 records done" in shown.stdout
     assert table_rows(shown.stdout) == {"alice": ["1", "0", "0", "9"], "bob": ["0", "0", "0", "10"],
                                         "carol": ["0", "0", "0", "10"]}
-    as_json = json.loads(run_cli("review", "status", "-p", str(proj.root), "--json", env=env).stdout)
-    assert as_json["annotators"]["alice"] == {"submitted": 1, "draft": 0, "discarded": 0, "pending": 9}
-    assert (as_json["total"], as_json["completed"], as_json["pending_in_store"]) == (10, 1, 9)
 
     no_key = {k: v for k, v in env.items() if k != "ARGILLA_API_KEY"}
     failed = run_cli("review", "pull", "-p", str(proj.root), env=no_key)

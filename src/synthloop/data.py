@@ -18,7 +18,7 @@ import pandas as pd
 from synthloop.errors import SynthloopError
 
 FORMATS = {".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "jsonl", ".parquet": "parquet", ".pq": "parquet"}
-# Rows per batch: what one pass holds in memory at a time (plus ~30 bytes a row for the duplicate check).
+# Rows per batch: what one pass holds in memory at a time, plus ~25 bytes a row for the duplicate check.
 IMPORT_BATCH_ROWS = 50_000
 
 
@@ -171,18 +171,30 @@ def _text_hashes(texts: list[str]) -> np.ndarray:
     return np.frombuffer(digests, dtype=np.uint64).reshape(-1, 2)
 
 
-def _first_rows(path: Path, ids: np.ndarray, text_hashes: np.ndarray | None) -> np.ndarray:
-    """A mask of the first row of each id; an id given to two different texts is an error."""
+def _keys(ids: list[str], id_col: str | None) -> np.ndarray:
+    """What the duplicate check keeps of each row's id: the id's own 64 bits when it is the text's hash (16
+    hex digits), else the id's bytes (user ids are exact, and short in practice)."""
+    if id_col is None:
+        return np.array([int(i, 16) if i else 0 for i in ids], dtype=np.uint64)
+    return np.array([i.encode("utf-8", "surrogatepass") for i in ids], dtype=bytes)
+
+
+def _first_rows(path: Path, keys: list[np.ndarray], text_hashes: list[np.ndarray]) -> np.ndarray:
+    """A mask of the first row of each id (keys: per batch, emptied here); an id given to two different
+    texts is an error."""
+    ids = np.concatenate(keys)
+    keys.clear()  # the batches' arrays are freed once joined
     order = np.argsort(ids, kind="stable")  # stable: within an id, the earliest row comes first
     ordered = ids[order]
+    del ids
     same = ordered[1:] == ordered[:-1]
-    if text_hashes is not None and same.any():
-        hashes = text_hashes[order]
+    if text_hashes and same.any():
+        hashes = np.concatenate(text_hashes)[order]
         clash = same & (hashes[1:] != hashes[:-1]).any(axis=1)
         if clash.any():
-            bad = ordered[1:][clash][0].decode("utf-8", "surrogatepass")
+            bad = bytes(ordered[1:][clash][0]).decode("utf-8", "surrogatepass")
             raise SynthloopError(f"{path}: id {bad!r} is used for two different texts; ids must be unique")
-    keep = np.zeros(len(ids), dtype=bool)
+    keep = np.zeros(len(order), dtype=bool)
     keep[order[np.concatenate([[True], ~same])]] = True
     return keep
 
@@ -224,23 +236,23 @@ def _wanted(text_col: str, label_col: str | None, id_col: str | None) -> dict[st
 
 def scan_table(path: str | Path, text_col: str = "text", label_col: str | None = None, id_col: str | None = None,
                allowed_labels: list[str] | None = None) -> TablePlan:
-    """The first pass: every check on every row, streamed. Holds one batch, plus each row's id (and, with
-    id_col, a 16-byte hash of its text) for the duplicate check — not the texts."""
+    """The first pass: every check on every row, streamed. Holds one batch, plus each row's id (8 bytes for
+    the hash ids; with id_col, its bytes and a 16-byte hash of its text) for the duplicate check, not the texts."""
     path = Path(path)
     batch_rows = IMPORT_BATCH_ROWS
     problems = _Problems()
-    ids, hashes, rows = [], [], 0
+    keys, hashes, rows = [], [], 0
     for raw in raw_batches(path, _wanted(text_col, label_col, id_col), batch_rows):
         batch = _batch(raw, rows, text_col, label_col, id_col)
         rows += len(batch.texts)
         problems.add(batch, allowed_labels)
-        ids.append(np.array([i.encode("utf-8", "surrogatepass") for i in batch.ids], dtype=bytes))
+        keys.append(_keys(batch.ids, id_col))
         if id_col is not None:
             hashes.append(_text_hashes(batch.texts))
     if rows == 0:
         raise SynthloopError(f"{path} has no rows; give a file with at least one example")
     problems.raise_any(path, id_col, allowed_labels)
-    keep = _first_rows(path, np.concatenate(ids), np.concatenate(hashes) if hashes else None)
+    keep = _first_rows(path, keys, hashes)
     return TablePlan(path, text_col, label_col, id_col, batch_rows, rows, keep)
 
 

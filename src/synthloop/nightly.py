@@ -151,6 +151,12 @@ def check_options(project, labeler: str, engine: str | None, address: str | None
             scale.check_ray_address(address)
 
 
+def _needs_llm(project, labeler: str) -> bool:
+    # Tonight's labeler, or leftovers that the LLM answers when it collects, whoever labels tonight.
+    return labeler in LLM_LABELERS or any(project.store.queries(status="pending", routed_to=name, submitted=True)
+                                          for name in ("llm", "hybrid"))
+
+
 def check_llm_reachable(project, timeout: float = 10.0) -> None:
     """Fail the run at once when nothing listens at the LLM API's address: the LLM labeler would otherwise
     mark every query of the night failed, one connection error at a time."""
@@ -288,13 +294,13 @@ def run_nightly(project, pool: str | None = None, dry_run: bool = False, max_lab
         log.info("run %s started", run_id)
         try:
             summary = _run(project, run_id, pool, labeler, max_labels, max_cost, text_col, id_col, engine, address, log)
+            write_report(project, summary)  # before "done": a night whose report is missing did not finish
         except Exception as err:
             status = exit_status(err)
             project.store.finish_run(run_id, "failed", {"error": str(err), "exit_status": status})
             log.exception("run %s failed (exit status %d)", run_id, status)
             raise
         project.store.finish_run(run_id, "done", summary)
-        write_report(project, summary)
         log.info("run %s done: %s", run_id, json.dumps(summary))
         return summary
 
@@ -326,7 +332,7 @@ def _run(project, run_id, pool, labeler, max_labels, max_cost, text_col, id_col,
     from synthloop.labelers.batch import jobs as batch_jobs
 
     start = time.perf_counter()
-    if labeler in LLM_LABELERS:
+    if _needs_llm(project, labeler):
         check_llm_reachable(project)
     n_files, imported = _import_new(project, pool, text_col, id_col, log)
     night = night_started_at(project.store)

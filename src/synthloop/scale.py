@@ -297,7 +297,10 @@ def _score_ray(model, files: list[Path] | str | None, chunks: Iterable | None, m
     ray = _import_ray()
     started = not ray.is_initialized()
     if started:
-        options = {"address": address} if address else {"num_cpus": joblib.effective_n_jobs(n_jobs), "include_dashboard": False}
+        # "local": a new Ray for this call alone. Without it ray.init attaches to whatever cluster this machine
+        # started last (/tmp/ray/ray_current_cluster), someone else's perhaps, and refuses num_cpus there.
+        options = {"address": address} if address else {"address": "local", "num_cpus": joblib.effective_n_jobs(n_jobs),
+                                                         "include_dashboard": False}
         if address:
             check_ray_address(address)
         try:

@@ -2,7 +2,8 @@
 
 `push` sends pending queries as records (record id = example id, so pushing again updates instead of
 duplicating), with the model's prediction as the suggestion and the LLM's answer, when there is one, beside
-it (Argilla keeps one suggestion per question; before there is a model, the LLM's answer is the suggestion). `pull` takes submitted responses, resolves several annotators by majority and stores one label row per
+it: Argilla keeps one suggestion per question (before there is a model, the LLM's answer is the suggestion).
+`pull` takes submitted responses, resolves several annotators by majority and stores one label row per
 annotator who voted for the winner, as `human:<username>`. Drafts and discarded responses are ignored; ties
 stay pending and are reported.
 """
