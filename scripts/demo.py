@@ -48,8 +48,11 @@ def main() -> None:
         project = Project.init(Path(tmp) / "demo", HERE / "task.toml",
                                loop={"strategy": "margin", "batch_size": args.batch},
                                llm={"model": LOCAL_MODEL_NAME, "base_url": server.base_url, "concurrency": 1},
+                               # No sub-topics: SmolLM2-135M's are scraps ("...", "1. SMS text message") that
+                               # steer it off its class (round 0 here: 0.36 and 0.45 accuracy with them, 0.84 and
+                               # 0.62 without, seeds 0 and 1). A real LLM's sub-topics are what they say.
                                synth={"topup": True, "topup_threshold": 0.45, "topup_target": 0.5,
-                                      "topup_max_per_round": 10, "max_chars": 200})
+                                      "topup_max_per_round": 10, "max_chars": 200, "subtopics": 0})
         project.import_file(HERE / "pool.csv", label_col="label", gold=True)
         project.import_file(HERE / "test.csv", label_col="label", split="test")
         status.update(f"generating {args.synthetic} synthetic examples per class with {LOCAL_MODEL_NAME}")

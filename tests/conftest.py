@@ -64,6 +64,7 @@ def llm_project(project, small_pool, local_llm):
 
     project.config.llm.base_url = local_llm.base_url
     project.config.llm.model = LOCAL_MODEL_NAME
+    project.config.synth.subtopics = 2  # the CPU model writes slowly: enough to take the sub-topic path
     project.import_file(small_pool / "pool.csv", label_col="label", gold=True)
     project.import_file(small_pool / "test.csv", label_col="label", split="test")
     return project

@@ -28,7 +28,7 @@ def cli_project(tmp_path, example_dir, local_llm):
     config = tomllib.loads(path.read_text())
     config["llm"] = {**config.get("llm", {}), "model": LOCAL_MODEL_NAME, "base_url": local_llm.base_url}
     # Two short texts per call keep the tiny CPU model quick; the schema bounds hold it to them.
-    config["synth"] = {**config.get("synth", {}), "per_call": 2, "max_chars": 120}
+    config["synth"] = {**config.get("synth", {}), "per_call": 2, "max_chars": 120, "subtopics": 2}
     path.write_text(tomli_w.dumps(config))
     return proj
 

@@ -205,6 +205,13 @@ def test_topup_needs_arithmetic():
     assert topup_needs({"ham": 18, "spam": 2}, {"ham": 18, "spam": 12}, ["ham", "spam"], 0.25, 0.4, cap=100) == {}
 
 
+def test_subtopics_lose_numbering_duplicates_and_empty_entries():
+    from synthloop.synth import clean_subtopics
+
+    raw = ["1. SMS text message", "2) sms text message", "...", "- prize draws", "  3.  ", "•  delivery   notices"]
+    assert clean_subtopics(raw) == ["SMS text message", "prize draws", "delivery notices"]
+
+
 def test_filter_texts_unit():
     report = GenerationReport(requested={})
     index = NearDuplicateIndex(0.9, ["Call now to claim your free prize today"])

@@ -7,6 +7,7 @@ conditioned on that class's real labeled examples.
 from __future__ import annotations
 
 import random
+import re
 from collections import Counter
 from dataclasses import dataclass, field
 
@@ -76,9 +77,20 @@ def draw_subtopics(project, labels: list[str], round_: int | None) -> dict[str, 
     topics = {}
     for label, result in zip(labels, results):
         if result.value is not None:
-            unique = list(dict.fromkeys(" ".join(t.split()) for t in result.value.subtopics))
-            topics[label] = [t for t in unique if t][:k]
+            kept = clean_subtopics(result.value.subtopics)[:k]
+            if kept:
+                topics[label] = kept
     return topics
+
+
+def clean_subtopics(raw: list[str]) -> list[str]:
+    """Without list numbering and bullets, duplicates, or entries with no word in them ("...", "2.")."""
+    out = []
+    for item in raw:
+        text = re.sub(r"^\s*(?:\d+[.)]|[-*•])\s*", "", " ".join(item.split())).strip(" .,;:")
+        if sum(ch.isalpha() for ch in text) >= 3 and text.lower() not in {t.lower() for t in out}:
+            out.append(text)
+    return out
 
 
 def generation_messages(task: TaskSpec, label: str, k: int, rng: random.Random,
