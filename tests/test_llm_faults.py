@@ -106,10 +106,11 @@ def fault_project(project, small_pool, server, monkeypatch):
 @pytest.mark.parametrize("script, status", [
     ([("content", '{"label": "eggs", "confidence": 0.9}')], "failed"),   # a label outside the task
     ([("truncated", '{"label": "ha')], "failed"),
-    ([("500",)], "failed"),
-    ([("503",)], "failed"),
-    ([("429", 0)], "failed"),                                            # rate limited past every retry
-    ([("hang", 5)], "failed"),                                           # past the 1 s timeout, every try
+    # The server did not answer: the query stays pending, to be asked again (see the test below).
+    ([("500",)], "pending"),
+    ([("503",)], "pending"),
+    ([("429", 0)], "pending"),                                           # rate limited past every retry
+    ([("hang", 5)], "pending"),                                          # past the 1 s timeout, every try
     ([("content", '{"label": "abstain", "confidence": 0.2}')], "skipped"),
 ])
 def test_bad_answers_store_no_label(fault_project, server, script, status):
@@ -120,9 +121,19 @@ def test_bad_answers_store_no_label(fault_project, server, script, status):
     assert fault_project.store.query_counts() == {status: 10}
     usage = fault_project.store.llm_usage()
     assert usage[0]["purpose"] == "label" and usage[0]["calls"] == 10
-    assert usage[0]["failed"] == (10 if status == "failed" else 0)
+    assert usage[0]["failed"] == (0 if status == "skipped" else 10)  # every call that gave no answer is recorded
     if script[0][0] in ("500", "503", "429", "hang"):
         assert len(server.requests) == 20  # each query: one try and the SDK's one retry (max_retries = 1)
+
+
+def test_queries_the_server_did_not_answer_are_asked_again_once_it_does(fault_project, server):
+    server.reset(("503",))
+    fault_project.round(labeler="llm")
+    assert fault_project.store.query_counts() == {"pending": 10} and fault_project.store.training_set() == []
+    server.reset(("content", '{"label": "ham", "confidence": 0.9}'))
+    assert fault_project.collect() == 10
+    assert fault_project.store.query_counts() == {"labeled": 10}
+    assert {r[2] for r in fault_project.store.training_set()} == {"ham"}
 
 
 def test_good_answers_are_stored_with_source_confidence_and_cost(fault_project, server):

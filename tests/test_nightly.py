@@ -47,9 +47,9 @@ def test_second_run_only_does_new_work(nightly_project, monkeypatch):
     unlabeled, _ = project.store.unlabeled_pool()
     assert first["scored"] == len(unlabeled) + 10  # everything was new
 
-    # From now on the labeler answers nothing (an LLM that fails), so no new label changes the model.
+    # From now on every answer is off the task's labels (failed queries), so no new label changes the model.
     server = FaultServer()
-    server.reset(("500",))
+    server.reset(("content", '{"label": "eggs", "confidence": 0.9}'))
     monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
     project.config.llm.base_url, project.config.llm.max_retries = server.base_url, 0
     project.config.llm.response_format = "json_object_schema"

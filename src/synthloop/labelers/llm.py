@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -10,6 +11,8 @@ from typing import Literal
 from pydantic import BaseModel, Field, create_model
 
 from synthloop.store import NewLabel, Query, source_rank
+
+log = logging.getLogger(__name__)
 from synthloop.task import TaskSpec
 
 ABSTAIN = "abstain"
@@ -29,6 +32,7 @@ class Outcome:
     abstained: bool
     error: str | None
     cost: float
+    transient: bool = False  # the server did not answer: the query may be asked again
 
 
 def few_shot_examples(project, per_class: int) -> list[tuple[str, str]]:
@@ -107,7 +111,8 @@ def outcome_of(result) -> Outcome:
     confidence, an abstention, or a failure."""
     cost = result.usage.cost if result.usage else 0.0
     if result.value is None:
-        return Outcome(None, None, None, False, result.error or "invalid answer", cost)
+        return Outcome(None, None, None, False, result.error or "invalid answer", cost,
+                       transient=getattr(result, "transient", False))
     label = result.value.label
     if label == ABSTAIN:
         return Outcome(None, None, None, True, None, cost)
@@ -166,14 +171,19 @@ class LLMLabeler:
         pending = self.affordable(store.queries(status="pending", routed_to=self.name, submitted=True))
         if not pending:
             return []
-        labels, failed, abstained = [], [], []
+        labels, failed, abstained, unanswered = [], [], [], 0
         for query, outcome in zip(pending, self.answer(pending)):
             if outcome.label is not None:
                 labels.append(self.to_label(query, outcome))
             elif outcome.abstained:
                 abstained.append(query.example_id)
+            elif outcome.transient:
+                unanswered += 1  # stays pending: the next collect asks again, so no example is lost to an outage
             else:
                 failed.append(query.example_id)
         store.set_query_status(failed, "failed")
         store.set_query_status(abstained, "skipped")
+        if unanswered:
+            log.warning("the LLM API did not answer %d of %d queries (after its retries); they stay pending for the "
+                        "next round or `synthloop label`", unanswered, len(pending))
         return labels

@@ -52,6 +52,9 @@ class Result:
     logprobs: list[dict] | None = None  # [{"token", "logprob", "top": {token: logprob}}] when asked for
     cached: bool = False
     attempts: int = 0
+    # The server did not answer (429 or 5xx after the SDK's retries, a timeout, no connection): asking again
+    # later may work, unlike an answer that failed validation.
+    transient: bool = False
 
     @property
     def ok(self) -> bool:
@@ -234,9 +237,10 @@ class LLMClient:
                 response = self._send(messages, schema_model, send_params)
             except openai.APIStatusError as err:
                 detail = err.body.get("message") if isinstance(err.body, dict) else None
-                return self._failed(f"HTTP {err.status_code}: {detail or err.message}", usage, attempts)
+                return self._failed(f"HTTP {err.status_code}: {detail or err.message}", usage, attempts,
+                                    transient=err.status_code == 429 or err.status_code >= 500)
             except (openai.APITimeoutError, openai.APIConnectionError) as err:
-                return self._failed(f"{type(err).__name__}: {err}", usage, attempts)
+                return self._failed(f"{type(err).__name__}: {err}", usage, attempts, transient=True)
             finally:
                 usage.latency += time.perf_counter() - start
             if response.usage:
@@ -262,8 +266,8 @@ class LLMClient:
             return Result(value, usage=usage, logprobs=logprobs, attempts=attempts)
         return self._failed("; ".join(errors), usage, attempts)
 
-    def _failed(self, error: str, usage: Usage, attempts: int) -> Result:
-        return Result(None, error=_scrub(error, self.sdk.api_key), usage=usage, attempts=attempts)
+    def _failed(self, error: str, usage: Usage, attempts: int, transient: bool = False) -> Result:
+        return Result(None, error=_scrub(error, self.sdk.api_key), usage=usage, attempts=attempts, transient=transient)
 
     def complete_json_many(self, requests: Sequence[list[dict]], schema_model: type[BaseModel],
                            per_request: Sequence[dict] | None = None, **params) -> list[Result]:
