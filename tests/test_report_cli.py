@@ -128,3 +128,16 @@ def test_report_on_an_llm_project_shows_cost_by_purpose_sources_and_synthetic(ll
     for alt in ("LLM cost over rounds", "synthetic examples added", "labels by source over rounds",
                 "test errors by true class over rounds"):
         assert f'alt="{alt}"' in html
+
+    # `synthloop status` shows the report's CO2 estimate (codecarbon samples while the report runs), and the
+    # LLM cost per round, generation counted in round 0, whose model trained on it.
+    env = {**os.environ, "OPENBLAS_NUM_THREADS": "1"}
+    done = subprocess.run([sys.executable, "-m", "synthloop", "status", "--project", str(project.root), "--json",
+                           "--no-latency"], capture_output=True, text=True, env=env, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    impact = json.loads(done.stdout)["impact"]
+    assert impact["co2"]["report"] == report["paths"]["json"] and impact["co2"]["generated_at"] == report["generated_at"]
+    assert impact["co2"].get("measured_kg_co2") == report["co2"].get("measured_kg_co2")
+    by_round = {r["round"]: r for r in impact["llm_by_round"]}
+    assert sorted(by_round) == [0, 1, 2] and sum(r["calls"] for r in by_round.values()) == sum(calls.values())
+    assert by_round[0]["calls"] >= calls["generate"]
