@@ -136,6 +136,17 @@ def test_queries_the_server_did_not_answer_are_asked_again_once_it_does(fault_pr
     assert {r[2] for r in fault_project.store.training_set()} == {"ham"}
 
 
+def test_queries_unanswered_max_unanswered_times_are_marked_failed(fault_project, server):
+    fault_project.config.llm.max_unanswered = 2
+    server.reset(("503",))
+    fault_project.round(labeler="llm")
+    assert fault_project.store.query_counts() == {"pending": 10}
+    assert {q.meta["llm_unanswered"] for q in fault_project.store.queries()} == {1}
+    assert fault_project.collect() == 0  # the second ask that gets no answer: the loop stops asking
+    assert fault_project.store.query_counts() == {"failed": 10} and fault_project.store.training_set() == []
+    assert len(server.requests) == 40  # two asks of 10 queries, each a try and the SDK's one retry
+
+
 def test_good_answers_are_stored_with_source_confidence_and_cost(fault_project, server):
     server.reset(("429", 1), ("content", '{"label": "spam", "confidence": 0.8}'))
     result = fault_project.round(labeler="llm")

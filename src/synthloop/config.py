@@ -56,6 +56,9 @@ class LLMConfig(_Section):
     # Let the labeler answer "abstain" (the query is skipped). Very small models pick it for most texts:
     # turn it off to force one of the task's labels.
     abstain: bool = True
+    # A query the API never answered (429/5xx after retries, timeout) stays pending and is asked again by the
+    # next collect; after this many unanswered asks it is marked failed so an outage-proof loop still ends.
+    max_unanswered: int = Field(5, ge=1)
 
 
 class SynthConfig(_Section):

@@ -425,6 +425,8 @@ class Store:
 
     def set_query_meta(self, values: dict[str, dict]) -> None:
         """Merge extra facts into queries' meta, e.g. {example_id: {"llm": {...}}}, in one transaction."""
+        if not values:
+            return
         with self.engine.begin() as conn:
             rows = conn.execute(sa.select(queries.c.example_id, queries.c.meta)
                                 .where(queries.c.example_id.in_(list(values)))).all()

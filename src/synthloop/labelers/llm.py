@@ -171,19 +171,29 @@ class LLMLabeler:
         pending = self.affordable(store.queries(status="pending", routed_to=self.name, submitted=True))
         if not pending:
             return []
-        labels, failed, abstained, unanswered = [], [], [], 0
+        labels, failed, abstained, unanswered, gave_up = [], [], [], {}, 0
+        limit = self.project.config.llm.max_unanswered
         for query, outcome in zip(pending, self.answer(pending)):
             if outcome.label is not None:
                 labels.append(self.to_label(query, outcome))
             elif outcome.abstained:
                 abstained.append(query.example_id)
             elif outcome.transient:
-                unanswered += 1  # stays pending: the next collect asks again, so no example is lost to an outage
+                asked = (query.meta or {}).get("llm_unanswered", 0) + 1
+                if asked >= limit:
+                    failed.append(query.example_id)
+                    gave_up += 1
+                else:  # stays pending: the next collect asks again, so no example is lost to a short outage
+                    unanswered[query.example_id] = {"llm_unanswered": asked}
             else:
                 failed.append(query.example_id)
         store.set_query_status(failed, "failed")
         store.set_query_status(abstained, "skipped")
+        store.set_query_meta(unanswered)
         if unanswered:
             log.warning("the LLM API did not answer %d of %d queries (after its retries); they stay pending for the "
-                        "next round or `synthloop label`", unanswered, len(pending))
+                        "next round or `synthloop label` (at most %d asks each, [llm] max_unanswered)",
+                        len(unanswered), len(pending), limit)
+        if gave_up:
+            log.warning("%d queries went unanswered %d times and are marked failed", gave_up, limit)
         return labels
