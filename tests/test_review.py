@@ -192,12 +192,17 @@ def test_rounds_go_on_while_argilla_is_down_and_catch_up_once_it_is_back(proj, a
 
     # Down again: collecting fails too, and the round still finishes; the label waits on the server.
     monkeypatch.setenv("ARGILLA_API_URL", CLOSED)
+    proj.unreachable.clear()  # as if the first outage were long past: this round's first step waits again
     caplog.clear()
     with caplog.at_level(logging.WARNING, logger="synthloop"):
         third = proj.round()
     assert third.labels_collected == 0 and proj.store.round(third.number)["status"] == "done"
     assert f"Argilla at {CLOSED} did not answer (connect) after 2 tries: ConnectError; its labels wait for a " \
            "later round or `synthloop review pull`" in _warnings(caplog)
+    # The step that found it down waited through the retries; the round's later steps tried once each.
+    assert sum("retrying" in r.getMessage() for r in caplog.records if r.name == "synthloop.argilla") == 1
+    assert f"Argilla at {CLOSED} did not answer (connect) after 1 try: ConnectError; 10 queries stay pending " \
+           "and go out with the next round or `synthloop review push`" in _warnings(caplog)
     assert proj.store.query_counts() == {"pending": 30}
 
     monkeypatch.setenv("ARGILLA_API_URL", argilla_env.url)

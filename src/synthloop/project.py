@@ -83,6 +83,7 @@ class Project:
         self._llm = None
         self.llm_budget: float | None = None  # $ the LLM may still spend tonight (nightly --max-cost), None: no cap
         self.last_scored: int | None = None
+        self.unreachable: dict[str, float] = {}  # server URL -> when it last failed every retry (see ArgillaLabeler)
 
     # creation -----------------------------------------------------------------------------------
     @classmethod

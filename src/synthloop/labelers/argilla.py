@@ -25,6 +25,7 @@ log = logging.getLogger("synthloop.argilla")
 
 DEFAULT_URL = "http://localhost:6900"
 QUESTION = "label"
+DOWN_FOR = 60.0  # seconds a failed server gets one try per call instead of the retries
 
 
 class ArgillaUnreachable(SynthloopError):
@@ -32,7 +33,7 @@ class ArgillaUnreachable(SynthloopError):
     for humans); `review push` and `review pull` stop with this error."""
 
     def __init__(self, url: str, what: str, tries: int, cause: str):
-        self.summary = f"Argilla at {url} did not answer ({what}) after {tries} tries: {cause}"
+        self.summary = f"Argilla at {url} did not answer ({what}) after {tries} {'try' if tries == 1 else 'tries'}: {cause}"
         super().__init__(f"{self.summary}. Is the server up (`make argilla`)? Run the command again once it is; "
                          "nothing is stored or pushed twice.")
 
@@ -116,13 +117,19 @@ class ArgillaLabeler:
 
     # connection ---------------------------------------------------------------------------------
     def _call(self, what: str, fn: Callable, *args, **kwargs):
-        """Retry transient failures (connection refused or reset, 5xx) with growing waits, then fail clearly."""
+        """Retry transient failures (connection refused or reset, 5xx) with growing waits, then fail clearly.
+        A server that failed every retry in the last minute gets one try: a round that finds Argilla down
+        then waits through the retries once, not at each of its hand-out and collect steps."""
         wait = self.cfg.retry_wait
-        for attempt in range(self.cfg.retries + 1):
+        down = self.project.unreachable
+        retries = 0 if time.time() - down.get(self.url, -1e9) < DOWN_FOR else self.cfg.retries
+        for attempt in range(retries + 1):
             try:
                 with warnings.catch_warnings():
                     warnings.filterwarnings("ignore", message=r".* not found", category=UserWarning)
-                    return fn(*args, **kwargs)
+                    result = fn(*args, **kwargs)
+                down.pop(self.url, None)
+                return result
             except Exception as err:  # noqa: BLE001 - sorted into retryable and not below
                 if not _retryable(err):
                     from argilla._exceptions import ArgillaError
@@ -130,7 +137,8 @@ class ArgillaLabeler:
                     if isinstance(err, ArgillaError) and what != "connect":
                         raise SynthloopError(f"Argilla at {self.url} refused ({what}): {err}") from None
                     raise
-                if attempt == self.cfg.retries:
+                if attempt == retries:
+                    down[self.url] = time.time()
                     raise ArgillaUnreachable(self.url, what, attempt + 1, type(err).__name__) from None
                 log.warning("Argilla %s failed (%s); retrying in %.0f s", what, type(err).__name__, wait)
                 time.sleep(wait)
