@@ -3,6 +3,7 @@ when it sends uncertain examples to reviewers. One server for the module (about 
 
 from __future__ import annotations
 
+import importlib.util
 import shutil
 import signal
 import time
@@ -10,12 +11,14 @@ import time
 import pytest
 
 from argilla_server import argilla_server_skip_reason, process_alive, start_argilla_server
+from conftest import skip_or_fail
 
-_reason = argilla_server_skip_reason()
+_reason = argilla_server_skip_reason() or (None if importlib.util.find_spec("argilla") else
+                                           "the argilla SDK is not installed in this venv (pip install argilla)")
 if _reason:
-    pytest.skip(_reason, allow_module_level=True)
-rg = pytest.importorskip("argilla", reason="the argilla SDK is not installed in this venv (pip install argilla)")
-httpx = pytest.importorskip("httpx")
+    skip_or_fail(_reason)
+import argilla as rg  # noqa: E402
+import httpx  # noqa: E402
 
 LABELS = ["ham", "spam"]
 TEXTS = {

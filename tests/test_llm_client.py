@@ -5,6 +5,7 @@ No mocks of the SDK: every request goes over HTTP through the openai package.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import logging
 import re
@@ -12,6 +13,7 @@ import time
 from typing import Literal
 
 import pytest
+from conftest import skip_or_fail
 from llm_servers import FaultServer, completion
 from pydantic import BaseModel
 
@@ -170,13 +172,15 @@ def test_the_key_never_shows(fault, caplog):
     fault.reset(("echo_auth",))
     cache = DictCache()
     client = fclient(fault, cache=cache)
-    result = client.complete_json(MSG, Label)
+    # A refused key stops the work (every call would fail the same way) with the fix, and the key masked.
+    with pytest.raises(SynthloopError, match=r"refused the API key \(HTTP 401: bad key: Bearer \*\*\*\); "
+                                             r"set OPENAI_API_KEY to a key that may use gpt-4o-mini") as refused:
+        client.complete_json(MSG, Label)
     assert fault.requests[0]["auth"] == f"Bearer {SECRET}"  # sent to the server, and only there
-    assert result.value is None and result.error == "HTTP 401: bad key: Bearer ***"
     assert "HTTP Response: POST 401" in caplog.text  # the SDK's debug log was captured, and checked below
     fault.reset(("content", '{"label": "ham"}'))
-    client.complete_json(MSG, Label)
-    shown = [repr(client), str(client), result.error, str(vars(result)), json.dumps(cache.data), caplog.text]
+    result = client.complete_json(MSG, Label)
+    shown = [repr(client), str(client), str(refused.value), str(vars(result)), json.dumps(cache.data), caplog.text]
     with pytest.raises(SynthloopError) as err:
         LLMClient("gpt-4o", api_key=SECRET, response_format="bogus")
     shown.append(str(err.value))
@@ -314,7 +318,8 @@ def test_missing_model_names_the_package(monkeypatch):
 
 
 def test_a_server_that_cannot_start_reports_its_log(tmp_path):
-    pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed (`make llm-deps`)")
+    if importlib.util.find_spec("llama_cpp") is None:
+        skip_or_fail("llama-cpp-python is not installed (`make llm-deps`)")
     from synthloop.llm.serve import start_local_server
 
     with pytest.raises(SynthloopError, match=r"exited with code(.|\n)*missing\.gguf"):

@@ -7,7 +7,7 @@ import pytest
 from llm_servers import FaultServer
 from pydantic import BaseModel
 
-from synthloop import Project
+from synthloop import Project, SynthloopError
 from synthloop.llm.client import DictCache, LLMClient
 
 SECRET = "sk-test-secret-0123456789"
@@ -82,8 +82,6 @@ def test_the_key_never_shows(server):
 
 
 def test_missing_key_for_openai_is_a_clear_error(monkeypatch):
-    from synthloop import SynthloopError
-
     monkeypatch.delenv("OPENAI_API_KEY", raising=False)
     monkeypatch.delenv("OPENAI_BASE_URL", raising=False)
     with pytest.raises(SynthloopError, match="set OPENAI_API_KEY"):
@@ -145,6 +143,16 @@ def test_queries_unanswered_max_unanswered_times_are_marked_failed(fault_project
     assert fault_project.collect() == 0  # the second ask that gets no answer: the loop stops asking
     assert fault_project.store.query_counts() == {"failed": 10} and fault_project.store.training_set() == []
     assert len(server.requests) == 40  # two asks of 10 queries, each a try and the SDK's one retry
+
+
+def test_a_refused_key_stops_the_round_and_the_queries_wait(fault_project, server):
+    server.reset(("status", 401, "Incorrect API key provided"))
+    with pytest.raises(SynthloopError, match="refused the API key .*set OPENAI_API_KEY"):
+        fault_project.round(labeler="llm")
+    assert fault_project.store.query_counts() == {"pending": 10} and fault_project.store.training_set() == []
+    server.reset(("content", '{"label": "ham", "confidence": 0.9}'))  # the key fixed: the next round finishes
+    fault_project.round(labeler="llm")
+    assert fault_project.store.query_counts() == {"labeled": 10}
 
 
 def test_good_answers_are_stored_with_source_confidence_and_cost(fault_project, server):

@@ -5,6 +5,7 @@ mid-push, the CLI, and one real browser session in the review UI."""
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import json
 import logging
 import os
@@ -18,11 +19,12 @@ import pytest
 from argilla_server import argilla_server_skip_reason, start_argilla_server
 from conftest import skip_or_fail
 
-_reason = argilla_server_skip_reason()
+_reason = argilla_server_skip_reason() or (None if importlib.util.find_spec("argilla") else
+                                           "the argilla SDK is not installed in this venv (pip install argilla)")
 if _reason:
-    pytest.skip(_reason, allow_module_level=True)
-rg = pytest.importorskip("argilla", reason="the argilla SDK is not installed in this venv (pip install argilla)")
-httpx = pytest.importorskip("httpx")
+    skip_or_fail(_reason)
+import argilla as rg  # noqa: E402
+import httpx  # noqa: E402
 
 from synthloop import Project, SynthloopError  # noqa: E402
 from synthloop.labelers import argilla as review  # noqa: E402
@@ -414,6 +416,18 @@ def test_without_a_model_the_llm_answer_is_the_suggestion(proj, argilla_env, mon
         assert "**LLM gpt-4o-mini:** spam (0.55" in record.fields["hints"] and "**Model:**" not in record.fields["hints"]
 
 
+def test_hybrid_stops_on_a_refusal_and_the_queries_wait_for_reviewers(proj, argilla_env, monkeypatch):
+    # A missing key cannot be fixed by retrying: the error names the fix instead of a warning every night.
+    ids, _ = proj.store.unlabeled_pool(limit=5)
+    proj.store.add_queries(0, [(eid, None) for eid in ids], "random", routed_to="hybrid")
+    monkeypatch.delenv("ARGILLA_API_KEY")
+    with scripted_llm(proj, monkeypatch, lambda body: ("content", '{"label": "spam", "confidence": 0.55}')):
+        with pytest.raises(SynthloopError, match=r"set \$ARGILLA_API_KEY"):
+            proj.label()
+    assert {q.routed_to for q in proj.store.queries(status="pending")} == {"argilla"}  # waiting for a push
+    assert all(q.submitted_at is None for q in proj.store.queries())
+
+
 # ----------------------------------------------------------------------------------------------- nightly
 def test_two_nights_route_to_argilla_and_collect_what_reviewers_submitted(proj, argilla_env):
     from synthloop.nightly import run_nightly
@@ -433,6 +447,21 @@ def test_two_nights_route_to_argilla_and_collect_what_reviewers_submitted(proj, 
     assert len(server_ids(argilla_env, proj)) == 20
     assert {r[0]: r[3] for r in proj.store.training_set() if r[0] in answered} == {eid: "human:alice"
                                                                                      for eid in answered}
+
+
+def test_a_night_whose_cap_the_leftovers_fill_still_pushes_them(proj, argilla_env, monkeypatch):
+    from synthloop.nightly import run_nightly
+
+    proj.config.argilla.retries = 0
+    monkeypatch.setenv("ARGILLA_API_URL", CLOSED)
+    first = run_nightly(proj, labeler="argilla", max_labels=10)
+    assert first["queried"] == 10 and all(q.submitted_at is None for q in proj.store.queries())
+
+    monkeypatch.setenv("ARGILLA_API_URL", argilla_env.url)
+    second = run_nightly(proj, labeler="argilla", max_labels=10)
+    assert second["carried_over"] == 10 and second["queried"] == 0  # the leftovers are tonight's ten
+    assert set(server_ids(argilla_env, proj)) == {q.example_id for q in proj.store.queries()}
+    assert all(q.submitted_at for q in proj.store.queries()) and len(proj.store.queries()) == 10
 
 
 # ---------------------------------------------------------------------------------- server killed mid-push

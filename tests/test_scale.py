@@ -14,6 +14,7 @@ import joblib
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import skip_or_fail
 from modAL.uncertainty import classifier_entropy, classifier_margin, classifier_uncertainty
 
 from synthloop import SynthloopError
@@ -214,8 +215,9 @@ print(json.dumps({"picks": picks, "still_up": ray.is_initialized()}))
 """
 
 
-@pytest.mark.skipif(importlib.util.find_spec("ray") is None, reason="Ray is not installed: pip install 'synthloop[ray]'")
 def test_ray_engine_without_an_address_starts_ray_here_and_stops_it(model, pool, tmp_path):
+    if importlib.util.find_spec("ray") is None:
+        skip_or_fail("Ray is not installed: pip install 'synthloop[ray]'")
     # A process of its own: this one attaches to the session's two-node cluster, and a driver that started
     # a Ray of its own cannot attach to another afterwards. No RAY_ADDRESS: nothing tells Ray where to go.
     joblib.dump(model, tmp_path / "model.joblib")

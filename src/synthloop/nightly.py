@@ -6,6 +6,7 @@ from __future__ import annotations
 import fcntl
 import glob
 import importlib
+import itertools
 import json
 import logging
 import os
@@ -93,6 +94,11 @@ def pool_files(pattern: str) -> list[Path]:
         found = [p for p in sorted(path.iterdir()) if p.suffix.lower() in POOL_SUFFIXES]
     else:
         found = [Path(p) for p in sorted(glob.glob(pattern))]
+        folder = Path(*itertools.takewhile(lambda part: not glob.has_magic(part), path.parts))
+        if not found and not (glob.has_magic(pattern) and folder.is_dir()):
+            # A typo would otherwise read as "no new files" every night.
+            raise SynthloopError(f"--pool {pattern}: no such file or folder; pass the folder the pool files arrive "
+                                 "in, or a glob such as 'incoming/*.parquet'")
     return [p.resolve() for p in found if p.is_file()]
 
 
@@ -283,6 +289,8 @@ def run_nightly(project, pool: str | None = None, dry_run: bool = False, max_lab
     log = _logger(log_file if log_file is not None else project.state_dir / "logs" / "nightly.log")
     labeler = labeler or project.config.loop.labeler
     check_options(project, labeler, engine, address, max_labels, max_cost)
+    if pool:
+        pool_files(pool)  # a --pool that names nothing is refused now, with the fix
     with project_lock(project.state_dir):
         if dry_run:
             plan = _plan(project, pool, labeler, max_labels, max_cost, engine, address)
@@ -310,7 +318,7 @@ def _plan(project, pool, labeler, max_labels, max_cost, engine, address) -> dict
     handout = plan_handout(project, labeler, max_labels)
     left = None if max_cost is None else max(0.0, max_cost - night_spend(project, night_started_at(project.store)))
     return {"new_files": [str(f) for f in files], "pending_queries": project.store.query_counts().get("pending", 0),
-            "retrain": project.training_changed() or bool(files), "select": handout.select,
+            "retrain": project.training_changed(), "select": handout.select,
             "carried_over": len(handout.carried), "held_back": len(handout.held), "labeler": labeler,
             "max_cost": max_cost, "budget_left": left, "engine": engine, "address": address}
 

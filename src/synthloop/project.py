@@ -449,8 +449,13 @@ class Project:
         return added
 
     def route(self, round_: int) -> int:
-        """Hand this round's pending queries to their labeler, then take whatever it has ready."""
-        self._hand_out(self.store.queries(status="pending", round_=round_))
+        """Hand this round's pending queries to their labeler, with what earlier rounds could not hand out (a
+        server down then; a night whose --max-labels the leftovers filled selects nothing new), then take
+        whatever the labelers have ready."""
+        pending = self.store.queries(status="pending", round_=round_)
+        ids = {q.example_id for q in pending}
+        pending += [q for q in self.store.queries(status="pending", submitted=False) if q.example_id not in ids]
+        self._hand_out(pending)
         return self.collect(round_)
 
     def _hand_out(self, pending) -> None:
@@ -460,10 +465,6 @@ class Project:
             labeler = get_labeler(name, self)
             mine = [q for q in pending if q.routed_to == name]
             deferrable = getattr(labeler, "defers_on", ())
-            if deferrable:  # what an earlier round could not hand out (server down then) goes out now
-                ids = {q.example_id for q in mine}
-                mine += [q for q in self.store.queries(status="pending", routed_to=name, submitted=False)
-                         if q.example_id not in ids]
             try:
                 labeler.submit(mine)
             except deferrable as err:

@@ -12,7 +12,6 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from synthloop.errors import SynthloopError
 from synthloop.labelers.llm import LLMLabeler, Outcome
 from synthloop.store import NewLabel, Query
 
@@ -48,7 +47,7 @@ class HybridLabeler:
         pass
 
     def collect(self) -> list[NewLabel]:
-        from synthloop.labelers.argilla import ArgillaLabeler
+        from synthloop.labelers.argilla import ArgillaLabeler, ArgillaUnreachable
 
         store = self.project.store
         pending = self.llm.affordable(store.queries(status="pending", routed_to=self.name, submitted=True))
@@ -75,8 +74,9 @@ class HybridLabeler:
             store.reroute(doubtful, humans.name)
             try:
                 humans.submit(store.queries(status="pending", routed_to=humans.name, submitted=False))
-            except SynthloopError as err:
+            except ArgillaUnreachable as err:
                 # The LLM's labels are good either way; the next round or `synthloop review push` sends the rest.
+                # A refusal (wrong key, other labels) is not caught: retrying cannot fix it.
                 log.warning("%s; the queries for reviewers stay pending and go out with the next round or "
                             "`synthloop review push`", getattr(err, "summary", err))
         return labels

@@ -118,6 +118,7 @@ class LLMClient:
         # Only the variables named: a key meant for one server must not go to another one by a fallback.
         self.base_url = base_url or os.environ.get(base_url_env) or None
         key = api_key or os.environ.get(api_key_env)
+        self.api_key_env = api_key_env
         if not key:
             if self.base_url is None:
                 raise SynthloopError(f"no API key: set {api_key_env} in the environment, or point [llm] base_url at a local server")
@@ -235,6 +236,13 @@ class LLMClient:
             start = time.perf_counter()
             try:
                 response = self._send(messages, schema_model, send_params)
+            except (openai.AuthenticationError, openai.PermissionDeniedError) as err:
+                # Every other call would be refused too: stop with the fix rather than fail each query.
+                detail = err.body.get("message") if isinstance(err.body, dict) else None
+                raise SynthloopError(_scrub(
+                    f"{self.base_url or 'the OpenAI API'} refused the API key (HTTP {err.status_code}: "
+                    f"{detail or err.message}); set {self.api_key_env} to a key that may use {self.model}",
+                    self.sdk.api_key)) from None
             except openai.APIStatusError as err:
                 detail = err.body.get("message") if isinstance(err.body, dict) else None
                 return self._failed(f"HTTP {err.status_code}: {detail or err.message}", usage, attempts,
