@@ -194,6 +194,26 @@ def test_topup_fills_a_minority_class_to_its_target_share(synth_project, server)
     assert all(spam_text in p for p in generated)  # conditioned on the class's real labeled texts
 
 
+def test_a_resumed_round_tops_up_only_what_is_left_of_its_cap(synth_project, server):
+    from synthloop.store import NewLabel
+
+    server.reset(Writer())
+    cfg = synth_project.config.synth
+    cfg.subtopics, cfg.topup, cfg.topup_threshold, cfg.topup_target, cfg.topup_max_per_round = 0, True, 0.45, 0.5, 2
+    synth_project.config.loop.batch_size = 5
+    ids, _ = synth_project.store.unlabeled_pool()
+    synth_project.store.record_labels([NewLabel(i, "ham", "human:t") for i in ids[:20]], None)
+    first = synth_project.round(route=False)  # what `synthloop query` does: the round stays open
+    assert synth_project.store.round(first.number)["counts"]["synthetic_added"] == {"spam": 2}
+    calls = server.requests[:]
+    again = synth_project.round()  # `synthloop round` resumes it: spam has had its 2 this round
+    assert again.number == first.number and server.requests == calls
+    assert synth_project.store.round(first.number)["counts"]["synthetic_added"] == {"spam": 2}
+    assert sum(1 for r in stored_synthetic(synth_project) if r[2] == "spam") == 2
+    nxt = synth_project.round()  # a new round has a cap of its own
+    assert synth_project.store.round(nxt.number)["counts"]["synthetic_added"] == {"spam": 2}
+
+
 def test_topup_needs_arithmetic():
     # 2 of 20 real labels are spam (10% < 25%): spam needs (0.4*T - c) / 0.6 more to make 40% of T.
     needs = topup_needs({"ham": 18, "spam": 2}, {"ham": 18, "spam": 2}, ["ham", "spam"], 0.25, 0.4, cap=100)

@@ -213,6 +213,10 @@ class Project:
         needs = topup_needs(Counter(r[2] for r in real), Counter(r[2] for r in rows) + Counter(lab for _, lab in self.task.examples()),
                             self.task.label_names, cfg.topup_threshold or 0.5 / k, cfg.topup_target or 0.75 / k,
                             cfg.topup_max_per_round)
+        # A resumed round (after a crash, or `synthloop query` then `round`) tops up what is left of its cap.
+        already = self.store.synthetic_added(round_)
+        needs = {lab: n for lab, n in ((lab, min(n, cfg.topup_max_per_round - already.get(lab, 0)))
+                                       for lab, n in needs.items()) if n > 0}
         if not needs:
             return None
         budget = self.llm_budget
@@ -221,7 +225,7 @@ class Project:
             return None
         examples = {label: [r[1] for r in real if r[2] == label][-20:] for label in needs}
         started = time.time()
-        report = generate(self, needs, examples=examples, round_=round_)
+        report = generate(self, needs, examples=examples, round_=round_, topup=True)
         if budget is not None:  # what generation spent is gone from what the labelers may spend tonight
             self.llm_budget = budget - self.store.llm_cost_since(started)
         return report
@@ -509,13 +513,11 @@ class Project:
 
         if self.config.synth.topup:
             t = time.perf_counter()
-            report = self.topup(number)
-            if report is not None:
+            self.topup(number)
+            added = self.store.synthetic_added(number)
+            if added:
                 counts = dict(self.store.round(number)["counts"] or {})
-                added = counts.get("synthetic_added", {})
-                for label, n_added in report.added.items():
-                    added[label] = added.get(label, 0) + n_added
-                self.store.update_round(number, counts={**counts, "synthetic_added": added})
+                self.store.update_round(number, counts={**counts, "synthetic_added": dict(sorted(added.items()))})
             timings["topup"] = time.perf_counter() - t
         _checkpoint("augmented", number)
 

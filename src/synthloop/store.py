@@ -217,8 +217,9 @@ class Store:
         return total
 
     # examples -----------------------------------------------------------------------------------
-    def add_examples(self, rows: Sequence[dict], new_labels: Sequence[NewLabel] = ()) -> int:
-        """Insert examples (and labels that came with them) in one transaction; returns how many were new."""
+    def add_examples(self, rows: Sequence[dict], new_labels: Sequence[NewLabel] = (), round_: int | None = None) -> int:
+        """Insert examples (and labels that came with them, made in `round_`) in one transaction; returns how
+        many were new."""
         now = time.time()
         for row in rows:
             row.setdefault("meta", None)
@@ -226,8 +227,16 @@ class Store:
             row.setdefault("created_at", now)
         with self.engine.begin() as conn:
             added = self._insert_ignore(conn, examples, rows)
-            self._write_labels(conn, new_labels, round_=None)
+            self._write_labels(conn, new_labels, round_=round_)
         return added
+
+    def synthetic_added(self, round_: int) -> dict[str, int]:
+        """Synthetic labels per class made in a round (its top-up), counted from the store: right after a
+        crash too, which a tally kept beside the round would miss."""
+        stmt = (sa.select(labels.c.label, sa.func.count()).where(labels.c.round == round_)
+                .where(labels.c.source.like("synthetic:%")).group_by(labels.c.label))
+        with self.engine.connect() as conn:
+            return {row[0]: row[1] for row in conn.execute(stmt)}
 
     def existing_ids(self, ids: Iterable[str]) -> dict[str, str]:
         """Map of id -> split for the ids already stored."""

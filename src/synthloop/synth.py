@@ -200,8 +200,10 @@ def generation_seed(project, seed: int | None, round_: int | None) -> str:
 
 
 def generate(project, per_class: int | dict[str, int], examples: dict[str, list[str]] | None = None,
-             round_: int | None = None, consistency_filter: bool | None = None, seed: int | None = None) -> GenerationReport:
-    """Generate, filter and store synthetic examples; `examples` conditions each class on real texts."""
+             round_: int | None = None, consistency_filter: bool | None = None, seed: int | None = None,
+             topup: bool = False) -> GenerationReport:
+    """Generate, filter and store synthetic examples; `examples` conditions each class on real texts. LLM
+    costs count in `round_`; a top-up's labels carry it too, so a resumed round knows what it added."""
     from synthloop.labelers.llm import label_texts
 
     cfg = project.config.synth
@@ -250,6 +252,6 @@ def generate(project, per_class: int | dict[str, int], examples: dict[str, list[
             report.dropped["label disagreement"] += len(texts) - len(agree)
             kept_by_label[label] = agree
     rows, new_labels = synthetic_labels(kept_by_label, project.config.llm.model)
-    project.store.add_examples(rows, new_labels)
+    project.store.add_examples(rows, new_labels, round_=round_ if topup else None)
     report.added = {label: len(texts) for label, texts in kept_by_label.items()}
     return report
