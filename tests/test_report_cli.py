@@ -72,10 +72,13 @@ def llm_project(tmp_path, small_pool, monkeypatch):
         server.stop()
 
 
+def env_1() -> dict:
+    return {**os.environ, "OPENBLAS_NUM_THREADS": "1"}
+
+
 def run_report(root) -> dict:
-    env = {**os.environ, "OPENBLAS_NUM_THREADS": "1"}
     done = subprocess.run([sys.executable, "-m", "synthloop", "report", "--project", str(root), "--json"],
-                          capture_output=True, text=True, env=env, timeout=600)
+                          capture_output=True, text=True, env=env_1(), timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     return json.loads(done.stdout)
 
@@ -129,11 +132,18 @@ def test_report_on_an_llm_project_shows_cost_by_purpose_sources_and_synthetic(ll
                 "test errors by true class over rounds"):
         assert f'alt="{alt}"' in html
 
+    # --out naming a file is one clear line and exit status 2, not a traceback.
+    a_file = project.root / "notes.txt"
+    a_file.write_text("mine")
+    done = subprocess.run([sys.executable, "-m", "synthloop", "report", "--project", str(project.root), "--out",
+                           str(a_file), "--no-latency"], capture_output=True, text=True, env=env_1(), timeout=600)
+    assert done.returncode == 2 and "is a file; --out names the folder" in done.stderr and "Traceback" not in done.stderr
+    assert a_file.read_text() == "mine"
+
     # `synthloop status` shows the report's CO2 estimate (codecarbon samples while the report runs), and the
     # LLM cost per round, generation counted in round 0, whose model trained on it.
-    env = {**os.environ, "OPENBLAS_NUM_THREADS": "1"}
     done = subprocess.run([sys.executable, "-m", "synthloop", "status", "--project", str(project.root), "--json",
-                           "--no-latency"], capture_output=True, text=True, env=env, timeout=600)
+                           "--no-latency"], capture_output=True, text=True, env=env_1(), timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     impact = json.loads(done.stdout)["impact"]
     assert impact["co2"]["report"] == report["paths"]["json"] and impact["co2"]["generated_at"] == report["generated_at"]

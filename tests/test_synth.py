@@ -214,6 +214,15 @@ def test_a_resumed_round_tops_up_only_what_is_left_of_its_cap(synth_project, ser
     assert synth_project.store.round(nxt.number)["counts"]["synthetic_added"] == {"spam": 2}
 
 
+def test_a_negative_count_is_refused_before_any_request(synth_project, server):
+    from synthloop import SynthloopError
+
+    server.reset(Writer())
+    with pytest.raises(SynthloopError, match="must be 0 or more.*--per-class N with N >= 0"):
+        synth_project.generate(-3)
+    assert server.requests == [] and stored_synthetic(synth_project) == []
+
+
 def test_topup_needs_arithmetic():
     # 2 of 20 real labels are spam (10% < 25%): spam needs (0.4*T - c) / 0.6 more to make 40% of T.
     needs = topup_needs({"ham": 18, "spam": 2}, {"ham": 18, "spam": 2}, ["ham", "spam"], 0.25, 0.4, cap=100)

@@ -176,7 +176,7 @@ def loop(rounds: Annotated[int, typer.Option(help="How many rounds.")] = 5,
 
 
 @app.command()
-def generate(per_class: Annotated[int, typer.Option("--per-class", help="Synthetic examples to make per class.")] = 25,
+def generate(per_class: Annotated[int, typer.Option("--per-class", min=0, help="Synthetic examples to make per class.")] = 25,
              consistency_filter: Annotated[Optional[bool], typer.Option("--consistency-filter/--no-consistency-filter",
                                            help="Drop texts the LLM labeler puts in another class.")] = None,
              project: ProjectOpt = Path("."), as_json: JsonOpt = False):

@@ -38,6 +38,9 @@ def build_report(project, out_dir: str | Path | None = None, baselines: dict[str
         raise SynthloopError("no model yet; run `synthloop round` first") from None
     baselines = {name: [p for p in curve if p.get("accuracy") is not None] for name, curve in (baselines or {}).items()}
     out = Path(out_dir) if out_dir is not None else project.state_dir / "reports"
+    if out.exists() and not out.is_dir():
+        raise SynthloopError(f"{out} is a file; --out names the folder the report is written to (give a new or "
+                             "existing folder)")
     out.mkdir(parents=True, exist_ok=True)
 
     scored = [r for r in rounds if (r["metrics"] or {}).get("accuracy") is not None]

@@ -18,6 +18,7 @@ from pydantic import BaseModel, Field, StringConstraints, create_model
 from sklearn.feature_extraction.text import HashingVectorizer
 
 from synthloop.data import example_id
+from synthloop.errors import SynthloopError
 from synthloop.store import NewLabel
 from synthloop.task import TaskSpec
 
@@ -209,6 +210,9 @@ def generate(project, per_class: int | dict[str, int], examples: dict[str, list[
     cfg = project.config.synth
     labels = project.task.label_names
     wanted = per_class if isinstance(per_class, dict) else {lab: per_class for lab in labels}
+    bad = {lab: n for lab, n in wanted.items() if not isinstance(n, int) or n < 0}
+    if bad:
+        raise SynthloopError(f"examples per class must be 0 or more, not {bad}; give --per-class N with N >= 0")
     report = GenerationReport(requested=dict(wanted))
     client = project.llm_client()
     rng = random.Random(generation_seed(project, seed, round_))
