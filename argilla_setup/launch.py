@@ -271,6 +271,11 @@ def wait_healthy(url: str, api_key: str, timeout: float = 60) -> None:
         time.sleep(0.1)
 
 
+def shown(value: str, variable: str) -> str:
+    """A secret as it may be printed: the built-in defaults are public, one set in the environment is not."""
+    return f"${variable}" if os.environ.get(variable) == value else value
+
+
 async def serve(args, url: str, users: list) -> None:
     import uvicorn
     from argilla_server._app import app
@@ -303,12 +308,10 @@ async def serve(args, url: str, users: list) -> None:
             return
         await asyncio.to_thread(wait_healthy, url, args.api_key)
         for username, role, api_key in users:
-            print(f"ARGILLA_USER username={username} role={role} api_key={api_key}", flush=True)
-        print(
-            f"ARGILLA_READY url={url} username={args.username} password={args.password} api_key={args.api_key}",
-            flush=True,
-        )
-        LOG.warning("Argilla is up at %s: sign in as %s / %s (Ctrl-C stops it)", url, args.username, args.password)
+            print(f"ARGILLA_USER username={username} role={role} api_key={shown(api_key, 'ARGILLA_API_KEY')}", flush=True)
+        password, api_key = shown(args.password, "ARGILLA_PASSWORD"), shown(args.api_key, "ARGILLA_API_KEY")
+        print(f"ARGILLA_READY url={url} username={args.username} password={password} api_key={api_key}", flush=True)
+        LOG.warning("Argilla is up at %s: sign in as %s / %s (Ctrl-C stops it)", url, args.username, password)
 
     announcer = asyncio.create_task(announce())
     await server.serve()

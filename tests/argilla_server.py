@@ -84,8 +84,10 @@ class ArgillaServer:
                         self.annotators[user["username"]] = user["api_key"]
                 elif line.startswith("ARGILLA_READY "):
                     ready = _fields(line)
-                    self.url, self.api_key = ready["url"], ready["api_key"]
-                    self.username, self.password = ready["username"], ready["password"]
+                    # A secret the environment set is printed as its variable's name, never its value.
+                    secret = {f"${k}": v for k, v in self.extra_env.items()}
+                    self.url, self.api_key = ready["url"], secret.get(ready["api_key"], ready["api_key"])
+                    self.username, self.password = ready["username"], secret.get(ready["password"], ready["password"])
                     self.port = int(self.url.rsplit(":", 1)[1])  # restarts come back on the same URL
                     return
             code = self.proc.poll()

@@ -304,8 +304,14 @@ def test_without_redis_server_falls_back_to_fakeredis(tmp_path):
     # A PATH with no redis-server on it (nor anything else: the launcher must need no other binary).
     empty = tmp_path / "bin"
     empty.mkdir()
-    with start_argilla_server(tmp_path, annotators=["annie"], env={"PATH": str(empty)}) as srv:
+    # Secrets set in the environment are not printed (the built-in defaults are public and are).
+    secrets = {"ARGILLA_API_KEY": "owner-key-from-env-1234", "ARGILLA_PASSWORD": "password-from-env-5678"}
+    with start_argilla_server(tmp_path, annotators=["annie"], env={"PATH": str(empty), **secrets}) as srv:
         assert "redis-server not found: using fakeredis" in srv.stderr_path.read_text()
+        printed = srv.stdout_path.read_text() + srv.stderr_path.read_text()
+        assert "api_key=$ARGILLA_API_KEY" in printed and "password=$ARGILLA_PASSWORD" in printed
+        assert not any(value in printed for value in secrets.values())
+        assert srv.api_key == secrets["ARGILLA_API_KEY"]
         assert srv.children() == []  # no Redis child: fakeredis lives inside the launcher
         client = rg.Argilla(api_url=srv.url, api_key=srv.api_key)
         dataset = rg.Dataset(name="fake", workspace=client.workspaces("synthloop"), settings=_settings(),
