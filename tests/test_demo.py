@@ -1,0 +1,41 @@
+"""`make demo` as a person runs it (a shorter budget): the real local LLM writes the round-0 data, the
+top-up adds synthetic spam, and the report is written. The model is tiny: structure, not quality."""
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from conftest import skip_or_fail
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_demo_generates_tops_up_and_writes_the_report(tmp_path):
+    from synthloop.errors import SynthloopError
+    from synthloop.llm.serve import find_local_model
+
+    if importlib.util.find_spec("llama_cpp") is None:
+        skip_or_fail("llama-cpp-python is not installed (`make llm-deps` builds and installs it)")
+    try:
+        find_local_model()
+    except SynthloopError as err:
+        skip_or_fail(str(err))
+    out = tmp_path / "report"
+    done = subprocess.run([sys.executable, "scripts/demo.py", "--budget", "50", "--report-dir", str(out)], cwd=ROOT,
+                          capture_output=True, text=True, timeout=900,
+                          env={**os.environ, "OPENBLAS_NUM_THREADS": "1", "COLUMNS": "200"})
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "SMS spam: test accuracy per round" in done.stdout and f"report: {out / 'report.html'}" in done.stdout
+
+    report = json.loads((out / "report.json").read_text())
+    generated, *topups = report["synthetic_added"]
+    assert generated["round"] is None and generated.get("ham", 0) > 0 and generated.get("spam", 0) > 0
+    # Spam is 13% of the pool, far under the demo's 45% threshold among the first real labels.
+    assert any(t.get("spam", 0) > 0 for t in topups) and all("ham" not in t for t in topups)
+    assert [p["labels"] for p in report["curve"]] == [0, 25, 50]
+    assert [p["labels"] for p in report["baselines"]["random"]] == [0, 25, 50]
+    assert report["llm"]["by_purpose"]["generate"]["calls"] > 0 and report["llm"]["total_cost"] == 0  # local: $0
+    assert (out / "report.html").stat().st_size > 10_000 and (out / "report.md").exists()
