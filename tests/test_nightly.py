@@ -107,7 +107,7 @@ def nightly_cli(root, *args, env=None):
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, env={**os.environ, **(env or {})})
 
 
-@pytest.mark.parametrize("step", ["trained", "selected", "routed"])
+@pytest.mark.parametrize("step", ["imported", "collected", "trained", "augmented", "selected", "routed", "reported"])
 def test_lock_then_kill_9_then_rerun(nightly_project, step):
     project, incoming = nightly_project
     root = project.root
@@ -128,11 +128,15 @@ def test_lock_then_kill_9_then_rerun(nightly_project, step):
     assert summary["imported"] == 0  # the killed run had imported the file already
     reopened = Project(root)
     queries = reopened.store.queries()
+    assert len(queries) == len({q.example_id for q in queries}) and {q.status for q in queries} <= {"labeled", "skipped"}
+    assert [r["status"] for r in reopened.store.runs("nightly")] == ["killed", "done"]
+    assert reopened.store.pool_file(str((incoming / "day1.csv").resolve())) is not None
+    if step == "reported":  # the killed night had finished its round: the re-run is a night of its own
+        assert summary["round"] == 1 and len(queries) == 20
+        return
     # The re-run finished the killed run's round: 10 queries (selected by it, or by the re-run when the kill
     # came before selecting), handed out once, none selected twice.
-    assert len(queries) == len({q.example_id for q in queries}) == 10 and summary["queried"] == 10
-    assert summary["round"] == 0 and {q.status for q in queries} <= {"labeled", "skipped"}
-    assert [r["status"] for r in reopened.store.runs("nightly")] == ["killed", "done"]
+    assert len(queries) == 10 and summary["queried"] == 10 and summary["round"] == 0
 
 
 def test_llm_budget_stops_before_it_is_exceeded(nightly_project, monkeypatch):

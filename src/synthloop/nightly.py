@@ -18,6 +18,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from synthloop.errors import SynthloopError
+from synthloop.project import checkpoint
 
 # The sysexits.h codes a scheduler can act on: 69 (EX_UNAVAILABLE) "a server did not answer, retry later",
 # 75 (EX_TEMPFAIL) "another run is at work, nothing was done".
@@ -303,6 +304,7 @@ def run_nightly(project, pool: str | None = None, dry_run: bool = False, max_lab
         try:
             summary = _run(project, run_id, pool, labeler, max_labels, max_cost, text_col, id_col, engine, address, log)
             write_report(project, summary)  # before "done": a night whose report is missing did not finish
+            checkpoint("reported", summary["round"])
         except Exception as err:
             status = exit_status(err)
             project.store.finish_run(run_id, "failed", {"error": str(err), "exit_status": status})
@@ -328,6 +330,7 @@ def _import_new(project, pool, text_col, id_col, log) -> tuple[int, int]:
     imported = 0
     for path in files:
         result = project.import_file(path, text_col=text_col, id_col=id_col, split="pool")
+        checkpoint("imported", 0)  # a kill here: the re-run imports the file again and adds nothing twice
         stat = path.stat()
         project.store.record_pool_file(str(path), stat.st_size, stat.st_mtime, result.rows, result.added)
         imported += result.added

@@ -58,7 +58,7 @@ class RoundResult:
     seconds: float
 
 
-def _checkpoint(step: str, number: int) -> None:
+def checkpoint(step: str, number: int) -> None:
     # Lets the crash tests stop a real process at a known step and kill -9 it there.
     if os.environ.get("SYNTHLOOP_PAUSE_AT") == step:
         print(f"PAUSED {step} {number}", flush=True)
@@ -492,7 +492,7 @@ class Project:
         t = time.perf_counter()
         collected = self.collect(number)
         timings["collect"] = time.perf_counter() - t
-        _checkpoint("collected", number)
+        checkpoint("collected", number)
 
         if info["model_version"] is None and not retrain and not self.training_changed():
             last = self.store.latest_model()
@@ -509,7 +509,7 @@ class Project:
             self.store.update_round(number, metrics=metrics, timings=timings)
         else:
             version, model = self.load_model(info["model_version"])
-        _checkpoint("trained", number)
+        checkpoint("trained", number)
 
         if self.config.synth.topup:
             t = time.perf_counter()
@@ -519,14 +519,14 @@ class Project:
                 counts = dict(self.store.round(number)["counts"] or {})
                 self.store.update_round(number, counts={**counts, "synthetic_added": dict(sorted(added.items()))})
             timings["topup"] = time.perf_counter() - t
-        _checkpoint("augmented", number)
+        checkpoint("augmented", number)
 
         if query and not self.store.queries(round_=number):
             t = time.perf_counter()
             self.select(number, model, n=n, strategy=strategy, labeler=labeler, incremental=incremental,
                         engine=engine, address=address)
             timings["select"] = time.perf_counter() - t
-        _checkpoint("selected", number)
+        checkpoint("selected", number)
         if not route:
             info = self.store.round(number)
             queried = len(self.store.queries(round_=number))
@@ -536,7 +536,7 @@ class Project:
         t = time.perf_counter()
         collected += self.route(number)
         timings["route"] = time.perf_counter() - t
-        _checkpoint("routed", number)
+        checkpoint("routed", number)
 
         info = self.store.round(number)
         queried = len(self.store.queries(round_=number))
