@@ -12,14 +12,14 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 
-def local_llm_or_skip(log_file: Path | None = None):
-    """Start the real llama.cpp server (SmolLM2-135M) or skip, naming what is missing."""
+def need_local_llm() -> None:
+    """Skip (fail under CI) unless llama-cpp-python and the SmolLM2 model are installed, naming what is missing."""
     import importlib.util
 
     from conftest import skip_or_fail
 
     from synthloop.errors import SynthloopError
-    from synthloop.llm.serve import find_local_model, start_local_server
+    from synthloop.llm.serve import find_local_model
 
     if importlib.util.find_spec("llama_cpp") is None:
         skip_or_fail("llama-cpp-python is not installed (`make llm-deps` builds and installs it)")
@@ -27,6 +27,13 @@ def local_llm_or_skip(log_file: Path | None = None):
         find_local_model()
     except SynthloopError as err:
         skip_or_fail(str(err))
+
+
+def local_llm_or_skip(log_file: Path | None = None):
+    """Start the real llama.cpp server (SmolLM2-135M) or skip, naming what is missing."""
+    from synthloop.llm.serve import start_local_server
+
+    need_local_llm()
     return start_local_server(port=0, log_file=log_file)
 
 

@@ -1,28 +1,19 @@
 """`make demo` as a person runs it (a shorter budget): the real local LLM writes the round-0 data, the
 top-up adds synthetic spam, and the report is written. The model is tiny: structure, not quality."""
 
-import importlib.util
 import json
 import os
 import subprocess
 import sys
 from pathlib import Path
 
-from conftest import skip_or_fail
+from llm_servers import need_local_llm
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
 def test_demo_generates_tops_up_and_writes_the_report(tmp_path):
-    from synthloop.errors import SynthloopError
-    from synthloop.llm.serve import find_local_model
-
-    if importlib.util.find_spec("llama_cpp") is None:
-        skip_or_fail("llama-cpp-python is not installed (`make llm-deps` builds and installs it)")
-    try:
-        find_local_model()
-    except SynthloopError as err:
-        skip_or_fail(str(err))
+    need_local_llm()
     out = tmp_path / "report"
     done = subprocess.run([sys.executable, "scripts/demo.py", "--budget", "50", "--report-dir", str(out)], cwd=ROOT,
                           capture_output=True, text=True, timeout=900,
