@@ -11,9 +11,9 @@ from typing import Literal
 from pydantic import BaseModel, Field, create_model
 
 from synthloop.store import NewLabel, Query, source_rank
+from synthloop.task import TaskSpec
 
 log = logging.getLogger(__name__)
-from synthloop.task import TaskSpec
 
 ABSTAIN = "abstain"
 
@@ -112,7 +112,7 @@ def outcome_of(result) -> Outcome:
     cost = result.usage.cost if result.usage else 0.0
     if result.value is None:
         return Outcome(None, None, None, False, result.error or "invalid answer", cost,
-                       transient=getattr(result, "transient", False))
+                       transient=result.transient)
     label = result.value.label
     if label == ABSTAIN:
         return Outcome(None, None, None, True, None, cost)

@@ -74,6 +74,11 @@ class DictCache:
         self.data[key] = value
 
 
+def _http_error(err: openai.APIStatusError) -> str:
+    detail = err.body.get("message") if isinstance(err.body, dict) else None
+    return f"HTTP {err.status_code}: {detail or err.message}"
+
+
 def _scrub(text: str, secret: str | None) -> str:
     return text.replace(secret, "***") if secret and len(secret) > 3 else text
 
@@ -238,14 +243,11 @@ class LLMClient:
                 response = self._send(messages, schema_model, send_params)
             except (openai.AuthenticationError, openai.PermissionDeniedError) as err:
                 # Every other call would be refused too: stop with the fix rather than fail each query.
-                detail = err.body.get("message") if isinstance(err.body, dict) else None
                 raise SynthloopError(_scrub(
-                    f"{self.base_url or 'the OpenAI API'} refused the API key (HTTP {err.status_code}: "
-                    f"{detail or err.message}); set {self.api_key_env} to a key that may use {self.model}",
-                    self.sdk.api_key)) from None
+                    f"{self.base_url or 'the OpenAI API'} refused the API key ({_http_error(err)}); "
+                    f"set {self.api_key_env} to a key that may use {self.model}", self.sdk.api_key)) from None
             except openai.APIStatusError as err:
-                detail = err.body.get("message") if isinstance(err.body, dict) else None
-                return self._failed(f"HTTP {err.status_code}: {detail or err.message}", usage, attempts,
+                return self._failed(_http_error(err), usage, attempts,
                                     transient=err.status_code == 429 or err.status_code >= 500)
             except (openai.APITimeoutError, openai.APIConnectionError) as err:
                 return self._failed(f"{type(err).__name__}: {err}", usage, attempts, transient=True)
