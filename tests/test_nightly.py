@@ -38,7 +38,7 @@ def new_count(project, texts) -> int:
 
 
 def test_second_run_only_does_new_work(nightly_project, monkeypatch):
-    import synthloop.project as project_module
+    from synthloop import selection
 
     project, incoming = nightly_project
     expected = new_count(project, pd.read_csv(incoming / "day1.csv").text)
@@ -54,8 +54,8 @@ def test_second_run_only_does_new_work(nightly_project, monkeypatch):
     project.config.llm.base_url, project.config.llm.max_retries = server.base_url, 0
     project.config.llm.response_format = "json_object_schema"
     # A re-score bounded well below the pool: the old model's 20 most uncertain and a random 30 others.
-    monkeypatch.setattr(project_module, "RESCORE_TOP", 20)
-    monkeypatch.setattr(project_module, "RESCORE_SLICE", 30)
+    monkeypatch.setattr(selection, "RESCORE_TOP", 20)
+    monkeypatch.setattr(selection, "RESCORE_SLICE", 30)
     old = project.store.cached_scores(first["model_version"], "margin")
     old_top = sorted(unlabeled, key=lambda i: (-old[i], i))[:20]
     try:
@@ -373,7 +373,7 @@ def picks(project) -> list[tuple[str, float]]:
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")  # Ray Data's own, about its DataContext defaults
 def test_engines_local_and_ray_select_the_same_ids(nightly_project, ray_cluster, monkeypatch, tmp_path):
     import synthloop.project as project_module
-    from synthloop import active
+    from synthloop import measures
 
     project, incoming = nightly_project
     monkeypatch.setattr(project_module, "SCORE_CHUNK_SIZE", 64)  # several chunks: several workers' results merged
@@ -393,7 +393,7 @@ def test_engines_local_and_ray_select_the_same_ids(nightly_project, ray_cluster,
         ids, texts = project.store.unlabeled_pool()
         chosen = project.store.queries()
         ids, texts = ids + [q.example_id for q in chosen], texts + [q.text for q in chosen]
-        margin = np.round(active.uncertainty("margin", model.predict_proba(texts)), 12)
+        margin = measures.uncertainty("margin", model.predict_proba(texts))
         best = sorted(range(len(ids)), key=lambda i: (-margin[i], ids[i]))[:10]
         assert {ids[i] for i in best} == {q.example_id for q in chosen}
 

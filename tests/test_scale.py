@@ -24,10 +24,11 @@ from synthloop.models import TextClassifier
 from synthloop.scale import ranked_batch_candidates, score_pool
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "sms_spam"
+# modAL's measures on the registry's scale (higher = less sure, in [0, 1]); the model has two classes.
 MEASURES = {
     "least-confident": classifier_uncertainty,
-    "margin": lambda view, X: -classifier_margin(view, X),
-    "entropy": classifier_entropy,
+    "margin": lambda view, X: 1 - classifier_margin(view, X),
+    "entropy": lambda view, X: classifier_entropy(view, X) / np.log(2),
 }
 
 

@@ -11,10 +11,11 @@ from collections.abc import Callable
 
 import numpy as np
 from modAL.batch import uncertainty_batch_sampling
-from modAL.uncertainty import classifier_entropy, classifier_margin, entropy_sampling, margin_sampling, uncertainty_sampling
+from modAL.uncertainty import classifier_entropy, classifier_margin
 from sklearn.metrics import cohen_kappa_score
 
 from synthloop.errors import SynthloopError
+from synthloop.measures import MEASURES, top_k, uncertainty
 
 # Ranked batch compares every candidate with every chosen one; capping the candidates keeps it sub-quadratic.
 RANKED_BATCH_CANDIDATES = 2000
@@ -36,26 +37,41 @@ class FittedView:
         return self._last_proba
 
 
-def least_confident(classifier, X, n: int):
-    return uncertainty_sampling(classifier, X, n_instances=n)
+def _by_measure(measure: str) -> Callable:
+    """modAL's uncertainty, margin and entropy sampling over the measure registry: the n rows of X the model
+    is least sure of, ties to the earlier row (the pool comes in id order, so to the smaller id, as the
+    streamed and cached paths break them)."""
+
+    def strategy(classifier, X, n: int):
+        scores = uncertainty(measure, classifier.predict_proba(X))
+        picked, values, _ = top_k(np.arange(len(scores)), scores, n)
+        return picked, values
+
+    strategy.__name__ = measure.replace("-", "_")
+    return strategy
 
 
-def margin(classifier, X, n: int):
-    return margin_sampling(classifier, X, n_instances=n)
+least_confident, margin, entropy = (_by_measure(name) for name in MEASURES)
 
 
-def entropy(classifier, X, n: int):
-    return entropy_sampling(classifier, X, n_instances=n)
+def ranked_batch_candidates(n: int) -> int:
+    """How many of the most uncertain rows (least-confident) ranked batch chooses among."""
+    return max(RANKED_BATCH_CANDIDATES, 4 * n)
+
+
+def ranked_batch_among(classifier, X_candidates, n: int) -> np.ndarray:
+    """modAL's uncertainty_batch_sampling (Cardoso et al.: uncertainty plus diversity from the training set)
+    on candidate rows already cut to the most uncertain; indices into X_candidates."""
+    picked, _ = uncertainty_batch_sampling(classifier, X_candidates, n_instances=min(n, X_candidates.shape[0]))
+    return np.asarray(picked, dtype=int).ravel()
 
 
 def ranked_batch(classifier, X, n: int):
-    """Uncertainty plus diversity (Cardoso et al.), run on the most uncertain candidates only."""
-    proba = classifier.predict_proba(X)
-    uncertainty = 1 - proba.max(axis=1)
-    k = min(X.shape[0], max(RANKED_BATCH_CANDIDATES, 4 * n))
-    candidates = np.argpartition(-uncertainty, k - 1)[:k] if k < X.shape[0] else np.arange(X.shape[0])
-    picked, scores = uncertainty_batch_sampling(classifier, X[candidates], n_instances=n)
-    return candidates[np.asarray(picked, dtype=int)], scores
+    """Uncertainty plus diversity, run on the most uncertain candidates only."""
+    scores = uncertainty("least-confident", classifier.predict_proba(X))
+    candidates, values, _ = top_k(np.arange(X.shape[0]), scores, ranked_batch_candidates(n))
+    picked = ranked_batch_among(classifier, X[candidates], n)
+    return candidates[picked], values[picked]
 
 
 def random_sampling(classifier, X, n: int, seed: int = 0):
@@ -70,6 +86,7 @@ STRATEGIES: dict[str, Callable] = {
     "ranked-batch": ranked_batch,
     "random": random_sampling,
 }
+POINTWISE = tuple(MEASURES)  # strategies that rank each row by its own score: a pool can be scored in pieces
 
 
 def get_strategy(name: str) -> Callable:
@@ -86,7 +103,8 @@ def get_strategy(name: str) -> Callable:
 
 
 def select(strategy: str, model, X, n: int, X_training=None, seed: int = 0) -> tuple[np.ndarray, np.ndarray | None]:
-    """Indices of the n rows of X to label next, with the strategy's score for each when it gives one."""
+    """Indices of the n rows of X to label next, with the strategy's score for each when it gives one
+    (built-in strategies give the measure registry's uncertainty: higher = less sure)."""
     n = min(n, X.shape[0])
     if n <= 0:
         return np.array([], dtype=int), None
@@ -96,24 +114,6 @@ def select(strategy: str, model, X, n: int, X_training=None, seed: int = 0) -> t
     indices, scores = result if isinstance(result, tuple) else (result, None)
     indices = np.asarray(indices, dtype=int).ravel()
     return indices, (None if scores is None else np.asarray(scores, dtype=float).ravel())
-
-
-# Pointwise uncertainty, for scoring a pool in pieces and caching the scores -----------------------
-
-POINTWISE = ("least-confident", "margin", "entropy")
-
-
-def uncertainty(strategy: str, proba: np.ndarray) -> np.ndarray:
-    """Higher = less sure; the same measures as modAL's least confident, margin and entropy sampling."""
-    if strategy == "least-confident":
-        return 1 - proba.max(axis=1)
-    if strategy == "margin":
-        top2 = np.sort(proba, axis=1)[:, -2:]
-        return 1 - (top2[:, 1] - top2[:, 0])
-    if strategy == "entropy":
-        p = np.clip(proba, 1e-12, 1)
-        return -(p * np.log(p)).sum(axis=1)
-    raise SynthloopError(f"strategy {strategy!r} cannot score a pool piece by piece; use one of {', '.join(POINTWISE)}")
 
 
 # Stopping criteria -------------------------------------------------------------------------------

@@ -14,12 +14,13 @@ from pathlib import Path
 import numpy as np
 import scipy.sparse as sp
 
-from synthloop import active
+from synthloop import active, selection
 from synthloop.config import CONFIG_FILE, STATE_DIR, Config, load_config
 from synthloop.data import scan_table
 from synthloop.errors import SynthloopError
 from synthloop.labelers import get_labeler
 from synthloop.metrics import evaluate
+from synthloop.selection import Cached, InMemory, Scorer, Streamed
 from synthloop.models import TextClassifier, featurizer_needs_fit, load_model, save_model, texts_key
 from synthloop.store import NewLabel, Store, source_rank
 from synthloop.task import TaskSpec, load_task
@@ -28,10 +29,6 @@ from synthloop.task import TaskSpec, load_task
 FEATURE_CACHE_MAX_ROWS = 200_000
 # Pool uncertainty is tracked on this many unlabeled examples (the first by id: a fixed pseudo-random sample).
 POOL_STATS_SAMPLE = 5000
-# Incremental scoring: when the model changes, the previous model's most uncertain examples are re-scored,
-# plus a random slice of the rest so that no example keeps a stale score forever.
-RESCORE_TOP = 2000
-RESCORE_SLICE = 10_000
 # Rows per chunk when the pool is streamed from the store to synthloop.scale (select with an engine).
 SCORE_CHUNK_SIZE = 50_000
 
@@ -355,82 +352,33 @@ class Project:
             self._feature_cache = {}
         return key, model.featurizer_
 
+    def scorer(self, round_: int, incremental: bool = False, engine: str | None = None,
+               address: str | None = None) -> Scorer:
+        """How the round scores its pool: streamed through synthloop.scale with an engine ("local" or "ray"),
+        with per-example scores cached in the store (incremental), else all in memory."""
+        pool = self.store.unlabeled_pool
+        if engine is not None:
+            return Streamed(lambda: self.store.unlabeled_pool_chunks(SCORE_CHUNK_SIZE), engine, address,
+                            SCORE_CHUNK_SIZE)
+        if incremental:
+            return Cached(pool, self._model_features, self.store, self.store.round(round_)["model_version"])
+        return InMemory(pool, self._model_features)
+
+    def _model_features(self, model: TextClassifier, ids: list[str], texts: list[str]):
+        key, featurizer = self._cached_featurizer(model)
+        return self._features(key, featurizer, ids, texts)
+
     def select(self, round_: int, model: TextClassifier, n: int | None = None, strategy: str | None = None,
                labeler: str | None = None, incremental: bool = False, engine: str | None = None,
-               address: str | None = None) -> int:
-        """Score the unlabeled pool, pick the next batch and store it as pending queries. With an engine
-        ("local" or "ray", see synthloop.scale) the pool is streamed from the store in chunks instead."""
+               address: str | None = None, scorer: Scorer | None = None) -> int:
+        """Score the unlabeled pool, pick the next batch and store it as pending queries, each with its
+        uncertainty (synthloop.measures: higher = less sure), the same whichever scorer made it."""
         n = self.config.loop.batch_size if n is None else n
         strategy = strategy or self.config.loop.strategy
-        if engine is not None:
-            return self._select_streamed(round_, model, n, strategy, labeler, engine, address)
-        ids, texts = self.store.unlabeled_pool()
-        if not ids or n <= 0:
-            return 0
-        if incremental and strategy in active.POINTWISE:
-            return self._select_incremental(round_, model, ids, texts, n, strategy, labeler)
-        key, featurizer = self._cached_featurizer(model)
-        X = self._features(key, featurizer, ids, texts)
-        X_training = None
-        if strategy == "ranked-batch":
-            t_ids, t_texts, _, _ = self.training_data()
-            X_training = self._features(key, featurizer, t_ids, t_texts)
-        picked, scores = active.select(strategy, model, X, n, X_training=X_training, seed=self.config.loop.seed + round_)
-        picks = [(ids[i], None if scores is None else float(scores[k])) for k, i in enumerate(picked)]
-        return self.store.add_queries(round_, picks, strategy, routed_to=labeler or self.config.loop.labeler)
-
-    def _select_streamed(self, round_, model, n, strategy, labeler, engine, address) -> int:
-        """Every unlabeled example is scored each time: per-example cached scores would make the store's
-        score table as big as the pool, which is what streaming is for avoiding."""
-        from synthloop.scale import score_pool
-
-        if n <= 0:
-            return 0
-        streamed = 0
-
-        def chunks():
-            nonlocal streamed
-            for ids, texts in self.store.unlabeled_pool_chunks(SCORE_CHUNK_SIZE):
-                streamed += len(ids)
-                yield ids, texts
-
-        # ranked-batch prefers candidates unlike the labeled set, as the in-memory strategy does.
-        training = self.training_data()[1] if strategy == "ranked-batch" else None
-        picks = score_pool(model, chunks(), strategy=strategy, k=n, engine=engine, address=address,
-                           chunk_size=SCORE_CHUNK_SIZE, training_texts=training)
-        self.last_scored = streamed
-        return self.store.add_queries(round_, picks, strategy, routed_to=labeler or self.config.loop.labeler)
-
-    def _select_incremental(self, round_, model, ids, texts, n, strategy, labeler) -> int:
-        """Score only examples never scored, plus (when the model changed) the previous model's most
-        uncertain ones and a random slice; the rest keep their cached scores."""
-        import random
-
-        version = self.store.round(round_)["model_version"]
-        current = self.store.cached_scores(version, strategy)
-        ever = self.store.scored_ids(strategy)
-        unlabeled = set(ids)
-        todo = {i for i in ids if i not in ever}
-        last = self.store.latest_scored_version(strategy)
-        if last is not None and last != version:
-            old = self.store.cached_scores(last, strategy)
-            ranked = sorted((i for i in old if i in unlabeled), key=lambda i: (-old[i], i))
-            todo |= set(ranked[:RESCORE_TOP])
-            stale = sorted(unlabeled - todo - set(current))
-            todo |= set(random.Random(version).sample(stale, min(RESCORE_SLICE, len(stale))))
-        todo -= set(current)
-        if todo:
-            position = {eid: k for k, eid in enumerate(ids)}
-            todo_ids = sorted(todo, key=position.get)
-            key, featurizer = self._cached_featurizer(model)
-            X = self._features(key, featurizer, todo_ids, [texts[position[i]] for i in todo_ids])
-            values = active.uncertainty(strategy, model.predict_proba_features(X))
-            new = dict(zip(todo_ids, map(float, values)))
-            self.store.save_scores(version, strategy, new)
-            current.update(new)
-        self.last_scored = len(todo)
-        ranked = sorted((i for i in current if i in unlabeled), key=lambda i: (-current[i], i))
-        picks = [(i, current[i]) for i in ranked[:n]]
+        scorer = scorer or self.scorer(round_, incremental, engine, address)
+        picks = selection.select(scorer, model, strategy, n, training=lambda: self.training_data()[:2],
+                                 seed=self.config.loop.seed + round_)
+        self.last_scored = scorer.scored
         return self.store.add_queries(round_, picks, strategy, routed_to=labeler or self.config.loop.labeler)
 
     def collect(self, round_: int | None = None) -> int:
@@ -481,9 +429,11 @@ class Project:
     # the round ----------------------------------------------------------------------------------
     def round(self, query: bool = True, n: int | None = None, strategy: str | None = None,
               route: bool = True, labeler: str | None = None, incremental: bool = False,
-              retrain: bool = True, engine: str | None = None, address: str | None = None) -> RoundResult:
+              retrain: bool = True, engine: str | None = None, address: str | None = None,
+              scorer: Scorer | None = None) -> RoundResult:
         """One round. With route=False it stops after selecting and stays open: `label` or the next
-        `round` hands the queries out and closes it."""
+        `round` hands the queries out and closes it. The pool is scored by `scorer` (see `Project.scorer`;
+        incremental/engine/address choose one)."""
         start = time.perf_counter()
         number, resumed = self.store.open_round()
         info = self.store.round(number)
@@ -523,8 +473,8 @@ class Project:
 
         if query and not self.store.queries(round_=number):
             t = time.perf_counter()
-            self.select(number, model, n=n, strategy=strategy, labeler=labeler, incremental=incremental,
-                        engine=engine, address=address)
+            self.select(number, model, n=n, strategy=strategy, labeler=labeler,
+                        scorer=scorer or self.scorer(number, incremental, engine, address))
             timings["select"] = time.perf_counter() - t
         checkpoint("selected", number)
         if not route:

@@ -17,46 +17,19 @@ from pathlib import Path
 
 import joblib
 import numpy as np
-from modAL.uncertainty import classifier_entropy, classifier_margin, classifier_uncertainty
 
 from synthloop import active
 from synthloop.data import example_id
 from synthloop.errors import SynthloopError
+from synthloop.measures import MEASURES, top_k, uncertainty
 
-UNCERTAINTY = {
-    "least-confident": classifier_uncertainty,
-    # modAL's margin_sampling ranks by -margin; the same sign keeps "higher = label it first" everywhere.
-    "margin": lambda view, X: -classifier_margin(view, X),
-    "entropy": classifier_entropy,
-}
-STRATEGIES = (*UNCERTAINTY, "ranked-batch")
+STRATEGIES = (*MEASURES, "ranked-batch")
 FILE_KINDS = {".parquet": "parquet", ".pq": "parquet", ".csv": "csv", ".tsv": "tsv"}
-# Scores closer than this are treated as a tie (broken by id): a dense BLAS product may differ in the last
-# bit between batch sizes, and that must not change which ids are selected.
-SCORE_DECIMALS = 12
-
-
-def ranked_batch_candidates(k: int) -> int:
-    # The same cap as active.ranked_batch, so the streamed path selects what it would on the whole pool.
-    return max(active.RANKED_BATCH_CANDIDATES, 4 * k)
+# The same cap as active.ranked_batch, so the streamed path selects what it would on the whole pool.
+ranked_batch_candidates = active.ranked_batch_candidates
 
 
 # Top-k under (score desc, id asc) -------------------------------------------------------------------
-
-def top_k(ids: np.ndarray, scores: np.ndarray, k: int, texts: np.ndarray | None = None):
-    """The k best rows, best first; ties at the cut go to the smaller id so the result never depends on row order."""
-    if len(scores) > k:
-        part = np.argpartition(-scores, k - 1)[:k]
-        cut = scores[part].min()
-        above = np.flatnonzero(scores > cut)
-        tied = np.flatnonzero(scores == cut)
-        tied = tied[np.argsort(ids[tied], kind="stable")[: k - len(above)]]
-        keep = np.concatenate([above, tied])
-    else:
-        keep = np.arange(len(scores))
-    keep = keep[np.lexsort((ids[keep], -scores[keep]))]
-    return ids[keep], scores[keep], (None if texts is None else texts[keep])
-
 
 class TopK:
     """A running top-k over merged partial results; holds at most k rows (plus one partial) at a time."""
@@ -95,8 +68,7 @@ def score_chunk(model, ids: Sequence[str] | None, texts: Sequence, measure: str,
     if not rows:
         return np.array([], dtype=str), np.array([], dtype=float), (np.array([], dtype=object) if with_texts else None)
     kept = [texts[i] for i in rows.values()]
-    X = model.transform(kept)
-    scores = np.round(np.asarray(UNCERTAINTY[measure](active.FittedView(model), X), dtype=float), SCORE_DECIMALS)
+    scores = uncertainty(measure, model.predict_proba_features(model.transform(kept)))
     return top_k(np.array(list(rows), dtype=str), scores, keep, np.array(kept, dtype=object) if with_texts else None)
 
 
@@ -379,28 +351,22 @@ def _ray_dataset(ray, files: list[Path] | str, text_col: str, id_col: str | None
 
 # Entry point --------------------------------------------------------------------------------------
 
-def score_pool(model, source, strategy: str = "margin", k: int = 100, engine: str = "local", address: str | None = None,
-               chunk_size: int = 50_000, n_jobs: int = -1, exclude_ids: Iterable[str] | None = None,
-               text_col: str = "text", id_col: str | None = None,
-               training_texts: Sequence[str] | None = None) -> list[tuple[str, float]]:
-    """The k pool examples to label next, as (id, score), best first.
-
-    `model`: a fitted TextClassifier. `source`: Parquet/CSV/TSV path, folder or glob (ids from `id_col`, else
-    the store's hash of the text), or an iterable of (ids or None, texts) chunks. Scores follow modAL's
-    strategies: higher means more uncertain (margin is reported as -(p1 - p2)). `ranked-batch` streams the
-    most uncertain candidates by least-confident, then runs active.select on them (its modAL scores);
-    `training_texts` (the labeled set) lets it favour candidates unlike what is already labeled.
-    """
+def check_streamable(strategy: str, engine: str = "local") -> None:
     if strategy not in STRATEGIES:
         raise SynthloopError(f"strategy {strategy!r} cannot be streamed; choose one of {', '.join(STRATEGIES)}")
     if engine not in ("local", "ray"):
         raise SynthloopError(f"unknown engine {engine!r}; choose 'local' or 'ray'")
-    if k <= 0:
-        return []
+
+
+def most_uncertain(model, source, measure: str = "margin", k: int = 100, engine: str = "local",
+                   address: str | None = None, chunk_size: int = 50_000, n_jobs: int = -1,
+                   exclude_ids: Iterable[str] | None = None, text_col: str = "text", id_col: str | None = None,
+                   with_texts: bool = False) -> TopK:
+    """The k examples of the source with the highest uncertainty under the measure (synthloop.measures), as a
+    TopK (ids, scores and, with_texts, texts), best first."""
+    check_streamable(measure, engine)
     if chunk_size <= 0:
         raise SynthloopError(f"chunk_size must be positive, not {chunk_size}")
-    ranked = strategy == "ranked-batch"
-    measure, keep = ("least-confident", ranked_batch_candidates(k)) if ranked else (strategy, k)
     exclude = frozenset(exclude_ids or ())
     files, chunks = None, None
     if not isinstance(source, (str, os.PathLike)):
@@ -409,15 +375,38 @@ def score_pool(model, source, strategy: str = "margin", k: int = 100, engine: st
         files = str(source)
     else:
         files = source_files(source)  # checked before any worker starts
+    if k <= 0:
+        return TopK(0, with_texts)
     if engine == "ray":
-        best = _score_ray(model, files, chunks, measure, keep, exclude, ranked, address, chunk_size, n_jobs, text_col, id_col)
-    else:
-        chunks = chunks if files is None else file_chunks(files, chunk_size, text_col, id_col)
-        best = _score_local(model, chunks, measure, keep, exclude, ranked, n_jobs)
+        return _score_ray(model, files, chunks, measure, k, exclude, with_texts, address, chunk_size, n_jobs,
+                          text_col, id_col)
+    chunks = chunks if files is None else file_chunks(files, chunk_size, text_col, id_col)
+    return _score_local(model, chunks, measure, k, exclude, with_texts, n_jobs)
+
+
+def score_pool(model, source, strategy: str = "margin", k: int = 100, engine: str = "local", address: str | None = None,
+               chunk_size: int = 50_000, n_jobs: int = -1, exclude_ids: Iterable[str] | None = None,
+               text_col: str = "text", id_col: str | None = None,
+               training_texts: Sequence[str] | None = None) -> list[tuple[str, float]]:
+    """The k pool examples to label next, as (id, score), best first.
+
+    `model`: a fitted TextClassifier. `source`: Parquet/CSV/TSV path, folder or glob (ids from `id_col`, else
+    the store's hash of the text), or an iterable of (ids or None, texts) chunks. Scores are the measure
+    registry's (synthloop.measures): higher = less sure, in [0, 1]. `ranked-batch` streams the most uncertain
+    candidates by least-confident, then runs modAL's diversity step on them (scores: their least-confident);
+    `training_texts` (the labeled set) lets it favour candidates unlike what is already labeled.
+    """
+    check_streamable(strategy, engine)
+    if k <= 0:
+        return []
+    ranked = strategy == "ranked-batch"
+    measure, keep = ("least-confident", ranked_batch_candidates(k)) if ranked else (strategy, k)
+    best = most_uncertain(model, source, measure, keep, engine, address, chunk_size, n_jobs, exclude_ids,
+                          text_col, id_col, with_texts=ranked)
     if not ranked:
         return [(str(i), float(s)) for i, s in zip(best.ids, best.scores)]
     if len(best.ids) == 0:
         return []
     X_training = model.transform(list(training_texts)) if training_texts else None
-    picked, scores = active.select("ranked-batch", model, model.transform(list(best.texts)), k, X_training=X_training)
-    return [(str(best.ids[i]), float(s)) for i, s in zip(picked, scores)]
+    picked = active.ranked_batch_among(active.FittedView(model, X_training), model.transform(list(best.texts)), k)
+    return [(str(best.ids[i]), float(best.scores[i])) for i in picked]

@@ -14,7 +14,7 @@ from pathlib import Path
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 
-SCHEMA_VERSION = 2  # 2: queries.meta
+SCHEMA_VERSION = 3  # 2: queries.meta; 3: cached scores on the measure registry's scale
 
 metadata = sa.MetaData()
 
@@ -189,6 +189,10 @@ class Store:
         metadata.create_all(self.engine)
         self._migrate()
         with self.engine.begin() as conn:
+            stored = conn.execute(sa.select(meta.c.value).where(meta.c.key == "schema_version")).scalar()
+            if stored is not None and stored < 3:
+                # Scores cached before schema 3 are on another scale (margin as p1 - p2): a cache, so recompute.
+                conn.execute(scores.delete())
             self._insert_ignore(conn, meta, [{"key": "schema_version", "value": SCHEMA_VERSION}])
             conn.execute(meta.update().where(meta.c.key == "schema_version").values(value=SCHEMA_VERSION))
 
