@@ -83,6 +83,38 @@ def ray_cluster():
         yield address
 
 
+@pytest.fixture(scope="session")
+def pg_server():
+    """A real PostgreSQL server (tests/pg_server.py), started once per session on a free port."""
+    from pg_server import pg_server_or_reason
+
+    artifacts = ROOT / "test-artifacts"
+    artifacts.mkdir(exist_ok=True)
+    server, reason = pg_server_or_reason(log_file=artifacts / "postgresql.log")
+    if server is None:
+        skip_or_fail(reason)
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def pg_url(pg_server) -> str:
+    """The URL of a fresh, empty database on the test server (it holds the password: never print it)."""
+    return pg_server.create_database()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db(request, monkeypatch) -> str | None:
+    """Run a test on both stores: None for SQLite in the project folder, else a fresh PostgreSQL database's
+    URL, also set as $SYNTHLOOP_DB_URL so every Project and `synthloop` subprocess the test makes uses it."""
+    if request.param == "sqlite":
+        monkeypatch.delenv("SYNTHLOOP_DB_URL", raising=False)
+        return None
+    url = request.getfixturevalue("pg_url")
+    monkeypatch.setenv("SYNTHLOOP_DB_URL", url)
+    return url
+
+
 def skip_or_fail(reason: str) -> None:
     """Skip a test (or a whole module) whose tool (chromium, playwright, Argilla, Ray, llama.cpp) is missing, except under CI (`make test` sets CI=1):
     there a skip would hide that the test never ran."""

@@ -38,7 +38,7 @@ def check_invariants(root, batch):
 
 
 @pytest.fixture
-def proj(tmp_path, small_pool):
+def proj(tmp_path, small_pool, db):  # db: on SQLite and on PostgreSQL
     Project.init(tmp_path / "p", small_pool / "task.toml", loop={"batch_size": 10}).close()
     project = Project(tmp_path / "p")
     project.import_file(small_pool / "pool.csv", label_col="label", gold=True)

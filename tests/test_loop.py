@@ -3,6 +3,11 @@ import pytest
 from synthloop import Project, SynthloopError, simulate
 
 
+@pytest.fixture(autouse=True)
+def _on_both_stores(db):
+    """Every test here runs on SQLite and on a real PostgreSQL server (the db fixture sets the URL)."""
+
+
 def load(project, data):
     project.import_file(data / "pool.csv", label_col="label", gold=True)
     project.import_file(data / "test.csv", label_col="label", split="test")

@@ -104,6 +104,13 @@ class RouterConfig(_Section):
     model_confident: float = Field(0.9, ge=0.0, le=1.0)
 
 
+class StoreConfig(_Section):
+    """Where the store lives. None: $SYNTHLOOP_DB_URL, else SQLite in .synthloop. No password here (this file is
+    often committed): put it in $PGPASSWORD, or the whole URL in $SYNTHLOOP_DB_URL."""
+
+    url: str | None = None  # e.g. postgresql://synthloop@db.internal:5432/synthloop
+
+
 class Config(_Section):
     task: TaskSpec
     model: ModelConfig = Field(default_factory=ModelConfig)
@@ -112,6 +119,7 @@ class Config(_Section):
     synth: SynthConfig = Field(default_factory=SynthConfig)
     argilla: ArgillaConfig = Field(default_factory=ArgillaConfig)
     router: RouterConfig = Field(default_factory=RouterConfig)
+    store: StoreConfig = Field(default_factory=StoreConfig)
 
     def dump(self) -> str:
         return tomli_w.dumps(self.model_dump(mode="json", exclude_none=True))

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import scipy.sparse as sp
 
-from synthloop import active, selection
+from synthloop import active, selection, shared_models
 from synthloop.config import CONFIG_FILE, STATE_DIR, Config, load_config
 from synthloop.data import scan_table
 from synthloop.errors import SynthloopError
@@ -74,7 +74,7 @@ class Project:
         self.root = Path(root).resolve()
         self.config: Config = load_config(self.root / CONFIG_FILE)
         self.state_dir.mkdir(exist_ok=True)
-        self.store = Store.open(self.state_dir / "store.db")
+        self.store = Store.for_project(self.root, self.config.store.url)
         self._featurizers: dict[str, object] = {}
         self._feature_cache: dict[str, tuple[dict[str, int], object]] = {}
         self._llm = None
@@ -294,6 +294,7 @@ class Project:
         version = self.store.next_model_version()
         path = self.state_dir / "models" / f"v{version:04d}.joblib"
         save_model(model, path)
+        shared_models.publish(self.store, self.root, path, getattr(model, "featurizer_file_", None))
         self.store.add_model(version, round_, model.name, str(path.relative_to(self.root)), len(texts))
         return version, model
 
@@ -309,6 +310,7 @@ class Project:
         row = self.store.latest_model() if version is None else self.store.model(version)
         if row is None:
             raise SynthloopError("no model yet; run `synthloop train` or `synthloop round` first")
+        shared_models.restore(self.store, self.root, self.root / row["path"])
         return row["version"], load_model(self.root / row["path"])
 
     def evaluate(self, model: TextClassifier) -> dict | None:

@@ -8,6 +8,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from synthloop.project import Project
+from synthloop.store_url import LOCAL_STORE
 from synthloop.task import TaskSpec, load_task
 
 BASELINE = "random"
@@ -26,7 +27,8 @@ def simulate(task: TaskSpec | str | Path, pool: str | Path, test: str | Path, st
     start = time.perf_counter()
     spec = task if isinstance(task, TaskSpec) else load_task(task)
     with tempfile.TemporaryDirectory(prefix="synthloop-sim-") as tmp:
-        project = Project.init(Path(tmp) / "project", spec, model={"name": model},
+        # A throwaway store of its own: a $SYNTHLOOP_DB_URL shared with real projects must not see simulated rounds.
+        project = Project.init(Path(tmp) / "project", spec, model={"name": model}, store={"url": LOCAL_STORE},
                                loop={"strategy": strategy, "batch_size": batch, "seed": seed, "labeler": "oracle"})
         try:
             project.import_file(pool, text_col, label_col, split="pool", gold=True)

@@ -14,7 +14,11 @@ from pathlib import Path
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 
+from synthloop import store_url
+from synthloop.errors import SynthloopError
+
 SCHEMA_VERSION = 3  # 2: queries.meta; 3: cached scores on the measure registry's scale
+ROUND_LOCK_WAIT = 3600.0  # seconds a round waits for another machine's round on a shared store
 
 metadata = sa.MetaData()
 
@@ -108,7 +112,7 @@ llm_cache = sa.Table(
 pool_files = sa.Table(
     "pool_files", metadata,
     sa.Column("path", sa.String, primary_key=True),
-    sa.Column("size", sa.Integer, nullable=False),
+    sa.Column("size", sa.BigInteger, nullable=False),  # bytes: PostgreSQL's INTEGER stops at 2 GiB
     sa.Column("mtime", sa.Float, nullable=False),
     sa.Column("rows", sa.Integer, nullable=False),
     sa.Column("added", sa.Integer, nullable=False),
@@ -131,6 +135,15 @@ runs = sa.Table(
     sa.Column("summary", sa.JSON),
     sa.Column("started_at", sa.Float, nullable=False),
     sa.Column("finished_at", sa.Float),
+)
+
+# Model files, kept in the store only when it is shared (PostgreSQL): a machine resuming or monitoring a round
+# another machine trained finds the model here, not in its own project folder.
+files = sa.Table(
+    "files", metadata,
+    sa.Column("name", sa.String, primary_key=True),  # the path relative to the project folder
+    sa.Column("data", sa.LargeBinary, nullable=False),
+    sa.Column("created_at", sa.Float, nullable=False),
 )
 
 meta = sa.Table(
@@ -171,24 +184,17 @@ class NewLabel:
     meta: dict | None = None
 
 
-def _on_sqlite_connect(dbapi_conn, _record):
-    cur = dbapi_conn.cursor()
-    cur.execute("PRAGMA journal_mode=WAL")
-    cur.execute("PRAGMA synchronous=NORMAL")
-    cur.execute("PRAGMA foreign_keys=ON")
-    cur.execute("PRAGMA busy_timeout=30000")
-    cur.close()
-
-
 class Store:
     def __init__(self, url: str):
         self.url = url
-        self.engine = sa.create_engine(url)
-        if self.engine.dialect.name == "sqlite":
-            sa.event.listen(self.engine, "connect", _on_sqlite_connect)
-        metadata.create_all(self.engine)
-        self._migrate()
+        self.engine = store_url.create_engine(url)
+        self.shared = store_url.is_shared(self.engine.url)  # several project folders may use it at once
+        self._round_conn: sa.Connection | None = None  # holds the round lock on a shared store (see open_round)
+        # Two machines starting at once would both create the tables; the lock makes the second wait and find them.
         with self.engine.begin() as conn:
+            store_url.lock_for_transaction(conn, store_url.SCHEMA_LOCK)
+            metadata.create_all(conn)
+            self._migrate(conn)
             stored = conn.execute(sa.select(meta.c.value).where(meta.c.key == "schema_version")).scalar()
             if stored is not None and stored < 3:
                 # Scores cached before schema 3 are on another scale (margin as p1 - p2): a cache, so recompute.
@@ -196,28 +202,40 @@ class Store:
             self._insert_ignore(conn, meta, [{"key": "schema_version", "value": SCHEMA_VERSION}])
             conn.execute(meta.update().where(meta.c.key == "schema_version").values(value=SCHEMA_VERSION))
 
-    def _migrate(self) -> None:
+    def _migrate(self, conn: sa.Connection) -> None:
         # create_all adds missing tables but never columns; stores made by schema 1 lack queries.meta.
-        columns = {c["name"] for c in sa.inspect(self.engine).get_columns("queries")}
+        columns = {c["name"] for c in sa.inspect(conn).get_columns("queries")}
         if "meta" not in columns:
-            with self.engine.begin() as conn:
-                conn.execute(sa.text("ALTER TABLE queries ADD COLUMN meta JSON"))
+            conn.execute(sa.text("ALTER TABLE queries ADD COLUMN meta JSON"))
 
     @classmethod
     def open(cls, path: str | Path) -> Store:
         return cls(f"sqlite:///{Path(path)}")
 
+    @classmethod
+    def for_project(cls, root: str | Path, url: str | None = None) -> Store:
+        """The store of the project in `root`: `url` ([store] url), else $SYNTHLOOP_DB_URL, else SQLite in .synthloop."""
+        return cls(store_url.resolve(Path(root), url))
+
     def close(self) -> None:
+        self._release_round()
         self.engine.dispose()
+
+    @property
+    def _dialect(self):
+        return sqlite if self.engine.dialect.name == "sqlite" else postgresql
 
     def _insert_ignore(self, conn, table: sa.Table, rows: Sequence[dict]) -> int:
         if not rows:
             return 0
-        dialect = sqlite if self.engine.dialect.name == "sqlite" else postgresql
-        stmt = dialect.insert(table).on_conflict_do_nothing()
+        stmt = self._dialect.insert(table).on_conflict_do_nothing()
+        if self.shared:
+            # psycopg reports no rowcount (-1) for a many-row insert; the rows RETURNING gives are the new ones.
+            stmt = stmt.returning(*table.primary_key.columns)
         total = 0
         for start in range(0, len(rows), 5000):
-            total += conn.execute(stmt, list(rows[start:start + 5000])).rowcount
+            result = conn.execute(stmt, list(rows[start:start + 5000]))
+            total += len(result.all()) if self.shared else result.rowcount
         return total
 
     # examples -----------------------------------------------------------------------------------
@@ -466,8 +484,7 @@ class Store:
             return conn.execute(sa.select(meta.c.value).where(meta.c.key == key)).scalar()
 
     def set_meta(self, key: str, value) -> None:
-        dialect = sqlite if self.engine.dialect.name == "sqlite" else postgresql
-        stmt = dialect.insert(meta).values(key=key, value=value)
+        stmt = self._dialect.insert(meta).values(key=key, value=value)
         with self.engine.begin() as conn:
             conn.execute(stmt.on_conflict_do_update(index_elements=[meta.c.key], set_={"value": stmt.excluded.value}))
 
@@ -483,7 +500,7 @@ class Store:
         meta_values ({key: value}) are set in the same transaction: a Batch API job is marked collected together
         with its usage, so a kill between the two can neither lose its cost nor record it twice."""
         now = time.time()
-        dialect = sqlite if self.engine.dialect.name == "sqlite" else postgresql
+        dialect = self._dialect
         with self.engine.begin() as conn:
             if calls:
                 conn.execute(llm_calls.insert(), [{"created_at": now, **c} for c in calls])
@@ -539,9 +556,10 @@ class Store:
 
     def record_pool_file(self, path: str, size: int, mtime: float, rows: int, added: int) -> None:
         values = {"size": size, "mtime": mtime, "rows": rows, "added": added, "imported_at": time.time()}
+        # An upsert, not delete + insert: two machines recording one path at once would both insert.
+        stmt = self._dialect.insert(pool_files).values(path=path, **values)
         with self.engine.begin() as conn:
-            conn.execute(pool_files.delete().where(pool_files.c.path == path))
-            conn.execute(pool_files.insert().values(path=path, **values))
+            conn.execute(stmt.on_conflict_do_update(index_elements=[pool_files.c.path], set_=values))
 
     def cached_scores(self, model_version: int, strategy: str) -> dict[str, float]:
         with self.engine.connect() as conn:
@@ -583,7 +601,10 @@ class Store:
 
     # rounds and models --------------------------------------------------------------------------
     def open_round(self) -> tuple[int, bool]:
-        """The round to work on: the unfinished one if a run stopped midway (resumed=True), else a new one."""
+        """The round to work on: the unfinished one if a run stopped midway (resumed=True), else a new one.
+        On a shared store this process first takes the round lock, so machines run rounds one after another
+        (see _hold_round_lock)."""
+        self._hold_round_lock()
         with self.engine.begin() as conn:
             last = conn.execute(sa.select(rounds).order_by(rounds.c.number.desc()).limit(1)).first()
             if last is not None and last.status != "done":
@@ -591,6 +612,34 @@ class Store:
             number = 0 if last is None else last.number + 1
             conn.execute(rounds.insert().values(number=number, status="open", started_at=time.time(), timings={}, counts={}))
             return number, False
+
+    def _hold_round_lock(self) -> None:
+        """Two machines sharing one PostgreSQL store would both read round N as the last and open N+1 (or both
+        resume one open round) and then train, select and route side by side. A session-level advisory lock,
+        held from open_round until the round is marked done or this store closes, makes the second wait. The
+        server drops it when the holder's connection dies (kill -9 included), so a crashed round is resumed by
+        whichever machine comes next."""
+        if not self.shared or self._round_conn is not None:
+            return
+        conn = self.engine.connect()
+        try:
+            conn.execute(sa.text(f"SET LOCAL lock_timeout = '{int(ROUND_LOCK_WAIT * 1000)}ms'"))
+            conn.execute(sa.text("SELECT pg_advisory_lock(:key)"), {"key": store_url.ROUND_LOCK})
+            conn.commit()  # end the implicit transaction; the session-level lock stays
+        except sa.exc.OperationalError as err:
+            conn.close()
+            raise SynthloopError(f"another machine's round has held the shared store for over {ROUND_LOCK_WAIT / 60:.0f} "
+                                 "minutes; nothing was done: run again once it is finished") from err
+        self._round_conn = conn
+
+    def _release_round(self) -> None:
+        if self._round_conn is not None:
+            conn, self._round_conn = self._round_conn, None
+            try:
+                conn.execute(sa.text("SELECT pg_advisory_unlock(:key)"), {"key": store_url.ROUND_LOCK})
+                conn.commit()
+            finally:
+                conn.close()
 
     def current_round(self) -> int | None:
         with self.engine.connect() as conn:
@@ -608,6 +657,8 @@ class Store:
     def update_round(self, number: int, **values) -> None:
         with self.engine.begin() as conn:
             conn.execute(rounds.update().where(rounds.c.number == number).values(**values))
+        if values.get("status") == "done":
+            self._release_round()
 
     def add_model(self, version: int, round_: int | None, name: str, path: str, n_train: int) -> None:
         with self.engine.begin() as conn:
@@ -628,3 +679,13 @@ class Store:
         with self.engine.connect() as conn:
             row = conn.execute(sa.select(models).where(models.c.version == version)).first()
         return dict(row._mapping) if row else None
+
+    # files shared between the machines of a shared store -----------------------------------------
+    def put_files(self, blobs: dict[str, bytes]) -> None:
+        """Store files by name in one transaction; a name already stored keeps its first content."""
+        with self.engine.begin() as conn:
+            self._insert_ignore(conn, files, [{"name": k, "data": v, "created_at": time.time()} for k, v in blobs.items()])
+
+    def get_file(self, name: str) -> bytes | None:
+        with self.engine.connect() as conn:
+            return conn.execute(sa.select(files.c.data).where(files.c.name == name)).scalar()
