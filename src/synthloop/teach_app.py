@@ -82,8 +82,8 @@ class TeachApp(App):
             suggestion.update("")
         else:
             text.update(Text(item.text))
-            suggestion.update(Text.assemble("model suggests ", (item.suggestion, "bold"),
-                                            f" (probability {item.probability:.2f})", ("   id ", "dim"), (item.example_id, "dim")))
+            suggestion.update(Text.assemble("model suggests ", (item.suggestion, "bold"), f" (probability "
+                                            f"{item.probability:.2f})", ("   id ", "dim"), (item.example_id, "dim")))
         self.query_one("#status", Static).update(Text(status_line(self.session.status())))
 
     def on_key(self, event: events.Key) -> None:
