@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 from conftest import skip_or_fail
-from synthloop import active
+from synthloop import Project, active
 
 if importlib.util.find_spec("textual") is None:
     skip_or_fail("Textual is not installed: pip install 'synthloop[teach]' (make test installs it)")
@@ -136,12 +136,49 @@ def test_retrain_after_n_answers_reranks_and_shows_the_score(teach_project):
     assert [it.uncertainty for it in rest] == sorted((it.uncertainty for it in rest), reverse=True)
 
 
-def test_cli_needs_a_terminal_and_a_positive_retrain_interval(teach_project):
-    for extra, message in (([], "needs a terminal"), (["--retrain-every", "0"], "--retrain-every")):
-        result = subprocess.run([sys.executable, "-m", "synthloop", "teach", "--project", str(teach_project.root), *extra],
+def rendered(widget) -> str:
+    """What the widget draws on the screen, line by line."""
+    return "\n".join(widget.render_line(y).text.rstrip() for y in range(widget.size.height))
+
+
+def test_user_text_shows_as_typed_never_as_markup(tmp_path, small_pool):
+    import pandas as pd
+
+    texts = ["[bold]WIN[/bold] a [red]prize[/] now", "[link=http://evil.example]click[/link] here", "broken [/] markup [",
+             ":smile: $x$ \\[escaped]"]
+    pd.DataFrame({"text": texts}).to_csv(tmp_path / "markup.csv", index=False)
+    project = Project.init(tmp_path / "markup", small_pool / "task.toml")
+    try:
+        project.import_file(tmp_path / "markup.csv")
+        session = TeachSession(project, user="[b]eve[/]", retrain_every=100)
+        session.start()
+
+        async def drive():
+            app = TeachApp(session)
+            async with app.run_test(size=(120, 40)) as pilot:
+                assert "answers stored as human:[b]eve[/]" in rendered(app.query_one("#title"))
+                shown = []
+                while session.current is not None:
+                    text = rendered(app.query_one("#text"))
+                    assert session.current.text in text, text
+                    shown.append(session.current.text)
+                    await pilot.press("s")
+                assert sorted(shown) == sorted(texts)
+                await pilot.press("q")
+
+        asyncio.run(drive())
+    finally:
+        project.close()
+
+
+def test_cli_errors_are_one_line_and_exit_2(teach_project, tmp_path):
+    root = str(teach_project.root)
+    for args, message in (([], "needs a terminal"), (["--retrain-every", "0"], "--retrain-every"),
+                          (["--user", " "], "--user NAME"), (["--project", str(tmp_path)], "synthloop.toml")):
+        result = subprocess.run([sys.executable, "-m", "synthloop", "teach", "--project", root, *args],
                                 capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=DEADLINE)
         assert result.returncode == 2, result.stderr
-        assert message in result.stderr and "Traceback" not in result.stderr
+        assert message in result.stderr and "Traceback" not in result.stderr, result.stderr
 
 
 # A real terminal ---------------------------------------------------------------------------------

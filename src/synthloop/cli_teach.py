@@ -29,8 +29,6 @@ def teach(user: Annotated[Optional[str], typer.Option(help="Who is labeling; ans
           project: ProjectOpt = Path(".")):
     """Label the pool yourself, one text at a time, most uncertain first: keys 1..k (or a label's initial)
     answer, a accepts the model's suggestion, s skips, u undoes, q quits. Each answer is stored at once."""
-    if not (sys.stdin.isatty() and sys.stdout.isatty()):
-        _fail("synthloop teach needs a terminal (stdin and stdout); to label without one, use `synthloop review`")
     try:
         from synthloop.teach_app import TeachApp
     except ImportError as e:
@@ -46,6 +44,10 @@ def teach(user: Annotated[Optional[str], typer.Option(help="Who is labeling; ans
         _fail(str(e))
     try:
         session = TeachSession(proj, user=user, retrain_every=retrain_every)
+        # Checked after the options, so bad input says what is wrong with it wherever it runs.
+        if not (sys.stdin.isatty() and sys.stdout.isatty()):
+            raise SynthloopError("synthloop teach needs a terminal (stdin and stdout); without one, label in "
+                                 "Argilla with `synthloop review push`")
         with err.status("loading the model and ranking the pool"):
             session.start()
     except SynthloopError as e:
