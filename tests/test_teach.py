@@ -12,6 +12,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 import numpy as np
@@ -105,31 +106,43 @@ def test_keys_answer_accept_skip_undo_and_quit(teach_project):
     assert session.answered == 3 and not session.retraining
 
 
-def test_retrain_after_n_answers_reranks_and_shows_the_score(teach_project):
+def test_retrain_after_n_answers_reranks_and_shows_the_score(teach_project, monkeypatch):
     session = TeachSession(teach_project, user="bob", retrain_every=3)
     session.start()
     assert teach_project.store.latest_model()["version"] == 1
+    # The real training, held back until the test has used the screen while it runs (else it may be over first).
+    gate, train = threading.Event(), teach_project.train
+    monkeypatch.setattr(teach_project, "train", lambda *a, **k: gate.wait(DEADLINE) and train(*a, **k))
 
     async def drive():
         app = TeachApp(session)
         async with app.run_test(size=(120, 40)) as pilot:
             await pilot.press("1", "2", "h")
+            assert session.retraining  # started by the third answer, in the background
             status = app.query_one("#status")
+            assert "retraining…" in str(status.content)
+            before = session.current
+            await pilot.press("s")  # the screen takes keys while the model trains
+            assert session.current != before and str(app.query_one("#message").content) == "skipped"
+            fourth = session.current
+            await pilot.press("2")
+            assert stored(teach_project, "human:bob")[fourth.example_id] == "spam"
+            head = session.current
+            gate.set()
             deadline = time.monotonic() + DEADLINE
-            # The UI stays live while the model trains: keys are answered and the screen redraws.
-            while "model v2: test accuracy" not in str(status.content):
+            while "model v2: test accuracy" not in str(status.content):  # redrawn when the worker is done
                 assert time.monotonic() < deadline, f"no retrain shown: {status.content}"
                 await pilot.pause(0.1)
-            await pilot.press("s")
+            assert session.current == head  # the example on the screen kept its place
             await pilot.press("q")
 
     asyncio.run(drive())
     latest = teach_project.store.latest_model()
     assert latest["version"] == 2
-    assert latest["n_train"] == 3 + len(teach_project.task.examples())  # trained on the three answers
-    assert session.metrics == teach_project.evaluate(teach_project.load_model(2)[1])
-    # The rest of the queue is ranked by the new model's uncertainty (the shown example kept its place).
+    assert latest["n_train"] == 4 + len(teach_project.task.examples())  # trained on the four answers
     _, model = teach_project.load_model(2)
+    assert session.metrics == teach_project.evaluate(model)
+    # The rest of the queue is ranked by the new model's uncertainty.
     rest = session.queue[1:]
     expected = active.uncertainty(session.strategy, model.predict_proba([it.text for it in rest]))
     assert np.allclose([it.uncertainty for it in rest], expected)
@@ -164,6 +177,12 @@ def test_user_text_shows_as_typed_never_as_markup(tmp_path, small_pool):
                     shown.append(session.current.text)
                     await pilot.press("s")
                 assert sorted(shown) == sorted(texts)
+                assert "Nothing left to label" in rendered(app.query_one("#text"))
+                revision = session.revision
+                await pilot.press("a", "1", "s")  # nothing to answer: nothing happens
+                assert session.revision == revision and stored(project, session.source) == {}
+                await pilot.press("u")
+                assert session.current.text == shown[-1]
                 await pilot.press("q")
 
         asyncio.run(drive())
