@@ -134,7 +134,8 @@ def test_retrain_after_n_answers_reranks_and_shows_the_score(teach_project, monk
                 assert time.monotonic() < deadline, f"no retrain shown: {status.content}"
                 await pilot.pause(0.1)
             assert session.current == head  # the example on the screen kept its place
-            await pilot.press("q")
+            await pilot.press("ctrl+c")  # quits, like q
+        assert app.return_code == 0
 
     asyncio.run(drive())
     latest = teach_project.store.latest_model()
@@ -190,10 +191,10 @@ def test_user_text_shows_as_typed_never_as_markup(tmp_path, small_pool):
         project.close()
 
 
-def test_cli_errors_are_one_line_and_exit_2(teach_project, tmp_path):
+def test_cli_errors_are_one_line_and_exit_2(teach_project):
     root = str(teach_project.root)
     for args, message in (([], "needs a terminal"), (["--retrain-every", "0"], "--retrain-every"),
-                          (["--user", " "], "--user NAME"), (["--project", str(tmp_path)], "synthloop.toml")):
+                          (["--user", " "], "--user NAME")):
         result = subprocess.run([sys.executable, "-m", "synthloop", "teach", "--project", root, *args],
                                 capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=DEADLINE)
         assert result.returncode == 2, result.stderr

@@ -59,8 +59,8 @@ def default_user() -> str:
 
 class TeachSession:
     """The labeling session. `start()` loads (or trains) a model and ranks the pool; `press(key)` answers,
-    accepts, skips or undoes. Every public method may be called from the UI thread while a retrain runs:
-    the queue is only changed under a lock, and only the background thread trains or scores."""
+    accepts, skips or undoes. After start(), only the background thread trains or scores, and the queue is
+    only changed under a lock, so every public method may be called from the UI thread while a retrain runs."""
 
     def __init__(self, project, user: str | None = None, retrain_every: int = 10):
         user = (default_user() if user is None else user).strip()

@@ -9,6 +9,7 @@ from __future__ import annotations
 from rich.text import Text
 from textual import events
 from textual.app import App, ComposeResult
+from textual.binding import Binding
 from textual.containers import VerticalScroll
 from textual.widgets import Static
 
@@ -20,6 +21,8 @@ POLL_SECONDS = 0.2
 
 class TeachApp(App):
     TITLE = "synthloop teach"
+    # Ctrl+C quits like q (Textual's default only tells you to press Ctrl+Q, which quits too).
+    BINDINGS = [Binding("ctrl+c", "quit", show=False, priority=True)]
     CSS = """
     #title { height: 1; background: $primary; color: $text; padding: 0 1; }
     #box { height: 1fr; border: round $accent; padding: 0 1; }
