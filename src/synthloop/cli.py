@@ -15,6 +15,7 @@ from rich.table import Table
 
 from synthloop.cli_report import report
 from synthloop.cli_review import review_app
+from synthloop.cli_teach import teach
 from synthloop.data import read_table
 from synthloop.errors import SynthloopError
 from synthloop.project import Project, RoundResult
@@ -406,6 +407,7 @@ def simulate(task: Annotated[Path, typer.Option(help="Task file.")],
 
 
 app.command()(report)
+app.command()(teach)
 
 
 if __name__ == "__main__":

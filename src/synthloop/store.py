@@ -366,6 +366,12 @@ class Store:
                 )
         return added
 
+    def delete_label(self, example_id: str, source: str) -> int:
+        """Remove one source's label of an example (`synthloop teach`'s undo); returns the rows removed."""
+        with self.engine.begin() as conn:
+            return conn.execute(labels.delete().where(labels.c.example_id == example_id,
+                                                      labels.c.source == source)).rowcount
+
     def training_set(self) -> list[tuple[str, str, str, str]]:
         """(example_id, text, label, source) for every non-test example, one label each, best source wins."""
         stmt = (
