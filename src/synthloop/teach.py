@@ -75,8 +75,9 @@ class TeachSession:
         self.labels = list(project.task.label_names)
         self.keys = key_map(self.labels)
         strategy = project.config.loop.strategy
-        # Ranking is per example; a batch strategy (ranked-batch, random) falls back to margin for it.
-        self.strategy = strategy if strategy in active.POINTWISE else "margin"
+        # Ranking is per example: a strategy without a measure of its own (ranked-batch, random) ranks by
+        # least-confident, the measure the loop scores such picks with (synthloop.measures.DEFAULT_MEASURE).
+        self.strategy = strategy if strategy in active.POINTWISE else "least-confident"
         self.queue: list[Item] = []
         self.history: list[Step] = []
         self.answered = 0  # answers given (and not undone) in this session
