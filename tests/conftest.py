@@ -48,7 +48,7 @@ def small_pool(tmp_path) -> Path:
 
 @pytest.fixture(scope="session")
 def local_llm():
-    """The real local LLM server (llama.cpp + SmolLM2-135M), started once per session on a free port."""
+    """The real local LLM server (llama.cpp via xllamacpp + SmolLM2-135M), started once per session on a free port."""
     from llm_servers import local_llm_or_skip
 
     artifacts = ROOT / "test-artifacts"
@@ -116,7 +116,7 @@ def db(request, monkeypatch) -> str | None:
 
 
 def skip_or_fail(reason: str) -> None:
-    """Skip a test (or a whole module) whose tool (chromium, playwright, Argilla, Ray, llama.cpp) is missing, except under CI (`make test` sets CI=1):
+    """Skip a test (or a whole module) whose tool (chromium, playwright, Argilla, Ray, xllamacpp) is missing, except under CI (`make test` sets CI=1):
     there a skip would hide that the test never ran."""
     import os
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 
 def need_local_llm() -> None:
-    """Skip (fail under CI) unless llama-cpp-python and the SmolLM2 model are installed, naming what is missing."""
+    """Skip (fail under CI) unless xllamacpp and the SmolLM2 model are installed, naming what is missing."""
     import importlib.util
 
     from conftest import skip_or_fail
@@ -21,8 +21,8 @@ def need_local_llm() -> None:
     from synthloop.errors import SynthloopError
     from synthloop.llm.serve import find_local_model
 
-    if importlib.util.find_spec("llama_cpp") is None:
-        skip_or_fail("llama-cpp-python is not installed (`make llm-deps` builds and installs it)")
+    if importlib.util.find_spec("xllamacpp") is None:
+        skip_or_fail("xllamacpp (llama.cpp's server, a prebuilt wheel) is not installed: run `make llm-deps`")
     try:
         find_local_model()
     except SynthloopError as err:
@@ -30,7 +30,7 @@ def need_local_llm() -> None:
 
 
 def local_llm_or_skip(log_file: Path | None = None):
-    """Start the real llama.cpp server (SmolLM2-135M) or skip, naming what is missing."""
+    """Start the real llama.cpp server (xllamacpp, SmolLM2-135M) or skip, naming what is missing."""
     from synthloop.llm.serve import start_local_server
 
     need_local_llm()

@@ -1,5 +1,5 @@
 """`synthloop generate` and `synthloop label --with llm` as a user runs them: real subprocesses against the
-real local LLM server (llama.cpp, SmolLM2-135M). The model is tiny: these check structure, not quality."""
+real local LLM server (llama.cpp via xllamacpp, SmolLM2-135M). The model is tiny: these check structure, not quality."""
 
 import json
 import subprocess
@@ -50,13 +50,21 @@ def test_generate_per_class_stores_synthetic_examples(cli_project):
     assert "LLM usage" in text and "generate" in text and LOCAL_MODEL_NAME in text
 
 
-# SmolLM2-135M answers "abstain" for most SMS texts at temperature 0 (the query is then skipped); the
-# first of these it labels spam, so at least one label is stored whatever the others get.
 POOL = ["URGENT! Your mobile number has been awarded a cash prize. Text CLAIM to 80808",
         "Running late, see you at 6", "ok thanks mum"]
 
 
+def no_abstaining(cli_project) -> None:
+    # SmolLM2-135M answers "abstain" for most SMS texts at temperature 0 (the query is then skipped, and
+    # nothing is stored); a user of such a small model turns abstaining off.
+    path = cli_project / "synthloop.toml"
+    config = tomllib.loads(path.read_text())
+    config["llm"]["abstain"] = False
+    path.write_text(tomli_w.dumps(config))
+
+
 def test_label_with_llm_stores_llm_labels_and_usage(cli_project, tmp_path):
+    no_abstaining(cli_project)
     (tmp_path / "pool.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in POOL))
     run("import", tmp_path / "pool.jsonl", cwd=cli_project)
     queried = json.loads(run("query", "--n", "3", "--json", cwd=cli_project))
@@ -68,7 +76,7 @@ def test_label_with_llm_stores_llm_labels_and_usage(cli_project, tmp_path):
     source = f"llm:{LOCAL_MODEL_NAME}"
     status = json.loads(run("status", "--json", cwd=cli_project))
     assert sum(status["labels"][source].values()) == result["labels_added"] and set(status["labels"]) == {source}
-    assert sum(status["queries"].values()) == 3 and set(status["queries"]) <= {"labeled", "failed", "skipped"}
+    assert sum(status["queries"].values()) == 3 and set(status["queries"]) <= {"labeled", "failed"}
     [usage] = status["llm"]
     assert usage["purpose"] == "label" and usage["calls"] == 3 and usage["prompt_tokens"] > 0 and usage["cost"] == 0
     assert status["impact"]["llm_by_purpose"]["label"]["calls"] == 3
@@ -85,10 +93,9 @@ def test_label_with_llm_stores_llm_labels_and_usage(cli_project, tmp_path):
 
 
 def test_round_with_the_llm_labeler(cli_project, small_pool):
-    # SmolLM2-135M abstains on most SMS texts; a user of such a small model turns abstaining off.
+    no_abstaining(cli_project)
     path = cli_project / "synthloop.toml"
     config = tomllib.loads(path.read_text())
-    config["llm"]["abstain"] = False
     config["loop"] = {**config.get("loop", {}), "batch_size": 4}
     path.write_text(tomli_w.dumps(config))
     run("import", small_pool / "pool.csv", "--label-col", "label", "--gold", cwd=cli_project)
@@ -130,5 +137,15 @@ def test_llm_serve_answers_until_interrupted(tmp_path):
     time.sleep(0.5)
     import socket
 
-    with socket.socket() as sock:  # the llama.cpp child went with it
+    with socket.socket() as sock:  # the server's child process went with it
         assert sock.connect_ex(("127.0.0.1", port)) != 0
+
+
+def test_the_makefile_installs_the_xllamacpp_that_pyproject_pins():
+    import re
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    pinned = tomllib.loads((root / "pyproject.toml").read_text())["project"]["optional-dependencies"]["llm"]
+    makefile = re.search(r"^XLLAMACPP := (\S+)$", (root / "Makefile").read_text(), re.M)
+    assert makefile is not None and pinned == [makefile.group(1)]

@@ -1,4 +1,4 @@
-"""LLMClient against real servers: the local llama.cpp server (SmolLM2-135M) and a fault-injection HTTP server.
+"""LLMClient against real servers: the local llama.cpp server (xllamacpp, SmolLM2-135M) and a fault-injection HTTP server.
 
 No mocks of the SDK: every request goes over HTTP through the openai package.
 """
@@ -52,13 +52,13 @@ def test_local_json_object_schema_gives_a_label_in_the_enum_for_free(local_llm):
     assert result.usage.cost == 0.0 and result.usage.latency > 0 and result.cached is False
 
 
-def test_local_auto_mode_falls_back_from_json_schema_and_remembers(local_llm):
+def test_local_auto_mode_settles_on_json_schema_and_remembers(local_llm):
     client = local_client(local_llm, response_format="auto")
     assert client.mode is None  # not OpenAI: to be probed
     first = client.complete_json(ask_local("Terrible service."), Sentiment, temperature=0, max_tokens=30)
-    assert client.mode == "json_object_schema" and first.value is not None
+    assert client.mode == "json_schema" and first.value is not None  # llama.cpp's server takes it
     second = client.complete_json(ask_local("Great food."), Sentiment, temperature=0, max_tokens=30)
-    assert second.value is not None and client.mode == "json_object_schema"
+    assert second.value is not None and client.mode == "json_schema"
 
 
 def test_local_cache_hit_makes_no_request(local_llm):
@@ -304,8 +304,8 @@ def test_missing_server_packages_name_the_fix(monkeypatch):
     from synthloop.llm import serve
 
     real = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "uvicorn" else real(name, *a))
-    with pytest.raises(SynthloopError, match=r"missing: uvicorn.*make llm-deps"):
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "xllamacpp" else real(name, *a))
+    with pytest.raises(SynthloopError, match=r"xllamacpp.*make llm-deps"):
         serve.start_local_server()
 
 
@@ -318,9 +318,18 @@ def test_missing_model_names_the_package(monkeypatch):
 
 
 def test_a_server_that_cannot_start_reports_its_log(tmp_path):
-    if importlib.util.find_spec("llama_cpp") is None:
-        skip_or_fail("llama-cpp-python is not installed (`make llm-deps`)")
+    if importlib.util.find_spec("xllamacpp") is None:
+        skip_or_fail("xllamacpp is not installed (`make llm-deps`)")
     from synthloop.llm.serve import start_local_server
 
-    with pytest.raises(SynthloopError, match=r"exited with code(.|\n)*missing\.gguf"):
-        start_local_server(model_path=tmp_path / "missing.gguf", log_file=tmp_path / "server.log", timeout=30)
+    bad = tmp_path / "bad.gguf"
+    bad.write_bytes(b"not a GGUF file" * 64)
+    with pytest.raises(SynthloopError, match=r"exited with code 1(.|\n)*failed to load model(.|\n)*bad\.gguf"):
+        start_local_server(model_path=bad, log_file=tmp_path / "server.log", timeout=30)
+
+
+def test_a_missing_model_file_is_named():
+    from synthloop.llm.serve import start_local_server
+
+    with pytest.raises(SynthloopError, match=r"no model file at .*nowhere\.gguf"):
+        start_local_server(model_path="/nowhere.gguf")

