@@ -77,7 +77,8 @@ class Project:
         self.root = Path(root).resolve()
         self.config: Config = load_config(self.root / CONFIG_FILE)
         self.state_dir.mkdir(exist_ok=True)
-        self.store = Store.open(self.state_dir / "store.db")
+        # A project folder we may not write to (a shared, read-only copy) is still read: status, predict, export.
+        self.store = Store.open(self.state_dir / "store.db", readonly=not os.access(self.state_dir, os.W_OK))
         self._featurizers: dict[str, object] = {}
         self._feature_cache: dict[str, tuple[dict[str, int], object]] = {}
         self._llm = None

@@ -21,7 +21,7 @@ from modAL.uncertainty import classifier_entropy, classifier_margin, classifier_
 
 from synthloop import active
 from synthloop.data import example_id
-from synthloop.errors import SynthloopError
+from synthloop.errors import SynthloopError, Unavailable
 
 UNCERTAINTY = {
     "least-confident": classifier_uncertainty,
@@ -221,7 +221,7 @@ def _score_local(model, chunks: Iterable, measure: str, keep: int, exclude: froz
     return best
 
 
-class RayUnreachable(SynthloopError):
+class RayUnreachable(Unavailable):
     """Nothing answers at the Ray address: the cluster is down (try again later) or the address is wrong."""
 
 

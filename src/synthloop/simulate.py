@@ -6,9 +6,12 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from synthloop.project import Project
 from synthloop.task import TaskSpec, load_task
+
+if TYPE_CHECKING:
+    from synthloop.project import Project
 
 BASELINE = "random"
 
@@ -26,6 +29,8 @@ def simulate(task: TaskSpec | str | Path, pool: str | Path, test: str | Path, st
     start = time.perf_counter()
     spec = task if isinstance(task, TaskSpec) else load_task(task)
     with tempfile.TemporaryDirectory(prefix="synthloop-sim-") as tmp:
+        from synthloop.project import Project  # here: `import synthloop` stays light
+
         project = Project.init(Path(tmp) / "project", spec, model={"name": model},
                                loop={"strategy": strategy, "batch_size": batch, "seed": seed, "labeler": "oracle"})
         try:

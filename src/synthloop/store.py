@@ -180,12 +180,19 @@ def _on_sqlite_connect(dbapi_conn, _record):
     cur.close()
 
 
+def _on_sqlite_connect_readonly(dbapi_conn, _record):
+    dbapi_conn.execute("PRAGMA busy_timeout=30000")
+
+
 class Store:
-    def __init__(self, url: str):
+    def __init__(self, url: str, readonly: bool = False):
         self.url = url
+        self.readonly = readonly
         self.engine = sa.create_engine(url)
         if self.engine.dialect.name == "sqlite":
-            sa.event.listen(self.engine, "connect", _on_sqlite_connect)
+            sa.event.listen(self.engine, "connect", _on_sqlite_connect_readonly if readonly else _on_sqlite_connect)
+        if readonly:
+            return  # a reader of a read-only project: the schema is what the last writer left
         metadata.create_all(self.engine)
         self._migrate()
         with self.engine.begin() as conn:
@@ -200,8 +207,21 @@ class Store:
                 conn.execute(sa.text("ALTER TABLE queries ADD COLUMN meta JSON"))
 
     @classmethod
-    def open(cls, path: str | Path) -> Store:
-        return cls(f"sqlite:///{Path(path)}")
+    def open(cls, path: str | Path, readonly: bool = False) -> Store:
+        if not readonly:
+            return cls(f"sqlite:///{Path(path)}")
+        # mode=ro reads a WAL store while a writer works; with no -shm file and a read-only folder SQLite
+        # cannot, and immutable=1 reads it as it is (nobody can write there either).
+        uri = Path(path).resolve().as_uri()
+        for flags in ("mode=ro", "immutable=1"):
+            store = cls(f"sqlite:///{uri}?{flags}&uri=true", readonly=True)
+            try:
+                with store.engine.connect() as conn:
+                    conn.execute(sa.text("SELECT count(*) FROM sqlite_master"))
+                return store
+            except sa.exc.OperationalError:
+                store.close()
+        return store
 
     def close(self) -> None:
         self.engine.dispose()
