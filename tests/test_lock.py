@@ -88,7 +88,7 @@ def test_round_beside_round_gives_two_rounds_or_one_clear_refusal(proj):
     for p, out, err in results:
         assert "Traceback" not in err and p.returncode in (0, 75), err
         if p.returncode == 75:
-            assert "the project is busy" in err and "`synthloop round`" in err
+            assert "another synthloop run holds" in err and "`synthloop round`" in err
     rounds = rounds_of(proj)
     assert len(rounds) == 1 + codes.count(0)  # round 0 from the fixture, one per run that got the lock
     assert all(r["status"] == "done" and r["metrics"] for r in rounds)

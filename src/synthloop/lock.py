@@ -76,7 +76,7 @@ def project_lock(state_dir: Path, command: str, wait: float = 0.0):
                 info = holder(path)
                 handle.close()
                 waited = f" after waiting {wait:g} s" if wait > 0 else ""
-                raise Locked(f"the project is busy{waited}: {describe(info)} holds {path}; this run did nothing. "
+                raise Locked(f"another synthloop run holds {path}{waited}: {describe(info)}; this run did nothing. "
                              "Try again when it ends, or pass --wait SECONDS to queue behind it") from None
             time.sleep(POLL_SECONDS)
     handle.seek(0)
