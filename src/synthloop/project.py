@@ -183,8 +183,13 @@ class Project:
                 cfg.model, base_url=cfg.base_url, api_key_env=cfg.api_key_env, base_url_env=cfg.base_url_env,
                 timeout=cfg.timeout, max_retries=cfg.max_retries,
                 concurrency=cfg.concurrency, response_format=cfg.response_format,
-                cache=_StoreCache(self.store), prices=cfg.prices)
+                cache=_StoreCache(self.store), prices=cfg.prices, deadline=cfg.deadline)
         return self._llm
+
+    def usage_recorder(self, purpose: str, round_: int | None):
+        """For complete_json_many(on_result=...): each request's usage is stored as it completes, so spend
+        limits hold across a killed run."""
+        return lambda result: self.record_llm_usage([result], purpose, round_)
 
     def record_llm_usage(self, results, purpose: str, round_: int | None) -> None:
         model = self.config.llm.model
