@@ -57,6 +57,7 @@ class FaultServer:
     `script` is a list of behaviours, one per chat request (the last one repeats):
     ("429", retry_after) | ("500",) | ("503",) | ("status", code, message) | ("echo_auth",)
     | ("hang", seconds) | ("content", text) | ("truncated", text) | ("logprobs", text) | ("delay", seconds, text)
+    | ("raw", status, body_bytes, content_type) (a proxy's HTML page, a `null` body, ...)
     | a callable taking the request body and returning one of these (answers that depend on the request).
 
     Batch API: `files` holds uploads, a batch completes on its second poll, `batch_answer(body)` answers each
@@ -135,6 +136,8 @@ class FaultServer:
                     self._send(200, completion(step[1], finish_reason="length"))
                 elif kind == "logprobs":
                     self._send(200, completion(step[1], logprobs=True))
+                elif kind == "raw":
+                    self._send_bytes(step[1], step[2], step[3])
                 else:
                     self._send(200, completion(step[1]))
 

@@ -44,7 +44,7 @@ def test_commands_end_to_end(tmp_path, small_pool):
 
     [pred] = json.loads(run("predict", "Free entry! Text WIN to 80082 now", "--json", cwd=proj).stdout)
     assert pred["label"] in ("ham", "spam")
-    preds = json.loads(run("predict", small_pool / "test.csv", "--json", cwd=proj).stdout)
+    preds = json.loads(run("predict", "--file", small_pool / "test.csv", "--json", cwd=proj).stdout)
     assert len(preds) > 190
     assert json.loads(run("export", tmp_path / "labeled.csv", "--json", cwd=proj).stdout)["rows"] == 30
     assert (tmp_path / "labeled.csv").read_text().startswith("id,text,label,source")

@@ -1,11 +1,10 @@
 """kill -9 a real `synthloop round` at each step, re-run it, and check nothing was lost or queried twice."""
 
+import json
 import os
-import random
 import signal
 import subprocess
 import sys
-import time
 
 import pytest
 
@@ -18,6 +17,8 @@ def start(args, cwd, env=None):
 
 
 def check_invariants(root, batch):
+    """After any kill and resume: no label lost, no example queried twice, every round done with metrics,
+    and the counts `status --json` prints equal the store's."""
     project = Project(root)
     store = project.store
     queries = store.queries()
@@ -33,7 +34,16 @@ def check_invariants(root, batch):
     rounds = store.rounds()
     assert [r["number"] for r in rounds] == list(range(len(rounds)))
     assert all(r["status"] == "done" for r in rounds)
+    missing = [r["number"] for r in rounds if not r["metrics"] or r["metrics"].get("accuracy") is None]
+    assert not missing, f"rounds without metrics: {missing}"
+    assert all(r["model_version"] is not None for r in rounds)
     project.close()
+    status = subprocess.run([sys.executable, "-m", "synthloop", "status", "--json", "--no-latency"], cwd=root,
+                            capture_output=True, text=True)
+    assert status.returncode == 0, status.stderr
+    info = json.loads(status.stdout)
+    assert info["rounds"] == len(rounds) and info["queries"] == {"labeled": len(queries)}
+    assert sum(sum(per_class.values()) for per_class in info["labels"].values()) == len(labeled)
     return len(rounds), len(queries)
 
 
@@ -48,7 +58,11 @@ def proj(tmp_path, small_pool, db):  # db: on SQLite and on PostgreSQL
     return tmp_path / "p"
 
 
-@pytest.mark.parametrize("step", ["collected", "trained", "selected", "routed"])
+# Every step boundary of a round (project.round and its checkpoint() calls), in order.
+STEPS = ["collected", "model-stored", "trained", "augmented", "selected", "routed"]
+
+
+@pytest.mark.parametrize("step", STEPS)
 def test_kill_9_at_each_step_then_resume(proj, step):
     proc = start(["round"], proj, env={"SYNTHLOOP_PAUSE_AT": step})
     line = proc.stdout.readline()
@@ -63,14 +77,20 @@ def test_kill_9_at_each_step_then_resume(proj, step):
     assert check_invariants(proj, 10) == (2, 20)
 
 
-def test_kill_9_at_random_moments_during_a_loop(proj):
-    rng = random.Random(0)
-    for _ in range(6):
-        proc = start(["loop", "--rounds", "3", "--quiet"], proj)
-        time.sleep(rng.uniform(0.5, 3.0))
-        proc.send_signal(signal.SIGKILL)
+def test_kill_9_during_a_loop_at_every_step_of_different_rounds(proj):
+    """A loop killed at each step in turn, each kill landing in a later round than the last: the runs
+    resume one another's rounds, and the store ends whole."""
+    kills = 0
+    for k, step in enumerate(STEPS):
+        # Each loop resumes the round the last one left, finishes it, and is killed in the next one.
+        target = k + 2
+        proc = start(["loop", "--rounds", "3", "--quiet"], proj, env={"SYNTHLOOP_PAUSE_AT": f"{step}@{target}"})
+        line = proc.stdout.readline()
+        assert line.startswith(f"PAUSED {step} {target}"), line + proc.stderr.read()
+        os.kill(proc.pid, signal.SIGKILL)
         proc.wait()
+        kills += 1
     finish = subprocess.run([sys.executable, "-m", "synthloop", "round"], cwd=proj, capture_output=True, text=True)
     assert finish.returncode == 0, finish.stderr
     rounds, queried = check_invariants(proj, 10)
-    assert rounds >= 2 and queried == 10 * rounds
+    assert kills == len(STEPS) and queried == 10 * rounds

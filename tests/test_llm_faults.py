@@ -17,6 +17,13 @@ class Answer(BaseModel):
     label: str
 
 
+NOT_COMPLETIONS = {
+    "html": b"<html><body><h1>502 Bad Gateway</h1></body></html>",
+    "null": b"null",
+    "no choices": json.dumps({"id": "x", "object": "chat.completion", "created": 0, "model": "m", "choices": []}).encode(),
+}
+
+
 @pytest.fixture(scope="module")
 def server():
     srv = FaultServer()
@@ -110,6 +117,11 @@ def fault_project(project, small_pool, server, monkeypatch):
     ([("429", 0)], "pending"),                                           # rate limited past every retry
     ([("hang", 5)], "pending"),                                          # past the 1 s timeout, every try
     ([("content", '{"label": "abstain", "confidence": 0.2}')], "skipped"),
+    # Replies that are no completion at all: a failed, transient ask (asked again later), never a crash.
+    ([("raw", 200, NOT_COMPLETIONS["html"], "text/html")], "pending"),
+    ([("raw", 200, NOT_COMPLETIONS["null"], "application/json")], "pending"),
+    ([("raw", 200, NOT_COMPLETIONS["html"], "application/json")], "pending"),
+    ([("raw", 200, NOT_COMPLETIONS["no choices"], "application/json")], "pending"),
 ])
 def test_bad_answers_store_no_label(fault_project, server, script, status):
     server.reset(*script)
@@ -208,3 +220,87 @@ def test_only_the_named_key_variable_is_read(fault_project, server, monkeypatch)
     fault_project._llm = None
     fault_project.round(labeler="llm")
     assert server.requests[-1]["auth"] == "Bearer sk-mine-0000"
+
+
+@pytest.mark.parametrize("kind, content_type", [("html", "text/html"), ("null", "application/json"),
+                                                ("html", "application/json"), ("no choices", "application/json")])
+def test_a_reply_that_is_no_completion_is_a_transient_failure(server, kind, content_type):
+    server.reset(("raw", 200, NOT_COMPLETIONS[kind], content_type))
+    result = ask(client(server))
+    assert result.value is None and result.transient and "not a chat completion" in result.error
+    assert SECRET not in result.error
+
+
+def test_the_probe_runs_once_per_server_and_is_remembered(server):
+    # A server failing every request: the probe learns nothing, and the other requests are asked once each
+    # (not probed again one at a time: 2 requests per query before).
+    server.reset(("503",))
+    c = client(server, response_format="auto", max_retries=0, concurrency=4)
+    results = c.complete_json_many([[{"role": "user", "content": f"text {i}"}] for i in range(6)], Answer)
+    assert not any(r.ok for r in results) and all(r.transient for r in results)
+    assert len(server.requests) == 7  # the probe and its one plain ask, then one ask each
+    # A server that answers settles the format; a new client (a later CLI process) reads it from the cache.
+    server.reset(("content", '{"label": "ham"}'))
+    cache = DictCache()
+    assert ask(client(server, response_format="auto", cache=cache)).ok
+    assert client(server, response_format="auto", cache=cache).mode == "json_schema"
+
+
+def test_concurrency_is_honoured_when_the_probe_fails(server):
+    server.reset(("hang", 2))
+    c = client(server, response_format="auto", max_retries=0, timeout=0.3, concurrency=4)
+    start = time.monotonic()
+    results = c.complete_json_many([[{"role": "user", "content": f"text {i}"}] for i in range(9)], Answer)
+    elapsed = time.monotonic() - start
+    assert not any(r.ok for r in results) and len(server.requests) == 10
+    # The probe (2 timeouts of 0.3 s), then 8 requests 4 at a time: about 1.2 s; one at a time it was 5.4 s.
+    assert elapsed < 4.0, elapsed
+
+
+def test_a_batch_has_an_overall_deadline(server):
+    server.reset(("delay", 0.6, '{"label": "ham"}'))
+    c = client(server, concurrency=1, deadline=1.0)
+    results = c.complete_json_many([[{"role": "user", "content": f"text {i}"}] for i in range(8)], Answer)
+    late = [r for r in results if not r.ok]
+    assert late and all(r.transient and "deadline" in r.error for r in late)
+    assert len(server.requests) < 8 and sum(r.ok for r in results) == len(server.requests)
+
+
+def test_usage_is_stored_per_request_as_it_completes_so_a_killed_run_counted_it(tmp_path, small_pool, server):
+    """A real `synthloop round` labels with the LLM; 3 requests are answered, the rest hang; kill -9: the
+    3 answered requests' usage is in the store already."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    Project.init(tmp_path / "p", small_pool / "task.toml", loop={"batch_size": 10, "labeler": "llm"},
+                 llm={"model": "gpt-4o-mini", "base_url": server.base_url, "response_format": "json_object_schema",
+                      "timeout": 30.0, "max_retries": 0, "concurrency": 4}).close()
+    setup = Project(tmp_path / "p")
+    setup.import_file(small_pool / "pool.csv", label_col="label", gold=True)
+    setup.close()
+    answer = ("content", '{"label": "ham", "confidence": 0.9}')
+    server.reset(answer, answer, answer, ("hang", 60))
+    proc = subprocess.Popen([sys.executable, "-m", "synthloop", "round", "--labeler", "llm"], cwd=tmp_path / "p",
+                            env={**os.environ, "OPENAI_API_KEY": SECRET}, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 300
+        calls = 0
+        while time.monotonic() < deadline and proc.poll() is None:
+            reader = Project(tmp_path / "p")
+            usage = reader.store.llm_usage()
+            reader.close()
+            calls = usage[0]["calls"] if usage else 0
+            if calls >= 3 and len(server.requests) >= 4:
+                break
+            time.sleep(0.2)
+        assert calls == 3, (calls, len(server.requests), proc.poll())
+    finally:
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+        server.reset(answer)
+    after = Project(tmp_path / "p")
+    usage = after.store.llm_usage()
+    assert usage[0]["calls"] == 3 and usage[0]["cost"] > 0 and usage[0]["failed"] == 0
+    after.close()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from dataclasses import asdict
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 from rich.console import Console
@@ -13,13 +13,14 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from synthloop.cli_common import cli_command
 from synthloop.cli_report import report
 from synthloop.cli_review import review_app
 from synthloop.cli_teach import teach
-from synthloop.data import read_table
 from synthloop.errors import SynthloopError
-from synthloop.project import Project, RoundResult
-from synthloop.simulate import simulate as run_simulation
+
+if TYPE_CHECKING:  # the heavy modules load when a command needs them, so `synthloop --help` starts fast
+    from synthloop.project import Project, RoundResult
 
 app = typer.Typer(help="Cheap text classifiers: synthetic data + active learning.", no_args_is_help=True,
                   pretty_exceptions_enable=False)
@@ -31,16 +32,10 @@ JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JS
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress output.")]
 
 
-def _fail(error: SynthloopError) -> None:
-    err.print(f"[bold red]error:[/] {escape(str(error))}", highlight=False, soft_wrap=True)
-    raise typer.Exit(2)
-
-
 def _open(project: Path) -> Project:
-    try:
-        return Project(project)
-    except SynthloopError as e:
-        _fail(e)
+    from synthloop.project import Project
+
+    return Project(project)
 
 
 def _emit(data, as_json: bool) -> bool:
@@ -60,6 +55,7 @@ def _round_table(results: list[RoundResult]) -> Table:
 
 
 @app.command()
+@cli_command()
 def init(directory: Annotated[Path, typer.Argument(help="Folder for the new project.")],
          task: Annotated[Path, typer.Option("--task", "-t", help="Task file (task.toml).")],
          model: Annotated[str, typer.Option(help="tfidf-lr, hashing-lr or embed-lr.")] = "tfidf-lr",
@@ -68,16 +64,16 @@ def init(directory: Annotated[Path, typer.Argument(help="Folder for the new proj
          batch_size: Annotated[int, typer.Option(help="Queries per round.")] = 25,
          as_json: JsonOpt = False):
     """Create a project: synthloop.toml and the .synthloop/ folder."""
-    try:
-        project = Project.init(directory, task, model={"name": model},
-                               loop={"strategy": strategy, "labeler": labeler, "batch_size": batch_size})
-    except SynthloopError as e:
-        _fail(e)
+    from synthloop.project import Project
+
+    project = Project.init(directory, task, model={"name": model},
+                           loop={"strategy": strategy, "labeler": labeler, "batch_size": batch_size})
     if not _emit({"project": str(project.root), "task": project.task.name}, as_json):
         out.print(f"Created project [bold]{project.task.name}[/] in {project.root}")
 
 
 @app.command("import")
+@cli_command(writes="import")
 def import_(file: Annotated[Path, typer.Argument(help="CSV, TSV, JSONL or Parquet file.")],
             text_col: Annotated[str, typer.Option(help="Column with the text.")] = "text",
             label_col: Annotated[Optional[str], typer.Option(help="Column with labels, if any.")] = None,
@@ -87,10 +83,7 @@ def import_(file: Annotated[Path, typer.Argument(help="CSV, TSV, JSONL or Parque
             project: ProjectOpt = Path("."), as_json: JsonOpt = False):
     """Import examples into the pool or the test split. Importing the same file twice adds nothing."""
     proj = _open(project)
-    try:
-        result = proj.import_file(file, text_col, label_col, id_col, split, gold)
-    except SynthloopError as e:
-        _fail(e)
+    result = proj.import_file(file, text_col, label_col, id_col, split, gold)
     if not _emit(asdict(result), as_json):
         out.print(f"{result.added} new examples into {split} ({result.already_stored} already stored, "
                   f"{result.duplicates_in_file} duplicate rows, {result.other_split} in the other split); "
@@ -98,67 +91,60 @@ def import_(file: Annotated[Path, typer.Argument(help="CSV, TSV, JSONL or Parque
 
 
 @app.command()
+@cli_command(writes="train")
 def train(project: ProjectOpt = Path("."), as_json: JsonOpt = False):
     """Train a new model version on every label in the store and score it on the test split."""
     proj = _open(project)
-    try:
-        with err.status("training"):
-            version, model = proj.train()
-            metrics = proj.evaluate(model)
-    except SynthloopError as e:
-        _fail(e)
+    with err.status("training"):
+        version, model = proj.train()
+        metrics = proj.evaluate(model)
     summary = {"model_version": version, "metrics": metrics and {k: metrics[k] for k in ("accuracy", "macro_f1", "n_test")}}
     if not _emit(summary, as_json):
         out.print(f"model v{version}" + (f": accuracy {metrics['accuracy']:.3f}, macro-F1 {metrics['macro_f1']:.3f}" if metrics else ""))
 
 
 @app.command()
+@cli_command(writes="query")
 def query(n: Annotated[Optional[int], typer.Option("--n", help="How many to query (default: batch size).")] = None,
           strategy: Annotated[Optional[str], typer.Option(help="Override the project's strategy.")] = None,
           project: ProjectOpt = Path("."), as_json: JsonOpt = False):
     """Select the next examples to label (trains first if this round has no model yet)."""
     proj = _open(project)
-    try:
-        with err.status("selecting"):
-            result = proj.round(n=n, strategy=strategy, route=False)
-    except SynthloopError as e:
-        _fail(e)
+    with err.status("selecting"):
+        result = proj.round(n=n, strategy=strategy, route=False)
     pending = proj.store.queries(status="pending", round_=result.number)
     if not _emit({"round": result.number, "queries": [{"id": q.example_id, "text": q.text, "score": q.score} for q in pending]}, as_json):
         table = Table("id", "score", "text", title=f"round {result.number}: {len(pending)} pending queries")
         for q in pending:
-            table.add_row(q.example_id, "-" if q.score is None else f"{q.score:.3f}", q.text[:100])
+            table.add_row(escape(q.example_id), "-" if q.score is None else f"{q.score:.3f}", escape(q.text[:100]))
         out.print(table)
 
 
 @app.command()
+@cli_command(writes="label")
 def label(with_: Annotated[Optional[str], typer.Option("--with", help="Labeler to use (default: the one each query was routed to).")] = None,
           project: ProjectOpt = Path("."), as_json: JsonOpt = False):
     """Hand pending queries to their labeler and store the labels that are ready."""
     proj = _open(project)
-    try:
-        added = proj.label(with_)
-    except SynthloopError as e:
-        _fail(e)
+    added = proj.label(with_)
     if not _emit({"labels_added": added, "pending": proj.store.query_counts().get("pending", 0)}, as_json):
         out.print(f"{added} labels stored; {proj.store.query_counts().get('pending', 0)} queries still pending")
 
 
 @app.command("round")
+@cli_command(writes="round")
 def round_(labeler: Annotated[Optional[str], typer.Option(help="Route this round's queries to this labeler (oracle, llm, argilla, hybrid).")] = None,
            project: ProjectOpt = Path("."), as_json: JsonOpt = False):
     """One full round: collect labels, train, evaluate, top up minority classes, select, route."""
     proj = _open(project)
-    try:
-        with err.status("running a round"):
-            result = proj.round(labeler=labeler)
-    except SynthloopError as e:
-        _fail(e)
+    with err.status("running a round"):
+        result = proj.round(labeler=labeler)
     if not _emit(asdict(result), as_json):
         out.print(_round_table([result]))
 
 
 @app.command()
+@cli_command(writes="loop")
 def loop(rounds: Annotated[int, typer.Option(help="How many rounds.")] = 5,
          until_stable: Annotated[bool, typer.Option(help="Stop early once predictions stabilize (see [loop] stop_*).")] = False,
          project: ProjectOpt = Path("."), as_json: JsonOpt = False, quiet: QuietOpt = False):
@@ -166,37 +152,32 @@ def loop(rounds: Annotated[int, typer.Option(help="How many rounds.")] = 5,
     proj = _open(project)
     progress = Progress(TextColumn("rounds"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                         console=err, disable=quiet or as_json)
-    try:
-        with progress:
-            bar = progress.add_task("rounds", total=rounds)
-            results = proj.loop(rounds, on_round=lambda _: progress.advance(bar), until_stable=until_stable)
-    except SynthloopError as e:
-        _fail(e)
+    with progress:
+        bar = progress.add_task("rounds", total=rounds)
+        results = proj.loop(rounds, on_round=lambda _: progress.advance(bar), until_stable=until_stable)
     if not _emit([asdict(r) for r in results], as_json):
         out.print(_round_table(results))
 
 
 @app.command()
+@cli_command(writes="generate")
 def generate(per_class: Annotated[int, typer.Option("--per-class", min=0, help="Synthetic examples to make per class.")] = 25,
              consistency_filter: Annotated[Optional[bool], typer.Option("--consistency-filter/--no-consistency-filter",
                                            help="Drop texts the LLM labeler puts in another class.")] = None,
              project: ProjectOpt = Path("."), as_json: JsonOpt = False):
     """Generate synthetic training examples for every class with the project's LLM."""
     proj = _open(project)
-    try:
-        with err.status(f"generating {per_class} examples per class with {proj.config.llm.model}"):
-            report = proj.generate(per_class, consistency_filter=consistency_filter)
-    except SynthloopError as e:
-        _fail(e)
+    with err.status(f"generating {per_class} examples per class with {escape(proj.config.llm.model)}"):
+        report = proj.generate(per_class, consistency_filter=consistency_filter)
     summary = {"added": report.added, "requested": report.requested, "dropped": dict(report.dropped),
                "failed_calls": report.failed_calls, "cost": report.cost}
     if not _emit(summary, as_json):
         table = Table("label", "requested", "added", title=f"synthetic data (${report.cost:.4f})")
         for label, n in report.requested.items():
-            table.add_row(label, str(n), str(report.added.get(label, 0)))
+            table.add_row(escape(label), str(n), str(report.added.get(label, 0)))
         out.print(table)
         if report.dropped:
-            out.print("dropped: " + ", ".join(f"{k} {v}" for k, v in report.dropped.items()))
+            out.print("dropped: " + ", ".join(f"{k} {v}" for k, v in report.dropped.items()), markup=False)
 
 
 llm_app = typer.Typer(help="The local LLM server.", no_args_is_help=True)
@@ -205,14 +186,12 @@ app.add_typer(review_app, name="review")
 
 
 @llm_app.command("serve")
+@cli_command()
 def llm_serve(port: Annotated[int, typer.Option(help="Port on 127.0.0.1 (0 picks a free one).")] = 8080):
     """Serve SmolLM2-135M-Instruct (a tiny real LLM) on 127.0.0.1 until Ctrl-C."""
     from synthloop.llm.serve import LOCAL_MODEL_NAME, start_local_server
 
-    try:
-        server = start_local_server(port=port)
-    except SynthloopError as e:
-        _fail(e)
+    server = start_local_server(port=port)
     out.print(f"serving {LOCAL_MODEL_NAME} at {server.base_url}\n"
               f"use it: export OPENAI_BASE_URL={server.base_url}  and set [llm] model = \"{LOCAL_MODEL_NAME}\"")
     try:
@@ -227,6 +206,7 @@ NIGHTLY_EXITS = "exit 0 done, 1 failed, 2 bad input, 69 a server did not answer 
 
 
 @app.command(help=f"The unattended job for cron/systemd/Kubernetes: {NIGHTLY_EXITS}.")
+@cli_command(writes="nightly")
 def nightly(pool: Annotated[Optional[str], typer.Option(help="Folder or glob of pool files; new or changed ones are imported.")] = None,
             labeler: Annotated[Optional[str], typer.Option(help="Route tonight's queries here (default: the project's).")] = None,
             max_labels: Annotated[Optional[int], typer.Option(
@@ -243,25 +223,18 @@ def nightly(pool: Annotated[Optional[str], typer.Option(help="Folder or glob of 
             address: Annotated[Optional[str], typer.Option(help="Ray cluster address (host:6379) for --engine ray; "
                                                            "default: start Ray on this machine.")] = None,
             project: ProjectOpt = Path("."), as_json: JsonOpt = False):
-    from synthloop.nightly import EXIT_FAILED, EXIT_LOCKED, EXIT_UNAVAILABLE, exit_status, run_nightly
+    from synthloop.nightly import run_nightly
 
     proj = _open(project)
-    try:
-        summary = run_nightly(proj, pool, dry_run, max_labels, max_cost, labeler, text_col, id_col, log_file,
-                              engine=engine, address=address)
-    except Exception as e:  # noqa: BLE001 - a scheduler needs an exit status, and the log has the traceback
-        status = exit_status(e)
-        word = {EXIT_LOCKED: "[yellow]locked:[/]", EXIT_UNAVAILABLE: "[bold red]unavailable:[/]",
-                EXIT_FAILED: "[bold red]failed:[/]"}.get(status, "[bold red]error:[/]")
-        message = str(e) if isinstance(e, SynthloopError) else f"{type(e).__name__}: {e}"
-        err.print(f"{word} {escape(message)}", highlight=False, soft_wrap=True)
-        raise typer.Exit(status) from None
+    summary = run_nightly(proj, pool, dry_run, max_labels, max_cost, labeler, text_col, id_col, log_file,
+                          engine=engine, address=address)
     if not _emit(summary, as_json):
         for key, value in summary.items():
             out.print(f"{key}: {value}", highlight=False)
 
 
 @app.command()
+@cli_command()
 def status(no_latency: Annotated[bool, typer.Option("--no-latency", help="Skip timing the latest model (done once per version).")] = False,
            project: ProjectOpt = Path("."), as_json: JsonOpt = False):
     """Examples, labels per class and source, pending queries, last metrics, cost and impact."""
@@ -269,21 +242,22 @@ def status(no_latency: Annotated[bool, typer.Option("--no-latency", help="Skip t
     info = proj.status(measure_latency=not no_latency)
     if _emit(info, as_json):
         return
-    out.print(f"[bold]{info['task']}[/] in {info['project']}: {info['rounds']} rounds, model v{info['model_version'] or '-'}")
+    out.print(f"[bold]{escape(info['task'])}[/] in {escape(info['project'])}: {info['rounds']} rounds, "
+              f"model v{info['model_version'] or '-'}")
     examples = Table("split/origin", "examples", title="examples")
     for key, n in info["examples"].items():
         examples.add_row(key, str(n))
     out.print(examples)
     labels = proj.task.label_names
-    table = Table("source", *labels, "total", title="labels")
+    table = Table("source", *map(escape, labels), "total", title="labels")
     for source, per_class in sorted(info["labels"].items()):
-        table.add_row(source, *(str(per_class.get(lab, 0)) for lab in labels), str(sum(per_class.values())))
+        table.add_row(escape(source), *(str(per_class.get(lab, 0)) for lab in labels), str(sum(per_class.values())))
     out.print(table)
-    out.print("queries: " + (", ".join(f"{k} {v}" for k, v in sorted(info["queries"].items())) or "none"))
+    out.print("queries: " + (", ".join(f"{k} {v}" for k, v in sorted(info["queries"].items())) or "none"), markup=False)
     if info["llm"]:
         usage = Table("purpose", "model", "calls", "cached", "failed", "tokens in", "tokens out", "$", "seconds", title="LLM usage")
         for u in info["llm"]:
-            usage.add_row(u["purpose"], u["model"], str(u["calls"]), str(u["cached"]), str(u["failed"]), str(u["prompt_tokens"]),
+            usage.add_row(escape(u["purpose"]), escape(u["model"]), str(u["calls"]), str(u["cached"]), str(u["failed"]), str(u["prompt_tokens"]),
                           str(u["completion_tokens"]), f"{u['cost']:.4f}", f"{u['latency']:.1f}")
         out.print(usage)
     if info["last_metrics"] and info["last_metrics"]["accuracy"] is not None:  # None without a test split
@@ -327,40 +301,68 @@ def _print_impact(impact: dict) -> None:
         out.print(f"CO2: {escape(co2['note'])}", highlight=False)
 
 
+# A lone argument ending like this is a file the user meant to pass with --file, not a text to classify.
+FILE_SUFFIXES = (".csv", ".tsv", ".jsonl", ".ndjson", ".json", ".parquet", ".pq", ".txt")
+
+
+def _predict_texts(texts: list[str], file: Path | None, text_col: str) -> list[str]:
+    from synthloop.data import read_table
+
+    found: list[str] = []
+    if file is not None:
+        if not file.is_file():
+            raise SynthloopError(f"--file {file}: no such file; pass a CSV, TSV, JSONL, Parquet or .txt (one text a line)")
+        if file.suffix.lower() == ".txt":
+            found += [line for line in file.read_text(encoding="utf-8-sig").splitlines() if line.strip()]
+        else:
+            found += read_table(file, text_col).texts
+    for text in texts:
+        if text == "-":
+            import sys
+
+            found += [line for line in sys.stdin.read().splitlines() if line.strip()]
+        elif len(texts) == 1 and file is None and " " not in text and text.lower().endswith(FILE_SUFFIXES):
+            raise SynthloopError(f"{text!r} looks like a file name: pass --file {text} to predict its rows "
+                                 "(or `echo TEXT | synthloop predict -` to classify these words as a text)")
+        else:
+            found.append(text)
+    if not found:
+        raise SynthloopError("nothing to predict: give texts as arguments, --file FILE, or - to read one text a line from stdin")
+    return found
+
+
 @app.command()
-def predict(text_or_file: Annotated[str, typer.Argument(help="A text, or a CSV/JSONL/Parquet file.")],
-            text_col: Annotated[str, typer.Option(help="Text column when a file is given.")] = "text",
+@cli_command()
+def predict(texts: Annotated[Optional[list[str]], typer.Argument(help="Texts to classify; - reads one text a line from stdin.",
+                                                                 show_default=False)] = None,
+            file: Annotated[Optional[Path], typer.Option("--file", "-f", help="CSV/TSV/JSONL/Parquet (see --text-col) "
+                                                         "or .txt (one text a line).")] = None,
+            text_col: Annotated[str, typer.Option(help="Text column when --file is a table.")] = "text",
             project: ProjectOpt = Path("."), as_json: JsonOpt = False):
-    """Predict with the latest model."""
+    """Predict with the latest model (loaded once for all the texts)."""
     proj = _open(project)
-    try:
-        path = Path(text_or_file)
-        texts = read_table(path, text_col).texts if path.suffix and path.is_file() else [text_or_file]
-        results = proj.predict(texts)
-    except SynthloopError as e:
-        _fail(e)
+    results = proj.predict(_predict_texts(texts or [], file, text_col))
     if _emit(results, as_json):
         return
     table = Table("label", "probability", "text")
     for r in results:
-        table.add_row(r["label"], f"{r['probability']:.3f}", r["text"][:100])
+        table.add_row(escape(r["label"]), f"{r['probability']:.3f}", escape(r["text"][:100]))
     out.print(table)
 
 
 @app.command()
+@cli_command()
 def export(path: Annotated[Path, typer.Argument(help="Output file: .csv, .jsonl or .parquet.")],
            project: ProjectOpt = Path("."), as_json: JsonOpt = False):
     """Write the labeled set (real labels only, best source per example)."""
     proj = _open(project)
-    try:
-        n = proj.export(path)
-    except SynthloopError as e:
-        _fail(e)
+    n = proj.export(path)
     if not _emit({"path": str(path), "rows": n}, as_json):
         out.print(f"wrote {n} labeled examples to {path}")
 
 
 @app.command()
+@cli_command()
 def simulate(task: Annotated[Path, typer.Option(help="Task file.")],
              pool: Annotated[Path, typer.Option(help="Pool file with gold labels.")],
              test: Annotated[Path, typer.Option(help="Test file with labels.")],
@@ -375,8 +377,10 @@ def simulate(task: Annotated[Path, typer.Option(help="Task file.")],
                                                                   show_default=False)] = None,
              as_json: JsonOpt = False, quiet: QuietOpt = False):
     """Run a whole loop against gold labels in a temporary project; prints the learning curve."""
+    from synthloop.simulate import simulate as run_simulation
+
     if report_dir is not None and not with_report:
-        _fail(SynthloopError(f"{report_dir} was given without --report; add --report to write the report there"))
+        raise SynthloopError(f"{report_dir} was given without --report; add --report to write the report there")
     if with_report and report_dir is None:
         report_dir = Path("simulation-report")
     progress = Progress(TextColumn("labels"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.description}"),
@@ -386,13 +390,10 @@ def simulate(task: Annotated[Path, typer.Option(help="Task file.")],
         run = f"{point['baseline']}: " if "baseline" in point else ""
         progress.update(bar, completed=point["labels"], description=f"{run}acc {point['accuracy'] or 0:.3f}")
 
-    try:
-        with progress:
-            bar = progress.add_task("", total=budget)
-            result = run_simulation(task, pool, test, strategy, model, budget, batch, seed, text_col, label_col, on_point,
-                                    report_dir=report_dir)
-    except SynthloopError as e:
-        _fail(e)
+    with progress:
+        bar = progress.add_task("", total=budget)
+        result = run_simulation(task, pool, test, strategy, model, budget, batch, seed, text_col, label_col, on_point,
+                                report_dir=report_dir)
     if _emit(result, as_json):
         return
     baselines = result.get("baselines", {})

@@ -1,4 +1,5 @@
-"""`synthloop report`, registered in cli.py with `app.command()(report)`."""
+"""`synthloop report`, registered in cli.py with `app.command()(report)`. It writes the report files
+and the store's latency and CO2 records, so it takes the project lock."""
 
 from __future__ import annotations
 
@@ -7,12 +8,11 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
-from rich.console import Console
-from rich.markup import escape
 
-from synthloop.errors import SynthloopError
+from synthloop.cli_common import cli_command
 
 
+@cli_command(writes="report")
 def report(project: Annotated[Path, typer.Option("--project", "-p", help="Project folder.", envvar="SYNTHLOOP_PROJECT")] = Path("."),
            out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Folder for the report (default .synthloop/reports).")] = None,
            as_json: Annotated[bool, typer.Option("--json", help="Print the report's data as JSON.")] = False,
@@ -21,15 +21,11 @@ def report(project: Annotated[Path, typer.Option("--project", "-p", help="Projec
     from synthloop.project import Project
     from synthloop.report import build_report
 
+    proj = Project(project)
     try:
-        proj = Project(project)
-        try:
-            data = build_report(proj, out_dir=out, measure_latency=not no_latency)
-        finally:
-            proj.close()
-    except SynthloopError as e:
-        Console(stderr=True).print(f"[bold red]error:[/] {escape(str(e))}", highlight=False, soft_wrap=True)
-        raise typer.Exit(2)
+        data = build_report(proj, out_dir=out, measure_latency=not no_latency)
+    finally:
+        proj.close()
     if as_json:
         print(json.dumps(data, default=str))
     else:

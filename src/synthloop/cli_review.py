@@ -13,6 +13,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 from rich.table import Table
 
+from synthloop.cli_common import cli_command
 from synthloop.errors import SynthloopError
 
 review_app = typer.Typer(help="Human review in Argilla (URL from $ARGILLA_API_URL, key from $ARGILLA_API_KEY).",
@@ -27,18 +28,15 @@ JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JS
 def _run(project: Path, fn):
     from synthloop.project import Project
 
+    proj = Project(project)
     try:
-        proj = Project(project)
-        try:
-            return fn(proj)
-        finally:
-            proj.close()
-    except SynthloopError as e:
-        err.print(f"[bold red]error:[/] {escape(str(e))}", highlight=False, soft_wrap=True)
-        raise typer.Exit(2)
+        return fn(proj)
+    finally:
+        proj.close()
 
 
 @review_app.command("push")
+@cli_command(writes="review push")
 def push(project: ProjectOpt = Path("."),
          all_pending: Annotated[bool, typer.Option("--all-pending", help="Send every pending query to Argilla, "
                                                    "whichever labeler it was routed to.")] = False,
@@ -51,8 +49,7 @@ def push(project: ProjectOpt = Path("."),
     from synthloop.labelers.recheck import push_suspicious
 
     if recheck < 0:
-        err.print("[bold red]error:[/] --recheck needs a positive number of labels")
-        raise typer.Exit(2)
+        raise SynthloopError("--recheck needs a positive number of labels")
     with Progress(TextColumn("pushing"), BarColumn(), MofNCompleteColumn(), console=err,
                   disable=quiet or as_json) as progress:
         bar = progress.add_task("push", total=None)
@@ -67,10 +64,11 @@ def push(project: ProjectOpt = Path("."),
     if as_json:
         print(json.dumps(asdict(result)))
     else:
-        out.print(f"{result.pushed} records in Argilla dataset [bold]{result.dataset}[/] at {result.url}")
+        out.print(f"{result.pushed} records in Argilla dataset [bold]{escape(result.dataset)}[/] at {escape(result.url)}")
 
 
 @review_app.command("pull")
+@cli_command(writes="review pull")
 def pull(project: ProjectOpt = Path("."), as_json: JsonOpt = False):
     """Store the labels reviewers submitted (majority of annotators; ties stay pending). Safe to re-run."""
     from synthloop.labelers.argilla import pull as pull_
@@ -86,10 +84,11 @@ def pull(project: ProjectOpt = Path("."), as_json: JsonOpt = False):
         out.print(f"{result.waiting} records wait for more annotators")
     if result.ties:
         out.print(f"[yellow]{len(result.ties)} ties left pending[/] (annotators disagree evenly): "
-                  + ", ".join(result.ties[:10]) + (" ..." if len(result.ties) > 10 else ""))
+                  + escape(", ".join(result.ties[:10])) + (" ..." if len(result.ties) > 10 else ""))
 
 
 @review_app.command("status")
+@cli_command()
 def status(project: ProjectOpt = Path("."), as_json: JsonOpt = False):
     """Progress of the review dataset: records done and pending, per annotator."""
     from synthloop.labelers.argilla import status as status_
@@ -98,7 +97,7 @@ def status(project: ProjectOpt = Path("."), as_json: JsonOpt = False):
     if as_json:
         print(json.dumps(data, default=str))
         return
-    out.print(f"dataset [bold]{data['dataset']}[/] ({data['workspace']}) at {data['url']}: "
+    out.print(f"dataset [bold]{escape(data['dataset'])}[/] ({escape(data['workspace'])}) at {escape(data['url'])}: "
               f"{data.get('completed', 0)} of {data.get('total', 0)} records done, "
               f"{data['pending_in_store']} queries waiting in the store")
     annotators = data.get("annotators") or {}
@@ -109,5 +108,5 @@ def status(project: ProjectOpt = Path("."), as_json: JsonOpt = False):
     columns = ("submitted", "draft", "discarded", "pending")
     table = Table("annotator", *columns)
     for user, counts in annotators.items():
-        table.add_row(user, *(str(counts[k]) for k in columns))
+        table.add_row(escape(user), *(str(counts[k]) for k in columns))
     out.print(table)

@@ -59,6 +59,10 @@ class LLMConfig(_Section):
     # A query the API never answered (429/5xx after retries, timeout) stays pending and is asked again by the
     # next collect; after this many unanswered asks it is marked failed so an outage-proof loop still ends.
     max_unanswered: int = Field(5, ge=1)
+    # Seconds one batch of requests (a round's labeling, one generate step) may take: requests not sent by
+    # then are answered "transient" and asked again by the next round, so a hanging server cannot stall a
+    # round for hours. Requests already in flight still end within timeout x (max_retries + 1).
+    deadline: float = Field(900.0, gt=0)
 
 
 class SynthConfig(_Section):

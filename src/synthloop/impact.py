@@ -83,7 +83,8 @@ def model_latency(project, refresh: bool = False) -> dict:
     latency.update({"model_version": version, "host": _machine(), "measured_at": time.time(),
                     "seconds_per_1k_batched": 1000 / latency["throughput_per_s"],
                     "seconds_per_1k_one_by_one": latency["mean_ms"]})
-    project.store.set_meta(key, latency)
+    if not project.store.readonly:  # a read-only project is measured each time, not remembered
+        project.store.set_meta(key, latency)
     return {**latency, "cached": False}
 
 

@@ -3,9 +3,7 @@ score what changed -> select -> route, under a lock, within label and $ budgets,
 
 from __future__ import annotations
 
-import fcntl
 import glob
-import importlib
 import itertools
 import json
 import logging
@@ -17,76 +15,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from synthloop.errors import SynthloopError
+from synthloop.errors import (EXIT_FAILED, EXIT_LOCKED, EXIT_OK, EXIT_UNAVAILABLE, EXIT_USAGE, Locked,  # noqa: F401
+                              SynthloopError, Unavailable, exit_code)
+from synthloop.lock import project_lock
 from synthloop.project import checkpoint
 
-# The sysexits.h codes a scheduler can act on: 69 (EX_UNAVAILABLE) "a server did not answer, retry later",
-# 75 (EX_TEMPFAIL) "another run is at work, nothing was done".
-EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_UNAVAILABLE, EXIT_LOCKED = 0, 1, 2, 69, 75
 POOL_SUFFIXES = (".csv", ".tsv", ".jsonl", ".ndjson", ".parquet", ".pq")
 ENGINES = ("local", "ray")
 LLM_LABELERS = ("llm", "hybrid", "llm-batch")
 # A query status only a running nightly job sets: a leftover held back to keep tonight within --max-labels.
 # It is pending again when the run ends, and at the start of the next run if this one was killed.
 HELD = "held"
-
-
-class Locked(SynthloopError):
-    """Another run holds the project's lock."""
-
-
-class Unavailable(SynthloopError):
-    """A server the run needs did not answer: nothing is lost, and a later run does the work."""
-
-
-def _transient_types() -> tuple[type, ...]:
-    """Errors that mean "a server did not answer": the network's, and each client's own word for it."""
-    found: list[type] = [ConnectionError, TimeoutError, Unavailable]
-    for module, name in (("httpx", "TransportError"), ("openai", "APIConnectionError"),  # APITimeoutError too
-                         ("synthloop.labelers.argilla", "ArgillaUnreachable"), ("synthloop.scale", "RayUnreachable")):
-        try:
-            found.append(getattr(importlib.import_module(module), name))
-        except (ImportError, AttributeError):
-            continue
-    return tuple(found)
-
-
-def exit_status(error: BaseException) -> int:
-    """The exit status for an error that ended a run: 69 when a server did not answer (the error, or one it
-    was raised from or while handling, is a connection error or a timeout), else 2 for bad input (a
-    SynthloopError, whose message names the fix), else 1."""
-    transient, seen, err = _transient_types(), set(), error
-    while err is not None and id(err) not in seen:
-        if isinstance(err, Locked):
-            return EXIT_LOCKED
-        if isinstance(err, transient):
-            return EXIT_UNAVAILABLE
-        seen.add(id(err))
-        err = err.__cause__ or err.__context__
-    return EXIT_USAGE if isinstance(error, SynthloopError) else EXIT_FAILED
-
-
-@contextmanager
-def project_lock(state_dir: Path):
-    """An exclusive flock on .synthloop/nightly.lock; the OS drops it when the holder dies, even on kill -9."""
-    path = state_dir / "nightly.lock"
-    handle = open(path, "a+")
-    try:
-        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        handle.seek(0)
-        holder = handle.read().strip() or "unknown"
-        handle.close()
-        raise Locked(f"another synthloop run holds {path} (pid {holder}); this run did nothing — try again later") from None
-    handle.seek(0)
-    handle.truncate()
-    handle.write(str(os.getpid()))
-    handle.flush()
-    try:
-        yield
-    finally:
-        fcntl.flock(handle, fcntl.LOCK_UN)
-        handle.close()
+exit_status = exit_code  # the one mapping, in synthloop.errors
 
 
 def pool_files(pattern: str) -> list[Path]:
@@ -292,7 +232,7 @@ def run_nightly(project, pool: str | None = None, dry_run: bool = False, max_lab
     check_options(project, labeler, engine, address, max_labels, max_cost)
     if pool:
         pool_files(pool)  # a --pool that names nothing is refused now, with the fix
-    with project_lock(project.state_dir):
+    with project_lock(project.state_dir, "nightly"):
         if dry_run:
             plan = _plan(project, pool, labeler, max_labels, max_cost, engine, address)
             log.info("dry run: %s", json.dumps(plan))

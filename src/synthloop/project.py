@@ -57,7 +57,7 @@ class RoundResult:
 
 def checkpoint(step: str, number: int) -> None:
     # Lets the crash tests stop a real process at a known step and kill -9 it there.
-    if os.environ.get("SYNTHLOOP_PAUSE_AT") == step:
+    if os.environ.get("SYNTHLOOP_PAUSE_AT") in (step, f"{step}@{number}"):  # a step, or a step of one round
         print(f"PAUSED {step} {number}", flush=True)
         time.sleep(3600)
 
@@ -74,7 +74,8 @@ class Project:
         self.root = Path(root).resolve()
         self.config: Config = load_config(self.root / CONFIG_FILE)
         self.state_dir.mkdir(exist_ok=True)
-        self.store = Store.for_project(self.root, self.config.store.url)
+        # A project folder we may not write to (a shared, read-only copy) is still read: status, predict, export.
+        self.store = Store.for_project(self.root, self.config.store.url, readonly=not os.access(self.state_dir, os.W_OK))
         self._featurizers: dict[str, object] = {}
         self._feature_cache: dict[str, tuple[dict[str, int], object]] = {}
         self._llm = None
@@ -179,8 +180,13 @@ class Project:
                 cfg.model, base_url=cfg.base_url, api_key_env=cfg.api_key_env, base_url_env=cfg.base_url_env,
                 timeout=cfg.timeout, max_retries=cfg.max_retries,
                 concurrency=cfg.concurrency, response_format=cfg.response_format,
-                cache=_StoreCache(self.store), prices=cfg.prices)
+                cache=_StoreCache(self.store), prices=cfg.prices, deadline=cfg.deadline)
         return self._llm
+
+    def usage_recorder(self, purpose: str, round_: int | None):
+        """For complete_json_many(on_result=...): each request's usage is stored as it completes, so spend
+        limits hold across a killed run."""
+        return lambda result: self.record_llm_usage([result], purpose, round_)
 
     def record_llm_usage(self, results, purpose: str, round_: int | None) -> None:
         model = self.config.llm.model
@@ -454,13 +460,15 @@ class Project:
             t = time.perf_counter()
             version, model = self.train(number)
             timings["train"] = time.perf_counter() - t
+            checkpoint("model-stored", number)
+        else:
+            version, model = self.load_model(info["model_version"])
+        if not info["metrics"]:  # also a resumed round whose run was killed between storing the model and scoring it
             t = time.perf_counter()
             metrics = self.evaluate(model)
             metrics = {"n_labels": self.n_real_labels(), **(metrics or {}), **self.monitor(number, model)}
             timings["evaluate"] = time.perf_counter() - t
             self.store.update_round(number, metrics=metrics, timings=timings)
-        else:
-            version, model = self.load_model(info["model_version"])
         checkpoint("trained", number)
 
         if self.config.synth.topup:

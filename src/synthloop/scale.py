@@ -20,7 +20,7 @@ import numpy as np
 
 from synthloop import active
 from synthloop.data import example_id
-from synthloop.errors import SynthloopError
+from synthloop.errors import SynthloopError, Unavailable
 from synthloop.measures import MEASURES, top_k, uncertainty
 
 STRATEGIES = (*MEASURES, "ranked-batch")
@@ -193,7 +193,7 @@ def _score_local(model, chunks: Iterable, measure: str, keep: int, exclude: froz
     return best
 
 
-class RayUnreachable(SynthloopError):
+class RayUnreachable(Unavailable):
     """Nothing answers at the Ray address: the cluster is down (try again later) or the address is wrong."""
 
 

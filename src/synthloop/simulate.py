@@ -6,10 +6,12 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from synthloop.project import Project
-from synthloop.store_url import LOCAL_STORE
 from synthloop.task import TaskSpec, load_task
+
+if TYPE_CHECKING:
+    from synthloop.project import Project
 
 BASELINE = "random"
 
@@ -27,6 +29,9 @@ def simulate(task: TaskSpec | str | Path, pool: str | Path, test: str | Path, st
     start = time.perf_counter()
     spec = task if isinstance(task, TaskSpec) else load_task(task)
     with tempfile.TemporaryDirectory(prefix="synthloop-sim-") as tmp:
+        from synthloop.project import Project  # here: `import synthloop` stays light
+        from synthloop.store_url import LOCAL_STORE
+
         # A throwaway store of its own: a $SYNTHLOOP_DB_URL shared with real projects must not see simulated rounds.
         project = Project.init(Path(tmp) / "project", spec, model={"name": model}, store={"url": LOCAL_STORE},
                                loop={"strategy": strategy, "batch_size": batch, "seed": seed, "labeler": "oracle"})

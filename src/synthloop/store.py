@@ -185,11 +185,14 @@ class NewLabel:
 
 
 class Store:
-    def __init__(self, url: str):
+    def __init__(self, url: str, readonly: bool = False):
         self.url = url
-        self.engine = store_url.create_engine(url)
+        self.readonly = readonly
+        self.engine = store_url.create_engine(url, readonly=readonly)
         self.shared = store_url.is_shared(self.engine.url)  # several project folders may use it at once
         self._round_conn: sa.Connection | None = None  # holds the round lock on a shared store (see open_round)
+        if readonly:
+            return  # a reader of a read-only project: the schema is what the last writer left
         # Two machines starting at once would both create the tables; the lock makes the second wait and find them.
         with self.engine.begin() as conn:
             store_url.lock_for_transaction(conn, store_url.SCHEMA_LOCK)
@@ -209,13 +212,29 @@ class Store:
             conn.execute(sa.text("ALTER TABLE queries ADD COLUMN meta JSON"))
 
     @classmethod
-    def open(cls, path: str | Path) -> Store:
-        return cls(f"sqlite:///{Path(path)}")
+    def open(cls, path: str | Path, readonly: bool = False) -> Store:
+        if not readonly:
+            return cls(f"sqlite:///{Path(path)}")
+        # mode=ro reads a WAL store while a writer works; with no -shm file and a read-only folder SQLite
+        # cannot, and immutable=1 reads it as it is (nobody can write there either).
+        uri = Path(path).resolve().as_uri()
+        for flags in ("mode=ro", "immutable=1"):
+            store = cls(f"sqlite:///{uri}?{flags}&uri=true", readonly=True)
+            try:
+                with store.engine.connect() as conn:
+                    conn.execute(sa.text("SELECT count(*) FROM sqlite_master"))
+                return store
+            except sa.exc.OperationalError:
+                store.close()
+        return store
 
     @classmethod
-    def for_project(cls, root: str | Path, url: str | None = None) -> Store:
+    def for_project(cls, root: str | Path, url: str | None = None, readonly: bool = False) -> Store:
         """The store of the project in `root`: `url` ([store] url), else $SYNTHLOOP_DB_URL, else SQLite in .synthloop."""
-        return cls(store_url.resolve(Path(root), url))
+        resolved = store_url.resolve(Path(root), url)
+        if readonly and resolved.startswith("sqlite:///"):
+            return cls.open(resolved[len("sqlite:///"):], readonly=True)
+        return cls(resolved)
 
     def close(self) -> None:
         self._release_round()

@@ -100,12 +100,16 @@ def _on_sqlite_connect(dbapi_conn, _record):
     cur.close()
 
 
-def create_engine(url: str) -> sa.Engine:
+def _on_sqlite_connect_readonly(dbapi_conn, _record):
+    dbapi_conn.execute("PRAGMA busy_timeout=30000")
+
+
+def create_engine(url: str, readonly: bool = False) -> sa.Engine:
     """An engine for the store's URL: SQLite with WAL and foreign keys, or PostgreSQL through psycopg 3."""
     parsed = parse(url)
     if parsed.get_backend_name() == "sqlite":
         engine = sa.create_engine(parsed, json_serializer=dumps)
-        sa.event.listen(engine, "connect", _on_sqlite_connect)
+        sa.event.listen(engine, "connect", _on_sqlite_connect_readonly if readonly else _on_sqlite_connect)
         return engine
     # pre_ping: a nightly job outlives server restarts and idle timeouts; a dead pooled connection is replaced.
     engine = sa.create_engine(parsed, json_serializer=dumps, pool_pre_ping=True,

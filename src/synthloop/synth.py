@@ -73,8 +73,8 @@ def draw_subtopics(project, labels: list[str], round_: int | None) -> dict[str, 
         return {}
     requests = [subtopic_messages(project.task, label, k) for label in labels]
     results = project.llm_client().complete_json_many(requests, Subtopics, temperature=0.7, seed=0,
-                                                      max_tokens=k * 25 + 20)
-    project.record_llm_usage(results, "generate", round_)
+                                                      max_tokens=k * 25 + 20,
+                                                      on_result=project.usage_recorder("generate", round_))
     topics = {}
     for label, result in zip(labels, results):
         if result.value is not None:
@@ -234,8 +234,8 @@ def generate(project, per_class: int | dict[str, int], examples: dict[str, list[
             # while a re-run after a crash draws the same seeds and is answered from the cache for free.
             seeds = [{"seed": rng.randrange(2**31)} for _ in requests]
             results = client.complete_json_many(requests, generated_model(cfg.per_call, cfg.min_chars, cfg.max_chars), per_request=seeds,
-                                                temperature=cfg.temperature, max_tokens=cfg.per_call * (cfg.max_chars // 4 + 20))
-            project.record_llm_usage(results, "generate", round_)
+                                                temperature=cfg.temperature, max_tokens=cfg.per_call * (cfg.max_chars // 4 + 20),
+                                                on_result=project.usage_recorder("generate", round_))
             for result in results:
                 report.cost += result.usage.cost
                 if result.value is None:

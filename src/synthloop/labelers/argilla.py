@@ -18,7 +18,7 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from synthloop.errors import SynthloopError
+from synthloop.errors import SynthloopError, Unavailable
 from synthloop.store import NewLabel, Query
 
 log = logging.getLogger("synthloop.argilla")
@@ -28,7 +28,7 @@ QUESTION = "label"
 DOWN_FOR = 60.0  # seconds a failed server gets one try per call instead of the retries
 
 
-class ArgillaUnreachable(SynthloopError):
+class ArgillaUnreachable(Unavailable):
     """The server did not answer, even after the retries. A round carries on without it (the loop never waits
     for humans); `review push` and `review pull` stop with this error."""
 

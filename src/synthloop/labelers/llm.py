@@ -101,8 +101,7 @@ def label_texts(project, texts: Sequence[str], purpose: str = "label", round_: i
     shots = few_shot_examples(project, cfg.few_shot)
     requests = [labeling_messages(project.task, text, shots, cfg.abstain) for text in texts]
     results = client.complete_json_many(requests, schema, temperature=cfg.label_temperature, logprobs=cfg.logprobs,
-                                        max_tokens=MAX_ANSWER_TOKENS)
-    project.record_llm_usage(results, purpose, round_)
+                                        max_tokens=MAX_ANSWER_TOKENS, on_result=project.usage_recorder(purpose, round_))
     return [outcome_of(result) for result in results]
 
 

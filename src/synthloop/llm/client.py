@@ -12,8 +12,8 @@ import logging
 import os
 import re
 import time
-from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 
 import openai
@@ -116,7 +116,7 @@ class LLMClient:
     def __init__(self, model: str, base_url: str | None = None, api_key: str | None = None, timeout: float = 60.0,
                  max_retries: int = 4, concurrency: int = 4, response_format: str = "auto", cache=None,
                  prices: dict | None = None, validation_retries: int = 2, api_key_env: str = "OPENAI_API_KEY",
-                 base_url_env: str = "OPENAI_BASE_URL"):
+                 base_url_env: str = "OPENAI_BASE_URL", deadline: float | None = None):
         if response_format not in ("auto", *MODES):
             raise SynthloopError(f"response_format must be auto or one of {', '.join(MODES)}, not {response_format!r}")
         self.model = model
@@ -129,10 +129,17 @@ class LLMClient:
                 raise SynthloopError(f"no API key: set {api_key_env} in the environment, or point [llm] base_url at a local server")
             key = LOCAL_KEY
         is_openai = self.base_url is None or OPENAI_HOST in self.base_url
-        # None until the first answer settles it: other servers are probed, json_schema first.
+        # None until the first answer settles it: other servers are probed, json_schema first, once per server
+        # (the answer is kept in the cache, so later processes do not probe again).
         self.mode = response_format if response_format != "auto" else ("json_schema" if is_openai else None)
         self.concurrency = max(1, concurrency)
         self.cache = cache
+        self.deadline = deadline  # seconds one complete_json_many may take; requests not begun by then are not sent
+        self._probed = self.mode is not None
+        if self.mode is None and cache is not None:
+            known = cache.get(self._mode_key())
+            if known and known.get("value") in MODES:
+                self.mode, self._probed = known["value"], True
         self.prices = prices
         self.validation_retries = validation_retries
         if is_openai and not is_priced(model, prices):
@@ -198,30 +205,43 @@ class LLMClient:
         text = (str(getattr(err, "message", "")) + str(getattr(err, "body", ""))).lower()
         return err.status_code in (400, 422, 500) and ("response_format" in text or "schema" in text)
 
+    def _mode_key(self) -> str:
+        return "response_format:" + hashlib.sha256(f"{self.base_url}|{self.model}".encode()).hexdigest()
+
+    def _settle(self, mode: str) -> None:
+        self.mode, self._probed = mode, True
+        if self.cache is not None:
+            self.cache.put(self._mode_key(), {"value": mode})
+
     def _send(self, messages: list[dict], schema_model: type[BaseModel], params: dict):
-        """One answer from the server, settling the response format first when it is not known yet."""
-        if self.mode is None:
+        """One answer from the server, settling the response format first when it is not known yet. The probe
+        is one request without retries, once per client: a server that fails it for another reason (a 429, a
+        hang) is then asked with json_schema, and a later format rejection still moves down a mode."""
+        if self.mode is None and not self._probed:
+            self._probed = True
             try:
                 response = self._call("json_schema", messages, schema_model, params, probing=True)
-                self.mode = "json_schema"
+                self._settle("json_schema")
                 return response
             except openai.APIStatusError as err:
                 # Anything not about the format (a 429, a 503) is asked again below, with the SDK's retries.
                 if self._rejects_format(err):
                     log.info("%s rejects response_format json_schema; using json_object with a schema", self.base_url)
-                    self.mode = "json_object_schema"
+                    self._settle("json_object_schema")
             except (openai.APITimeoutError, openai.APIConnectionError):
                 pass
         mode = self.mode or "json_schema"
         try:
             response = self._call(mode, messages, schema_model, params, probing=False)
-            self.mode = self.mode or mode
+            if self.mode is None:
+                self._settle(mode)
             return response
         except openai.APIStatusError as err:
-            if mode == "json_object_schema" and err.status_code in (400, 422) and self._rejects_format(err):
-                log.info("%s rejects response_format json_object; putting the schema in the prompt", self.base_url)
-                self.mode = "prompt"
-                return self._call("prompt", messages, schema_model, params, probing=False)
+            lower = {"json_schema": "json_object_schema", "json_object_schema": "prompt"}.get(mode)
+            if lower and self._rejects_format(err) and (mode == "json_schema" or err.status_code in (400, 422)):
+                log.info("%s rejects response_format %s; using %s", self.base_url, mode, lower)
+                self._settle(lower)
+                return self._send(messages, schema_model, params)
             raise
 
     def complete_json(self, messages: list[dict], schema_model: type[BaseModel], **params) -> Result:
@@ -251,16 +271,23 @@ class LLMClient:
                                     transient=err.status_code == 429 or err.status_code >= 500)
             except (openai.APITimeoutError, openai.APIConnectionError) as err:
                 return self._failed(f"{type(err).__name__}: {err}", usage, attempts, transient=True)
+            except (openai.APIError, ValueError) as err:
+                # A reply that is no completion at all (an HTML page, a body that is not JSON): a proxy or a
+                # broken server in the way. Asking again later may work.
+                return self._failed(f"not a chat completion ({type(err).__name__}: {str(err)[:200]})", usage, attempts,
+                                    transient=True)
             finally:
                 usage.latency += time.perf_counter() - start
-            if response.usage:
-                usage.prompt_tokens += response.usage.prompt_tokens or 0
-                usage.completion_tokens += response.usage.completion_tokens or 0
+            tokens = getattr(response, "usage", None)
+            if tokens is not None:
+                usage.prompt_tokens += getattr(tokens, "prompt_tokens", 0) or 0
+                usage.completion_tokens += getattr(tokens, "completion_tokens", 0) or 0
             usage.cost = cost_usd(self.model, usage.prompt_tokens, usage.completion_tokens, prices=self.prices)
-            if not response.choices:
-                errors.append("empty answer")
-                continue
-            choice = response.choices[0]
+            choice = _first_choice(response)
+            if choice is None:
+                # A 200 whose body is HTML, `null`, or JSON without choices: not an answer, and not the
+                # model's fault either; asked again later (up to [llm] max_unanswered).
+                return self._failed(f"not a chat completion: {_describe(response)}", usage, attempts, transient=True)
             content = choice.message.content or ""
             try:
                 value = validate_answer(schema_model, content)
@@ -280,19 +307,37 @@ class LLMClient:
         return Result(None, error=_scrub(error, self.sdk.api_key), usage=usage, attempts=attempts, transient=transient)
 
     def complete_json_many(self, requests: Sequence[list[dict]], schema_model: type[BaseModel],
-                           per_request: Sequence[dict] | None = None, **params) -> list[Result]:
+                           per_request: Sequence[dict] | None = None, on_result: Callable[[Result], None] | None = None,
+                           **params) -> list[Result]:
         """Many requests, at most `concurrency` at a time, answers in the order asked. `per_request`
-        holds extra parameters for each request (e.g. a seed)."""
+        holds extra parameters for each request (e.g. a seed). `on_result` gets each result as it completes, in
+        this thread (so a killed run has recorded the usage of every request that was answered). Requests not
+        begun within `deadline` seconds come back as transient failures, to be asked again later."""
         jobs = list(zip(requests, per_request if per_request is not None else [{}] * len(requests)))
-        results: list[Result] = []
-        # Settle the response format on the first requests, one at a time, before fanning out.
-        while jobs and self.mode is None:
-            messages, extra = jobs.pop(0)
-            results.append(self.complete_json(messages, schema_model, **params, **extra))
-        if jobs:
+        results: list[Result | None] = [None] * len(jobs)
+        ends = None if self.deadline is None else time.monotonic() + self.deadline
+
+        def one(job):
+            if ends is not None and time.monotonic() > ends:
+                return Result(None, error=f"not sent: the {self.deadline:g} s deadline for these requests passed",
+                              transient=True)
+            return self.complete_json(job[0], schema_model, **params, **job[1])
+
+        def done(k: int, result: Result) -> None:
+            results[k] = result
+            if on_result is not None and (result.attempts or result.cached):  # one never sent cost nothing
+                on_result(result)
+
+        start = 0
+        if jobs and self.mode is None and not self._probed:
+            done(0, one(jobs[0]))  # the probe settles the response format before fanning out
+            start = 1
+        if start < len(jobs):
             with ThreadPoolExecutor(max_workers=self.concurrency) as pool:
-                results += pool.map(lambda job: self.complete_json(job[0], schema_model, **params, **job[1]), jobs)
-        return results
+                futures = {pool.submit(one, jobs[k]): k for k in range(start, len(jobs))}
+                for future in as_completed(futures):
+                    done(futures[future], future.result())
+        return results  # type: ignore[return-value]
 
 
 RETRY_MIN_TEMPERATURE = 0.7
@@ -310,6 +355,24 @@ def retry_params(params: dict, truncated: bool) -> dict:
     if truncated and new.get("max_tokens"):
         new["max_tokens"] = min(2 * new["max_tokens"], MAX_RETRY_TOKENS)
     return new
+
+
+def _first_choice(response):
+    """The first choice of a chat completion, or None when the reply is not one (the SDK hands back a str for
+    an HTML page, None for a `null` body, and a model with no choices for `{}`)."""
+    choices = getattr(response, "choices", None)
+    if not isinstance(choices, list) or not choices:
+        return None
+    choice = choices[0]
+    return choice if getattr(choice, "message", None) is not None else None
+
+
+def _describe(response) -> str:
+    if isinstance(response, str):
+        return f"the server sent text, not JSON ({response[:80]!r})"
+    if response is None:
+        return "the server sent an empty or null body"
+    return "the reply has no choices"
 
 
 def _token_logprobs(choice) -> list[dict] | None:
