@@ -15,6 +15,7 @@ from rich.table import Table
 
 from synthloop.cli_report import report
 from synthloop.cli_review import review_app
+from synthloop.cli_serve import export_model, serve
 from synthloop.data import read_table
 from synthloop.errors import SynthloopError
 from synthloop.project import Project, RoundResult
@@ -329,13 +330,16 @@ def _print_impact(impact: dict) -> None:
 @app.command()
 def predict(text_or_file: Annotated[str, typer.Argument(help="A text, or a CSV/JSONL/Parquet file.")],
             text_col: Annotated[str, typer.Option(help="Text column when a file is given.")] = "text",
+            model_dir: Annotated[Optional[Path], typer.Option("--model-dir", help="An export folder (synthloop export-model).")] = None,
             project: ProjectOpt = Path("."), as_json: JsonOpt = False):
     """Predict with the latest model."""
-    proj = _open(project)
+    from synthloop.deploy import load_export
+
+    proj = None if model_dir else _open(project)
     try:
         path = Path(text_or_file)
         texts = read_table(path, text_col).texts if path.suffix and path.is_file() else [text_or_file]
-        results = proj.predict(texts)
+        results = load_export(model_dir).predict(texts) if model_dir else proj.predict(texts)
     except SynthloopError as e:
         _fail(e)
     if _emit(results, as_json):
@@ -406,6 +410,8 @@ def simulate(task: Annotated[Path, typer.Option(help="Task file.")],
 
 
 app.command()(report)
+app.command()(serve)
+app.command("export-model")(export_model)
 
 
 if __name__ == "__main__":
