@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 LLM_STAMP := $(VENV)/.llm-installed
 # Extras `make test` installs (pyproject.toml's optional-dependencies).
-EXTRAS := test,embed,ray,carbon,argilla,postgres,teach
+EXTRAS := test,embed,ray,carbon,argilla,postgres,teach,serve
 # The local LLM: llama.cpp's server in a prebuilt wheel (no compiler) and SmolLM2-135M's GGUF file.
 # Pinned here and in pyproject.toml's `llm` extra (tests/test_llm_cli.py checks that they agree).
 XLLAMACPP := xllamacpp==2026.10.11549

@@ -16,6 +16,7 @@ from rich.table import Table
 from synthloop.cli_common import cli_command
 from synthloop.cli_report import report
 from synthloop.cli_review import review_app
+from synthloop.cli_serve import export_model, serve
 from synthloop.cli_teach import teach
 from synthloop.errors import SynthloopError
 
@@ -338,10 +339,16 @@ def predict(texts: Annotated[Optional[list[str]], typer.Argument(help="Texts to 
             file: Annotated[Optional[Path], typer.Option("--file", "-f", help="CSV/TSV/JSONL/Parquet (see --text-col) "
                                                          "or .txt (one text a line).")] = None,
             text_col: Annotated[str, typer.Option(help="Text column when --file is a table.")] = "text",
+            model_dir: Annotated[Optional[Path], typer.Option("--model-dir", help="An export folder (synthloop export-model).")] = None,
             project: ProjectOpt = Path("."), as_json: JsonOpt = False):
-    """Predict with the latest model (loaded once for all the texts)."""
-    proj = _open(project)
-    results = proj.predict(_predict_texts(texts or [], file, text_col))
+    """Predict with the latest model, or an exported one (loaded once for all the texts)."""
+    texts = _predict_texts(texts or [], file, text_col)
+    if model_dir is not None:
+        from synthloop.deploy import load_export
+
+        results = load_export(model_dir).predict(texts)
+    else:
+        results = _open(project).predict(texts)
     if _emit(results, as_json):
         return
     table = Table("label", "probability", "text")
@@ -409,6 +416,8 @@ def simulate(task: Annotated[Path, typer.Option(help="Task file.")],
 
 app.command()(report)
 app.command()(teach)
+app.command()(serve)
+app.command("export-model")(export_model)
 
 
 if __name__ == "__main__":

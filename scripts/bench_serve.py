@@ -1,0 +1,332 @@
+"""A bounded local load test of `synthloop serve`: latency and throughput on 127.0.0.1, and a model swap under load.
+
+    nice -n 10 .venv/bin/python scripts/bench_serve.py        # writes benchmarks/serve.json and serve.md
+
+For each model (a project trained on 300 labeled SMS from examples/sms_spam), a real server process
+(`python -m synthloop serve`, default options: access log on, one BLAS thread) and a keep-alive HTTP/1.1 client
+(http.client, the lightest client the standard library has, so its own overhead stays small):
+- single: one text per request, one client, requests back to back: p50/p99 latency, requests/s;
+- batched: 64 texts per request, one client: p50/p99 latency per request, texts/s;
+- concurrent: one text per request, 4 clients at once: requests/s;
+- swap (tfidf-lr unless --swap-models): 2 clients send single requests while `synthloop train` makes a new
+  version in the project, until the server serves it, plus 2 s: failed requests, p50/p99 in that window.
+Every phase runs --reps times (at least 3); the tables give the min and the median over them. CPU seconds are
+the server's (psutil) and the client's (time.process_time) per phase; the load average is read before and after.
+Latency is client-side, end to end (HTTP, JSON, prediction), so it includes the client's own Python.
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import os
+import platform
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import psutil
+
+ROOT = Path(__file__).resolve().parent.parent
+EXAMPLE = ROOT / "examples" / "sms_spam"
+TARGET_P50_MS = 5.0
+BATCH = 64
+
+
+def percentile_ms(seconds: list[float], q: float) -> float:
+    return 1000 * float(np.percentile(seconds, q))
+
+
+class Server:
+    def __init__(self, project: Path, log: Path):
+        self.log_path = log
+        self._log = open(log, "w")
+        env = {**os.environ, "PYTHONPATH": str(ROOT / "src") + os.pathsep + os.environ.get("PYTHONPATH", "")}
+        env.pop("SYNTHLOOP_SERVE_TOKEN", None)
+        self.process = subprocess.Popen([sys.executable, "-m", "synthloop", "serve", "--port", "0", "--project", str(project),
+                                         "--poll", "0.5"], stdout=self._log, stderr=subprocess.STDOUT, env=env)
+        deadline = time.monotonic() + 300
+        while not (found := re.search(r" at http://127\.0\.0\.1:(\d+)", log.read_text())):
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                sys.exit(f"the server did not start:\n{log.read_text()}")
+            time.sleep(0.1)
+        self.port = int(found.group(1))
+        self.ps = psutil.Process(self.process.pid)
+
+    def cpu(self) -> float:
+        t = self.ps.cpu_times()
+        return t.user + t.system
+
+    def stop(self) -> None:
+        self.process.terminate()
+        self.process.wait(timeout=60)
+        self._log.close()
+
+
+class Client:
+    """One keep-alive connection; post() returns (status, parsed body)."""
+
+    def __init__(self, port: int):
+        self.conn = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
+
+    def post(self, body: dict) -> tuple[int, dict]:
+        data = json.dumps(body).encode()
+        self.conn.request("POST", "/v1/predict", body=data, headers={"Content-Type": "application/json"})
+        reply = self.conn.getresponse()
+        return reply.status, json.loads(reply.read())
+
+    def version(self) -> int:
+        self.conn.request("GET", "/healthz")
+        reply = self.conn.getresponse()
+        return json.loads(reply.read())["model_version"]
+
+    def close(self) -> None:
+        self.conn.close()
+
+
+def timed_requests(port: int, bodies: list[dict]) -> list[float]:
+    client = Client(port)
+    times = []
+    try:
+        for body in bodies:
+            start = time.perf_counter()
+            status, _ = client.post(body)
+            times.append(time.perf_counter() - start)
+            if status != 200:
+                raise RuntimeError(f"request failed with {status}")
+    finally:
+        client.close()
+    return times
+
+
+def phase(server: Server, run) -> dict:
+    load_before = os.getloadavg()[0]
+    cpu0, client0, wall0 = server.cpu(), time.process_time(), time.perf_counter()
+    result = run()
+    wall = time.perf_counter() - wall0
+    return {**result, "wall_s": wall, "server_cpu_s": server.cpu() - cpu0, "client_cpu_s": time.process_time() - client0,
+            "load_before": load_before, "load_after": os.getloadavg()[0]}
+
+
+def single(port: int, texts: list[str], n: int) -> dict:
+    times = timed_requests(port, [{"text": texts[i % len(texts)]} for i in range(n)])
+    return {"requests": n, "p50_ms": percentile_ms(times, 50), "p99_ms": percentile_ms(times, 99),
+            "requests_per_s": n / sum(times)}
+
+
+def batched(port: int, texts: list[str], n: int) -> dict:
+    bodies = [{"texts": [texts[(i * BATCH + j) % len(texts)] for j in range(BATCH)]} for i in range(n)]
+    times = timed_requests(port, bodies)
+    return {"requests": n, "texts_per_request": BATCH, "p50_ms": percentile_ms(times, 50), "p99_ms": percentile_ms(times, 99),
+            "texts_per_s": n * BATCH / sum(times)}
+
+
+def concurrent(port: int, texts: list[str], n: int, clients: int = 4) -> dict:
+    results: list[list[float]] = [[] for _ in range(clients)]
+
+    def work(k):
+        results[k] = timed_requests(port, [{"text": texts[(k * n + i) % len(texts)]} for i in range(n)])
+
+    threads = [threading.Thread(target=work, args=(k,)) for k in range(clients)]
+    start = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    wall = time.perf_counter() - start
+    times = [t for r in results for t in r]
+    return {"clients": clients, "requests": len(times), "p50_ms": percentile_ms(times, 50), "p99_ms": percentile_ms(times, 99),
+            "requests_per_s": len(times) / wall}
+
+
+def swap(server: Server, project: Path, texts: list[str], clients: int = 2) -> dict:
+    """Clients keep sending while another process trains a new version; ends 2 s after the server serves it."""
+    probe = Client(server.port)
+    before = probe.version()
+    stop = threading.Event()
+    times, failed, versions = [], [], []
+    lock = threading.Lock()
+
+    def work(k):
+        client, i = Client(server.port), 0
+        while not stop.is_set():
+            start = time.perf_counter()
+            try:
+                status, body = client.post({"text": texts[(k * 7919 + i) % len(texts)]})
+                ok = status == 200 and "label" in body
+            except (OSError, http.client.HTTPException, ValueError) as e:
+                ok, body = False, {"error": repr(e)}
+                client.close()
+                client = Client(server.port)
+            with lock:
+                (times if ok else failed).append(time.perf_counter() - start if ok else body)
+                if ok:
+                    versions.append(body["model_version"])
+            i += 1
+        client.close()
+
+    threads = [threading.Thread(target=work, args=(k,)) for k in range(clients)]
+    for t in threads:
+        t.start()
+    train_start = time.perf_counter()
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+    subprocess.run([sys.executable, "-m", "synthloop", "train", "--project", str(project)], check=True, env=env,
+                   capture_output=True)
+    trained = time.perf_counter()
+    while probe.version() == before:
+        time.sleep(0.05)
+    swapped = time.perf_counter()
+    time.sleep(2.0)  # requests right after the swap, on the new model
+    stop.set()
+    for t in threads:
+        t.join()
+    probe.close()
+    return {"clients": clients, "requests": len(times) + len(failed), "failed": len(failed), "failures": failed[:5],
+            "versions": sorted(set(versions)), "from_version": before, "train_s": trained - train_start,
+            "seconds_to_swap_after_train": swapped - trained,
+            "p50_ms": percentile_ms(times, 50), "p99_ms": percentile_ms(times, 99)}
+
+
+def make_project(root: Path, model: str):
+    from synthloop import Project
+
+    data = root / "data"
+    data.mkdir(parents=True, exist_ok=True)
+    pd.read_csv(EXAMPLE / "pool.csv").head(300).to_csv(data / "pool.csv", index=False)
+    proj = Project.init(root / model, EXAMPLE / "task.toml", model={"name": model})
+    proj.import_file(data / "pool.csv", label_col="label")
+    proj.import_file(EXAMPLE / "test.csv", label_col="label", split="test")
+    proj.train()
+    return proj
+
+
+def summarize(reps: list[dict], keys: tuple[str, ...]) -> dict:
+    return {k: {"min": min(r[k] for r in reps), "median": statistics.median(r[k] for r in reps)} for k in keys}
+
+
+def bench_model(model: str, work: Path, args) -> dict:
+    from synthloop.impact import counterfactual
+
+    proj = make_project(work, model)
+    gpt4o = counterfactual(proj, None, 0.0)
+    proj.close()
+    texts = pd.read_csv(EXAMPLE / "test.csv").text.tolist()
+    server = Server(work / model, work / f"{model}.log")
+    try:
+        timed_requests(server.port, [{"text": t} for t in texts[:50]])  # warm: imports, caches, first connections
+        out = {"model": model, "gpt4o": {"seconds_per_request": gpt4o["assumed_seconds_per_request"],
+                                          "usd_per_request": gpt4o["usd_per_request"]}}
+        out["single"] = [phase(server, lambda: single(server.port, texts, args.single)) for _ in range(args.reps)]
+        out["batched"] = [phase(server, lambda: batched(server.port, texts, args.batches)) for _ in range(args.reps)]
+        out["concurrent"] = [phase(server, lambda: concurrent(server.port, texts, args.single // 4)) for _ in range(args.reps)]
+        if model in args.swap_models:
+            out["swap"] = [phase(server, lambda: swap(server, work / model, texts)) for _ in range(args.reps)]
+    finally:
+        server.stop()
+    return out
+
+
+def markdown(result: dict) -> str:
+    m = result["machine"]
+    lines = [
+        "# Serving the compact model (`synthloop serve`)", "",
+        f"Generated by `scripts/bench_serve.py` on {m['cpus']} CPUs ({m['machine']}), Python {m['python']}, "
+        f"other jobs running (load average per phase in `serve.json`: {m['load_min']:.1f} to {m['load_max']:.1f}). "
+        f"Each model trained on 300 labeled SMS; a real `synthloop serve` process with its default options on 127.0.0.1; "
+        f"client: keep-alive HTTP/1.1 (http.client) in another process. Latency is end to end at the client. "
+        f"{result['reps']} repetitions per phase: min / median over them.", "",
+        "| model | single p50 ms | single p99 ms | single req/s | batch of 64 p50 ms | batch p99 ms | texts/s batched | "
+        "4 clients req/s | server CPU s per 1k single | GPT-4o s per request (assumed) | speed-up vs GPT-4o (p50) |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in result["models"]:
+        s, b, c = r["summary"]["single"], r["summary"]["batched"], r["summary"]["concurrent"]
+        cpu_per_1k = statistics.median(p["server_cpu_s"] / p["requests"] * 1000 for p in r["single"])
+        g = r["gpt4o"]["seconds_per_request"]
+        lines.append(f"| {r['model']} | {s['p50_ms']['min']:.2f} / {s['p50_ms']['median']:.2f} | {s['p99_ms']['min']:.2f} / "
+                     f"{s['p99_ms']['median']:.2f} | {s['requests_per_s']['median']:,.0f} | {b['p50_ms']['min']:.1f} / "
+                     f"{b['p50_ms']['median']:.1f} | {b['p99_ms']['median']:.1f} | {b['texts_per_s']['median']:,.0f} | "
+                     f"{c['requests_per_s']['median']:,.0f} | {cpu_per_1k:.2f} | {g} | "
+                     f"{1000 * g / s['p50_ms']['median']:,.0f}× |")
+    lines += ["", "GPT-4o per request: the report's figure (`synthloop.impact.GPT4O_SECONDS_PER_REQUEST`), an assumed "
+              "typical latency, not measured here; "
+              f"${result['models'][0]['gpt4o']['usd_per_request']:.6f} per request for this task's prompt (same module).", ""]
+    swaps = [(r["model"], p) for r in result["models"] for p in r.get("swap", [])]
+    if swaps:
+        lines += ["## A new model version swapped in under load", "",
+                  "2 clients send single requests while `synthloop train` (another process) makes a new version; the "
+                  "server polls every 0.5 s, loads the new version in full, then swaps one reference. Window: from the "
+                  "start of training to 2 s after the server serves the new version.", "",
+                  "| model | versions | requests | failed | p50 ms | p99 ms | train s | swap s after train | load |",
+                  "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+        for model, p in swaps:
+            lines.append(f"| {model} | {' → '.join(map(str, p['versions']))} | {p['requests']} | {p['failed']} | "
+                         f"{p['p50_ms']:.2f} | {p['p99_ms']:.1f} | {p['train_s']:.1f} | {p['seconds_to_swap_after_train']:.1f} | "
+                         f"{p['load_before']:.1f} |")
+        lines.append("")
+    lines += ["## Against the targets", ""]
+    for r in result["models"]:
+        p50 = r["summary"]["single"]["p50_ms"]
+        met = "**met**" if p50["median"] < TARGET_P50_MS else "**not met**"
+        lines.append(f"- {r['model']}: p50 of a single prediction < {TARGET_P50_MS:.0f} ms in a warm server: {met} "
+                     f"(median {p50['median']:.2f} ms, min {p50['min']:.2f} ms over {result['reps']} runs).")
+    if swaps:
+        failed = sum(p["failed"] for _, p in swaps)
+        total = sum(p["requests"] for _, p in swaps)
+        lines.append(f"- 0 failed requests while a new version is swapped in under load: {'**met**' if failed == 0 else '**not met**'} "
+                     f"({failed} of {total} requests failed over {len(swaps)} swaps).")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--models", default="tfidf-lr,hashing-lr,embed-lr")
+    parser.add_argument("--swap-models", default="tfidf-lr")
+    parser.add_argument("--reps", type=int, default=3)
+    parser.add_argument("--single", type=int, default=400, help="single requests per repetition")
+    parser.add_argument("--batches", type=int, default=20, help="batched requests per repetition")
+    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks")
+    args = parser.parse_args()
+    if args.reps < 3:
+        parser.error("--reps must be at least 3 (min and median over repetitions)")
+    args.swap_models = set(args.swap_models.split(","))
+    os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+    sys.path.insert(0, str(ROOT / "src"))
+    models = []
+    with tempfile.TemporaryDirectory(prefix="bench-serve-") as tmp:
+        for model in args.models.split(","):
+            if model == "embed-lr":
+                from synthloop.embed import EmbeddingBackendError, packaged_files
+
+                try:
+                    packaged_files()
+                except EmbeddingBackendError as e:
+                    print(f"skipping embed-lr: {e}", file=sys.stderr)
+                    continue
+            print(f"benchmarking {model}", file=sys.stderr, flush=True)
+            r = bench_model(model, Path(tmp), args)
+            r["summary"] = {name: summarize(r[name], keys) for name, keys in (
+                ("single", ("p50_ms", "p99_ms", "requests_per_s")), ("batched", ("p50_ms", "p99_ms", "texts_per_s")),
+                ("concurrent", ("p50_ms", "p99_ms", "requests_per_s")))}
+            models.append(r)
+    loads = [p[k] for r in models for name in ("single", "batched", "concurrent", "swap") for p in r.get(name, [])
+             for k in ("load_before", "load_after")]
+    result = {"machine": {"cpus": os.cpu_count(), "machine": platform.machine(), "python": platform.python_version(),
+                          "load_min": min(loads), "load_max": max(loads)},
+              "reps": args.reps, "target_p50_ms": TARGET_P50_MS, "generated_at": time.time(), "models": models}
+    args.out.mkdir(exist_ok=True)
+    (args.out / "serve.json").write_text(json.dumps(result, indent=1) + "\n")
+    (args.out / "serve.md").write_text(markdown(result))
+    print(markdown(result))
+
+
+if __name__ == "__main__":
+    main()
