@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,10 +16,9 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 
 from synthloop import store_url
-from synthloop.errors import SynthloopError
 
 SCHEMA_VERSION = 2  # 2: queries.meta
-ROUND_LOCK_WAIT = 3600.0  # seconds a round waits for another machine's round on a shared store
+WRITER_LOCK_WAIT = 3600.0  # seconds a round waits for another machine's round on a shared store
 
 metadata = sa.MetaData()
 
@@ -189,7 +189,8 @@ class Store:
         self.url = url
         self.engine = store_url.create_engine(url)
         self.shared = store_url.is_shared(self.engine.url)  # several project folders may use it at once
-        self._round_conn: sa.Connection | None = None  # holds the round lock on a shared store (see open_round)
+        # Several machines write a shared store: rounds and nightly runs take turns (see _hold_round_lock).
+        self._writer = store_url.SessionLock(self.engine, store_url.WRITER_LOCK, WRITER_LOCK_WAIT) if self.shared else None
         # Two machines starting at once would both create the tables; the lock makes the second wait and find them.
         with self.engine.begin() as conn:
             store_url.lock_for_transaction(conn, store_url.SCHEMA_LOCK)
@@ -214,7 +215,8 @@ class Store:
         return cls(store_url.resolve(Path(root), url))
 
     def close(self) -> None:
-        self._release_round()
+        if self._writer is not None:
+            self._writer.close()
         self.engine.dispose()
 
     @property
@@ -611,31 +613,28 @@ class Store:
 
     def _hold_round_lock(self) -> None:
         """Two machines sharing one PostgreSQL store would both read round N as the last and open N+1 (or both
-        resume one open round) and then train, select and route side by side. A session-level advisory lock,
-        held from open_round until the round is marked done or this store closes, makes the second wait. The
-        server drops it when the holder's connection dies (kill -9 included), so a crashed round is resumed by
-        whichever machine comes next."""
-        if not self.shared or self._round_conn is not None:
-            return
-        conn = self.engine.connect()
-        try:
-            conn.execute(sa.text(f"SET LOCAL lock_timeout = '{int(ROUND_LOCK_WAIT * 1000)}ms'"))
-            conn.execute(sa.text("SELECT pg_advisory_lock(:key)"), {"key": store_url.ROUND_LOCK})
-            conn.commit()  # end the implicit transaction; the session-level lock stays
-        except sa.exc.OperationalError as err:
-            conn.close()
-            raise SynthloopError(f"another machine's round has held the shared store for over {ROUND_LOCK_WAIT / 60:.0f} "
-                                 "minutes; nothing was done: run again once it is finished") from err
-        self._round_conn = conn
+        resume one open round) and then train, select and route side by side. The writer lock, held from
+        open_round until the round is marked done or this store closes, makes the second wait; a crashed
+        round is then resumed by whichever machine comes next."""
+        if self._writer is not None and not self._writer.holders["round"]:
+            self._writer.hold("round")
 
     def _release_round(self) -> None:
-        if self._round_conn is not None:
-            conn, self._round_conn = self._round_conn, None
-            try:
-                conn.execute(sa.text("SELECT pg_advisory_unlock(:key)"), {"key": store_url.ROUND_LOCK})
-                conn.commit()
-            finally:
-                conn.close()
+        if self._writer is not None:
+            self._writer.release("round", all_holds=True)
+
+    @contextmanager
+    def exclusive(self, holder: str = "block"):
+        """Run the block as the only writer of a shared store (other machines' exclusive blocks and rounds
+        wait); on SQLite, where the project lock already keeps other processes out, it does nothing."""
+        if self._writer is None:
+            yield
+            return
+        self._writer.hold(holder)
+        try:
+            yield
+        finally:
+            self._writer.release(holder)
 
     def current_round(self) -> int | None:
         with self.engine.connect() as conn:
