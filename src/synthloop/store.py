@@ -22,9 +22,13 @@ WRITER_LOCK_WAIT = 3600.0  # seconds a round waits for another machine's round o
 
 metadata = sa.MetaData()
 
+# Byte order for ids on PostgreSQL too (SQLite's own): a locale collation would order the stop set, the pool's
+# chunks and ties differently from SQLite, and from one server's locale to another's.
+ID = sa.String().with_variant(sa.String(collation="C"), "postgresql")
+
 examples = sa.Table(
     "examples", metadata,
-    sa.Column("id", sa.String, primary_key=True),
+    sa.Column("id", ID, primary_key=True),
     sa.Column("text", sa.Text, nullable=False),
     sa.Column("origin", sa.String, nullable=False),  # pool | synthetic | import
     sa.Column("split", sa.String, nullable=False),  # pool | test
@@ -184,6 +188,13 @@ class NewLabel:
     meta: dict | None = None
 
 
+def _without_nul(row: dict) -> dict:
+    """PostgreSQL's text cannot hold NUL (SQLite's can): it becomes U+FFFD, as a decoder marks a bad byte."""
+    if not any(isinstance(v, str) and "\x00" in v for v in row.values()):
+        return row
+    return {k: v.replace("\x00", "\ufffd") if isinstance(v, str) else v for k, v in row.items()}
+
+
 class Store:
     def __init__(self, url: str):
         self.url = url
@@ -230,6 +241,8 @@ class Store:
         if self.shared:
             # psycopg reports no rowcount (-1) for a many-row insert; the rows RETURNING gives are the new ones.
             stmt = stmt.returning(*table.primary_key.columns)
+        if self.shared:
+            rows = [_without_nul(row) for row in rows]
         total = 0
         for start in range(0, len(rows), 5000):
             result = conn.execute(stmt, list(rows[start:start + 5000]))
