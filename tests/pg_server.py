@@ -63,7 +63,9 @@ class PgServer:
         if self.as_postgres:
             os.chown(pwfile, pwd.getpwnam("postgres").pw_uid, -1)
         self._run(str(self.bindir / "initdb"), "-D", str(self.data), "-U", self.user, "--pwfile", str(pwfile),
-                  "--auth-host=scram-sha-256", "--auth-local=trust", "-E", "UTF8", "--no-sync")
+                  "--auth-host=scram-sha-256", "--auth-local=trust", "-E", "UTF8", "--no-sync",
+                  # A language collation, as on a team's server (not C): the store must not depend on it.
+                  "--locale=C.UTF-8", "--locale-provider=icu", "--icu-locale=en-US")
         pwfile.unlink()
         # fsync off: a test cluster need not survive a power cut, and fsync is what makes CI disks slow.
         options = f"-p {self.port} -k {self.base} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=100"

@@ -232,7 +232,7 @@ def run_nightly(project, pool: str | None = None, dry_run: bool = False, max_lab
     check_options(project, labeler, engine, address, max_labels, max_cost)
     if pool:
         pool_files(pool)  # a --pool that names nothing is refused now, with the fix
-    with project_lock(project.state_dir, "nightly"):
+    with project_lock(project.state_dir, "nightly"), project.store.exclusive("nightly"):  # the store's: other machines too
         if dry_run:
             plan = _plan(project, pool, labeler, max_labels, max_cost, engine, address)
             log.info("dry run: %s", json.dumps(plan))

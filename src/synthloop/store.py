@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,16 +16,19 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 
 from synthloop import store_url
-from synthloop.errors import SynthloopError
 
 SCHEMA_VERSION = 3  # 2: queries.meta; 3: cached scores on the measure registry's scale
-ROUND_LOCK_WAIT = 3600.0  # seconds a round waits for another machine's round on a shared store
+WRITER_LOCK_WAIT = 3600.0  # seconds a round waits for another machine's round on a shared store
 
 metadata = sa.MetaData()
 
+# Byte order for ids on PostgreSQL too (SQLite's own): a locale collation would order the stop set, the pool's
+# chunks and ties differently from SQLite, and from one server's locale to another's.
+ID = sa.String().with_variant(sa.String(collation="C"), "postgresql")
+
 examples = sa.Table(
     "examples", metadata,
-    sa.Column("id", sa.String, primary_key=True),
+    sa.Column("id", ID, primary_key=True),
     sa.Column("text", sa.Text, nullable=False),
     sa.Column("origin", sa.String, nullable=False),  # pool | synthetic | import
     sa.Column("split", sa.String, nullable=False),  # pool | test
@@ -184,13 +188,21 @@ class NewLabel:
     meta: dict | None = None
 
 
+def _without_nul(row: dict) -> dict:
+    """PostgreSQL's text cannot hold NUL (SQLite's can): it becomes U+FFFD, as a decoder marks a bad byte."""
+    if not any(isinstance(v, str) and "\x00" in v for v in row.values()):
+        return row
+    return {k: v.replace("\x00", "\ufffd") if isinstance(v, str) else v for k, v in row.items()}
+
+
 class Store:
     def __init__(self, url: str, readonly: bool = False):
         self.url = url
         self.readonly = readonly
         self.engine = store_url.create_engine(url, readonly=readonly)
         self.shared = store_url.is_shared(self.engine.url)  # several project folders may use it at once
-        self._round_conn: sa.Connection | None = None  # holds the round lock on a shared store (see open_round)
+        # Several machines write a shared store: rounds and nightly runs take turns (see _hold_round_lock).
+        self._writer = store_url.SessionLock(self.engine, store_url.WRITER_LOCK, WRITER_LOCK_WAIT) if self.shared else None
         if readonly:
             return  # a reader of a read-only project: the schema is what the last writer left
         # Two machines starting at once would both create the tables; the lock makes the second wait and find them.
@@ -237,7 +249,8 @@ class Store:
         return cls(resolved)
 
     def close(self) -> None:
-        self._release_round()
+        if self._writer is not None:
+            self._writer.close()
         self.engine.dispose()
 
     @property
@@ -251,6 +264,8 @@ class Store:
         if self.shared:
             # psycopg reports no rowcount (-1) for a many-row insert; the rows RETURNING gives are the new ones.
             stmt = stmt.returning(*table.primary_key.columns)
+        if self.shared:
+            rows = [_without_nul(row) for row in rows]
         total = 0
         for start in range(0, len(rows), 5000):
             result = conn.execute(stmt, list(rows[start:start + 5000]))
@@ -640,31 +655,28 @@ class Store:
 
     def _hold_round_lock(self) -> None:
         """Two machines sharing one PostgreSQL store would both read round N as the last and open N+1 (or both
-        resume one open round) and then train, select and route side by side. A session-level advisory lock,
-        held from open_round until the round is marked done or this store closes, makes the second wait. The
-        server drops it when the holder's connection dies (kill -9 included), so a crashed round is resumed by
-        whichever machine comes next."""
-        if not self.shared or self._round_conn is not None:
-            return
-        conn = self.engine.connect()
-        try:
-            conn.execute(sa.text(f"SET LOCAL lock_timeout = '{int(ROUND_LOCK_WAIT * 1000)}ms'"))
-            conn.execute(sa.text("SELECT pg_advisory_lock(:key)"), {"key": store_url.ROUND_LOCK})
-            conn.commit()  # end the implicit transaction; the session-level lock stays
-        except sa.exc.OperationalError as err:
-            conn.close()
-            raise SynthloopError(f"another machine's round has held the shared store for over {ROUND_LOCK_WAIT / 60:.0f} "
-                                 "minutes; nothing was done: run again once it is finished") from err
-        self._round_conn = conn
+        resume one open round) and then train, select and route side by side. The writer lock, held from
+        open_round until the round is marked done or this store closes, makes the second wait; a crashed
+        round is then resumed by whichever machine comes next."""
+        if self._writer is not None and not self._writer.holders["round"]:
+            self._writer.hold("round")
 
     def _release_round(self) -> None:
-        if self._round_conn is not None:
-            conn, self._round_conn = self._round_conn, None
-            try:
-                conn.execute(sa.text("SELECT pg_advisory_unlock(:key)"), {"key": store_url.ROUND_LOCK})
-                conn.commit()
-            finally:
-                conn.close()
+        if self._writer is not None:
+            self._writer.release("round", all_holds=True)
+
+    @contextmanager
+    def exclusive(self, holder: str = "block"):
+        """Run the block as the only writer of a shared store (other machines' exclusive blocks and rounds
+        wait); on SQLite, where the project lock already keeps other processes out, it does nothing."""
+        if self._writer is None:
+            yield
+            return
+        self._writer.hold(holder)
+        try:
+            yield
+        finally:
+            self._writer.release(holder)
 
     def current_round(self) -> int | None:
         with self.engine.connect() as conn:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import math
 import os
+from collections import Counter
 from pathlib import Path
 
 import sqlalchemy as sa
@@ -128,10 +129,51 @@ def create_engine(url: str, readonly: bool = False) -> sa.Engine:
 
 # Advisory lock keys (any 64-bit numbers, fixed so every machine uses the same ones).
 SCHEMA_LOCK = 0x53594E5448_01  # creating or migrating tables
-ROUND_LOCK = 0x53594E5448_02  # one round at a time per database, whichever machine runs it
+WRITER_LOCK = 0x53594E5448_02  # one round (or nightly run) at a time per database, whichever machine runs it
 
 
 def lock_for_transaction(conn: sa.Connection, key: int) -> None:
     """Hold `key` until conn's transaction ends (PostgreSQL); SQLite serializes writers by itself."""
     if conn.dialect.name == "postgresql":
         conn.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": key})
+
+
+class SessionLock:
+    """A PostgreSQL session-level advisory lock on a connection of its own, shared by nested holders (a nightly
+    run holds it and so does the round inside it) and released when the last lets go. The server drops it when
+    the connection dies, kill -9 of the holder included, so a crashed holder never blocks the next one."""
+
+    def __init__(self, engine: sa.Engine, key: int, wait: float):
+        self.engine, self.key, self.wait = engine, key, wait
+        self.holders: Counter[str] = Counter()
+        self._conn: sa.Connection | None = None
+
+    def hold(self, holder: str) -> None:
+        if self._conn is None:
+            conn = self.engine.connect()
+            try:
+                conn.execute(sa.text(f"SET LOCAL lock_timeout = '{int(self.wait * 1000)}ms'"))
+                conn.execute(sa.text("SELECT pg_advisory_lock(:key)"), {"key": self.key})
+                conn.commit()  # ends the transaction (and lock_timeout); the session-level lock stays
+            except sa.exc.OperationalError as err:
+                conn.close()
+                raise SynthloopError(f"another machine has been working on the shared store at {masked(self.engine.url)} "
+                                     f"for over {self.wait / 60:.0f} minutes; this run did nothing: run it again "
+                                     "once that one has finished") from err
+            self._conn = conn
+        self.holders[holder] += 1
+
+    def release(self, holder: str, all_holds: bool = False) -> None:
+        if self.holders[holder] > 0:
+            self.holders[holder] = 0 if all_holds else self.holders[holder] - 1
+        if self._conn is not None and not +self.holders:
+            conn, self._conn = self._conn, None
+            try:
+                conn.execute(sa.text("SELECT pg_advisory_unlock(:key)"), {"key": self.key})
+                conn.commit()
+            finally:
+                conn.close()
+
+    def close(self) -> None:
+        self.holders.clear()
+        self.release("")
