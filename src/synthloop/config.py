@@ -97,6 +97,13 @@ class ArgillaConfig(_Section):
     retries: int = Field(3, ge=0)  # per chunk, after the SDK's own connection retries
     retry_wait: float = Field(2.0, ge=0.0)  # seconds, doubled after each try
     timeout: float = Field(60.0, gt=0)
+    # A guess less sure than this is shown as a hint, not pre-selected: a reviewer who presses Enter on a
+    # coin flip stores it (benchmarks/suggest.md measures how many wrong labels each threshold lets in).
+    suggest_min_confidence: float = Field(0.7, ge=0.0, le=1.0)
+    # Records waiting for reviewers, at most (None: no cap). A round tops the queue up to it with the most
+    # uncertain examples and withdraws the records the model has become this sure of (withdraw_confidence).
+    max_pending: int | None = Field(None, ge=1)
+    withdraw_confidence: float = Field(0.9, gt=0.0, le=1.0)
 
 
 class RouterConfig(_Section):

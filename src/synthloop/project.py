@@ -18,7 +18,7 @@ from synthloop import active, selection, shared_models
 from synthloop.config import CONFIG_FILE, STATE_DIR, Config, load_config
 from synthloop.data import scan_table
 from synthloop.errors import SynthloopError
-from synthloop.labelers import get_labeler
+from synthloop.labelers import argilla_queue, get_labeler
 from synthloop.metrics import evaluate
 from synthloop.selection import Cached, InMemory, Scorer, Streamed
 from synthloop.models import TextClassifier, featurizer_needs_fit, load_model, save_model, texts_key
@@ -383,6 +383,7 @@ class Project:
         uncertainty (synthloop.measures: higher = less sure), the same whichever scorer made it."""
         n = self.config.loop.batch_size if n is None else n
         strategy = strategy or self.config.loop.strategy
+        n = argilla_queue.room(self, n, labeler or self.config.loop.labeler)  # a capped review queue takes what fits
         scorer = scorer or self.scorer(round_, incremental, engine, address)
         picks = selection.select(scorer, model, strategy, n, training=lambda: self.training_data()[:2],
                                  seed=self.config.loop.seed + round_)
@@ -432,7 +433,8 @@ class Project:
                     "%s; %d queries stay pending and go out with the next round or `synthloop review push`",
                     err.summary, sum(1 for q in self.store.queries(status="pending", routed_to=name, submitted=False)))
                 continue
-            self.store.mark_submitted([q.example_id for q in mine])
+            if not getattr(labeler, "marks_submitted", False):  # Argilla marks what it pushed, chunk by chunk
+                self.store.mark_submitted([q.example_id for q in mine])
 
     # the round ----------------------------------------------------------------------------------
     def round(self, query: bool = True, n: int | None = None, strategy: str | None = None,
@@ -480,6 +482,7 @@ class Project:
                 self.store.update_round(number, counts={**counts, "synthetic_added": dict(sorted(added.items()))})
             timings["topup"] = time.perf_counter() - t
         checkpoint("augmented", number)
+        argilla_queue.tend(self, version, model)  # what waits for reviewers gets this model's guesses
 
         if query and not self.store.queries(round_=number):
             t = time.perf_counter()

@@ -1,8 +1,10 @@
 """Human review in Argilla through the official SDK (2.x).
 
 `push` sends pending queries as records (record id = example id, so pushing again updates instead of
-duplicating), with the model's prediction as the suggestion and the LLM's answer, when there is one, beside
-it: Argilla keeps one suggestion per question (before there is a model, the LLM's answer is the suggestion).
+duplicating), most uncertain first, with the model's prediction as the suggestion when it is sure enough and
+the LLM's answer, when there is one, beside it: Argilla keeps one suggestion per question (before there is a
+model, the LLM's answer is the suggestion). What is pre-selected, refreshed, capped and withdrawn is decided in
+`argilla_queue`.
 `pull` takes submitted responses, resolves several annotators by majority and stores one label row per
 annotator who voted for the winner, as `human:<username>`. Drafts and discarded responses are ignored; ties
 stay pending and are reported.
@@ -12,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import time
 import warnings
 from collections import Counter
@@ -19,6 +22,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from synthloop.errors import SynthloopError, Unavailable
+from synthloop.labelers import argilla_queue
+from synthloop.labelers.argilla_queue import Guess, Pick, preselect, remember_model
 from synthloop.store import NewLabel, Query
 
 log = logging.getLogger("synthloop.argilla")
@@ -83,18 +88,39 @@ def _retryable(err: Exception) -> bool:
     return isinstance(err, ArgillaAPIError) and (getattr(err, "status_code", None) or 0) >= 500
 
 
-def hints(query: Query, prediction: tuple[str, float] | None) -> str:
+def _md(text) -> str:
+    """User text (label names and descriptions, an LLM's answer) as literal Markdown."""
+    return re.sub(r"([\\`*_\[\]<>|~])", r"\\\1", str(text))
+
+
+def hints(query: Query, guess: Guess | None, pick: Pick | None = None, min_confidence: float = 0.0,
+          labels: Sequence = ()) -> str:
     """Markdown shown beside the text: Argilla keeps one suggestion per question, so the LLM's answer
-    (when the router sent the example on) is shown here and in the metadata."""
+    (when the router sent the example on) is shown here and in the metadata; so is a guess too unsure to
+    be pre-selected, and the labels' short descriptions (the UI hides the question's behind an icon and
+    the guidelines in a collapsed panel)."""
     lines = []
-    if prediction is not None:
-        lines.append(f"**Model:** {prediction[0]} ({prediction[1]:.2f})")
+    if guess is not None:
+        unsure = "" if pick is not None else f" — not pre-selected (below {min_confidence:.2f})"
+        lines.append(f"**Model:** {_md(guess.label)} ({guess.confidence:.2f}){unsure}")
     llm = (query.meta or {}).get("llm")
     if llm:
         answer = llm.get("label") or "no answer"
         conf = "" if llm.get("confidence") is None else f" ({llm['confidence']:.2f}, {llm.get('confidence_from', '')})"
-        lines.append(f"**LLM {llm.get('model', '')}:** {answer}{conf}")
-    return "  \n".join(lines) or "No suggestion yet."
+        lines.append(f"**LLM {_md(llm.get('model', ''))}:** {_md(answer)}{conf}")
+    lines = lines or ["No suggestion yet."]
+    if labels:
+        lines.append("")
+        lines += [f"- **{_md(label.name)}**: {_md(label.description)}" if label.description
+                  else f"- **{_md(label.name)}**" for label in labels]
+    return "  \n".join(lines)
+
+
+def question_description(task) -> str:
+    """Shown under the question, where the reviewer looks (the guidelines panel starts collapsed)."""
+    return "; ".join(f"{label.name}: {label.description}" if label.description else label.name
+                     for label in task.labels) + \
+        ". A pre-selected label is the model's guess when it is sure enough; check it before you submit."
 
 
 class ArgillaLabeler:
@@ -114,6 +140,7 @@ class ArgillaLabeler:
         self._client = None
         self._dataset = None
         self._model = None
+        self._guesses: dict[str, Guess | None] = {}
 
     # connection ---------------------------------------------------------------------------------
     def _call(self, what: str, fn: Callable, *args, **kwargs):
@@ -173,8 +200,7 @@ class ArgillaLabeler:
             fields=[rg.TextField(name="text", title="Text"),
                     rg.TextField(name="hints", title="Suggestions", use_markdown=True, required=False)],
             questions=[rg.LabelQuestion(name=QUESTION, title="Label", labels=task.label_names,
-                                        description="Pick the label that fits; the suggestion is the model's guess "
-                                                    "(the LLM's before there is a model).")],
+                                        description=question_description(task))],
             metadata=[rg.IntegerMetadataProperty(name="round"),
                       rg.FloatMetadataProperty(name="uncertainty"),
                       rg.TermsMetadataProperty(name="strategy"),
@@ -222,56 +248,119 @@ class ArgillaLabeler:
         return dataset
 
     # push ---------------------------------------------------------------------------------------
-    def predictions(self, texts: list[str]) -> list[tuple[str, float] | None]:
-        if self.project.store.latest_model() is None:
-            return [None] * len(texts)
-        if self._model is None:
+    def use_model(self, model) -> None:
+        """Guess with this model (a round's, just trained) instead of loading the latest."""
+        self._model = model
+
+    def _current_model(self):
+        if self._model is None and self.project.store.latest_model() is not None:
             _, self._model = self.project.load_model()
-        model = self._model
+        return self._model
+
+    def predictions(self, texts: list[str]) -> list[tuple[str, float] | None]:
+        model = self._current_model()
+        if model is None:
+            return [None] * len(texts)
         proba = model.predict_proba(texts)
         return [(str(model.classes_[int(p.argmax())]), float(p.max())) for p in proba]
+
+    def assess(self, queries: Sequence[Query]) -> dict[str, Guess | None]:
+        """The current model's guess and uncertainty (the query's own measure) for each query; None
+        before there is a model."""
+        from synthloop import active
+
+        model = self._current_model()
+        if model is None or not queries:
+            return {q.example_id: None for q in queries}
+        proba = model.predict_proba([q.text for q in queries])
+        out = {}
+        for strategy in {q.strategy for q in queries}:
+            rows = [k for k, q in enumerate(queries) if q.strategy == strategy]
+            # Strategies without a pointwise measure (random, ranked-batch) are shown the margin's.
+            measure = strategy if strategy in active.POINTWISE else "margin"
+            values = active.uncertainty(measure, proba[rows])
+            for k, value in zip(rows, values):
+                p = proba[k]
+                out[queries[k].example_id] = Guess(str(model.classes_[int(p.argmax())]), float(p.max()), float(value))
+        self._guesses.update(out)
+        return out
+
+    def pick(self, guess: Guess | None, llm: dict) -> Pick | None:
+        return preselect(guess, llm, self.project.task.label_names, self.cfg.suggest_min_confidence,
+                         self.project.config.llm.model)
 
     def records(self, queries: Sequence[Query]) -> list:
         rg = _sdk()
         origins = self.project.store.origins([q.example_id for q in queries])
+        missing = [q for q in queries if q.example_id not in self._guesses]
+        if missing:
+            self.assess(missing)
         out = []
-        for query, prediction in zip(queries, self.predictions([q.text for q in queries])):
+        for query in queries:
+            guess = self._guesses.get(query.example_id)
             llm = (query.meta or {}).get("llm") or {}
-            metadata = {"round": query.round, "strategy": query.strategy, "origin": origins.get(query.example_id)}
-            if query.score is not None:
-                metadata["uncertainty"] = float(query.score)
+            uncertainty = guess.uncertainty if guess is not None else query.score
+            # Three digits: the UI shows metadata as stored, and 0.4987654321 reads worse than 0.499.
+            metadata = {"round": query.round, "strategy": query.strategy, "origin": origins.get(query.example_id),
+                        "uncertainty": None if uncertainty is None else round(float(uncertainty), 3)}
             if llm.get("label"):
                 metadata["llm_label"] = llm["label"]
             if llm.get("confidence") is not None:
-                metadata["llm_confidence"] = float(llm["confidence"])
-            suggestion = self.suggestion(prediction, llm)
-            out.append(rg.Record(id=query.example_id, fields={"text": query.text, "hints": hints(query, prediction)},
+                metadata["llm_confidence"] = round(float(llm["confidence"]), 3)
+            pick = self.pick(guess, llm)
+            suggestions = [] if pick is None else [rg.Suggestion(question_name=QUESTION, value=pick.value,
+                                                                 score=pick.score, agent=pick.agent)]
+            out.append(rg.Record(id=query.example_id,
+                                 fields={"text": query.text,
+                                         "hints": hints(query, guess, pick, self.cfg.suggest_min_confidence,
+                                                        self.project.task.labels)},
                                  metadata={k: v for k, v in metadata.items() if v is not None},
-                                 suggestions=[] if suggestion is None else [suggestion]))
+                                 suggestions=suggestions))
         return out
 
-    def suggestion(self, prediction: tuple[str, float] | None, llm: dict):
-        """The model's guess; before there is a model, the LLM's. Argilla keeps one suggestion per question,
-        so when both exist the LLM's answer stays in the hints field and the metadata."""
-        rg = _sdk()
-        if prediction is not None:
-            return rg.Suggestion(question_name=QUESTION, value=prediction[0], score=round(prediction[1], 4),
-                                 agent="synthloop-model")
-        if llm.get("label") in self.project.task.label_names:  # Argilla refuses a value outside the labels
-            confidence = llm.get("confidence")
-            return rg.Suggestion(question_name=QUESTION, value=llm["label"],
-                                 score=None if confidence is None else round(float(confidence), 4),
-                                 agent=f"llm:{llm.get('model') or self.project.config.llm.model}")
-        return None
+    def queue_order(self, queries: Sequence[Query]) -> list[Query]:
+        """Most uncertain first (the current model's measure, else the score at selection): Argilla shows
+        records in the order they were first pushed."""
+        guesses = self.assess(list(queries))
+
+        def key(q: Query):
+            guess = guesses.get(q.example_id)
+            value = guess.uncertainty if guess is not None else q.score
+            return (value is None, -(value or 0.0), q.example_id)
+
+        return sorted(queries, key=key)
+
+    # The labeler marks what it pushed itself, chunk by chunk: what waits for room under the cap stays unmarked.
+    marks_submitted = True
 
     def submit(self, queries: Sequence[Query], on_chunk: Callable[[int, int], None] | None = None) -> int:
-        """Push in chunks; each chunk is marked submitted in the store only after Argilla took it."""
+        """Push in chunks, most uncertain first; each chunk is marked submitted in the store only after Argilla
+        took it. Under `[argilla] max_pending`, records already waiting count first and new ones only fill the
+        room left: the rest stay pending (not pushed) for a later round or `review push`."""
+        store = self.project.store
         queries = list(queries)
+        asked = {q.example_id for q in queries}
+        again = [q for q in queries if q.submitted_at is not None]
+        new = self.queue_order([q for q in queries if q.submitted_at is None])
+        if self.cfg.max_pending is not None:
+            others = [q for q in store.queries(status="pending", routed_to=self.name, submitted=True)
+                      if q.example_id not in asked]
+            new = new[:max(0, self.cfg.max_pending - len(others) - len(again))]
+        again = self.queue_order(again)
+        waiting = argilla_queue.waiting_records(self) if again else {}
 
         def pushed(chunk):
-            self.project.store.mark_submitted([q.example_id for q in chunk])
+            store.mark_submitted([q.example_id for q in chunk])
 
-        return self.log(queries, self.records, pushed, on_chunk)
+        done = self.log(again + new, self.records, pushed, on_chunk)
+        argilla_queue.drop_stale_suggestions(self, again, waiting)
+        if done:
+            remember_model(store, self.dataset_name, self._model_version())
+        return done
+
+    def _model_version(self) -> int | None:
+        latest = self.project.store.latest_model()
+        return None if latest is None else latest["version"]
 
     def log(self, items: list, to_records: Callable, pushed: Callable | None = None,
             on_chunk: Callable[[int, int], None] | None = None) -> int:
@@ -346,18 +435,19 @@ class ArgillaLabeler:
         members = [u.username for u in self._call("list users", lambda: list(workspace.users))
                    if str(getattr(u.role, "value", u.role)) == "annotator"]
         return {"dataset": self.dataset_name, "workspace": self.cfg.workspace, "url": self.url, **progress,
-                "annotators": per_annotator(progress.get("total", 0), progress.get("users") or {}, members)}
+                "annotators": per_annotator(progress.get("pending", 0), progress.get("users") or {}, members)}
 
 
-def per_annotator(total: int, users: dict, members: Sequence[str] = ()) -> dict[str, dict[str, int]]:
-    """username -> submitted, draft, discarded and pending, where pending is every record of the dataset the
-    user has not submitted or discarded (drafts are still to do). Annotators of the workspace who have not
-    answered anything yet are listed too, with everything pending."""
+def per_annotator(waiting: int, users: dict, members: Sequence[str] = ()) -> dict[str, dict[str, int]]:
+    """username -> submitted, draft, discarded and pending, counted as the review UI counts: pending is the
+    records nobody has completed yet (`waiting`) that this user has not answered at all; a record another
+    annotator completed is no longer in anyone's queue, and a draft is in the Draft tab. Annotators of the
+    workspace who have not answered anything yet are listed too."""
     out = {}
     for name in sorted(set(users) | set(members)):
         done, todo = users.get(name, {}).get("completed", {}), users.get(name, {}).get("pending", {})
         row = {k: done.get(k, 0) + todo.get(k, 0) for k in ("submitted", "draft", "discarded")}
-        row["pending"] = max(0, total - row["submitted"] - row["discarded"])
+        row["pending"] = max(0, waiting - sum(todo.get(k, 0) for k in ("submitted", "draft", "discarded")))
         out[name] = row
     return out
 
@@ -372,10 +462,17 @@ def resolve(votes: Sequence[str]) -> str | None:
 
 def push(project, reroute: bool = False, on_chunk=None) -> PushResult:
     """Push every pending query routed to Argilla (or, with reroute, every pending query)."""
+    from synthloop.labelers.argilla_queue import tend
+
     labeler = ArgillaLabeler(project)
     store = project.store
     if reroute:
         store.reroute([q.example_id for q in store.queries(status="pending")], labeler.name)
+    latest = store.latest_model()
+    if latest is not None:  # waiting records a newer model has not refreshed yet: refreshed (or withdrawn) first
+        version, model = project.load_model()
+        tend(project, version, model, strict=True)
+        labeler.use_model(model)
     pending = store.queries(status="pending", routed_to=labeler.name)
     pushed = labeler.submit(pending, on_chunk=on_chunk) if pending else 0
     return PushResult(pushed, labeler.dataset_name, labeler.url)
