@@ -94,7 +94,8 @@ def test_rounds_on_every_path_store_the_same_query_scores_and_argilla_metadata(t
             queries = twin.store.queries(round_=number)
             stored[name] = [(q.example_id, q.score) for q in queries]
             records = ArgillaLabeler(twin).records(queries)
-            assert [r.metadata["uncertainty"] for r in records] == [q.score for q in queries]
+            # Argilla shows the score rounded to 3 digits, most uncertain first: the same score, whichever path.
+            assert {str(r.id): r.metadata["uncertainty"] for r in records} == {q.example_id: round(q.score, 3) for q in queries}
         assert len(stored["memory"]) == 10
         assert stored["cached"] == stored["memory"] and stored["engine"] == stored["memory"]
     finally:
