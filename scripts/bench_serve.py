@@ -83,13 +83,18 @@ class Client:
         reply = self.conn.getresponse()
         return reply.status, json.loads(reply.read())
 
-    def version(self) -> int:
-        self.conn.request("GET", "/healthz")
-        reply = self.conn.getresponse()
-        return json.loads(reply.read())["model_version"]
-
     def close(self) -> None:
         self.conn.close()
+
+
+def served_version(port: int) -> int:
+    # A fresh connection each time: one left idle while a model trains is closed by the server's keep-alive timeout.
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
+    try:
+        conn.request("GET", "/healthz")
+        return json.loads(conn.getresponse().read())["model_version"]
+    finally:
+        conn.close()
 
 
 def timed_requests(port: int, bodies: list[dict]) -> list[float]:
@@ -108,6 +113,7 @@ def timed_requests(port: int, bodies: list[dict]) -> list[float]:
 
 
 def phase(server: Server, run) -> dict:
+    print(f"  {run.__name__ if hasattr(run, '__name__') else 'phase'}", file=sys.stderr, flush=True)
     load_before = os.getloadavg()[0]
     cpu0, client0, wall0 = server.cpu(), time.process_time(), time.perf_counter()
     result = run()
@@ -149,8 +155,7 @@ def concurrent(port: int, texts: list[str], n: int, clients: int = 4) -> dict:
 
 def swap(server: Server, project: Path, texts: list[str], clients: int = 2) -> dict:
     """Clients keep sending while another process trains a new version; ends 2 s after the server serves it."""
-    probe = Client(server.port)
-    before = probe.version()
+    before = served_version(server.port)
     stop = threading.Event()
     times, failed, versions = [], [], []
     lock = threading.Lock()
@@ -181,14 +186,13 @@ def swap(server: Server, project: Path, texts: list[str], clients: int = 2) -> d
     subprocess.run([sys.executable, "-m", "synthloop", "train", "--project", str(project)], check=True, env=env,
                    capture_output=True)
     trained = time.perf_counter()
-    while probe.version() == before:
+    while served_version(server.port) == before:
         time.sleep(0.05)
     swapped = time.perf_counter()
     time.sleep(2.0)  # requests right after the swap, on the new model
     stop.set()
     for t in threads:
         t.join()
-    probe.close()
     return {"clients": clients, "requests": len(times) + len(failed), "failed": len(failed), "failures": failed[:5],
             "versions": sorted(set(versions)), "from_version": before, "train_s": trained - train_start,
             "seconds_to_swap_after_train": swapped - trained,
@@ -317,15 +321,21 @@ def main() -> None:
                 ("single", ("p50_ms", "p99_ms", "requests_per_s")), ("batched", ("p50_ms", "p99_ms", "texts_per_s")),
                 ("concurrent", ("p50_ms", "p99_ms", "requests_per_s")))}
             models.append(r)
+            write(args.out, models, args)
+    write(args.out, models, args)
+    print((args.out / "serve.md").read_text())
+
+
+def write(out: Path, models: list[dict], args) -> None:
+    """After each model, so a run cut short still leaves what it measured."""
     loads = [p[k] for r in models for name in ("single", "batched", "concurrent", "swap") for p in r.get(name, [])
              for k in ("load_before", "load_after")]
     result = {"machine": {"cpus": os.cpu_count(), "machine": platform.machine(), "python": platform.python_version(),
                           "load_min": min(loads), "load_max": max(loads)},
               "reps": args.reps, "target_p50_ms": TARGET_P50_MS, "generated_at": time.time(), "models": models}
-    args.out.mkdir(exist_ok=True)
-    (args.out / "serve.json").write_text(json.dumps(result, indent=1) + "\n")
-    (args.out / "serve.md").write_text(markdown(result))
-    print(markdown(result))
+    out.mkdir(exist_ok=True)
+    (out / "serve.json").write_text(json.dumps(result, indent=1) + "\n")
+    (out / "serve.md").write_text(markdown(result))
 
 
 if __name__ == "__main__":
