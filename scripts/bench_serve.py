@@ -276,7 +276,23 @@ def markdown(result: dict) -> str:
                          f"{p['p50_ms']:.2f} | {p['p99_ms']:.1f} | {p['train_s']:.1f} | {p['seconds_to_swap_after_train']:.1f} | "
                          f"{p['load_before']:.1f} |")
         lines.append("")
-    lines += ["## Against the targets", ""]
+    tfidf = next((r for r in result["models"] if r["model"] == "tfidf-lr"), None)
+    lines += ["## Reading these figures", "",
+              f"- The benchmark runs at `nice -n 10`, and so does the server it starts, on {m['cpus']} cores shared with "
+              f"other jobs (load average {m['load_min']:.0f}-{m['load_max']:.0f}): most of the wall latency is waiting for a "
+              "CPU. The server's CPU time per request (column above, HTTP and JSON included) is what a request costs."]
+    if tfidf:
+        cpu = statistics.median(p["server_cpu_s"] / p["requests"] * 1000 for p in tfidf["single"])
+        wall = tfidf["summary"]["single"]["p50_ms"]["median"]
+        lines.append(f"- tfidf-lr: {cpu:.2f} ms of server CPU per single request against a p50 of {wall:.2f} ms wall.")
+    embed = next((r for r in result["models"] if r["model"] == "embed-lr"), None)
+    if embed:
+        per_single = statistics.median(p["server_cpu_s"] / p["requests"] for p in embed["single"])
+        per_batched = statistics.median(p["server_cpu_s"] / (p["requests"] * BATCH) for p in embed["batched"])
+        lines.append(f"- embed-lr: {1000 * per_batched:.0f} ms of server CPU per text in batches of {BATCH} against "
+                     f"{1000 * per_single:.0f} ms one by one. Likely padding (SentenceEmbedder pads each batch of up to 64 "
+                     "to its longest text), not measured apart.")
+    lines += ["", "## Against the targets", ""]
     for r in result["models"]:
         p50 = r["summary"]["single"]["p50_ms"]
         met = "**met**" if p50["median"] < TARGET_P50_MS else "**not met**"
@@ -298,7 +314,11 @@ def main() -> None:
     parser.add_argument("--single", type=int, default=400, help="single requests per repetition")
     parser.add_argument("--batches", type=int, default=20, help="batched requests per repetition")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks")
+    parser.add_argument("--markdown-only", action="store_true", help="rewrite serve.md from serve.json; measure nothing")
     args = parser.parse_args()
+    if args.markdown_only:
+        (args.out / "serve.md").write_text(markdown(json.loads((args.out / "serve.json").read_text())))
+        return
     if args.reps < 3:
         parser.error("--reps must be at least 3 (min and median over repetitions)")
     args.swap_models = set(args.swap_models.split(","))
