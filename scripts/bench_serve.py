@@ -83,13 +83,18 @@ class Client:
         reply = self.conn.getresponse()
         return reply.status, json.loads(reply.read())
 
-    def version(self) -> int:
-        self.conn.request("GET", "/healthz")
-        reply = self.conn.getresponse()
-        return json.loads(reply.read())["model_version"]
-
     def close(self) -> None:
         self.conn.close()
+
+
+def served_version(port: int) -> int:
+    # A fresh connection each time: one left idle while a model trains is closed by the server's keep-alive timeout.
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
+    try:
+        conn.request("GET", "/healthz")
+        return json.loads(conn.getresponse().read())["model_version"]
+    finally:
+        conn.close()
 
 
 def timed_requests(port: int, bodies: list[dict]) -> list[float]:
@@ -108,6 +113,7 @@ def timed_requests(port: int, bodies: list[dict]) -> list[float]:
 
 
 def phase(server: Server, run) -> dict:
+    print(f"  {run.__name__ if hasattr(run, '__name__') else 'phase'}", file=sys.stderr, flush=True)
     load_before = os.getloadavg()[0]
     cpu0, client0, wall0 = server.cpu(), time.process_time(), time.perf_counter()
     result = run()
@@ -149,8 +155,7 @@ def concurrent(port: int, texts: list[str], n: int, clients: int = 4) -> dict:
 
 def swap(server: Server, project: Path, texts: list[str], clients: int = 2) -> dict:
     """Clients keep sending while another process trains a new version; ends 2 s after the server serves it."""
-    probe = Client(server.port)
-    before = probe.version()
+    before = served_version(server.port)
     stop = threading.Event()
     times, failed, versions = [], [], []
     lock = threading.Lock()
@@ -181,14 +186,13 @@ def swap(server: Server, project: Path, texts: list[str], clients: int = 2) -> d
     subprocess.run([sys.executable, "-m", "synthloop", "train", "--project", str(project)], check=True, env=env,
                    capture_output=True)
     trained = time.perf_counter()
-    while probe.version() == before:
+    while served_version(server.port) == before:
         time.sleep(0.05)
     swapped = time.perf_counter()
     time.sleep(2.0)  # requests right after the swap, on the new model
     stop.set()
     for t in threads:
         t.join()
-    probe.close()
     return {"clients": clients, "requests": len(times) + len(failed), "failed": len(failed), "failures": failed[:5],
             "versions": sorted(set(versions)), "from_version": before, "train_s": trained - train_start,
             "seconds_to_swap_after_train": swapped - trained,
@@ -272,7 +276,23 @@ def markdown(result: dict) -> str:
                          f"{p['p50_ms']:.2f} | {p['p99_ms']:.1f} | {p['train_s']:.1f} | {p['seconds_to_swap_after_train']:.1f} | "
                          f"{p['load_before']:.1f} |")
         lines.append("")
-    lines += ["## Against the targets", ""]
+    tfidf = next((r for r in result["models"] if r["model"] == "tfidf-lr"), None)
+    lines += ["## Reading these figures", "",
+              f"- The benchmark runs at `nice -n 10`, and so does the server it starts, on {m['cpus']} cores shared with "
+              f"other jobs (load average {m['load_min']:.0f}-{m['load_max']:.0f}): most of the wall latency is waiting for a "
+              "CPU. The server's CPU time per request (column above, HTTP and JSON included) is what a request costs."]
+    if tfidf:
+        cpu = statistics.median(p["server_cpu_s"] / p["requests"] * 1000 for p in tfidf["single"])
+        wall = tfidf["summary"]["single"]["p50_ms"]["median"]
+        lines.append(f"- tfidf-lr: {cpu:.2f} ms of server CPU per single request against a p50 of {wall:.2f} ms wall.")
+    embed = next((r for r in result["models"] if r["model"] == "embed-lr"), None)
+    if embed:
+        per_single = statistics.median(p["server_cpu_s"] / p["requests"] for p in embed["single"])
+        per_batched = statistics.median(p["server_cpu_s"] / (p["requests"] * BATCH) for p in embed["batched"])
+        lines.append(f"- embed-lr: {1000 * per_batched:.0f} ms of server CPU per text in batches of {BATCH} against "
+                     f"{1000 * per_single:.0f} ms one by one. Likely padding (SentenceEmbedder pads each batch of up to 64 "
+                     "to its longest text), not measured apart.")
+    lines += ["", "## Against the targets", ""]
     for r in result["models"]:
         p50 = r["summary"]["single"]["p50_ms"]
         met = "**met**" if p50["median"] < TARGET_P50_MS else "**not met**"
@@ -294,7 +314,11 @@ def main() -> None:
     parser.add_argument("--single", type=int, default=400, help="single requests per repetition")
     parser.add_argument("--batches", type=int, default=20, help="batched requests per repetition")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks")
+    parser.add_argument("--markdown-only", action="store_true", help="rewrite serve.md from serve.json; measure nothing")
     args = parser.parse_args()
+    if args.markdown_only:
+        (args.out / "serve.md").write_text(markdown(json.loads((args.out / "serve.json").read_text())))
+        return
     if args.reps < 3:
         parser.error("--reps must be at least 3 (min and median over repetitions)")
     args.swap_models = set(args.swap_models.split(","))
@@ -317,15 +341,21 @@ def main() -> None:
                 ("single", ("p50_ms", "p99_ms", "requests_per_s")), ("batched", ("p50_ms", "p99_ms", "texts_per_s")),
                 ("concurrent", ("p50_ms", "p99_ms", "requests_per_s")))}
             models.append(r)
+            write(args.out, models, args)
+    write(args.out, models, args)
+    print((args.out / "serve.md").read_text())
+
+
+def write(out: Path, models: list[dict], args) -> None:
+    """After each model, so a run cut short still leaves what it measured."""
     loads = [p[k] for r in models for name in ("single", "batched", "concurrent", "swap") for p in r.get(name, [])
              for k in ("load_before", "load_after")]
     result = {"machine": {"cpus": os.cpu_count(), "machine": platform.machine(), "python": platform.python_version(),
                           "load_min": min(loads), "load_max": max(loads)},
               "reps": args.reps, "target_p50_ms": TARGET_P50_MS, "generated_at": time.time(), "models": models}
-    args.out.mkdir(exist_ok=True)
-    (args.out / "serve.json").write_text(json.dumps(result, indent=1) + "\n")
-    (args.out / "serve.md").write_text(markdown(result))
-    print(markdown(result))
+    out.mkdir(exist_ok=True)
+    (out / "serve.json").write_text(json.dumps(result, indent=1) + "\n")
+    (out / "serve.md").write_text(markdown(result))
 
 
 if __name__ == "__main__":

@@ -337,3 +337,22 @@ def test_bad_command_lines_are_one_line_errors(trained, tmp_path):
         assert proc.returncode == 2 and words in proc.stderr and "Traceback" not in proc.stderr, (args, proc.stderr)
     busy.close()
     assert not (tmp_path / "x").exists() and (tmp_path / "taken" / "notes.txt").read_text() == "mine"
+
+
+@pytest.mark.parametrize("name", ["tfidf-lr", "hashing-lr"])
+@pytest.mark.parametrize("calibrate", [True, False])
+def test_the_servers_direct_route_gives_the_models_probabilities(name, calibrate):
+    """Three classes seen and a fourth task label never seen (an all-zero column), calibrated or not."""
+    from synthloop.fastpath import fast_predict_proba
+    from synthloop.models import TextClassifier
+
+    rng = np.random.default_rng(0)
+    words = {"fruit": "apple banana juice pear", "sport": "goal match team score", "vote": "party election law poll"}
+    y = [k for k in words for _ in range(30)]
+    texts = [" ".join(rng.choice(words[k].split(), 5)) + " " + rng.choice(["x", "y", "z"]) for k in y]
+    model = TextClassifier(labels=[*words, "other"], name=name, calibrate=calibrate).fit(texts, y)
+    fast = fast_predict_proba(model)
+    assert fast is not None
+    probe = ["apple goal", "law and order", "", *texts[:5]]
+    np.testing.assert_allclose(fast(probe), model.predict_proba(probe), rtol=0, atol=1e-12)
+    assert (fast(probe)[:, 3] == 0).all()

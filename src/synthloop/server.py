@@ -66,6 +66,7 @@ class ModelHolder:
 
     def poll_once(self) -> bool:
         """Swap in the source's version if it differs from the one served; True when it did."""
+        version = None
         try:
             version = self.source.latest()
             if version is None or version == self.current.version or version == self._failed_version:
