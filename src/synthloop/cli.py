@@ -182,14 +182,20 @@ def generate(per_class: Annotated[int, typer.Option("--per-class", min=0, help="
                                            help="Drop texts the LLM labeler puts in another class.")] = None,
              project: ProjectOpt = Path("."), as_json: JsonOpt = False):
     """Generate synthetic training examples for every class with the project's LLM."""
+    import time
+
     proj = _open(project)
+    calls_before, started = _llm_calls(proj), time.perf_counter()
     try:
         with err.status(f"generating {per_class} examples per class with {proj.config.llm.model}"):
             report = proj.generate(per_class, consistency_filter=consistency_filter)
     except SynthloopError as e:
         _fail(e)
+    calls, failed = (now - before for now, before in zip(_llm_calls(proj), calls_before))
+    minutes = (time.perf_counter() - started) / 60
     summary = {"added": report.added, "requested": report.requested, "dropped": dict(report.dropped),
-               "failed_calls": report.failed_calls, "cost": report.cost}
+               "failed_calls": report.failed_calls, "cost": report.cost, "llm_calls": calls,
+               "llm_calls_failed": failed, "minutes": round(minutes, 2)}
     if not _emit(summary, as_json):
         table = Table("label", "requested", "added", title=f"synthetic data (${report.cost:.4f})")
         for label, n in report.requested.items():
@@ -197,6 +203,13 @@ def generate(per_class: Annotated[int, typer.Option("--per-class", min=0, help="
         out.print(table)
         if report.dropped:
             out.print("dropped: " + ", ".join(f"{k} {v}" for k, v in report.dropped.items()))
+        out.print(f"{calls} LLM calls, {failed} failed, in {minutes:.1f} min", highlight=False)
+
+
+def _llm_calls(proj: Project) -> tuple[int, int]:
+    """LLM calls recorded so far, and how many of them failed (cache hits included: they are answers too)."""
+    usage = proj.store.llm_usage()
+    return sum(u["calls"] for u in usage), sum(u["failed"] or 0 for u in usage)
 
 
 app.add_typer(llm_app, name="llm")
