@@ -44,7 +44,7 @@ def main() -> None:
     def step(text: str) -> str:
         # Printed, not only a spinner: a log or a pipe shows where the minutes go too.
         m, sec = divmod(int(time.monotonic() - started), 60)
-        console.print(f"[dim]{m:02d}:{sec:02d}[/] {text}", highlight=False)
+        console.print(f"[dim]{m:02d}:{sec:02d}[/] {text}", highlight=False, soft_wrap=True)
         return text
 
     with console.status(step(f"1/4 the baseline: random sampling without synthetic data, up to {args.budget} labels")):
@@ -104,7 +104,7 @@ def main() -> None:
     m, sec = divmod(int(time.monotonic() - started), 60)
     console.print(f"\n[bold]Done in {m}m{sec:02d}s.[/] What to try next:", highlight=False)
     for line in NEXT_STEPS:
-        console.print(f"  {line}", highlight=False, markup=False)
+        console.print(f"  {line}", highlight=False, markup=False, soft_wrap=True)
 
 
 NEXT_STEPS = [

