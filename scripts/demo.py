@@ -1,6 +1,7 @@
 """`make demo`: the whole loop on the committed SMS spam sample, offline.
 
-1. Starts a real local LLM (llama.cpp serving SmolLM2-135M) and generates synthetic examples per class:
+1. Starts a real local LLM (llama.cpp's server from the prebuilt xllamacpp wheel, serving SmolLM2-135M)
+   and generates synthetic examples per class:
    the round-0 model trains on them (plus the task's examples).
 2. Runs active-learning rounds (margin sampling, the gold labels answering as a simulated reviewer)
    with the minority top-up on: whenever spam (13% of the pool) is under 45% of the real labels, the
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import tempfile
+import time
 from pathlib import Path
 
 from rich.console import Console
@@ -37,13 +39,20 @@ def main() -> None:
     parser.add_argument("--report-dir", type=Path, default=REPORT_DIR, help="where the report goes")
     args = parser.parse_args()
     console = Console()
+    started = time.monotonic()
 
-    with console.status("random sampling, no synthetic data"):
+    def step(text: str) -> str:
+        # Printed, not only a spinner: a log or a pipe shows where the minutes go too.
+        m, sec = divmod(int(time.monotonic() - started), 60)
+        console.print(f"[dim]{m:02d}:{sec:02d}[/] {text}", highlight=False, soft_wrap=True)
+        return text
+
+    with console.status(step(f"1/4 the baseline: random sampling without synthetic data, up to {args.budget} labels")):
         random_curve = simulate(HERE / "task.toml", HERE / "pool.csv", HERE / "test.csv", strategy="random",
                                 budget=args.budget, batch=args.batch, seed=0)["curve"]
 
     rows = []
-    with tempfile.TemporaryDirectory() as tmp, console.status("starting the local LLM") as status, \
+    with tempfile.TemporaryDirectory() as tmp, console.status(step("2/4 starting the local LLM")) as status, \
             start_local_server() as server:
         project = Project.init(Path(tmp) / "demo", HERE / "task.toml",
                                loop={"strategy": "margin", "batch_size": args.batch},
@@ -55,26 +64,29 @@ def main() -> None:
                                       "topup_max_per_round": 10, "max_chars": 200, "subtopics": 0})
         project.import_file(HERE / "pool.csv", label_col="label", gold=True)
         project.import_file(HERE / "test.csv", label_col="label", split="test")
-        status.update(f"generating {args.synthetic} synthetic examples per class with {LOCAL_MODEL_NAME}")
+        status.update(step(f"3/4 {LOCAL_MODEL_NAME} writes {args.synthetic} synthetic examples per class "
+                           "(the longest step: a few minutes on a busy CPU)"))
         report = project.generate(args.synthetic)
         console.print(f"synthetic data: {report.added} kept (dropped: {dict(report.dropped) or 'none'})")
         while True:
             labels = project.n_real_labels()
-            status.update(f"round {len(rows)}: {labels} real labels")
+            status.update(step(f"4/4 round {len(rows)}: {labels} real labels"
+                               + (" (the top-up may ask the LLM for more)" if labels else "")))
             result = project.round(query=labels < args.budget, n=min(args.batch, args.budget - labels))
             added = project.store.round(result.number)["counts"].get("synthetic_added", {})
             rows.append((result, added))
             if labels >= args.budget:
                 break
         usage = project.store.llm_usage()
-        status.update("writing the report")
+        model_name = project.config.model.name
+        status.update(step("writing the report"))
         try:
             paths = build_report(project, out_dir=args.report_dir, baselines={"random": random_curve},
                                  project_label=f"make demo ({LOCAL_MODEL_NAME}, {args.budget} labels; its temporary project is gone)")["paths"]
         finally:
             project.close()
 
-    table = Table(title="SMS spam: test accuracy per round (tfidf-lr)")
+    table = Table(title=f"SMS spam: test accuracy per round ({model_name})")
     for col in ("round", "real labels", "margin + synthetic", "macro-F1", "synthetic added (top-up)", "random, no synthetic"):
         table.add_column(col, justify="right")
     for i, (result, added) in enumerate(rows):
@@ -89,6 +101,19 @@ def main() -> None:
                   f"(the same tokens at GPT-4o's list price: ${cost_usd('gpt-4o', tokens_in, tokens_out):.3f})")
     console.print("GPT-4o zero-shot on SMS spam (published): 0.95 accuracy")
     console.print(f"report: {paths['html']} (report.md and report.json beside it)")
+    m, sec = divmod(int(time.monotonic() - started), 60)
+    console.print(f"\n[bold]Done in {m}m{sec:02d}s.[/] What to try next:", highlight=False)
+    for line in NEXT_STEPS:
+        console.print(f"  {line}", highlight=False, markup=False, soft_wrap=True)
+
+
+NEXT_STEPS = [
+    "open the report above in a browser: the learning curve, the costs, the synthetic data",
+    "your own task: .venv/bin/synthloop init myproj --task examples/sms_spam/task.toml, then",
+    "  cd myproj && ../.venv/bin/synthloop import POOL.csv && ../.venv/bin/synthloop round  (see README: CLI)",
+    "a better local LLM: .venv/bin/synthloop llm install qwen-1.5b && .venv/bin/synthloop llm serve --model qwen-1.5b",
+    "the test suite: make test",
+]
 
 
 if __name__ == "__main__":

@@ -48,6 +48,17 @@ def test_generate_per_class_stores_synthetic_examples(cli_project):
     assert status["impact"]["llm_by_purpose"]["generate"]["calls"] == usage["calls"]
     text = run("status", "--no-latency", cwd=cli_project)
     assert "LLM usage" in text and "generate" in text and LOCAL_MODEL_NAME in text
+    assert summary["llm_calls"] == usage["calls"] and summary["llm_calls_failed"] == usage["failed"]
+    assert summary["minutes"] > 0
+
+    # Without --json the run ends with what it took: calls, failures, minutes.
+    import re
+
+    text = run("generate", "--per-class", "1", cwd=cli_project)
+    line = re.search(r"(\d+) LLM calls, (\d+) failed, in (\d+\.\d) min", text)
+    [after] = json.loads(run("status", "--json", cwd=cli_project))["llm"]
+    assert line and int(line[1]) == after["calls"] - usage["calls"] > 0
+    assert int(line[2]) == after["failed"] - usage["failed"]
 
 
 POOL = ["URGENT! Your mobile number has been awarded a cash prize. Text CLAIM to 80808",
@@ -116,10 +127,12 @@ def test_llm_serve_answers_until_interrupted(tmp_path):
     import signal
     import time
 
+    from llm_servers import need_local_llm
     from openai import OpenAI
 
     from synthloop.llm.serve import free_port
 
+    need_local_llm()  # skip (fail under CI) without xllamacpp and the model, as the fixture does
     port = free_port()
     proc = subprocess.Popen([sys.executable, "-m", "synthloop", "llm", "serve", "--port", str(port)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -147,5 +160,5 @@ def test_the_makefile_installs_the_xllamacpp_that_pyproject_pins():
 
     root = Path(__file__).resolve().parent.parent
     pinned = tomllib.loads((root / "pyproject.toml").read_text())["project"]["optional-dependencies"]["llm"]
-    makefile = re.search(r"^XLLAMACPP := (\S+)$", (root / "Makefile").read_text(), re.M)
+    makefile = re.search(r"^XLLAMACPP := (\S+)$", (root / "Makefile").read_text(), re.MULTILINE)
     assert makefile is not None and pinned == [makefile.group(1)]

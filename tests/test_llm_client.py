@@ -6,6 +6,7 @@ No mocks of the SDK: every request goes over HTTP through the openai package.
 from __future__ import annotations
 
 import importlib.util
+import itertools
 import json
 import logging
 import re
@@ -245,6 +246,23 @@ def test_many_keeps_order_when_answers_arrive_out_of_order(fault):
     assert [r.value.label for r in results] == ["ham", "spam"] * 4
     arrival = [int(re.search(r"\d+", r["body"]["messages"][-1]["content"]).group()) for r in fault.requests]
     assert sorted(arrival) == list(range(8))
+
+
+def test_a_server_on_this_machine_gets_one_request_at_a_time_and_a_long_timeout(fault):
+    # llama.cpp's server answers one request at a time: more in flight only wait in its queue and time out.
+    fault.reset(("delay", 0.2, '{"label": "spam"}'))
+    client = LLMClient("m", base_url=fault.base_url, response_format="json_object_schema")
+    assert client.concurrency == 1 and client.sdk.timeout == 600.0
+    results = client.complete_json_many([[{"role": "user", "content": f"text {i}"}] for i in range(4)], Label)
+    assert all(r.ok for r in results)
+    times = sorted(r["time"] for r in fault.requests)
+    assert all(later - earlier >= 0.15 for earlier, later in itertools.pairwise(times))  # never two at once
+    # What the config sets wins; any other server keeps 4 in flight and 60 s.
+    assert LLMClient("m", base_url=fault.base_url, concurrency=3, timeout=5).concurrency == 3
+    openai_client = LLMClient("gpt-4o", api_key=SECRET)
+    assert openai_client.concurrency == 4 and openai_client.sdk.timeout == 60.0
+    remote = LLMClient("m", base_url="http://llm.example.com/v1", api_key=SECRET)
+    assert remote.concurrency == 4 and remote.sdk.timeout == 60.0
 
 
 def test_logprobs_pass_through(fault):

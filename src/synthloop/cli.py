@@ -14,6 +14,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from synthloop.cli_common import cli_command
+from synthloop.cli_llm import llm_app
 from synthloop.cli_report import report
 from synthloop.cli_review import review_app
 from synthloop.cli_serve import export_model, serve
@@ -167,11 +168,17 @@ def generate(per_class: Annotated[int, typer.Option("--per-class", min=0, help="
                                            help="Drop texts the LLM labeler puts in another class.")] = None,
              project: ProjectOpt = Path("."), as_json: JsonOpt = False):
     """Generate synthetic training examples for every class with the project's LLM."""
+    import time
+
     proj = _open(project)
+    calls_before, started = _llm_calls(proj), time.perf_counter()
     with err.status(f"generating {per_class} examples per class with {escape(proj.config.llm.model)}"):
         report = proj.generate(per_class, consistency_filter=consistency_filter)
+    calls, failed = (now - before for now, before in zip(_llm_calls(proj), calls_before))
+    minutes = (time.perf_counter() - started) / 60
     summary = {"added": report.added, "requested": report.requested, "dropped": dict(report.dropped),
-               "failed_calls": report.failed_calls, "cost": report.cost}
+               "failed_calls": report.failed_calls, "cost": report.cost, "llm_calls": calls,
+               "llm_calls_failed": failed, "minutes": round(minutes, 2)}
     if not _emit(summary, as_json):
         table = Table("label", "requested", "added", title=f"synthetic data (${report.cost:.4f})")
         for label, n in report.requested.items():
@@ -179,28 +186,17 @@ def generate(per_class: Annotated[int, typer.Option("--per-class", min=0, help="
         out.print(table)
         if report.dropped:
             out.print("dropped: " + ", ".join(f"{k} {v}" for k, v in report.dropped.items()), markup=False)
+        out.print(f"{calls} LLM calls, {failed} failed, in {minutes:.1f} min", highlight=False)
 
 
-llm_app = typer.Typer(help="The local LLM server.", no_args_is_help=True)
+def _llm_calls(proj: Project) -> tuple[int, int]:
+    """LLM calls recorded so far, and how many of them failed (cache hits included: they are answers too)."""
+    usage = proj.store.llm_usage()
+    return sum(u["calls"] for u in usage), sum(u["failed"] or 0 for u in usage)
+
+
 app.add_typer(llm_app, name="llm")
 app.add_typer(review_app, name="review")
-
-
-@llm_app.command("serve")
-@cli_command()
-def llm_serve(port: Annotated[int, typer.Option(help="Port on 127.0.0.1 (0 picks a free one).")] = 8080):
-    """Serve SmolLM2-135M-Instruct (a tiny real LLM) on 127.0.0.1 until Ctrl-C."""
-    from synthloop.llm.serve import LOCAL_MODEL_NAME, start_local_server
-
-    server = start_local_server(port=port)
-    out.print(f"serving {LOCAL_MODEL_NAME} at {server.base_url}\n"
-              f"use it: export OPENAI_BASE_URL={server.base_url}  and set [llm] model = \"{LOCAL_MODEL_NAME}\"")
-    try:
-        server.process.wait()
-    except KeyboardInterrupt:
-        pass
-    finally:
-        server.stop()
 
 
 NIGHTLY_EXITS = "exit 0 done, 1 failed, 2 bad input, 69 a server did not answer (retry later), 75 locked (retry later)"

@@ -46,9 +46,11 @@ class LLMConfig(_Section):
     api_key_env: str = "OPENAI_API_KEY"
     base_url_env: str = "OPENAI_BASE_URL"
     response_format: str = "auto"  # auto | json_schema | json_object_schema | prompt
-    timeout: float = Field(60.0, gt=0)
+    # Unset: 1 request in flight and 600 s a call for a server on this machine (llama.cpp's serves one at a
+    # time), 4 and 60 s elsewhere; llm.client.LLMClient decides (it knows $OPENAI_BASE_URL too).
+    timeout: float | None = Field(None, gt=0)
     max_retries: int = Field(4, ge=0)
-    concurrency: int = Field(4, ge=1)
+    concurrency: int | None = Field(None, ge=1)
     prices: dict[str, dict[str, float]] = Field(default_factory=dict)  # model -> {"input": $/1M, "output": $/1M}
     label_temperature: float = Field(0.0, ge=0.0)
     few_shot: int = Field(2, ge=0)  # examples per class in the labeling prompt

@@ -114,7 +114,7 @@ def check_llm_reachable(project, timeout: float = 10.0) -> None:
         return  # not a URL this check understands: the client reports it
     port = parts.port or (443 if parts.scheme == "https" else 80)
     try:
-        socket.create_connection((parts.hostname, port), timeout=min(timeout, cfg.timeout)).close()
+        socket.create_connection((parts.hostname, port), timeout=min(timeout, cfg.timeout or timeout)).close()
     except OSError as err:
         raise Unavailable(f"the LLM API at {url} does not answer ({err.strerror or err}); check that the server is "
                           f"up and that [llm] base_url or ${cfg.base_url_env} names it. Nothing was labeled; the "
