@@ -13,6 +13,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from synthloop.cli_queue import requeue
 from synthloop.cli_report import report
 from synthloop.cli_review import review_app
 from synthloop.data import read_table
@@ -279,6 +280,8 @@ def status(no_latency: Annotated[bool, typer.Option("--no-latency", help="Skip t
         table.add_row(source, *(str(per_class.get(lab, 0)) for lab in labels), str(sum(per_class.values())))
     out.print(table)
     out.print("queries: " + (", ".join(f"{k} {v}" for k, v in sorted(info["queries"].items())) or "none"))
+    for state, reasons in info.get("query_reasons", {}).items():  # `synthloop requeue --failed/--skipped` retries them
+        out.print(f"  {state}: " + escape(", ".join(f"{n} {why}" for why, n in sorted(reasons.items(), key=lambda r: -r[1]))))
     if info["llm"]:
         usage = Table("purpose", "model", "calls", "cached", "failed", "tokens in", "tokens out", "$", "seconds", title="LLM usage")
         for u in info["llm"]:
@@ -406,6 +409,7 @@ def simulate(task: Annotated[Path, typer.Option(help="Task file.")],
 
 
 app.command()(report)
+app.command()(requeue)
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from synthloop import active, selection
+from synthloop.budget import Budget
 from synthloop.config import CONFIG_FILE, STATE_DIR, Config, load_config
 from synthloop.data import scan_table
 from synthloop.errors import SynthloopError
@@ -22,7 +23,7 @@ from synthloop.labelers import get_labeler
 from synthloop.metrics import evaluate
 from synthloop.selection import Cached, InMemory, Scorer, Streamed
 from synthloop.models import TextClassifier, featurizer_needs_fit, load_model, save_model, texts_key
-from synthloop.store import NewLabel, Store, source_rank
+from synthloop.store import NewLabel, QueryStatus, Store, source_rank
 from synthloop.task import TaskSpec, load_task
 
 # Whole-pool feature matrices are kept in memory between rounds of one process only up to this size.
@@ -62,6 +63,22 @@ def checkpoint(step: str, number: int) -> None:
         time.sleep(3600)
 
 
+def check_choices(config: Config, strategy: str | None = None, labeler: str | None = None) -> None:
+    """Refuse an unknown model, strategy or labeler (the config's, or the ones given) before anything is
+    stored: a typo must not leave queries routed to a labeler that does not exist."""
+    from synthloop.labelers import LABELERS
+    from synthloop.models import MODEL_NAMES
+
+    if config.model.name not in MODEL_NAMES:
+        raise SynthloopError(f"unknown model {config.model.name!r}; choose one of {', '.join(MODEL_NAMES)} "
+                             "([model] name in synthloop.toml, or --model)")
+    active.get_strategy(strategy or config.loop.strategy)
+    for name in {labeler or config.loop.labeler, config.loop.labeler}:
+        if name not in LABELERS:
+            raise SynthloopError(f"unknown labeler {name!r}; choose one of {', '.join(LABELERS)} "
+                                 "([loop] labeler in synthloop.toml, or --labeler)")
+
+
 class _StoreCache:
     """The LLM client's cache interface over the store's cache table."""
 
@@ -78,7 +95,7 @@ class Project:
         self._featurizers: dict[str, object] = {}
         self._feature_cache: dict[str, tuple[dict[str, int], object]] = {}
         self._llm = None
-        self.llm_budget: float | None = None  # $ the LLM may still spend tonight (nightly --max-cost), None: no cap
+        self.budget = Budget()  # what the LLM may still spend (nightly --max-cost sets a cap)
         self.last_scored: int | None = None
         self.unreachable: dict[str, float] = {}  # server URL -> when it last failed every retry (see ArgillaLabeler)
 
@@ -94,10 +111,20 @@ class Project:
             current = getattr(config, section)
             setattr(config, section, current.model_copy(update=values))
         config = Config.model_validate(config.model_dump())
+        check_choices(config)
         root.mkdir(parents=True, exist_ok=True)
         (root / STATE_DIR).mkdir(exist_ok=True)
         (root / CONFIG_FILE).write_text(config.dump(), encoding="utf-8")
         return cls(root)
+
+    @property
+    def llm_budget(self) -> float | None:
+        """$ the LLM may still spend (None: no cap); the Budget object owns it."""
+        return self.budget.left
+
+    @llm_budget.setter
+    def llm_budget(self, left: float | None) -> None:
+        self.budget = Budget(left)
 
     @property
     def state_dir(self) -> Path:
@@ -216,19 +243,19 @@ class Project:
                                        for lab, n in needs.items()) if n > 0}
         if not needs:
             return None
-        budget = self.llm_budget
-        if budget is not None and budget <= 0:
+        if self.budget.spent_out:
             # The night's $ cap (nightly --max-cost) is spent: generation waits for a night with money left.
             return None
         examples = {label: [r[1] for r in real if r[2] == label][-20:] for label in needs}
         started = time.time()
         report = generate(self, needs, examples=examples, round_=round_, topup=True)
-        if budget is not None:  # what generation spent is gone from what the labelers may spend tonight
-            self.llm_budget = budget - self.store.llm_cost_since(started)
+        # What generation spent is gone from what the labelers may spend tonight.
+        self.budget.spend(self.store.llm_cost_since(started))
         return report
 
     # features -----------------------------------------------------------------------------------
-    def _new_model(self) -> TextClassifier:
+    def new_model(self) -> TextClassifier:
+        """An unfitted classifier as the project's [model] settings make it."""
         cfg = self.config.model
         return TextClassifier(labels=self.task.label_names, name=cfg.name, calibrate=cfg.calibrate,
                               embed_model=cfg.embed_model, seed=self.config.loop.seed)
@@ -286,7 +313,7 @@ class Project:
 
     def train(self, round_: int | None = None) -> tuple[int, TextClassifier]:
         ids, texts, labels, weights = self.training_data()
-        model = self._new_model()
+        model = self.new_model()
         key, featurizer = self._featurizer(model, texts)
         X = self._features(key, featurizer, ids, texts)
         model.fit(texts, labels, sample_weight=weights, featurizer=featurizer, X=X)
@@ -382,49 +409,57 @@ class Project:
         return self.store.add_queries(round_, picks, strategy, routed_to=labeler or self.config.loop.labeler)
 
     def collect(self, round_: int | None = None) -> int:
-        """Store the labels that every labeler with submitted queries has ready; never waits for more. A
-        labeler whose server is unreachable (Argilla down) is skipped with a warning: the loop never blocks
-        on humans, and what they submitted is collected by a later round."""
+        """Store what every labeler with submitted queries has ready (labels, skipped and failed queries, hand-offs
+        to another labeler), each labeler's outcomes in one transaction; never waits for more. A labeler whose
+        server is unreachable (Argilla down) is skipped with a warning: the loop never blocks on humans, and
+        what they submitted is collected by a later round. Queries handed off (the hybrid labeler's doubtful
+        ones) go out to their new labeler at once."""
         import logging
 
-        pending = {q.routed_to for q in self.store.queries(status="pending", submitted=True)}
-        added = 0
+        pending = {q.routed_to for q in self.store.queries(status=QueryStatus.PENDING, submitted=True)}
+        added, handed_to = 0, set()
         for name in sorted(pending):
             labeler = get_labeler(name, self)
             try:
-                labels = labeler.collect()
-            except getattr(labeler, "defers_on", ()) as err:
+                collected = labeler.collect()
+            except labeler.defers_on as err:
                 logging.getLogger("synthloop").warning(
                     "%s; its labels wait for a later round or `synthloop review pull`", err.summary)
                 continue
-            added += self.store.record_labels(labels, round_)
+            added += self.store.apply(collected, round_)
+            handed_to |= {to for to, _ in collected.handoff.values()}
+        if handed_to:
+            self._hand_out([q for q in self.store.queries(status=QueryStatus.PENDING, submitted=False)
+                            if q.routed_to in handed_to])
         return added
 
     def route(self, round_: int) -> int:
         """Hand this round's pending queries to their labeler, with what earlier rounds could not hand out (a
         server down then; a night whose --max-labels the leftovers filled selects nothing new), then take
         whatever the labelers have ready."""
-        pending = self.store.queries(status="pending", round_=round_)
+        pending = self.store.queries(status=QueryStatus.PENDING, round_=round_)
         ids = {q.example_id for q in pending}
-        pending += [q for q in self.store.queries(status="pending", submitted=False) if q.example_id not in ids]
+        pending += [q for q in self.store.queries(status=QueryStatus.PENDING, submitted=False) if q.example_id not in ids]
         self._hand_out(pending)
         return self.collect(round_)
 
     def _hand_out(self, pending) -> None:
+        for name in sorted({q.routed_to for q in pending}):
+            self.hand_out(name, [q for q in pending if q.routed_to == name])
+
+    def hand_out(self, name: str, queries) -> None:
+        """Submit queries to one labeler and mark what it took (with the job it made, if any) as submitted."""
         import logging
 
-        for name in sorted({q.routed_to for q in pending}):
-            labeler = get_labeler(name, self)
-            mine = [q for q in pending if q.routed_to == name]
-            deferrable = getattr(labeler, "defers_on", ())
-            try:
-                labeler.submit(mine)
-            except deferrable as err:
-                logging.getLogger("synthloop").warning(
-                    "%s; %d queries stay pending and go out with the next round or `synthloop review push`",
-                    err.summary, sum(1 for q in self.store.queries(status="pending", routed_to=name, submitted=False)))
-                continue
-            self.store.mark_submitted([q.example_id for q in mine])
+        labeler = get_labeler(name, self)
+        try:
+            submitted = labeler.submit(queries)
+        except labeler.defers_on as err:
+            logging.getLogger("synthloop").warning(
+                "%s; %d queries stay pending and go out with the next round or `synthloop review push`",
+                err.summary, len(self.store.queries(status=QueryStatus.PENDING, routed_to=name, submitted=False)))
+            return
+        self.store.mark_submitted(submitted.ids, submitted.meta)
 
     # the round ----------------------------------------------------------------------------------
     def round(self, query: bool = True, n: int | None = None, strategy: str | None = None,
@@ -434,6 +469,9 @@ class Project:
         """One round. With route=False it stops after selecting and stays open: `label` or the next
         `round` hands the queries out and closes it. The pool is scored by `scorer` (see `Project.scorer`;
         incremental/engine/address choose one)."""
+        check_choices(self.config, strategy, labeler)
+        if scorer is None and engine is not None:
+            self.scorer(0, engine=engine, address=address).check(strategy or self.config.loop.strategy)
         start = time.perf_counter()
         number, resumed = self.store.open_round()
         info = self.store.round(number)
@@ -506,6 +544,19 @@ class Project:
         self._hand_out(pending)
         return self.collect(self.store.current_round())
 
+    def requeue(self, failed: bool = False, skipped: bool = False, labeler: str | None = None) -> dict:
+        """Make failed and/or skipped examples selectable again (their queries are forgotten; a later round may
+        pick them), and hand pending queries routed to a labeler that does not exist (a typo in an older
+        version) to `labeler` (default: the project's). Returns what changed."""
+        from synthloop.labelers import LABELERS
+
+        target = labeler or self.config.loop.labeler
+        check_choices(self.config, labeler=target)
+        orphans = [q.example_id for q in self.store.queries(status=QueryStatus.PENDING) if q.routed_to not in LABELERS]
+        self.store.reroute(orphans, target)
+        statuses = [s for s, wanted in ((QueryStatus.FAILED, failed), (QueryStatus.SKIPPED, skipped)) if wanted]
+        return {"requeued": self.store.requeue(statuses), "rerouted": len(orphans), "rerouted_to": target}
+
     def loop(self, rounds: int, on_round=None, until_stable: bool = False) -> list[RoundResult]:
         results = []
         for _ in range(rounds):
@@ -548,6 +599,7 @@ class Project:
             "examples": {f"{split}/{origin}": n for (split, origin), n in sorted(counts.items())},
             "labels": by_source,
             "queries": self.store.query_counts(),
+            "query_reasons": self.store.query_reasons(),
             "llm": self.store.llm_usage(),
             "rounds": len(rounds),
             "model_version": model["version"] if model else None,

@@ -19,6 +19,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from synthloop.errors import SynthloopError
+from synthloop.labelers.base import Collected, Submitted
 from synthloop.store import NewLabel, Query
 
 log = logging.getLogger("synthloop.argilla")
@@ -264,14 +265,21 @@ class ArgillaLabeler:
                                  agent=f"llm:{llm.get('model') or self.project.config.llm.model}")
         return None
 
-    def submit(self, queries: Sequence[Query], on_chunk: Callable[[int, int], None] | None = None) -> int:
-        """Push in chunks; each chunk is marked submitted in the store only after Argilla took it."""
+    def submit(self, queries: Sequence[Query], on_chunk: Callable[[int, int], None] | None = None,
+               on_pushed: Callable[[list[str]], None] | None = None) -> Submitted:
+        """Push in chunks; `on_pushed` hears each chunk's ids once Argilla took it (`review push` marks them
+        submitted there and then). Pushing again updates the records (record id = example id)."""
         queries = list(queries)
+        done: list[str] = []
 
         def pushed(chunk):
-            self.project.store.mark_submitted([q.example_id for q in chunk])
+            ids = [q.example_id for q in chunk]
+            done.extend(ids)
+            if on_pushed:
+                on_pushed(ids)
 
-        return self.log(queries, self.records, pushed, on_chunk)
+        self.log(queries, self.records, pushed, on_chunk)
+        return Submitted(done)
 
     def log(self, items: list, to_records: Callable, pushed: Callable | None = None,
             on_chunk: Callable[[int, int], None] | None = None) -> int:
@@ -310,13 +318,13 @@ class ArgillaLabeler:
                                                                str(response.value)))
         return out
 
-    def collect(self) -> list[NewLabel]:
+    def collect(self) -> Collected:
         store = self.project.store
         pending = {q.example_id for q in store.queries(status="pending", routed_to=self.name, submitted=True)}
         if not pending:
-            return []
+            return Collected()
         responses = {eid: votes for eid, votes in self.responses().items() if eid in pending}
-        return self.resolve_all(responses)
+        return Collected(labels=self.resolve_all(responses))
 
     def resolve_all(self, responses: dict[str, list[tuple[str, str]]]) -> list[NewLabel]:
         """Majority per record; one label row per annotator who voted for the winner."""
@@ -377,16 +385,17 @@ def push(project, reroute: bool = False, on_chunk=None) -> PushResult:
     if reroute:
         store.reroute([q.example_id for q in store.queries(status="pending")], labeler.name)
     pending = store.queries(status="pending", routed_to=labeler.name)
-    pushed = labeler.submit(pending, on_chunk=on_chunk) if pending else 0
-    return PushResult(pushed, labeler.dataset_name, labeler.url)
+    # Each chunk is marked submitted once Argilla took it, so a push that fails midway keeps what went out.
+    pushed = labeler.submit(pending, on_chunk=on_chunk, on_pushed=store.mark_submitted) if pending else Submitted()
+    return PushResult(len(pushed.ids), labeler.dataset_name, labeler.url)
 
 
 def pull(project, rechecks: bool = True) -> PullResult:
     """Labels for pending queries, plus (with rechecks) the answers in the `-recheck` dataset."""
     labeler = ArgillaLabeler(project)
-    labels = labeler.collect()
-    added = project.store.record_labels(labels, project.store.current_round())
-    result = PullResult(added, len({x.example_id for x in labels}), labeler.ties, labeler.waiting)
+    collected = labeler.collect()
+    added = project.store.apply(collected, project.store.current_round())
+    result = PullResult(added, len({x.example_id for x in collected.labels}), labeler.ties, labeler.waiting)
     if rechecks:
         from synthloop.labelers.recheck import pull_rechecked
 
