@@ -290,7 +290,8 @@ def status(no_latency: Annotated[bool, typer.Option("--no-latency", help="Skip t
         out.print(usage)
     if info["last_metrics"] and info["last_metrics"]["accuracy"] is not None:  # None without a test split
         m = info["last_metrics"]
-        out.print(f"last metrics (round {m['round']}, {m['n_labels']} labels): accuracy {m['accuracy']:.3f}, macro-F1 {m['macro_f1']:.3f}")
+        out.print(f"last metrics (model v{m['model_version']}, trained on {m['n_labels']} labels): "
+                  f"accuracy {m['accuracy']:.3f}, macro-F1 {m['macro_f1']:.3f}")
     _print_impact(info["impact"])
 
 

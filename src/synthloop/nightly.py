@@ -18,7 +18,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from synthloop.errors import SynthloopError
-from synthloop.project import checkpoint
+from synthloop.round import checkpoint
 from synthloop.budget import Budget
 from synthloop.store import QueryStatus
 

@@ -6,7 +6,6 @@ Each step reads and writes the store, so a run stopped anywhere resumes where it
 
 from __future__ import annotations
 
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,9 +20,10 @@ from synthloop.data import scan_table
 from synthloop.errors import SynthloopError
 from synthloop.labelers import get_labeler
 from synthloop.metrics import evaluate
-from synthloop.selection import Cached, InMemory, Scorer, Streamed
 from synthloop.models import TextClassifier, featurizer_needs_fit, load_model, save_model, texts_key
-from synthloop.store import NewLabel, QueryStatus, Store, source_rank
+from synthloop.round import RoundResult, check_choices, close_round, run_round
+from synthloop.selection import Cached, InMemory, Scorer, Streamed
+from synthloop.store import NewLabel, QueryStatus, Store
 from synthloop.task import TaskSpec, load_task
 
 # Whole-pool feature matrices are kept in memory between rounds of one process only up to this size.
@@ -42,41 +42,6 @@ class ImportResult:
     duplicates_in_file: int
     labels_added: int
     other_split: int  # texts already stored in the other split, left where they are
-
-
-@dataclass
-class RoundResult:
-    number: int
-    resumed: bool
-    model_version: int
-    n_labels: int
-    metrics: dict | None
-    queried: int
-    labels_collected: int
-    seconds: float
-
-
-def checkpoint(step: str, number: int) -> None:
-    # Lets the crash tests stop a real process at a known step and kill -9 it there.
-    if os.environ.get("SYNTHLOOP_PAUSE_AT") == step:
-        print(f"PAUSED {step} {number}", flush=True)
-        time.sleep(3600)
-
-
-def check_choices(config: Config, strategy: str | None = None, labeler: str | None = None) -> None:
-    """Refuse an unknown model, strategy or labeler (the config's, or the ones given) before anything is
-    stored: a typo must not leave queries routed to a labeler that does not exist."""
-    from synthloop.labelers import LABELERS
-    from synthloop.models import MODEL_NAMES
-
-    if config.model.name not in MODEL_NAMES:
-        raise SynthloopError(f"unknown model {config.model.name!r}; choose one of {', '.join(MODEL_NAMES)} "
-                             "([model] name in synthloop.toml, or --model)")
-    active.get_strategy(strategy or config.loop.strategy)
-    for name in {labeler or config.loop.labeler, config.loop.labeler}:
-        if name not in LABELERS:
-            raise SynthloopError(f"unknown labeler {name!r}; choose one of {', '.join(LABELERS)} "
-                                 "([loop] labeler in synthloop.toml, or --labeler)")
 
 
 class _StoreCache:
@@ -233,8 +198,8 @@ class Project:
 
         cfg, k = self.config.synth, len(self.task.label_names)
         rows = self.store.training_set()
-        real = [r for r in rows if source_rank(r[3]) < source_rank("synthetic")]
-        needs = topup_needs(Counter(r[2] for r in real), Counter(r[2] for r in rows) + Counter(lab for _, lab in self.task.examples()),
+        real = [r for r in rows if r.real]
+        needs = topup_needs(Counter(r.label for r in real), Counter(r.label for r in rows) + Counter(lab for _, lab in self.task.examples()),
                             self.task.label_names, cfg.topup_threshold or 0.5 / k, cfg.topup_target or 0.75 / k,
                             cfg.topup_max_per_round)
         # A resumed round (after a crash, or `synthloop query` then `round`) tops up what is left of its cap.
@@ -246,7 +211,7 @@ class Project:
         if self.budget.spent_out:
             # The night's $ cap (nightly --max-cost) is spent: generation waits for a night with money left.
             return None
-        examples = {label: [r[1] for r in real if r[2] == label][-20:] for label in needs}
+        examples = {label: [r.text for r in real if r.label == label][-20:] for label in needs}
         started = time.time()
         report = generate(self, needs, examples=examples, round_=round_, topup=True)
         # What generation spent is gone from what the labelers may spend tonight.
@@ -296,11 +261,11 @@ class Project:
     def training_data(self) -> tuple[list[str], list[str], list[str], np.ndarray]:
         """ids, texts, labels and weights: stored labels plus the task's own examples."""
         rows = self.store.training_set()
-        ids = [r[0] for r in rows]
-        texts = [r[1] for r in rows]
-        labels = [r[2] for r in rows]
+        ids = [r.example_id for r in rows]
+        texts = [r.text for r in rows]
+        labels = [r.label for r in rows]
         weight = self.config.model.synthetic_weight
-        weights = [weight if source_rank(r[3]) >= source_rank("synthetic") else 1.0 for r in rows]
+        weights = [1.0 if r.real else weight for r in rows]
         for text, label in self.task.examples():
             ids.append("task:" + text)
             texts.append(text)
@@ -309,7 +274,7 @@ class Project:
         return ids, texts, labels, np.asarray(weights, dtype=float)
 
     def n_real_labels(self) -> int:
-        return sum(1 for r in self.store.training_set() if source_rank(r[3]) < source_rank("synthetic"))
+        return sum(1 for r in self.store.training_set() if r.real)
 
     def train(self, round_: int | None = None) -> tuple[int, TextClassifier]:
         ids, texts, labels, weights = self.training_data()
@@ -329,7 +294,11 @@ class Project:
         last = self.store.latest_model()
         return last is None or last["n_train"] != len(self.training_data()[0])
 
-    def _last_metrics(self) -> dict | None:
+    def last_metrics(self) -> dict | None:
+        """The newest metrics: the latest model's own (after a loop), else the last round's that has them."""
+        latest = self.store.latest_model()
+        if latest and latest["metrics"]:  # a refresh after the last round: the newest figures
+            return latest["metrics"]
         return next((r["metrics"] for r in reversed(self.store.rounds()) if r["metrics"]), None)
 
     def load_model(self, version: int | None = None) -> tuple[int, TextClassifier]:
@@ -466,83 +435,28 @@ class Project:
               route: bool = True, labeler: str | None = None, incremental: bool = False,
               retrain: bool = True, engine: str | None = None, address: str | None = None,
               scorer: Scorer | None = None) -> RoundResult:
-        """One round. With route=False it stops after selecting and stays open: `label` or the next
-        `round` hands the queries out and closes it. The pool is scored by `scorer` (see `Project.scorer`;
-        incremental/engine/address choose one)."""
-        check_choices(self.config, strategy, labeler)
-        if scorer is None and engine is not None:
-            self.scorer(0, engine=engine, address=address).check(strategy or self.config.loop.strategy)
-        start = time.perf_counter()
-        number, resumed = self.store.open_round()
-        info = self.store.round(number)
-        timings = dict(info["timings"] or {})
-
-        t = time.perf_counter()
-        collected = self.collect(number)
-        timings["collect"] = time.perf_counter() - t
-        checkpoint("collected", number)
-
-        if info["model_version"] is None and not retrain and not self.training_changed():
-            last = self.store.latest_model()
-            self.store.update_round(number, model_version=last["version"], metrics=self._last_metrics())
-            info = self.store.round(number)
-        if info["model_version"] is None:
-            t = time.perf_counter()
-            version, model = self.train(number)
-            timings["train"] = time.perf_counter() - t
-            t = time.perf_counter()
-            metrics = self.evaluate(model)
-            metrics = {"n_labels": self.n_real_labels(), **(metrics or {}), **self.monitor(number, model)}
-            timings["evaluate"] = time.perf_counter() - t
-            self.store.update_round(number, metrics=metrics, timings=timings)
-        else:
-            version, model = self.load_model(info["model_version"])
-        checkpoint("trained", number)
-
-        if self.config.synth.topup:
-            t = time.perf_counter()
-            self.topup(number)
-            added = self.store.synthetic_added(number)
-            if added:
-                counts = dict(self.store.round(number)["counts"] or {})
-                self.store.update_round(number, counts={**counts, "synthetic_added": dict(sorted(added.items()))})
-            timings["topup"] = time.perf_counter() - t
-        checkpoint("augmented", number)
-
-        if query and not self.store.queries(round_=number):
-            t = time.perf_counter()
-            self.select(number, model, n=n, strategy=strategy, labeler=labeler,
-                        scorer=scorer or self.scorer(number, incremental, engine, address))
-            timings["select"] = time.perf_counter() - t
-        checkpoint("selected", number)
-        if not route:
-            info = self.store.round(number)
-            queried = len(self.store.queries(round_=number))
-            return RoundResult(number, resumed, version, (info["metrics"] or {}).get("n_labels", 0),
-                               info["metrics"], queried, collected, time.perf_counter() - start)
-
-        t = time.perf_counter()
-        collected += self.route(number)
-        timings["route"] = time.perf_counter() - t
-        checkpoint("routed", number)
-
-        info = self.store.round(number)
-        queried = len(self.store.queries(round_=number))
-        counts = {**(info["counts"] or {}), "queried": queried, "labels_collected": collected,
-                  "labels_total": self.n_real_labels()}
-        self.store.update_round(number, status="done", finished_at=time.time(), timings=timings, counts=counts)
-        return RoundResult(number, resumed, version, (info["metrics"] or {}).get("n_labels", 0),
-                           info["metrics"], queried, collected, time.perf_counter() - start)
+        """One round (synthloop.round). With route=False it stops after selecting and stays open: `label` or
+        the next `round` hands the queries out and closes it. The pool is scored by `scorer` (see
+        `Project.scorer`; incremental/engine/address choose one)."""
+        return run_round(self, query=query, n=n, strategy=strategy, route=route, labeler=labeler,
+                         incremental=incremental, retrain=retrain, engine=engine, address=address, scorer=scorer)
 
     def label(self, labeler: str | None = None) -> int:
-        """Hand every pending query to its labeler (or to `labeler`, rerouting them) and store what is ready."""
+        """Hand every pending query to its labeler (or to `labeler`, rerouting them) and store what is ready.
+        A round left open after selecting (`query`, or round(route=False)) is closed here: its queries are out,
+        so the next `round` trains on what came back and selects anew."""
         pending = self.store.queries(status="pending")
         if labeler is not None:
-            get_labeler(labeler, self)  # fail on an unknown name before anything changes
+            check_choices(self.config, labeler=labeler)  # fail on an unknown name before anything changes
             self.store.reroute([q.example_id for q in pending], labeler)
             pending = self.store.queries(status="pending")
         self._hand_out(pending)
-        return self.collect(self.store.current_round())
+        number = self.store.current_round()
+        added = self.collect(number)
+        info = None if number is None else self.store.round(number)
+        if info and info["status"] != "done" and info["model_version"] is not None and self.store.queries(round_=number):
+            close_round(self, number, dict(info["timings"] or {}), added)
+        return added
 
     def requeue(self, failed: bool = False, skipped: bool = False, labeler: str | None = None) -> dict:
         """Make failed and/or skipped examples selectable again (their queries are forgotten; a later round may
@@ -558,6 +472,8 @@ class Project:
         return {"requeued": self.store.requeue(statuses), "rerouted": len(orphans), "rerouted_to": target}
 
     def loop(self, rounds: int, on_round=None, until_stable: bool = False) -> list[RoundResult]:
+        """Several rounds; then, when the last round brought labels, a model trained and evaluated on every
+        label (`refresh`): what `predict`, `status` and `export` see after a loop covers all of them."""
         results = []
         for _ in range(rounds):
             result = self.round()
@@ -568,9 +484,34 @@ class Project:
                 break  # the pool is exhausted
             if until_stable and ((result.metrics or {}).get("stopping") or {}).get("should_stop"):
                 break
+        if results:
+            self.refresh()
         return results
 
+    def refresh(self) -> int | None:
+        """Train and evaluate a model on every label when the latest model lacks some (a round's labels
+        arrive after its model was trained); its metrics are kept with it. Returns its version, or None when
+        the latest model is current. The next round trains its own, as every round does."""
+        if not self.training_changed():
+            return None
+        version, model = self.train()
+        self.store.set_model_metrics(version, {"n_labels": self.n_real_labels(), **(self.evaluate(model) or {})})
+        return version
+
     # reading ------------------------------------------------------------------------------------
+    @staticmethod
+    def _metrics_summary(last_round: dict | None, model: dict | None) -> dict | None:
+        """The newest metrics and what they cover: the latest model's own (trained on every label after a loop),
+        else those of the last round that has them; n_labels says how many real labels that model saw."""
+        keys = ("n_labels", "accuracy", "macro_f1")
+        if model and model["metrics"]:
+            return {"round": last_round["number"] if last_round else None, "model_version": model["version"],
+                    **{k: model["metrics"].get(k) for k in keys}}
+        if last_round is None:
+            return None
+        return {"round": last_round["number"], "model_version": last_round["model_version"],
+                **{k: last_round["metrics"].get(k) for k in keys}}
+
     def predict(self, texts: list[str]) -> list[dict]:
         version, model = self.load_model()
         proba = model.predict_proba(texts)
@@ -603,8 +544,7 @@ class Project:
             "llm": self.store.llm_usage(),
             "rounds": len(rounds),
             "model_version": model["version"] if model else None,
-            "last_metrics": None if last is None else {
-                "round": last["number"], **{k: last["metrics"].get(k) for k in ("n_labels", "accuracy", "macro_f1")}},
+            "last_metrics": self._metrics_summary(last, model),
             "impact": status_impact(self, measure=measure_latency),
         }
 

@@ -11,11 +11,13 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
+from typing import NamedTuple
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 
-SCHEMA_VERSION = 4  # 2: queries.meta; 3: cached scores on the measure registry's scale; 4: queries.reason
+SCHEMA_VERSION = 5  # 2: queries.meta; 3: cached scores on the measure registry's scale; 4: queries.reason;
+# 5: models.metrics
 
 metadata = sa.MetaData()
 
@@ -30,6 +32,8 @@ examples = sa.Table(
     sa.Column("created_at", sa.Float, nullable=False),
 )
 sa.Index("ix_examples_split", examples.c.split, examples.c.origin)
+# unlabeled_pool_chunks pages by (split, id > last): with this index each page is a range scan.
+ix_examples_split_id = sa.Index("ix_examples_split_id", examples.c.split, examples.c.id)
 
 labels = sa.Table(
     "labels", metadata,
@@ -82,6 +86,7 @@ models = sa.Table(
     sa.Column("name", sa.String, nullable=False),
     sa.Column("path", sa.String, nullable=False),
     sa.Column("n_train", sa.Integer, nullable=False),
+    sa.Column("metrics", sa.JSON),  # of a model trained outside a round (the loop's last labels); a round keeps its own
     sa.Column("created_at", sa.Float, nullable=False),
 )
 
@@ -174,6 +179,26 @@ class Query:
     reason: str | None = None
 
 
+class TrainingRow(NamedTuple):
+    """One labeled example as training sees it (a tuple too, for code that unpacks it)."""
+
+    example_id: str
+    text: str
+    label: str
+    source: str
+
+    @property
+    def real(self) -> bool:
+        """A label from a person, an import, the oracle or an LLM: not synthetic text."""
+        return source_rank(self.source) < source_rank("synthetic")
+
+
+class LabelCount(NamedTuple):
+    source: str
+    label: str
+    n: int
+
+
 @dataclass(frozen=True)
 class NewLabel:
     example_id: str
@@ -239,11 +264,12 @@ class Store:
 
     def _migrate(self) -> None:
         # create_all adds missing tables but never columns; stores made by schema 1 lack queries.meta.
-        columns = {c["name"] for c in sa.inspect(self.engine).get_columns("queries")}
-        for name, kind in (("meta", "JSON"), ("reason", "VARCHAR")):
-            if name not in columns:
+        ix_examples_split_id.create(self.engine, checkfirst=True)  # create_all adds no index to an existing table
+        inspector = sa.inspect(self.engine)
+        for table, name, kind in (("queries", "meta", "JSON"), ("queries", "reason", "VARCHAR"), ("models", "metrics", "JSON")):
+            if name not in {c["name"] for c in inspector.get_columns(table)}:
                 with self.engine.begin() as conn:
-                    conn.execute(sa.text(f"ALTER TABLE queries ADD COLUMN {name} {kind}"))
+                    conn.execute(sa.text(f"ALTER TABLE {table} ADD COLUMN {name} {kind}"))
 
     @classmethod
     def open(cls, path: str | Path) -> Store:
@@ -379,7 +405,7 @@ class Store:
         """Store labels and mark their queries labeled, atomically; a label already stored is not added twice."""
         return self.apply(Collected(labels=list(new)), round_)
 
-    def training_set(self) -> list[tuple[str, str, str, str]]:
+    def training_set(self) -> list[TrainingRow]:
         """(example_id, text, label, source) for every non-test example, one label each, best source wins."""
         stmt = (
             sa.select(examples.c.id, examples.c.text, labels.c.label, labels.c.source)
@@ -387,20 +413,20 @@ class Store:
             .where(examples.c.split != "test")
             .order_by(examples.c.id, labels.c.id)
         )
-        best: dict[str, tuple[str, str, str, str]] = {}
+        best: dict[str, TrainingRow] = {}
         with self.engine.connect() as conn:
             for row in conn.execute(stmt):
                 current = best.get(row.id)
                 # Among sources of one rank the newest wins: a reviewer's re-check replaces the label it doubted.
-                if current is None or source_rank(row.source) <= source_rank(current[3]):
-                    best[row.id] = (row.id, row.text, row.label, row.source)
+                if current is None or source_rank(row.source) <= source_rank(current.source):
+                    best[row.id] = TrainingRow(row.id, row.text, row.label, row.source)
         return list(best.values())
 
-    def label_counts(self) -> list[tuple[str, str, int]]:
+    def label_counts(self) -> list[LabelCount]:
         """(source, label, count) over all stored labels."""
         with self.engine.connect() as conn:
             stmt = sa.select(labels.c.source, labels.c.label, sa.func.count()).group_by(labels.c.source, labels.c.label)
-            return [tuple(r) for r in conn.execute(stmt)]
+            return [LabelCount(*r) for r in conn.execute(stmt)]
 
     def _column_by_id(self, column: sa.Column, example_ids: Sequence[str]) -> dict[str, str]:
         out = {}
@@ -710,9 +736,14 @@ class Store:
 
     def add_model(self, version: int, round_: int | None, name: str, path: str, n_train: int) -> None:
         with self.engine.begin() as conn:
-            conn.execute(models.insert().values(version=version, round=round_, name=name, path=path, n_train=n_train, created_at=time.time()))
+            conn.execute(models.insert().values(version=version, round=round_, name=name, path=path, n_train=n_train,
+                                                created_at=time.time()))
             if round_ is not None:
                 conn.execute(rounds.update().where(rounds.c.number == round_).values(model_version=version))
+
+    def set_model_metrics(self, version: int, metrics: dict) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(models.update().where(models.c.version == version).values(metrics=metrics))
 
     def next_model_version(self) -> int:
         with self.engine.connect() as conn:
