@@ -1,4 +1,5 @@
-"""The store's own guarantees: paging by index range scans, chunked IN queries, migrations of older stores."""
+"""The store on SQLite: pages by index range scans, chunked IN queries, migrations of older stores
+(tests/test_store.py covers the dialect-sensitive behaviour on SQLite and PostgreSQL)."""
 
 from __future__ import annotations
 

@@ -54,7 +54,7 @@ class RoundResult:
 
 def checkpoint(step: str, number: int) -> None:
     # Lets the crash tests stop a real process at a known step and kill -9 it there.
-    if os.environ.get("SYNTHLOOP_PAUSE_AT") == step:
+    if os.environ.get("SYNTHLOOP_PAUSE_AT") in (step, f"{step}@{number}"):  # a step, or a step of one round
         print(f"PAUSED {step} {number}", flush=True)
         time.sleep(3600)
 
@@ -102,13 +102,15 @@ def run_round(project: Project, query: bool = True, n: int | None = None, strate
         t = time.perf_counter()
         version, model = project.train(number)
         timings["train"] = time.perf_counter() - t
+        checkpoint("model-stored", number)
+    else:
+        version, model = project.load_model(info["model_version"])
+    if not info["metrics"]:  # also a resumed round whose run was killed between storing the model and scoring it
         t = time.perf_counter()
         metrics = project.evaluate(model)
         metrics = {"n_labels": project.n_real_labels(), **(metrics or {}), **project.monitor(number, model)}
         timings["evaluate"] = time.perf_counter() - t
         store.update_round(number, metrics=metrics, timings=timings)
-    else:
-        version, model = project.load_model(info["model_version"])
     checkpoint("trained", number)
 
     if project.config.synth.topup:
