@@ -7,9 +7,7 @@ import pytest
 
 from synthloop import Project
 
-ROOT = Path(__file__).resolve().parent.parent
-EXAMPLE = ROOT / "examples" / "sms_spam"
-SHARED_DATA = ROOT.parent / "shared" / "data"
+from helpers import EXAMPLE, ROOT, SHARED_DATA, skip_or_fail
 
 
 @pytest.fixture
@@ -114,12 +112,3 @@ def db(request, monkeypatch) -> str | None:
     monkeypatch.setenv("SYNTHLOOP_DB_URL", url)
     return url
 
-
-def skip_or_fail(reason: str) -> None:
-    """Skip a test (or a whole module) whose tool (chromium, playwright, Argilla, Ray, xllamacpp) is missing, except under CI (`make test` sets CI=1):
-    there a skip would hide that the test never ran."""
-    import os
-
-    if os.environ.get("CI", "").lower() not in ("", "0", "false"):
-        pytest.fail(f"{reason}; CI is set, so this fails instead of skipping", pytrace=False)
-    pytest.skip(reason, allow_module_level=True)

@@ -16,7 +16,7 @@ def need_local_llm() -> None:
     """Skip (fail under CI) unless xllamacpp and the SmolLM2 model are installed, naming what is missing."""
     import importlib.util
 
-    from conftest import skip_or_fail
+    from helpers import skip_or_fail
 
     from synthloop.errors import SynthloopError
     from synthloop.llm.serve import find_local_model

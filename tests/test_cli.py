@@ -28,17 +28,20 @@ def test_commands_end_to_end(tmp_path, small_pool):
     queried = json.loads(run("query", "--json", cwd=proj).stdout)
     assert len(queried["queries"]) == 10
     assert json.loads(run("label", "--json", cwd=proj).stdout) == {"labels_added": 10, "pending": 0}
-    assert json.loads(run("round", "--json", cwd=proj).stdout)["number"] == 0
+    # `label` closed round 0 (its queries came back), so `round` trains on them and selects anew.
+    assert json.loads(run("round", "--json", cwd=proj).stdout)["number"] == 1
     rounds = json.loads(run("loop", "--rounds", "2", "--json", cwd=proj).stdout)
-    assert [r["number"] for r in rounds] == [1, 2] and rounds[-1]["n_labels"] == 20
+    assert [r["number"] for r in rounds] == [2, 3] and rounds[-1]["n_labels"] == 30
 
     status = json.loads(run("status", "--json", cwd=proj).stdout)
-    assert sum(status["labels"]["oracle"].values()) == 30 and status["queries"] == {"labeled": 30}
+    assert sum(status["labels"]["oracle"].values()) == 40 and status["queries"] == {"labeled": 40}
+    # The loop ended with a model (v6) trained and scored on all 40 labels, the last round's included.
+    assert status["last_metrics"]["n_labels"] == 40 and status["last_metrics"]["model_version"] == 6
     table = run("status", cwd=proj).stdout
     assert "oracle" in table and "ham" in table and "accuracy" in table
-    # Cost and impact: the first status timed model v4 and kept the figure; this one read it back.
+    # Cost and impact: the first status timed model v6 and kept the figure; this one read it back.
     impact = status["impact"]
-    assert impact["compact_model"]["model_version"] == 4 and impact["compact_model"]["seconds_per_1k_batched"] > 0
+    assert impact["compact_model"]["model_version"] == 6 and impact["compact_model"]["seconds_per_1k_batched"] > 0
     assert impact["counterfactual"]["whole_pool"]["texts"] == imported["added"]
     assert "cost and impact" in table and "measured earlier" in table and "whole pool" in table
 
@@ -46,7 +49,7 @@ def test_commands_end_to_end(tmp_path, small_pool):
     assert pred["label"] in ("ham", "spam")
     preds = json.loads(run("predict", "--file", small_pool / "test.csv", "--json", cwd=proj).stdout)
     assert len(preds) > 190
-    assert json.loads(run("export", tmp_path / "labeled.csv", "--json", cwd=proj).stdout)["rows"] == 30
+    assert json.loads(run("export", tmp_path / "labeled.csv", "--json", cwd=proj).stdout)["rows"] == 40
     assert (tmp_path / "labeled.csv").read_text().startswith("id,text,label,source")
 
 

@@ -14,7 +14,7 @@ import time
 from typing import Literal
 
 import pytest
-from conftest import skip_or_fail
+from helpers import skip_or_fail
 from llm_servers import FaultServer, completion
 from pydantic import BaseModel
 

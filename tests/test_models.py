@@ -8,7 +8,7 @@ from synthloop.models import TextClassifier, load_model, save_model
 
 @pytest.fixture(scope="module")
 def sms(request):
-    from conftest import EXAMPLE
+    from helpers import EXAMPLE
 
     pool = pd.read_csv(EXAMPLE / "pool.csv").head(400)
     test = pd.read_csv(EXAMPLE / "test.csv").head(200)

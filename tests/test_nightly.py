@@ -9,7 +9,6 @@ import socket
 import subprocess
 import sys
 
-import numpy as np
 import pandas as pd
 import pytest
 from llm_servers import FaultServer, completion
@@ -203,7 +202,7 @@ def test_max_labels_caps_what_goes_out_tonight_leftovers_included(nightly_projec
     assert HELD not in project.store.query_counts()  # released when the run ended
 
     # A run killed while holding leaves them held: the next run releases them before it counts anything.
-    project.store.set_query_status([q.example_id for q in round0[4:]], HELD)
+    project.store.hold([q.example_id for q in round0[4:]])
     assert run_nightly(project, None, max_labels=10, dry_run=True)["carried_over"] == 6
     night3 = run_nightly(project, None, max_labels=10, labeler="llm")
     assert (night3["carried_over"], night3["held_back"], night3["queried"]) == (6, 0, 4)
@@ -491,7 +490,7 @@ def test_batch_route_night_one_submits_night_two_collects(nightly_project, batch
     assert body["model"] == "gpt-4o" and body["response_format"]["type"] == "json_schema" and body["logprobs"]
 
     # A killed run resumed hands the same queries out again: nothing is submitted twice.
-    get_labeler("llm-batch", project).submit(round0)
+    assert get_labeler("llm-batch", project).submit(round0).ids == []
     assert list(server.batches) == ["batch-0"]
 
     # The answers, decided when the job finishes: one off the task, one abstention, the rest labels.
@@ -579,18 +578,26 @@ def test_batch_answers_count_once_and_a_lost_job_is_sent_again(nightly_project, 
     project.round(n=6, labeler="llm-batch")  # submits one job and polls it once
     labeler = get_labeler("llm-batch", project)
     first = labeler.collect()  # second poll: finished
-    assert len(first) == 6 and {label.source for label in first} == {"llm:gpt-4o"}
-    # A run killed before these labels were stored: the next collect gives them again, the cost counts once.
+    assert len(first.labels) == 6 and {label.source for label in first.labels} == {"llm:gpt-4o"}
+    # A run killed before these labels were stored: the next collect gives them again, with their usage,
+    # which goes to the store in the same transaction as the labels: the cost counts once.
     again = labeler.collect()
-    assert [label.example_id for label in again] == [label.example_id for label in first]
+    assert [label.example_id for label in again.labels] == [label.example_id for label in first.labels]
+    assert len(again.llm_calls) == 6 and project.store.llm_usage() == []
+    assert project.store.apply(again, 0) == 6
     assert [u["calls"] for u in project.store.llm_usage()] == [6]
-    project.store.record_labels(again, 0)
-    assert labeler.collect() == [] and jobs(project.store) == {}
+    done = labeler.collect()
+    assert done.labels == [] and done.meta["llm-batch:job:batch-0"]["state"] == "done"
+    project.store.apply(done, 0)
+    assert jobs(project.store) == {}
 
     project.round(n=4, labeler="llm-batch")
     sent = [q.example_id for q in project.store.queries(round_=1)]
     assert custom_ids(server, "batch-1") == sent
     server.batches["elsewhere"] = server.batches.pop("batch-1")  # unknown to the server now: a 404
-    assert labeler.collect() == [] and jobs(project.store, states=("lost",))["batch-1"]["ids"] == sent
-    labeler.submit([])
+    lost = labeler.collect()
+    assert lost.labels == [] and lost.meta["llm-batch:job:batch-1"]["state"] == "lost"
+    project.store.apply(lost, 1)
+    assert jobs(project.store, states=("lost",))["batch-1"]["ids"] == sent
+    project.hand_out("llm-batch", [])
     assert custom_ids(server, "batch-2") == sent

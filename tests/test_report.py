@@ -23,7 +23,7 @@ def built(tmp_path_factory):
     """One project, three rounds, a few planted wrong labels, one full report: shared by the tests below."""
     import pandas as pd
 
-    from conftest import EXAMPLE
+    from helpers import EXAMPLE
 
     tmp = tmp_path_factory.mktemp("report")
     pd.read_csv(EXAMPLE / "pool.csv").head(300).to_csv(tmp / "pool.csv", index=False)

@@ -15,7 +15,7 @@ import pandas as pd
 import pytest
 from threadpoolctl import threadpool_limits
 
-from llm_servers import FaultServer, completion
+from llm_servers import FaultServer
 from synthloop import Project
 from synthloop.llm.pricing import cost_usd
 

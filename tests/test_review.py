@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from argilla_server import argilla_server_skip_reason, start_argilla_server
-from conftest import skip_or_fail
+from helpers import skip_or_fail
 
 _reason = argilla_server_skip_reason() or (None if importlib.util.find_spec("argilla") else
                                            "the argilla SDK is not installed in this venv (pip install argilla)")

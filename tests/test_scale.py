@@ -14,7 +14,7 @@ import joblib
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import skip_or_fail
+from helpers import skip_or_fail
 from modAL.uncertainty import classifier_entropy, classifier_margin, classifier_uncertainty
 
 from synthloop import SynthloopError

@@ -15,6 +15,7 @@ from rich.table import Table
 
 from synthloop.cli_common import cli_command
 from synthloop.cli_llm import llm_app
+from synthloop.cli_queue import requeue
 from synthloop.cli_report import report
 from synthloop.cli_review import review_app
 from synthloop.cli_serve import export_model, serve
@@ -251,6 +252,8 @@ def status(no_latency: Annotated[bool, typer.Option("--no-latency", help="Skip t
         table.add_row(escape(source), *(str(per_class.get(lab, 0)) for lab in labels), str(sum(per_class.values())))
     out.print(table)
     out.print("queries: " + (", ".join(f"{k} {v}" for k, v in sorted(info["queries"].items())) or "none"), markup=False)
+    for state, reasons in info.get("query_reasons", {}).items():  # `synthloop requeue --failed/--skipped` retries them
+        out.print(f"  {state}: " + escape(", ".join(f"{n} {why}" for why, n in sorted(reasons.items(), key=lambda r: -r[1]))))
     if info["llm"]:
         usage = Table("purpose", "model", "calls", "cached", "failed", "tokens in", "tokens out", "$", "seconds", title="LLM usage")
         for u in info["llm"]:
@@ -259,7 +262,8 @@ def status(no_latency: Annotated[bool, typer.Option("--no-latency", help="Skip t
         out.print(usage)
     if info["last_metrics"] and info["last_metrics"]["accuracy"] is not None:  # None without a test split
         m = info["last_metrics"]
-        out.print(f"last metrics (round {m['round']}, {m['n_labels']} labels): accuracy {m['accuracy']:.3f}, macro-F1 {m['macro_f1']:.3f}")
+        out.print(f"last metrics (model v{m['model_version']}, trained on {m['n_labels']} labels): "
+                  f"accuracy {m['accuracy']:.3f}, macro-F1 {m['macro_f1']:.3f}")
     _print_impact(info["impact"])
 
 
@@ -414,6 +418,7 @@ app.command()(report)
 app.command()(teach)
 app.command()(serve)
 app.command("export-model")(export_model)
+app.command()(requeue)
 
 
 if __name__ == "__main__":

@@ -18,14 +18,16 @@ from urllib.parse import urlsplit
 from synthloop.errors import (EXIT_FAILED, EXIT_LOCKED, EXIT_OK, EXIT_UNAVAILABLE, EXIT_USAGE, Locked,  # noqa: F401
                               SynthloopError, Unavailable, exit_code)
 from synthloop.lock import project_lock
-from synthloop.project import checkpoint
+from synthloop.round import checkpoint
+from synthloop.budget import Budget
+from synthloop.store import QueryStatus
 
 POOL_SUFFIXES = (".csv", ".tsv", ".jsonl", ".ndjson", ".parquet", ".pq")
 ENGINES = ("local", "ray")
 LLM_LABELERS = ("llm", "hybrid", "llm-batch")
 # A query status only a running nightly job sets: a leftover held back to keep tonight within --max-labels.
 # It is pending again when the run ends, and at the start of the next run if this one was killed.
-HELD = "held"
+HELD = QueryStatus.HELD
 exit_status = exit_code  # the one mapping, in synthloop.errors
 
 
@@ -173,7 +175,7 @@ def leftovers(project, labeler: str, round_: int) -> list:
     in_job = {eid for job in jobs(project.store).values() for eid in job["ids"]}
     out = []
     for q in project.store.queries():
-        if q.status not in ("pending", HELD) or q.round >= round_:
+        if q.status not in (QueryStatus.PENDING, HELD) or q.round >= round_:
             continue
         if (q.routed_to in ("llm", "hybrid", "oracle") and q.submitted_at is not None
                 or q.routed_to == "llm-batch" and labeler == "llm-batch" and q.example_id not in in_job
@@ -198,16 +200,14 @@ def plan_handout(project, labeler: str, max_labels: int | None) -> Handout:
 
 
 def release_held(store) -> int:
-    held = [q.example_id for q in store.queries(status=HELD)]
-    store.set_query_status(held, "pending")
-    return len(held)
+    return len(store.release_held())
 
 
 @contextmanager
 def holding(store, queries):
     """Leftovers beyond tonight's cap, out of every labeler's sight (they ask for pending queries) until the
     run ends. A run killed meanwhile leaves them held; the next run releases them before anything else."""
-    store.set_query_status([q.example_id for q in queries], HELD)
+    store.hold([q.example_id for q in queries])
     try:
         yield
     finally:
@@ -279,7 +279,6 @@ def _import_new(project, pool, text_col, id_col, log) -> tuple[int, int]:
 
 
 def _run(project, run_id, pool, labeler, max_labels, max_cost, text_col, id_col, engine, address, log) -> dict:
-    from synthloop.labelers import get_labeler
     from synthloop.labelers.batch import jobs as batch_jobs
 
     start = time.perf_counter()
@@ -288,12 +287,12 @@ def _run(project, run_id, pool, labeler, max_labels, max_cost, text_col, id_col,
     n_files, imported = _import_new(project, pool, text_col, id_col, log)
     night = night_started_at(project.store)
     spent_before = night_spend(project, night)
-    project.llm_budget = None if max_cost is None else max(0.0, max_cost - spent_before)
+    project.budget = Budget(None if max_cost is None else max_cost - spent_before)
     project.last_scored = 0
     run_cost_from = time.time()
     handout = plan_handout(project, labeler, max_labels)
     log.info("tonight: select %d, %d leftovers handed out again, %d held back (--max-labels %s); $ left %s",
-             handout.select, len(handout.carried), len(handout.held), max_labels, project.llm_budget)
+             handout.select, len(handout.carried), len(handout.held), max_labels, project.budget.left)
     retrain = project.training_changed()
     latest = project.store.latest_model()
     jobs_before = set(batch_jobs(project.store, states=("open", "answered", "done")))
@@ -302,7 +301,7 @@ def _run(project, run_id, pool, labeler, max_labels, max_cost, text_col, id_col,
                                address=address)
         if labeler == "llm-batch" and handout.carried:
             # With no new selection the round hands nothing to the Batch labeler: the leftovers go out here.
-            get_labeler(labeler, project).submit([])
+            project.hand_out(labeler, [])
     new_jobs = [job for key, job in batch_jobs(project.store, states=("open", "answered", "done")).items()
                 if key not in jobs_before]
     night_cost = night_spend(project, night)

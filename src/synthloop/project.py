@@ -15,14 +15,16 @@ import numpy as np
 import scipy.sparse as sp
 
 from synthloop import active, selection, shared_models
+from synthloop.budget import Budget
 from synthloop.config import CONFIG_FILE, STATE_DIR, Config, load_config
 from synthloop.data import scan_table
 from synthloop.errors import SynthloopError
 from synthloop.labelers import argilla_queue, get_labeler
 from synthloop.metrics import evaluate
-from synthloop.selection import Cached, InMemory, Scorer, Streamed
 from synthloop.models import TextClassifier, featurizer_needs_fit, load_model, save_model, texts_key
-from synthloop.store import NewLabel, Store, source_rank
+from synthloop.round import RoundResult, check_choices, close_round, run_round
+from synthloop.selection import Cached, InMemory, Scorer, Streamed
+from synthloop.store import NewLabel, QueryStatus, Store
 from synthloop.task import TaskSpec, load_task
 
 # Whole-pool feature matrices are kept in memory between rounds of one process only up to this size.
@@ -43,25 +45,6 @@ class ImportResult:
     other_split: int  # texts already stored in the other split, left where they are
 
 
-@dataclass
-class RoundResult:
-    number: int
-    resumed: bool
-    model_version: int
-    n_labels: int
-    metrics: dict | None
-    queried: int
-    labels_collected: int
-    seconds: float
-
-
-def checkpoint(step: str, number: int) -> None:
-    # Lets the crash tests stop a real process at a known step and kill -9 it there.
-    if os.environ.get("SYNTHLOOP_PAUSE_AT") in (step, f"{step}@{number}"):  # a step, or a step of one round
-        print(f"PAUSED {step} {number}", flush=True)
-        time.sleep(3600)
-
-
 class _StoreCache:
     """The LLM client's cache interface over the store's cache table."""
 
@@ -79,7 +62,7 @@ class Project:
         self._featurizers: dict[str, object] = {}
         self._feature_cache: dict[str, tuple[dict[str, int], object]] = {}
         self._llm = None
-        self.llm_budget: float | None = None  # $ the LLM may still spend tonight (nightly --max-cost), None: no cap
+        self.budget = Budget()  # what the LLM may still spend (nightly --max-cost sets a cap)
         self.last_scored: int | None = None
         self.unreachable: dict[str, float] = {}  # server URL -> when it last failed every retry (see ArgillaLabeler)
 
@@ -95,10 +78,20 @@ class Project:
             current = getattr(config, section)
             setattr(config, section, current.model_copy(update=values))
         config = Config.model_validate(config.model_dump())
+        check_choices(config)
         root.mkdir(parents=True, exist_ok=True)
         (root / STATE_DIR).mkdir(exist_ok=True)
         (root / CONFIG_FILE).write_text(config.dump(), encoding="utf-8")
         return cls(root)
+
+    @property
+    def llm_budget(self) -> float | None:
+        """$ the LLM may still spend (None: no cap); the Budget object owns it."""
+        return self.budget.left
+
+    @llm_budget.setter
+    def llm_budget(self, left: float | None) -> None:
+        self.budget = Budget(left)
 
     @property
     def state_dir(self) -> Path:
@@ -212,8 +205,8 @@ class Project:
 
         cfg, k = self.config.synth, len(self.task.label_names)
         rows = self.store.training_set()
-        real = [r for r in rows if source_rank(r[3]) < source_rank("synthetic")]
-        needs = topup_needs(Counter(r[2] for r in real), Counter(r[2] for r in rows) + Counter(lab for _, lab in self.task.examples()),
+        real = [r for r in rows if r.real]
+        needs = topup_needs(Counter(r.label for r in real), Counter(r.label for r in rows) + Counter(lab for _, lab in self.task.examples()),
                             self.task.label_names, cfg.topup_threshold or 0.5 / k, cfg.topup_target or 0.75 / k,
                             cfg.topup_max_per_round)
         # A resumed round (after a crash, or `synthloop query` then `round`) tops up what is left of its cap.
@@ -222,19 +215,19 @@ class Project:
                                        for lab, n in needs.items()) if n > 0}
         if not needs:
             return None
-        budget = self.llm_budget
-        if budget is not None and budget <= 0:
+        if self.budget.spent_out:
             # The night's $ cap (nightly --max-cost) is spent: generation waits for a night with money left.
             return None
-        examples = {label: [r[1] for r in real if r[2] == label][-20:] for label in needs}
+        examples = {label: [r.text for r in real if r.label == label][-20:] for label in needs}
         started = time.time()
         report = generate(self, needs, examples=examples, round_=round_, topup=True)
-        if budget is not None:  # what generation spent is gone from what the labelers may spend tonight
-            self.llm_budget = budget - self.store.llm_cost_since(started)
+        # What generation spent is gone from what the labelers may spend tonight.
+        self.budget.spend(self.store.llm_cost_since(started))
         return report
 
     # features -----------------------------------------------------------------------------------
-    def _new_model(self) -> TextClassifier:
+    def new_model(self) -> TextClassifier:
+        """An unfitted classifier as the project's [model] settings make it."""
         cfg = self.config.model
         return TextClassifier(labels=self.task.label_names, name=cfg.name, calibrate=cfg.calibrate,
                               embed_model=cfg.embed_model, seed=self.config.loop.seed)
@@ -275,11 +268,11 @@ class Project:
     def training_data(self) -> tuple[list[str], list[str], list[str], np.ndarray]:
         """ids, texts, labels and weights: stored labels plus the task's own examples."""
         rows = self.store.training_set()
-        ids = [r[0] for r in rows]
-        texts = [r[1] for r in rows]
-        labels = [r[2] for r in rows]
+        ids = [r.example_id for r in rows]
+        texts = [r.text for r in rows]
+        labels = [r.label for r in rows]
         weight = self.config.model.synthetic_weight
-        weights = [weight if source_rank(r[3]) >= source_rank("synthetic") else 1.0 for r in rows]
+        weights = [1.0 if r.real else weight for r in rows]
         for text, label in self.task.examples():
             ids.append("task:" + text)
             texts.append(text)
@@ -288,11 +281,11 @@ class Project:
         return ids, texts, labels, np.asarray(weights, dtype=float)
 
     def n_real_labels(self) -> int:
-        return sum(1 for r in self.store.training_set() if source_rank(r[3]) < source_rank("synthetic"))
+        return sum(1 for r in self.store.training_set() if r.real)
 
     def train(self, round_: int | None = None) -> tuple[int, TextClassifier]:
         ids, texts, labels, weights = self.training_data()
-        model = self._new_model()
+        model = self.new_model()
         key, featurizer = self._featurizer(model, texts)
         X = self._features(key, featurizer, ids, texts)
         model.fit(texts, labels, sample_weight=weights, featurizer=featurizer, X=X)
@@ -309,7 +302,11 @@ class Project:
         last = self.store.latest_model()
         return last is None or last["n_train"] != len(self.training_data()[0])
 
-    def _last_metrics(self) -> dict | None:
+    def last_metrics(self) -> dict | None:
+        """The newest metrics: the latest model's own (after a loop), else the last round's that has them."""
+        latest = self.store.latest_model()
+        if latest and latest["metrics"]:  # a refresh after the last round: the newest figures
+            return latest["metrics"]
         return next((r["metrics"] for r in reversed(self.store.rounds()) if r["metrics"]), None)
 
     def load_model(self, version: int | None = None) -> tuple[int, TextClassifier]:
@@ -391,135 +388,102 @@ class Project:
         return self.store.add_queries(round_, picks, strategy, routed_to=labeler or self.config.loop.labeler)
 
     def collect(self, round_: int | None = None) -> int:
-        """Store the labels that every labeler with submitted queries has ready; never waits for more. A
-        labeler whose server is unreachable (Argilla down) is skipped with a warning: the loop never blocks
-        on humans, and what they submitted is collected by a later round."""
+        """Store what every labeler with submitted queries has ready (labels, skipped and failed queries, hand-offs
+        to another labeler), each labeler's outcomes in one transaction; never waits for more. A labeler whose
+        server is unreachable (Argilla down) is skipped with a warning: the loop never blocks on humans, and
+        what they submitted is collected by a later round. Queries handed off (the hybrid labeler's doubtful
+        ones) go out to their new labeler at once."""
         import logging
 
-        pending = {q.routed_to for q in self.store.queries(status="pending", submitted=True)}
-        added = 0
+        pending = {q.routed_to for q in self.store.queries(status=QueryStatus.PENDING, submitted=True)}
+        added, handed_to = 0, set()
         for name in sorted(pending):
             labeler = get_labeler(name, self)
             try:
-                labels = labeler.collect()
-            except getattr(labeler, "defers_on", ()) as err:
+                collected = labeler.collect()
+            except labeler.defers_on as err:
                 logging.getLogger("synthloop").warning(
                     "%s; its labels wait for a later round or `synthloop review pull`", err.summary)
                 continue
-            added += self.store.record_labels(labels, round_)
+            added += self.store.apply(collected, round_)
+            handed_to |= {to for to, _ in collected.handoff.values()}
+        if handed_to:
+            self._hand_out([q for q in self.store.queries(status=QueryStatus.PENDING, submitted=False)
+                            if q.routed_to in handed_to])
         return added
 
     def route(self, round_: int) -> int:
         """Hand this round's pending queries to their labeler, with what earlier rounds could not hand out (a
         server down then; a night whose --max-labels the leftovers filled selects nothing new), then take
         whatever the labelers have ready."""
-        pending = self.store.queries(status="pending", round_=round_)
+        pending = self.store.queries(status=QueryStatus.PENDING, round_=round_)
         ids = {q.example_id for q in pending}
-        pending += [q for q in self.store.queries(status="pending", submitted=False) if q.example_id not in ids]
+        pending += [q for q in self.store.queries(status=QueryStatus.PENDING, submitted=False) if q.example_id not in ids]
         self._hand_out(pending)
         return self.collect(round_)
 
     def _hand_out(self, pending) -> None:
+        for name in sorted({q.routed_to for q in pending}):
+            self.hand_out(name, [q for q in pending if q.routed_to == name])
+
+    def hand_out(self, name: str, queries) -> None:
+        """Submit queries to one labeler and mark what it took (with the job it made, if any) as submitted."""
         import logging
 
-        for name in sorted({q.routed_to for q in pending}):
-            labeler = get_labeler(name, self)
-            mine = [q for q in pending if q.routed_to == name]
-            deferrable = getattr(labeler, "defers_on", ())
-            try:
-                labeler.submit(mine)
-            except deferrable as err:
-                logging.getLogger("synthloop").warning(
-                    "%s; %d queries stay pending and go out with the next round or `synthloop review push`",
-                    err.summary, sum(1 for q in self.store.queries(status="pending", routed_to=name, submitted=False)))
-                continue
-            if not getattr(labeler, "marks_submitted", False):  # Argilla marks what it pushed, chunk by chunk
-                self.store.mark_submitted([q.example_id for q in mine])
+        labeler = get_labeler(name, self)
+        try:
+            submitted = labeler.submit(queries)
+        except labeler.defers_on as err:
+            logging.getLogger("synthloop").warning(
+                "%s; %d queries stay pending and go out with the next round or `synthloop review push`",
+                err.summary, len(self.store.queries(status=QueryStatus.PENDING, routed_to=name, submitted=False)))
+            return
+        self.store.mark_submitted(submitted.ids, submitted.meta)
 
     # the round ----------------------------------------------------------------------------------
     def round(self, query: bool = True, n: int | None = None, strategy: str | None = None,
               route: bool = True, labeler: str | None = None, incremental: bool = False,
               retrain: bool = True, engine: str | None = None, address: str | None = None,
               scorer: Scorer | None = None) -> RoundResult:
-        """One round. With route=False it stops after selecting and stays open: `label` or the next
-        `round` hands the queries out and closes it. The pool is scored by `scorer` (see `Project.scorer`;
-        incremental/engine/address choose one)."""
-        start = time.perf_counter()
-        number, resumed = self.store.open_round()
-        info = self.store.round(number)
-        timings = dict(info["timings"] or {})
-
-        t = time.perf_counter()
-        collected = self.collect(number)
-        timings["collect"] = time.perf_counter() - t
-        checkpoint("collected", number)
-
-        if info["model_version"] is None and not retrain and not self.training_changed():
-            last = self.store.latest_model()
-            self.store.update_round(number, model_version=last["version"], metrics=self._last_metrics())
-            info = self.store.round(number)
-        if info["model_version"] is None:
-            t = time.perf_counter()
-            version, model = self.train(number)
-            timings["train"] = time.perf_counter() - t
-            checkpoint("model-stored", number)
-        else:
-            version, model = self.load_model(info["model_version"])
-        if not info["metrics"]:  # also a resumed round whose run was killed between storing the model and scoring it
-            t = time.perf_counter()
-            metrics = self.evaluate(model)
-            metrics = {"n_labels": self.n_real_labels(), **(metrics or {}), **self.monitor(number, model)}
-            timings["evaluate"] = time.perf_counter() - t
-            self.store.update_round(number, metrics=metrics, timings=timings)
-        checkpoint("trained", number)
-
-        if self.config.synth.topup:
-            t = time.perf_counter()
-            self.topup(number)
-            added = self.store.synthetic_added(number)
-            if added:
-                counts = dict(self.store.round(number)["counts"] or {})
-                self.store.update_round(number, counts={**counts, "synthetic_added": dict(sorted(added.items()))})
-            timings["topup"] = time.perf_counter() - t
-        checkpoint("augmented", number)
-        argilla_queue.tend(self, version, model)  # what waits for reviewers gets this model's guesses
-
-        if query and not self.store.queries(round_=number):
-            t = time.perf_counter()
-            self.select(number, model, n=n, strategy=strategy, labeler=labeler,
-                        scorer=scorer or self.scorer(number, incremental, engine, address))
-            timings["select"] = time.perf_counter() - t
-        checkpoint("selected", number)
-        if not route:
-            info = self.store.round(number)
-            queried = len(self.store.queries(round_=number))
-            return RoundResult(number, resumed, version, (info["metrics"] or {}).get("n_labels", 0),
-                               info["metrics"], queried, collected, time.perf_counter() - start)
-
-        t = time.perf_counter()
-        collected += self.route(number)
-        timings["route"] = time.perf_counter() - t
-        checkpoint("routed", number)
-
-        info = self.store.round(number)
-        queried = len(self.store.queries(round_=number))
-        counts = {**(info["counts"] or {}), "queried": queried, "labels_collected": collected,
-                  "labels_total": self.n_real_labels()}
-        self.store.update_round(number, status="done", finished_at=time.time(), timings=timings, counts=counts)
-        return RoundResult(number, resumed, version, (info["metrics"] or {}).get("n_labels", 0),
-                           info["metrics"], queried, collected, time.perf_counter() - start)
+        """One round (synthloop.round). With route=False it stops after selecting and stays open: `label` or
+        the next `round` hands the queries out and closes it. The pool is scored by `scorer` (see
+        `Project.scorer`; incremental/engine/address choose one)."""
+        return run_round(self, query=query, n=n, strategy=strategy, route=route, labeler=labeler,
+                         incremental=incremental, retrain=retrain, engine=engine, address=address, scorer=scorer)
 
     def label(self, labeler: str | None = None) -> int:
-        """Hand every pending query to its labeler (or to `labeler`, rerouting them) and store what is ready."""
+        """Hand every pending query to its labeler (or to `labeler`, rerouting them) and store what is ready.
+        A round left open after selecting (`query`, or round(route=False)) is closed here: its queries are out,
+        so the next `round` trains on what came back and selects anew."""
         pending = self.store.queries(status="pending")
         if labeler is not None:
-            get_labeler(labeler, self)  # fail on an unknown name before anything changes
+            check_choices(self.config, labeler=labeler)  # fail on an unknown name before anything changes
             self.store.reroute([q.example_id for q in pending], labeler)
             pending = self.store.queries(status="pending")
         self._hand_out(pending)
-        return self.collect(self.store.current_round())
+        number = self.store.current_round()
+        added = self.collect(number)
+        info = None if number is None else self.store.round(number)
+        if info and info["status"] != "done" and info["model_version"] is not None and self.store.queries(round_=number):
+            close_round(self, number, dict(info["timings"] or {}), added)
+        return added
+
+    def requeue(self, failed: bool = False, skipped: bool = False, labeler: str | None = None) -> dict:
+        """Make failed and/or skipped examples selectable again (their queries are forgotten; a later round may
+        pick them), and hand pending queries routed to a labeler that does not exist (a typo in an older
+        version) to `labeler` (default: the project's). Returns what changed."""
+        from synthloop.labelers import LABELERS
+
+        target = labeler or self.config.loop.labeler
+        check_choices(self.config, labeler=target)
+        orphans = [q.example_id for q in self.store.queries(status=QueryStatus.PENDING) if q.routed_to not in LABELERS]
+        self.store.reroute(orphans, target)
+        statuses = [s for s, wanted in ((QueryStatus.FAILED, failed), (QueryStatus.SKIPPED, skipped)) if wanted]
+        return {"requeued": self.store.requeue(statuses), "rerouted": len(orphans), "rerouted_to": target}
 
     def loop(self, rounds: int, on_round=None, until_stable: bool = False) -> list[RoundResult]:
+        """Several rounds; then, when the last round brought labels, a model trained and evaluated on every
+        label (`refresh`): what `predict`, `status` and `export` see after a loop covers all of them."""
         results = []
         for _ in range(rounds):
             result = self.round()
@@ -530,9 +494,34 @@ class Project:
                 break  # the pool is exhausted
             if until_stable and ((result.metrics or {}).get("stopping") or {}).get("should_stop"):
                 break
+        if results:
+            self.refresh()
         return results
 
+    def refresh(self) -> int | None:
+        """Train and evaluate a model on every label when the latest model lacks some (a round's labels
+        arrive after its model was trained); its metrics are kept with it. Returns its version, or None when
+        the latest model is current. The next round trains its own, as every round does."""
+        if not self.training_changed():
+            return None
+        version, model = self.train()
+        self.store.set_model_metrics(version, {"n_labels": self.n_real_labels(), **(self.evaluate(model) or {})})
+        return version
+
     # reading ------------------------------------------------------------------------------------
+    @staticmethod
+    def _metrics_summary(last_round: dict | None, model: dict | None) -> dict | None:
+        """The newest metrics and what they cover: the latest model's own (trained on every label after a loop),
+        else those of the last round that has them; n_labels says how many real labels that model saw."""
+        keys = ("n_labels", "accuracy", "macro_f1")
+        if model and model["metrics"]:
+            return {"round": last_round["number"] if last_round else None, "model_version": model["version"],
+                    **{k: model["metrics"].get(k) for k in keys}}
+        if last_round is None:
+            return None
+        return {"round": last_round["number"], "model_version": last_round["model_version"],
+                **{k: last_round["metrics"].get(k) for k in keys}}
+
     def predict(self, texts: list[str]) -> list[dict]:
         version, model = self.load_model()
         proba = model.predict_proba(texts)
@@ -561,11 +550,11 @@ class Project:
             "examples": {f"{split}/{origin}": n for (split, origin), n in sorted(counts.items())},
             "labels": by_source,
             "queries": self.store.query_counts(),
+            "query_reasons": self.store.query_reasons(),
             "llm": self.store.llm_usage(),
             "rounds": len(rounds),
             "model_version": model["version"] if model else None,
-            "last_metrics": None if last is None else {
-                "round": last["number"], **{k: last["metrics"].get(k) for k in ("n_labels", "accuracy", "macro_f1")}},
+            "last_metrics": self._metrics_summary(last, model),
             "impact": status_impact(self, measure=measure_latency),
         }
 

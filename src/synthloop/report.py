@@ -270,7 +270,7 @@ def label_quality(project, model) -> dict:
     X, X_extra = X[:, used], None if X_extra is None else X_extra[:, used]
     proba = np.zeros((len(real), len(project.task.label_names)))
     for train, test in StratifiedKFold(folds, shuffle=True, random_state=project.config.loop.seed).split(texts, given):
-        clf = project._new_model()
+        clf = project.new_model()
         # Calibration only rescales each class's scores; cleanlab's per-class thresholds already adapt to
         # that scale, and skipping it makes k fits instead of 3k.
         clf.calibrate = False

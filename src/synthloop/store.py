@@ -9,15 +9,18 @@ from __future__ import annotations
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from enum import Enum
 from pathlib import Path
+from typing import NamedTuple
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 
 from synthloop import store_url
 
-SCHEMA_VERSION = 3  # 2: queries.meta; 3: cached scores on the measure registry's scale
+SCHEMA_VERSION = 5  # 2: queries.meta; 3: cached scores on the measure registry's scale; 4: queries.reason;
+# 5: models.metrics
 WRITER_LOCK_WAIT = 3600.0  # seconds a round waits for another machine's round on a shared store
 
 metadata = sa.MetaData()
@@ -37,6 +40,8 @@ examples = sa.Table(
     sa.Column("created_at", sa.Float, nullable=False),
 )
 sa.Index("ix_examples_split", examples.c.split, examples.c.origin)
+# unlabeled_pool_chunks pages by (split, id > last): with this index each page is a range scan.
+ix_examples_split_id = sa.Index("ix_examples_split_id", examples.c.split, examples.c.id)
 
 labels = sa.Table(
     "labels", metadata,
@@ -60,7 +65,8 @@ queries = sa.Table(
     sa.Column("strategy", sa.String, nullable=False),
     sa.Column("score", sa.Float),
     sa.Column("routed_to", sa.String, nullable=False),
-    sa.Column("status", sa.String, nullable=False),  # pending | labeled | skipped | failed
+    sa.Column("status", sa.String, nullable=False),  # a QueryStatus
+    sa.Column("reason", sa.String),  # why a query was skipped or failed
     sa.Column("submitted_at", sa.Float),  # when it was handed to its labeler; pending until labels come back
     sa.Column("meta", sa.JSON),  # e.g. the LLM's answer when the router sent the example on to humans
     sa.Column("created_at", sa.Float, nullable=False),
@@ -88,6 +94,7 @@ models = sa.Table(
     sa.Column("name", sa.String, nullable=False),
     sa.Column("path", sa.String, nullable=False),
     sa.Column("n_train", sa.Integer, nullable=False),
+    sa.Column("metrics", sa.JSON),  # of a model trained outside a round (the loop's last labels); a round keeps its own
     sa.Column("created_at", sa.Float, nullable=False),
 )
 
@@ -164,6 +171,16 @@ def source_rank(source: str) -> int:
     return SOURCE_PRIORITY.get(source.split(":", 1)[0], 5)
 
 
+class QueryStatus(str, Enum):
+    """Where a query stands. Every change of it is a Store method below, in one transaction with what it brings."""
+
+    PENDING = "pending"  # selected; with its labeler (submitted_at set) or waiting to go out
+    LABELED = "labeled"  # its label is stored
+    SKIPPED = "skipped"  # the labeler declined (abstained, no gold): the reason says why
+    FAILED = "failed"  # the labeler could not answer: the reason says why; `synthloop requeue` retries
+    HELD = "held"  # held back by a running nightly job (keeps it within --max-labels); pending again after
+
+
 @dataclass(frozen=True)
 class Query:
     id: int
@@ -176,6 +193,27 @@ class Query:
     status: str
     submitted_at: float | None = None
     meta: dict | None = None
+    reason: str | None = None
+
+
+class TrainingRow(NamedTuple):
+    """One labeled example as training sees it (a tuple too, for code that unpacks it)."""
+
+    example_id: str
+    text: str
+    label: str
+    source: str
+
+    @property
+    def real(self) -> bool:
+        """A label from a person, an import, the oracle or an LLM: not synthetic text."""
+        return source_rank(self.source) < source_rank("synthetic")
+
+
+class LabelCount(NamedTuple):
+    source: str
+    label: str
+    n: int
 
 
 @dataclass(frozen=True)
@@ -193,6 +231,34 @@ def _without_nul(row: dict) -> dict:
     if not any(isinstance(v, str) and "\x00" in v for v in row.values()):
         return row
     return {k: v.replace("\x00", "\ufffd") if isinstance(v, str) else v for k, v in row.items()}
+
+
+@dataclass
+class Collected:
+    """What a labeler's collect() found, applied to the store in one transaction (Store.apply)."""
+
+    labels: list[NewLabel] = field(default_factory=list)
+    skipped: dict[str, str] = field(default_factory=dict)  # example id -> reason
+    failed: dict[str, str] = field(default_factory=dict)  # example id -> reason
+    retry: dict[str, dict] = field(default_factory=dict)  # stay pending, asked again later; meta merged in
+    handoff: dict[str, tuple[str, dict]] = field(default_factory=dict)  # example id -> (labeler, meta): rerouted
+    meta: dict = field(default_factory=dict)  # project facts set with them (a Batch job's state)
+    llm_calls: list[dict] = field(default_factory=list)  # LLM usage recorded with them (a Batch job's answers)
+
+    def __add__(self, other: Collected) -> Collected:
+        return Collected(self.labels + other.labels, {**self.skipped, **other.skipped}, {**self.failed, **other.failed},
+                         {**self.retry, **other.retry}, {**self.handoff, **other.handoff}, {**self.meta, **other.meta},
+                         self.llm_calls + other.llm_calls)
+
+
+IN_CHUNK = 900  # ids per `IN (...)`: SQLite caps the bound parameters of one statement
+
+
+def in_chunks(ids: Iterable[str]) -> Iterator[list[str]]:
+    """The ids in slices small enough for one `column IN (...)`; every chunked IN query goes through here."""
+    ids = list(ids)
+    for start in range(0, len(ids), IN_CHUNK):
+        yield ids[start:start + IN_CHUNK]
 
 
 class Store:
@@ -219,9 +285,11 @@ class Store:
 
     def _migrate(self, conn: sa.Connection) -> None:
         # create_all adds missing tables but never columns; stores made by schema 1 lack queries.meta.
-        columns = {c["name"] for c in sa.inspect(conn).get_columns("queries")}
-        if "meta" not in columns:
-            conn.execute(sa.text("ALTER TABLE queries ADD COLUMN meta JSON"))
+        ix_examples_split_id.create(conn, checkfirst=True)  # create_all adds no index to an existing table
+        inspector = sa.inspect(conn)
+        for table, name, kind in (("queries", "meta", "JSON"), ("queries", "reason", "VARCHAR"), ("models", "metrics", "JSON")):
+            if name not in {c["name"] for c in inspector.get_columns(table)}:
+                conn.execute(sa.text(f"ALTER TABLE {table} ADD COLUMN {name} {kind}"))
 
     @classmethod
     def open(cls, path: str | Path, readonly: bool = False) -> Store:
@@ -296,11 +364,9 @@ class Store:
 
     def existing_ids(self, ids: Iterable[str]) -> dict[str, str]:
         """Map of id -> split for the ids already stored."""
-        ids = list(ids)
         found: dict[str, str] = {}
         with self.engine.connect() as conn:
-            for start in range(0, len(ids), 900):
-                chunk = ids[start:start + 900]
+            for chunk in in_chunks(ids):
                 for row in conn.execute(sa.select(examples.c.id, examples.c.split).where(examples.c.id.in_(chunk))):
                     found[row.id] = row.split
         return found
@@ -389,16 +455,7 @@ class Store:
 
     def record_labels(self, new: Sequence[NewLabel], round_: int | None) -> int:
         """Store labels and mark their queries labeled, atomically; a label already stored is not added twice."""
-        with self.engine.begin() as conn:
-            added = self._write_labels(conn, new, round_)
-            ids = [x.example_id for x in new]
-            for start in range(0, len(ids), 900):
-                conn.execute(
-                    queries.update()
-                    .where(queries.c.example_id.in_(ids[start:start + 900]), queries.c.status == "pending")
-                    .values(status="labeled", updated_at=time.time())
-                )
-        return added
+        return self.apply(Collected(labels=list(new)), round_)
 
     def delete_label(self, example_id: str, source: str) -> int:
         """Remove one source's label of an example (`synthloop teach`'s undo); returns the rows removed."""
@@ -406,7 +463,7 @@ class Store:
             return conn.execute(labels.delete().where(labels.c.example_id == example_id,
                                                       labels.c.source == source)).rowcount
 
-    def training_set(self) -> list[tuple[str, str, str, str]]:
+    def training_set(self) -> list[TrainingRow]:
         """(example_id, text, label, source) for every non-test example, one label each, best source wins."""
         stmt = (
             sa.select(examples.c.id, examples.c.text, labels.c.label, labels.c.source)
@@ -414,28 +471,27 @@ class Store:
             .where(examples.c.split != "test")
             .order_by(examples.c.id, labels.c.id)
         )
-        best: dict[str, tuple[str, str, str, str]] = {}
+        best: dict[str, TrainingRow] = {}
         with self.engine.connect() as conn:
             for row in conn.execute(stmt):
                 current = best.get(row.id)
                 # Among sources of one rank the newest wins: a reviewer's re-check replaces the label it doubted.
-                if current is None or source_rank(row.source) <= source_rank(current[3]):
-                    best[row.id] = (row.id, row.text, row.label, row.source)
+                if current is None or source_rank(row.source) <= source_rank(current.source):
+                    best[row.id] = TrainingRow(row.id, row.text, row.label, row.source)
         return list(best.values())
 
-    def label_counts(self) -> list[tuple[str, str, int]]:
+    def label_counts(self) -> list[LabelCount]:
         """(source, label, count) over all stored labels."""
         with self.engine.connect() as conn:
             stmt = sa.select(labels.c.source, labels.c.label, sa.func.count()).group_by(labels.c.source, labels.c.label)
-            return [tuple(r) for r in conn.execute(stmt)]
+            return [LabelCount(*r) for r in conn.execute(stmt)]
 
     def _column_by_id(self, column: sa.Column, example_ids: Sequence[str]) -> dict[str, str]:
-        ids = list(example_ids)
         out = {}
         with self.engine.connect() as conn:
-            for start in range(0, len(ids), 900):  # SQLite caps bound parameters per statement
-                rows = conn.execute(sa.select(examples.c.id, column).where(examples.c.id.in_(ids[start:start + 900])))
-                out.update({r[0]: r[1] for r in rows if r[1] is not None})
+            for chunk in in_chunks(example_ids):
+                rows = conn.execute(sa.select(examples.c.id, column).where(examples.c.id.in_(chunk)))
+                out.update({r.id: getattr(r, column.name) for r in rows if getattr(r, column.name) is not None})
         return out
 
     def origins(self, example_ids: Sequence[str]) -> dict[str, str]:
@@ -451,12 +507,12 @@ class Store:
             if not src.startswith("synthetic")
         ]
 
-    # queries ------------------------------------------------------------------------------------
+    # queries: every change of a query's status is one of these methods -----------------------------
     def add_queries(self, round_: int, picks: Sequence[tuple[str, float | None]], strategy: str, routed_to: str) -> int:
         now = time.time()
         rows = [
             {"round": round_, "example_id": eid, "strategy": strategy, "score": score, "routed_to": routed_to,
-             "status": "pending", "created_at": now, "updated_at": now}
+             "status": QueryStatus.PENDING.value, "created_at": now, "updated_at": now}
             for eid, score in picks
         ]
         with self.engine.begin() as conn:
@@ -468,7 +524,7 @@ class Store:
         if submitted is not None:
             stmt = stmt.where(queries.c.submitted_at.is_not(None) if submitted else queries.c.submitted_at.is_(None))
         if status:
-            stmt = stmt.where(queries.c.status == status)
+            stmt = stmt.where(queries.c.status == QueryStatus(status).value)
         if routed_to:
             stmt = stmt.where(queries.c.routed_to == routed_to)
         if round_ is not None:
@@ -476,38 +532,106 @@ class Store:
         with self.engine.connect() as conn:
             rows = conn.execute(stmt.order_by(queries.c.id)).all()
         return [Query(r.id, r.round, r.example_id, r.text, r.strategy, r.score, r.routed_to, r.status, r.submitted_at,
-                      r.meta) for r in rows]
+                      r.meta, r.reason) for r in rows]
 
-    def _update_queries(self, example_ids: Sequence[str], **values) -> None:
-        example_ids = list(example_ids)
+    @staticmethod
+    def _update_queries(conn, example_ids: Iterable[str], only: QueryStatus | None = None, **values) -> int:
+        changed = 0
+        for chunk in in_chunks(example_ids):
+            stmt = queries.update().where(queries.c.example_id.in_(chunk))
+            if only is not None:
+                stmt = stmt.where(queries.c.status == only.value)
+            changed += conn.execute(stmt.values(updated_at=time.time(), **values)).rowcount
+        return changed
+
+    @staticmethod
+    def _merge_query_meta(conn, values: dict[str, dict], **columns) -> None:
+        if not values:
+            return
+        for chunk in in_chunks(values):
+            rows = conn.execute(sa.select(queries.c.example_id, queries.c.meta).where(queries.c.example_id.in_(chunk)))
+            for row in rows.all():
+                conn.execute(queries.update().where(queries.c.example_id == row.example_id)
+                             .values(meta={**(row.meta or {}), **values[row.example_id]}, updated_at=time.time(),
+                                     **columns))
+
+    def apply(self, collected: Collected, round_: int | None) -> int:
+        """A labeler's outcomes in one transaction: its labels stored and their queries labeled, skipped and
+        failed queries with their reasons, retries kept pending with what they carry, hand-offs rerouted, and
+        the facts (a Batch job's state, its usage) that came with them. Returns the labels added."""
+        pending = QueryStatus.PENDING
         with self.engine.begin() as conn:
-            for start in range(0, len(example_ids), 900):
-                conn.execute(queries.update().where(queries.c.example_id.in_(example_ids[start:start + 900]))
-                             .values(updated_at=time.time(), **values))
+            added = self._write_labels(conn, collected.labels, round_)
+            self._update_queries(conn, {x.example_id for x in collected.labels}, only=pending,
+                                 status=QueryStatus.LABELED.value, reason=None)
+            for status, reasons in ((QueryStatus.SKIPPED, collected.skipped), (QueryStatus.FAILED, collected.failed)):
+                for reason in set(reasons.values()):
+                    self._update_queries(conn, [eid for eid, r in reasons.items() if r == reason], only=pending,
+                                         status=status.value, reason=reason)
+            self._merge_query_meta(conn, collected.retry)
+            for labeler in {to for to, _ in collected.handoff.values()}:
+                mine = {eid: meta for eid, (to, meta) in collected.handoff.items() if to == labeler}
+                self._merge_query_meta(conn, mine)
+                self._update_queries(conn, mine, only=pending, routed_to=labeler, submitted_at=None)
+            if collected.llm_calls:
+                conn.execute(llm_calls.insert(), [{"created_at": time.time(), **c} for c in collected.llm_calls])
+            for key, value in collected.meta.items():
+                self._upsert_meta(conn, key, value)
+        return added
 
-    def set_query_status(self, example_ids: Sequence[str], status: str) -> None:
-        self._update_queries(example_ids, status=status)
-
-    def mark_submitted(self, example_ids: Sequence[str]) -> None:
-        self._update_queries(example_ids, submitted_at=time.time())
+    def mark_submitted(self, example_ids: Sequence[str], meta_values: dict | None = None) -> None:
+        """Queries handed to their labeler, with what the hand-out left to remember (a Batch job), at once."""
+        with self.engine.begin() as conn:
+            self._update_queries(conn, example_ids, submitted_at=time.time())
+            for key, value in (meta_values or {}).items():
+                self._upsert_meta(conn, key, value)
 
     def reroute(self, example_ids: Sequence[str], routed_to: str) -> None:
-        self._update_queries(example_ids, routed_to=routed_to, submitted_at=None)
+        """Pending queries to another labeler; they go out again from there."""
+        with self.engine.begin() as conn:
+            self._update_queries(conn, example_ids, only=QueryStatus.PENDING, routed_to=routed_to, submitted_at=None)
+
+    def hold(self, example_ids: Sequence[str]) -> None:
+        with self.engine.begin() as conn:
+            self._update_queries(conn, example_ids, only=QueryStatus.PENDING, status=QueryStatus.HELD.value)
+
+    def release_held(self) -> list[str]:
+        held = [q.example_id for q in self.queries(status=QueryStatus.HELD)]
+        with self.engine.begin() as conn:
+            self._update_queries(conn, held, only=QueryStatus.HELD, status=QueryStatus.PENDING.value)
+        return held
+
+    def requeue(self, statuses: Sequence[QueryStatus]) -> dict[str, int]:
+        """Forget the queries in these statuses, so that their examples are selectable again; returns how
+        many per reason. Their labels (none: a skipped or failed query has none) are untouched."""
+        values = [QueryStatus(s).value for s in statuses]
+        if not values:
+            return {}
+        with self.engine.begin() as conn:
+            rows = conn.execute(sa.select(queries.c.status, queries.c.reason, sa.func.count())
+                                .where(queries.c.status.in_(values)).group_by(queries.c.status, queries.c.reason)).all()
+            conn.execute(queries.delete().where(queries.c.status.in_(values)))
+        return {f"{status}: {reason or 'no reason stored'}": n for status, reason, n in rows}
 
     def set_query_meta(self, values: dict[str, dict]) -> None:
         """Merge extra facts into queries' meta, e.g. {example_id: {"llm": {...}}}, in one transaction."""
-        if not values:
-            return
         with self.engine.begin() as conn:
-            rows = conn.execute(sa.select(queries.c.example_id, queries.c.meta)
-                                .where(queries.c.example_id.in_(list(values)))).all()
-            for row in rows:
-                conn.execute(queries.update().where(queries.c.example_id == row.example_id)
-                             .values(meta={**(row.meta or {}), **values[row.example_id]}, updated_at=time.time()))
+            self._merge_query_meta(conn, values)
 
     def query_counts(self) -> dict[str, int]:
         with self.engine.connect() as conn:
             return dict(conn.execute(sa.select(queries.c.status, sa.func.count()).group_by(queries.c.status)).all())
+
+    def query_reasons(self) -> dict[str, dict[str, int]]:
+        """status -> reason -> count, for the skipped and failed queries."""
+        stmt = (sa.select(queries.c.status, queries.c.reason, sa.func.count())
+                .where(queries.c.status.in_([QueryStatus.SKIPPED.value, QueryStatus.FAILED.value]))
+                .group_by(queries.c.status, queries.c.reason).order_by(queries.c.status, queries.c.reason))
+        out: dict[str, dict[str, int]] = {}
+        with self.engine.connect() as conn:
+            for status, reason, n in conn.execute(stmt):
+                out.setdefault(status, {})[reason or "no reason stored"] = n
+        return out
 
     # LLM usage and response cache ---------------------------------------------------------------
     def cache_get(self, key: str) -> dict | None:
@@ -523,10 +647,13 @@ class Store:
         with self.engine.connect() as conn:
             return conn.execute(sa.select(meta.c.value).where(meta.c.key == key)).scalar()
 
-    def set_meta(self, key: str, value) -> None:
+    def _upsert_meta(self, conn, key: str, value) -> None:
         stmt = self._dialect.insert(meta).values(key=key, value=value)
+        conn.execute(stmt.on_conflict_do_update(index_elements=[meta.c.key], set_={"value": stmt.excluded.value}))
+
+    def set_meta(self, key: str, value) -> None:
         with self.engine.begin() as conn:
-            conn.execute(stmt.on_conflict_do_update(index_elements=[meta.c.key], set_={"value": stmt.excluded.value}))
+            self._upsert_meta(conn, key, value)
 
     def meta_with_prefix(self, prefix: str) -> dict:
         """Every meta entry whose key starts with prefix, by key."""
@@ -540,13 +667,11 @@ class Store:
         meta_values ({key: value}) are set in the same transaction: a Batch API job is marked collected together
         with its usage, so a kill between the two can neither lose its cost nor record it twice."""
         now = time.time()
-        dialect = self._dialect
         with self.engine.begin() as conn:
             if calls:
                 conn.execute(llm_calls.insert(), [{"created_at": now, **c} for c in calls])
             for key, value in (meta_values or {}).items():
-                stmt = dialect.insert(meta).values(key=key, value=value)
-                conn.execute(stmt.on_conflict_do_update(index_elements=[meta.c.key], set_={"value": stmt.excluded.value}))
+                self._upsert_meta(conn, key, value)
 
     def llm_usage(self, round_: int | None = None) -> list[dict]:
         """Totals per (purpose, model): calls, tokens in/out, $ and seconds; cache hits counted apart."""
@@ -699,9 +824,14 @@ class Store:
 
     def add_model(self, version: int, round_: int | None, name: str, path: str, n_train: int) -> None:
         with self.engine.begin() as conn:
-            conn.execute(models.insert().values(version=version, round=round_, name=name, path=path, n_train=n_train, created_at=time.time()))
+            conn.execute(models.insert().values(version=version, round=round_, name=name, path=path, n_train=n_train,
+                                                created_at=time.time()))
             if round_ is not None:
                 conn.execute(rounds.update().where(rounds.c.number == round_).values(model_version=version))
+
+    def set_model_metrics(self, version: int, metrics: dict) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(models.update().where(models.c.version == version).values(metrics=metrics))
 
     def next_model_version(self) -> int:
         with self.engine.connect() as conn:

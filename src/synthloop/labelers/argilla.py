@@ -24,7 +24,8 @@ from dataclasses import dataclass, field
 from synthloop.errors import SynthloopError, Unavailable
 from synthloop.labelers import argilla_queue
 from synthloop.labelers.argilla_queue import Guess, Pick, preselect, remember_model
-from synthloop.store import NewLabel, Query
+from synthloop.labelers.base import Collected, Submitted
+from synthloop.store import NewLabel, Query, QueryStatus
 
 log = logging.getLogger("synthloop.argilla")
 
@@ -333,30 +334,36 @@ class ArgillaLabeler:
     # The labeler marks what it pushed itself, chunk by chunk: what waits for room under the cap stays unmarked.
     marks_submitted = True
 
-    def submit(self, queries: Sequence[Query], on_chunk: Callable[[int, int], None] | None = None) -> int:
-        """Push in chunks, most uncertain first; each chunk is marked submitted in the store only after Argilla
-        took it. Under `[argilla] max_pending`, records already waiting count first and new ones only fill the
-        room left: the rest stay pending (not pushed) for a later round or `review push`."""
+    def submit(self, queries: Sequence[Query], on_chunk: Callable[[int, int], None] | None = None,
+               on_pushed: Callable[[list[str]], None] | None = None) -> Submitted:
+        """Push in chunks, most uncertain first; `on_pushed` hears each chunk's ids once Argilla took it (`review
+        push` marks them submitted there and then). Pushing again updates the records (record id = example id).
+        Under `[argilla] max_pending`, records already waiting count first and new ones only fill the room left:
+        the rest stay pending (not pushed) for a later round or `review push`."""
         store = self.project.store
         queries = list(queries)
         asked = {q.example_id for q in queries}
         again = [q for q in queries if q.submitted_at is not None]
         new = self.queue_order([q for q in queries if q.submitted_at is None])
         if self.cfg.max_pending is not None:
-            others = [q for q in store.queries(status="pending", routed_to=self.name, submitted=True)
+            others = [q for q in store.queries(status=QueryStatus.PENDING, routed_to=self.name, submitted=True)
                       if q.example_id not in asked]
             new = new[:max(0, self.cfg.max_pending - len(others) - len(again))]
         again = self.queue_order(again)
         waiting = argilla_queue.waiting_records(self) if again else {}
+        done: list[str] = []
 
         def pushed(chunk):
-            store.mark_submitted([q.example_id for q in chunk])
+            ids = [q.example_id for q in chunk]
+            done.extend(ids)
+            if on_pushed:
+                on_pushed(ids)
 
-        done = self.log(again + new, self.records, pushed, on_chunk)
+        self.log(again + new, self.records, pushed, on_chunk)
         argilla_queue.drop_stale_suggestions(self, again, waiting)
         if done:
             remember_model(store, self.dataset_name, self._model_version())
-        return done
+        return Submitted(done)
 
     def _model_version(self) -> int | None:
         latest = self.project.store.latest_model()
@@ -399,13 +406,13 @@ class ArgillaLabeler:
                                                                str(response.value)))
         return out
 
-    def collect(self) -> list[NewLabel]:
+    def collect(self) -> Collected:
         store = self.project.store
         pending = {q.example_id for q in store.queries(status="pending", routed_to=self.name, submitted=True)}
         if not pending:
-            return []
+            return Collected()
         responses = {eid: votes for eid, votes in self.responses().items() if eid in pending}
-        return self.resolve_all(responses)
+        return Collected(labels=self.resolve_all(responses))
 
     def resolve_all(self, responses: dict[str, list[tuple[str, str]]]) -> list[NewLabel]:
         """Majority per record; one label row per annotator who voted for the winner."""
@@ -474,16 +481,17 @@ def push(project, reroute: bool = False, on_chunk=None) -> PushResult:
         tend(project, version, model, strict=True)
         labeler.use_model(model)
     pending = store.queries(status="pending", routed_to=labeler.name)
-    pushed = labeler.submit(pending, on_chunk=on_chunk) if pending else 0
-    return PushResult(pushed, labeler.dataset_name, labeler.url)
+    # Each chunk is marked submitted once Argilla took it, so a push that fails midway keeps what went out.
+    pushed = labeler.submit(pending, on_chunk=on_chunk, on_pushed=store.mark_submitted) if pending else Submitted()
+    return PushResult(len(pushed.ids), labeler.dataset_name, labeler.url)
 
 
 def pull(project, rechecks: bool = True) -> PullResult:
     """Labels for pending queries, plus (with rechecks) the answers in the `-recheck` dataset."""
     labeler = ArgillaLabeler(project)
-    labels = labeler.collect()
-    added = project.store.record_labels(labels, project.store.current_round())
-    result = PullResult(added, len({x.example_id for x in labels}), labeler.ties, labeler.waiting)
+    collected = labeler.collect()
+    added = project.store.apply(collected, project.store.current_round())
+    result = PullResult(added, len({x.example_id for x in collected.labels}), labeler.ties, labeler.waiting)
     if rechecks:
         from synthloop.labelers.recheck import pull_rechecked
 

@@ -2,8 +2,9 @@
 night) collects the answers. The prompts, the answer schema, the validation and the meaning of an answer are
 the LLM labeler's own (synthloop.labelers.llm); only the transport differs.
 
-Each job is a row of the store's meta table (`llm-batch:job:<batch id>`), written as soon as the API returns
-its id, so a run killed after submitting resumes without submitting the same queries again. A job is
+Each job is a row of the store's meta table (`llm-batch:job:<batch id>`), written (by the round, with the
+queries marked submitted) as soon as the API returns its id, so a run killed after submitting resumes without
+submitting the same queries again. A job is
 "open" until its answers are downloaded, "answered" once its usage is recorded (exactly once, in the same
 transaction), and "done" once none of its queries is pending any more ("lost" if the API no longer knows it:
 its queries go into the next job).
@@ -19,9 +20,10 @@ from collections.abc import Sequence
 import openai
 
 from synthloop.labelers.llm import MAX_ANSWER_TOKENS, answer_model, estimated_cost, few_shot_examples
-from synthloop.labelers.llm import labeling_messages, outcome_of, within_budget
+from synthloop.labelers.llm import labeling_messages, outcome_of
 from synthloop.llm.batch import batch_results, submit_batch
 from synthloop.llm.pricing import BATCH_DISCOUNT
+from synthloop.labelers.base import Collected, Submitted
 from synthloop.store import NewLabel, Query
 
 JOB_PREFIX = "llm-batch:job:"
@@ -37,12 +39,13 @@ def jobs(store, states: Sequence[str] = ("open", "answered")) -> dict[str, dict]
 
 class BatchLabeler:
     name = "llm-batch"
+    defers_on = ()
 
     def __init__(self, project):
         self.project = project
 
     # submit -------------------------------------------------------------------------------------
-    def submit(self, queries: Sequence[Query]) -> None:
+    def submit(self, queries: Sequence[Query]) -> Submitted:
         """One job for every pending query of this labeler not already in a job: tonight's, plus those an
         earlier night's budget left out (oldest first). Never submits a query twice."""
         store = self.project.store
@@ -51,45 +54,44 @@ class BatchLabeler:
         candidates.update({q.id: q for q in queries if q.status == "pending"})
         todo = [candidates[k] for k in sorted(candidates) if candidates[k].example_id not in in_job]
         if not todo:
-            return
+            return Submitted()
         task, cfg = self.project.task, self.project.config.llm
         shots = few_shot_examples(self.project, cfg.few_shot)
         messages = [labeling_messages(task, q.text, shots, cfg.abstain) for q in todo]
         costs = [estimated_cost(self.project, m) * BATCH_DISCOUNT for m in messages]
-        budget = getattr(self.project, "llm_budget", None)
-        if budget is not None:
-            # A batch is paid when it finishes, but committed now: tonight's budget bounds it, at its estimate.
-            fit = within_budget(costs, budget)
-            todo, messages, costs = todo[:fit], messages[:fit], costs[:fit]
-            if not todo:
-                log.info("llm-batch: the budget left ($%.4f) does not cover one more query; the rest stay pending", budget)
-                return
+        budget = self.project.budget
+        # A batch is paid when it finishes, but committed now: tonight's budget bounds it, at its estimate.
+        fit = budget.affordable(costs)
+        todo, messages, costs = todo[:fit], messages[:fit], costs[:fit]
+        if not todo:
+            log.info("llm-batch: the budget left ($%.4f) does not cover one more query; the rest stay pending",
+                     budget.left)
+            return Submitted()
         client = self.project.llm_client()
         batch_id = submit_batch(client, [(q.example_id, m) for q, m in zip(todo, messages)], answer_model(task, cfg.abstain),
                                 metadata={"synthloop": "llm-batch"}, temperature=cfg.label_temperature,
                                 logprobs=cfg.logprobs, max_tokens=MAX_ANSWER_TOKENS)
         estimate = sum(costs)
-        store.set_meta(JOB_PREFIX + batch_id, {
-            "state": "open", "ids": [q.example_id for q in todo], "model": client.model, "estimated_cost": estimate,
-            "submitted_at": time.time(), "round": store.current_round()})
-        if budget is not None:
-            self.project.llm_budget = budget - estimate
+        job = {"state": "open", "ids": [q.example_id for q in todo], "model": client.model, "estimated_cost": estimate,
+               "submitted_at": time.time(), "round": store.current_round()}
+        budget.spend(estimate)
         log.info("llm-batch: submitted %s with %d queries (estimated $%.4f)", batch_id, len(todo), estimate)
+        return Submitted(job["ids"], {JOB_PREFIX + batch_id: job})
 
     # collect ------------------------------------------------------------------------------------
-    def collect(self) -> list[NewLabel]:
+    def collect(self) -> Collected:
         """Labels from every job that has finished; a job still running (or an API that does not answer
         now) is left for the next call. Never waits."""
         store = self.project.store
         pending = {q.example_id for q in store.queries(status="pending", routed_to=self.name)}
-        labels: list[NewLabel] = []
+        out = Collected()
         for batch_id, job in jobs(store).items():
             waiting = [eid for eid in job["ids"] if eid in pending]
             if job["state"] == "answered" and not waiting:
-                store.set_meta(JOB_PREFIX + batch_id, {**job, "state": "done", "done_at": time.time()})
+                out.meta[JOB_PREFIX + batch_id] = {**job, "state": "done", "done_at": time.time()}
                 continue
-            labels += self._collect_job(batch_id, job, waiting)
-        return labels
+            out += self._collect_job(batch_id, job, waiting)
+        return out
 
     def _client(self, model: str):
         client = self.project.llm_client()
@@ -100,7 +102,7 @@ class BatchLabeler:
         other.model = model
         return other
 
-    def _collect_job(self, batch_id: str, job: dict, waiting: list[str]) -> list[NewLabel]:
+    def _collect_job(self, batch_id: str, job: dict, waiting: list[str]) -> Collected:
         store, model = self.project.store, job["model"]
         client = self._client(model)
         try:
@@ -109,40 +111,38 @@ class BatchLabeler:
         except (openai.APIConnectionError, openai.APITimeoutError, openai.RateLimitError, openai.InternalServerError) as err:
             log.warning("llm-batch: cannot reach the Batch API for %s now (%s); trying again next run", batch_id,
                         type(err).__name__)
-            return []
+            return Collected()
         except openai.NotFoundError:
             # Gone (deleted, or another account's): its queries leave the job, so the next submit sends them again.
             log.warning("llm-batch: %s is unknown to %s; its %d pending queries go into the next job", batch_id,
                         client.base_url or "the OpenAI API", len(waiting))
-            store.set_meta(JOB_PREFIX + batch_id, {**job, "state": "lost", "lost_at": time.time()})
-            return []
+            return Collected(meta={JOB_PREFIX + batch_id: {**job, "state": "lost", "lost_at": time.time()}})
         if results is None:
-            return []
+            return Collected()
         status = batch.status
-        if job["state"] == "open":
+        out = Collected()
+        if job["state"] == "open":  # its usage goes to the store exactly once, with the job marked answered
             round_ = store.current_round()
             calls = [{"purpose": PURPOSE, "model": model, "prompt_tokens": r.usage.prompt_tokens,
                       "completion_tokens": r.usage.completion_tokens, "cost": r.usage.cost, "latency": 0.0,
                       "cached": False, "ok": r.value is not None, "round": round_} for r in results.values()]
             job = {**job, "state": "answered", "status": status, "answered_at": time.time(),
                    "cost": sum(r.usage.cost for r in results.values())}
-            store.record_llm_calls(calls, meta_values={JOB_PREFIX + batch_id: job})
-        labels, failed, abstained = [], [], []
+            out = Collected(meta={JOB_PREFIX + batch_id: job}, llm_calls=calls)
         for eid in waiting:
             result = results.get(eid)
             if result is None:  # an expired or cancelled batch answers only part of its requests
-                failed.append(eid)
+                out.failed[eid] = f"llm-batch: no answer (batch {status})"
                 continue
             outcome = outcome_of(result)
             if outcome.label is not None:
-                labels.append(NewLabel(eid, outcome.label, f"llm:{model}", outcome.confidence, outcome.cost,
-                                       meta={"confidence_from": outcome.confidence_from, "batch": batch_id}))
+                out.labels.append(NewLabel(eid, outcome.label, f"llm:{model}", outcome.confidence, outcome.cost,
+                                           meta={"confidence_from": outcome.confidence_from, "batch": batch_id}))
             elif outcome.abstained:
-                abstained.append(eid)
+                out.skipped[eid] = "llm abstained"
             else:
-                failed.append(eid)
-        store.set_query_status(failed, "failed")
-        store.set_query_status(abstained, "skipped")
-        if failed:
-            log.warning("llm-batch: %d answers of %s failed or were invalid (batch status %s)", len(failed), batch_id, status)
-        return labels
+                out.failed[eid] = f"llm-batch: {outcome.error or 'invalid answer'}"
+        if out.failed:
+            log.warning("llm-batch: %d answers of %s failed or were invalid (batch status %s)", len(out.failed),
+                        batch_id, status)
+        return out

@@ -10,6 +10,7 @@ from typing import Literal
 
 from pydantic import BaseModel, Field, create_model
 
+from synthloop.labelers.base import Collected, Submitted
 from synthloop.store import NewLabel, Query, source_rank
 from synthloop.task import TaskSpec
 
@@ -122,77 +123,69 @@ def outcome_of(result) -> Outcome:
     return Outcome(label, confidence, source, False, None, cost)
 
 
-def within_budget(costs: Sequence[float], budget: float) -> int:
-    """How many of the first costs fit in the budget, in order."""
-    fit, total = 0, 0.0
-    while fit < len(costs) and total + costs[fit] <= budget:
-        total += costs[fit]
-        fit += 1
-    return fit
-
-
 class LLMLabeler:
     """Answers at once: `collect` labels every submitted query it has not answered yet. Responses are
     cached in the store, so a run killed midway pays nothing again for what it already asked."""
 
     name = "llm"
+    defers_on = ()
 
     def __init__(self, project):
         self.project = project
 
-    def submit(self, queries: Sequence[Query]) -> None:
-        pass
+    def submit(self, queries: Sequence[Query]) -> Submitted:
+        return Submitted([q.example_id for q in queries])
 
     def affordable(self, pending: list[Query]) -> list[Query]:
         """The first queries whose estimated cost fits what is left of the budget (nightly's $ cap); the
         rest stay pending for the next run."""
-        budget = getattr(self.project, "llm_budget", None)
-        if budget is None or not pending:
+        budget = self.project.budget
+        if not budget.capped or not pending:
             return pending
         shots = few_shot_examples(self.project, self.project.config.llm.few_shot)
         abstain = self.project.config.llm.abstain
         costs = [estimated_cost(self.project, labeling_messages(self.project.task, q.text, shots, abstain)) for q in pending]
-        return pending[:within_budget(costs, budget)]
+        return pending[:budget.affordable(costs)]
 
     def answer(self, pending: list[Query]) -> list[Outcome]:
         outcomes = label_texts(self.project, [q.text for q in pending], round_=self.project.store.current_round())
-        budget = getattr(self.project, "llm_budget", None)
-        if budget is not None:
-            self.project.llm_budget = budget - sum(o.cost for o in outcomes)
+        self.project.budget.spend(sum(o.cost for o in outcomes))
         return outcomes
 
     def to_label(self, query: Query, outcome: Outcome) -> NewLabel:
         return NewLabel(query.example_id, outcome.label, f"llm:{self.project.config.llm.model}", outcome.confidence,
                         outcome.cost, meta={"confidence_from": outcome.confidence_from})
 
-    def collect(self) -> list[NewLabel]:
+    def collect(self) -> Collected:
         store = self.project.store
         pending = self.affordable(store.queries(status="pending", routed_to=self.name, submitted=True))
         if not pending:
-            return []
-        labels, failed, abstained, unanswered, gave_up = [], [], [], {}, 0
+            return Collected()
+        return self.outcomes(pending, self.answer(pending))
+
+    def outcomes(self, pending: list[Query], answers: list[Outcome]) -> Collected:
+        """What the answers mean for their queries: a label, an abstention (skipped), a failure (with the error
+        as its reason), or no answer from the server (asked again, up to [llm] max_unanswered times)."""
+        out = Collected()
         limit = self.project.config.llm.max_unanswered
-        for query, outcome in zip(pending, self.answer(pending)):
+        for query, outcome in zip(pending, answers):
             if outcome.label is not None:
-                labels.append(self.to_label(query, outcome))
+                out.labels.append(self.to_label(query, outcome))
             elif outcome.abstained:
-                abstained.append(query.example_id)
+                out.skipped[query.example_id] = "llm abstained"
             elif outcome.transient:
                 asked = (query.meta or {}).get("llm_unanswered", 0) + 1
                 if asked >= limit:
-                    failed.append(query.example_id)
-                    gave_up += 1
+                    out.failed[query.example_id] = f"llm unanswered {asked} times: {outcome.error or 'no answer'}"
                 else:  # stays pending: the next collect asks again, so no example is lost to a short outage
-                    unanswered[query.example_id] = {"llm_unanswered": asked}
+                    out.retry[query.example_id] = {"llm_unanswered": asked}
             else:
-                failed.append(query.example_id)
-        store.set_query_status(failed, "failed")
-        store.set_query_status(abstained, "skipped")
-        store.set_query_meta(unanswered)
-        if unanswered:
+                out.failed[query.example_id] = f"llm: {outcome.error or 'invalid answer'}"
+        if out.retry:
             log.warning("the LLM API did not answer %d of %d queries (after its retries); they stay pending for the "
                         "next round or `synthloop label` (at most %d asks each, [llm] max_unanswered)",
-                        len(unanswered), len(pending), limit)
+                        len(out.retry), len(pending), limit)
+        gave_up = sum(1 for reason in out.failed.values() if reason.startswith("llm unanswered"))
         if gave_up:
             log.warning("%d queries went unanswered %d times and are marked failed", gave_up, limit)
-        return labels
+        return out

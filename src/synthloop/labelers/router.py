@@ -12,8 +12,9 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from synthloop.labelers.base import Collected, Submitted
 from synthloop.labelers.llm import LLMLabeler, Outcome
-from synthloop.store import NewLabel, Query
+from synthloop.store import Query
 
 log = logging.getLogger("synthloop.router")
 
@@ -37,46 +38,41 @@ def decide(outcome: Outcome, prediction: tuple[str, float] | None, llm_min_confi
 
 class HybridLabeler:
     name = "hybrid"
+    defers_on = ()
 
     def __init__(self, project):
         self.project = project
         self.llm = LLMLabeler(project)
         self.routed: dict[str, int] = {}  # reason -> count, for the last collect
 
-    def submit(self, queries: Sequence[Query]) -> None:
-        pass
+    def submit(self, queries: Sequence[Query]) -> Submitted:
+        return Submitted([q.example_id for q in queries])
 
-    def collect(self) -> list[NewLabel]:
-        from synthloop.labelers.argilla import ArgillaLabeler, ArgillaUnreachable
+    def collect(self) -> Collected:
+        """The LLM's confident answers as labels; the rest handed off to the `argilla` labeler with the LLM's
+        answer beside them (the round reroutes them and pushes them out)."""
+        from synthloop.labelers.argilla import ArgillaLabeler
 
         store = self.project.store
         pending = self.llm.affordable(store.queries(status="pending", routed_to=self.name, submitted=True))
         if not pending:
-            return []
+            return Collected()
         humans = ArgillaLabeler(self.project)
         predictions = humans.predictions([q.text for q in pending])
         cfg = self.project.config.router
         model_name = self.project.config.llm.model
-        labels, doubtful, notes = [], [], {}
+        out = Collected()
         self.routed = {}
         for query, outcome, prediction in zip(pending, self.llm.answer(pending), predictions):
             decision = decide(outcome, prediction, cfg.llm_min_confidence, cfg.model_confident)
             self.routed[decision.reason] = self.routed.get(decision.reason, 0) + 1
             if not decision.to_human:
-                labels.append(self.llm.to_label(query, outcome))
+                out.labels.append(self.llm.to_label(query, outcome))
                 continue
-            doubtful.append(query.example_id)
-            notes[query.example_id] = {"llm": {"model": model_name, "label": outcome.label,
-                                               "confidence": outcome.confidence,
-                                               "confidence_from": outcome.confidence_from, "reason": decision.reason}}
-        if doubtful:
-            store.set_query_meta(notes)
-            store.reroute(doubtful, humans.name)
-            try:
-                humans.submit(store.queries(status="pending", routed_to=humans.name, submitted=False))
-            except ArgillaUnreachable as err:
-                # The LLM's labels are good either way; the next round or `synthloop review push` sends the rest.
-                # A refusal (wrong key, other labels) is not caught: retrying cannot fix it.
-                log.warning("%s; the queries for reviewers stay pending and go out with the next round or "
-                            "`synthloop review push`", getattr(err, "summary", err))
-        return labels
+            out.handoff[query.example_id] = (humans.name, {"llm": {
+                "model": model_name, "label": outcome.label, "confidence": outcome.confidence,
+                "confidence_from": outcome.confidence_from, "reason": decision.reason}})
+        if out.handoff:
+            log.info("%d of %d answers go to reviewers (%s)", len(out.handoff), len(pending),
+                     ", ".join(f"{k} {v}" for k, v in sorted(self.routed.items()) if k != "llm-confident"))
+        return out

@@ -1,0 +1,158 @@
+"""The round: collect labels that arrived -> train -> evaluate -> top up -> score the pool -> select -> route.
+
+Each step reads and writes the store, so a run stopped anywhere resumes where it stopped (`checkpoint` marks
+the step boundaries the kill tests stop at). `Project.round` is the public façade over `run_round`.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+from typing import Protocol
+
+from synthloop import active
+from synthloop.config import Config
+from synthloop.errors import SynthloopError
+from synthloop.labelers import argilla_queue
+from synthloop.selection import Scorer
+from synthloop.store import Store
+
+
+class Project(Protocol):
+    """What a round asks of the project (synthloop.project.Project is the one that has it all)."""
+
+    store: Store
+    config: Config
+
+    def collect(self, round_: int | None = None) -> int: ...
+    def route(self, round_: int) -> int: ...
+    def train(self, round_: int | None = None) -> tuple: ...
+    def evaluate(self, model) -> dict | None: ...
+    def monitor(self, round_: int, model) -> dict: ...
+    def topup(self, round_: int): ...
+    def select(self, round_: int, model, n: int | None = None, strategy: str | None = None,
+               labeler: str | None = None, scorer: Scorer | None = None) -> int: ...
+    def scorer(self, round_: int, incremental: bool = False, engine: str | None = None,
+               address: str | None = None) -> Scorer: ...
+    def load_model(self, version: int | None = None) -> tuple: ...
+    def training_changed(self) -> bool: ...
+    def n_real_labels(self) -> int: ...
+    def last_metrics(self) -> dict | None: ...
+
+
+@dataclass
+class RoundResult:
+    number: int
+    resumed: bool
+    model_version: int
+    n_labels: int
+    metrics: dict | None
+    queried: int
+    labels_collected: int
+    seconds: float
+
+
+def checkpoint(step: str, number: int) -> None:
+    # Lets the crash tests stop a real process at a known step and kill -9 it there.
+    if os.environ.get("SYNTHLOOP_PAUSE_AT") in (step, f"{step}@{number}"):  # a step, or a step of one round
+        print(f"PAUSED {step} {number}", flush=True)
+        time.sleep(3600)
+
+
+def check_choices(config: Config, strategy: str | None = None, labeler: str | None = None) -> None:
+    """Refuse an unknown model, strategy or labeler (the config's, or the ones given) before anything is
+    stored: a typo must not leave queries routed to a labeler that does not exist."""
+    from synthloop.labelers import LABELERS
+    from synthloop.models import MODEL_NAMES
+
+    if config.model.name not in MODEL_NAMES:
+        raise SynthloopError(f"unknown model {config.model.name!r}; choose one of {', '.join(MODEL_NAMES)} "
+                             "([model] name in synthloop.toml, or --model)")
+    active.get_strategy(strategy or config.loop.strategy)
+    for name in {labeler or config.loop.labeler, config.loop.labeler}:
+        if name not in LABELERS:
+            raise SynthloopError(f"unknown labeler {name!r}; choose one of {', '.join(LABELERS)} "
+                                 "([loop] labeler in synthloop.toml, or --labeler)")
+
+
+def run_round(project: Project, query: bool = True, n: int | None = None, strategy: str | None = None,
+              route: bool = True, labeler: str | None = None, incremental: bool = False, retrain: bool = True,
+              engine: str | None = None, address: str | None = None, scorer: Scorer | None = None) -> RoundResult:
+    store = project.store
+    check_choices(project.config, strategy, labeler)
+    scorer_for = (lambda number: scorer) if scorer is not None else (
+        lambda number: project.scorer(number, incremental, engine, address))
+    if scorer is None and engine is not None:
+        scorer_for(0).check(strategy or project.config.loop.strategy)  # a strategy that cannot be streamed
+    start = time.perf_counter()
+    number, resumed = store.open_round()
+    info = store.round(number)
+    timings = dict(info["timings"] or {})
+
+    t = time.perf_counter()
+    collected = project.collect(number)
+    timings["collect"] = time.perf_counter() - t
+    checkpoint("collected", number)
+
+    if info["model_version"] is None and not retrain and not project.training_changed():
+        last = store.latest_model()
+        store.update_round(number, model_version=last["version"], metrics=project.last_metrics())
+        info = store.round(number)
+    if info["model_version"] is None:
+        t = time.perf_counter()
+        version, model = project.train(number)
+        timings["train"] = time.perf_counter() - t
+        checkpoint("model-stored", number)
+    else:
+        version, model = project.load_model(info["model_version"])
+    if not info["metrics"]:  # also a resumed round whose run was killed between storing the model and scoring it
+        t = time.perf_counter()
+        metrics = project.evaluate(model)
+        metrics = {"n_labels": project.n_real_labels(), **(metrics or {}), **project.monitor(number, model)}
+        timings["evaluate"] = time.perf_counter() - t
+        store.update_round(number, metrics=metrics, timings=timings)
+    checkpoint("trained", number)
+
+    if project.config.synth.topup:
+        t = time.perf_counter()
+        project.topup(number)
+        added = store.synthetic_added(number)
+        if added:
+            counts = dict(store.round(number)["counts"] or {})
+            store.update_round(number, counts={**counts, "synthetic_added": dict(sorted(added.items()))})
+        timings["topup"] = time.perf_counter() - t
+    checkpoint("augmented", number)
+    argilla_queue.tend(project, version, model)  # what waits for reviewers gets this model's guesses
+
+    if query and not store.queries(round_=number):
+        t = time.perf_counter()
+        project.select(number, model, n=n, strategy=strategy, labeler=labeler, scorer=scorer_for(number))
+        timings["select"] = time.perf_counter() - t
+    checkpoint("selected", number)
+    if not route:
+        store.update_round(number, timings=timings)
+        return _result(project, number, resumed, version, collected, start)
+
+    t = time.perf_counter()
+    collected += project.route(number)
+    timings["route"] = time.perf_counter() - t
+    checkpoint("routed", number)
+    close_round(project, number, timings, collected)
+    return _result(project, number, resumed, version, collected, start)
+
+
+def close_round(project: Project, number: int, timings: dict, collected: int) -> None:
+    """Mark a round done, with its counts: its queries are out, and the next round trains on what came back."""
+    store = project.store
+    info = store.round(number)
+    counts = {**(info["counts"] or {}), "queried": len(store.queries(round_=number)),
+              "labels_collected": collected,
+              "labels_total": project.n_real_labels()}
+    store.update_round(number, status="done", finished_at=time.time(), timings=timings, counts=counts)
+
+
+def _result(project: Project, number: int, resumed: bool, version: int, collected: int, start: float) -> RoundResult:
+    info = project.store.round(number)
+    return RoundResult(number, resumed, version, (info["metrics"] or {}).get("n_labels", 0), info["metrics"],
+                       len(project.store.queries(round_=number)), collected, time.perf_counter() - start)
