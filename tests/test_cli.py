@@ -200,3 +200,21 @@ def test_report_markdown_escapes_html_and_links_in_user_text():
     assert "<script" not in md and "<img" not in md and "](javascript:" not in md
     assert "&lt;script&gt;" in md and "&lt;img src=x onerror=" in md and "`synthloop round`" in md
     assert "a\\|b" in md  # a pipe in a cell does not split the table
+
+
+def test_library_warnings_go_to_the_log_not_the_terminal(tmp_path, small_pool):
+    (tmp_path / "noisy_strategy.py").write_text(
+        "import warnings\n\ndef pick(classifier, X, n_instances=1, **kw):\n"
+        "    warnings.warn('the number of unique classes is greater than 50%', UserWarning)\n"
+        "    return list(range(n_instances))\n")
+    run("init", "p", "--task", small_pool / "task.toml", "--batch-size", "3", cwd=tmp_path)
+    proj = tmp_path / "p"
+    run("import", small_pool / "pool.csv", "--label-col", "label", "--gold", cwd=proj)
+    env = {**__import__("os").environ}
+    env["PYTHONPATH"] = f"{tmp_path}:{env.get('PYTHONPATH', '')}"
+    proc = subprocess.run([sys.executable, "-m", "synthloop", "query", "--strategy", "noisy_strategy.pick", "--json"],
+                          cwd=proj, capture_output=True, text=True, env=env)
+    assert proc.returncode == 0, proc.stderr
+    assert len(json.loads(proc.stdout)["queries"]) == 3
+    assert "unique classes" not in proc.stderr
+    assert "unique classes" in (proj / ".synthloop" / "logs" / "errors.log").read_text()
