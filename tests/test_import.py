@@ -129,6 +129,13 @@ def test_skip_invalid_imports_the_rest_and_lists_every_skipped_row(tmp_path, sma
     assert "skipped 4 invalid row(s)" in table.stderr and "line 5: the same text has another label" in table.stderr
 
 
+def test_first_label_wins_keeps_the_first_row_of_a_conflicting_text(project, tmp_path):
+    path = write(tmp_path, "conflict.csv", b"text,label\nwin cash,spam\nhello,ham\nwin cash,ham\n")
+    result = project.import_file(path, label_col="label", first_label_wins=True)
+    assert result.added == 2 and result.duplicates_in_file == 1
+    assert {r[1]: r[2] for r in project.store.training_set()}["win cash"] == "spam"
+
+
 def test_test_texts_already_in_the_pool_are_reported(tmp_path, small_pool):
     import subprocess
     import sys

@@ -83,10 +83,13 @@ def import_(file: Annotated[Path, typer.Argument(help="CSV, TSV, JSONL or Parque
                                                        "row left out (line and reason), also in --skipped-file.")] = False,
             skipped_file: Annotated[Optional[Path], typer.Option(help="CSV of the skipped rows (default: "
                                                                  ".synthloop/logs/skipped-FILE.csv).")] = None,
+            first_label_wins: Annotated[bool, typer.Option("--first-label-wins", help="A text given two different "
+                                                           "labels keeps its first row's (default: refuse the file).")] = False,
             project: ProjectOpt = Path("."), as_json: JsonOpt = False):
     """Import examples into the pool or the test split. Importing the same file twice adds nothing."""
     proj = _open(project)
-    result = proj.import_file(file, text_col, label_col, id_col, split, gold, skip_invalid=skip_invalid)
+    result = proj.import_file(file, text_col, label_col, id_col, split, gold, skip_invalid=skip_invalid,
+                              first_label_wins=first_label_wins)
     data = asdict(result)
     if result.skipped:
         import csv

@@ -215,35 +215,38 @@ def _first_rows(path: Path, ids_all: np.ndarray, text_hashes: np.ndarray | None,
     """A mask of the first valid row of each id; an id given to two different texts is an error. One text
     with two different labels is a conflict: an error, or with `problems` (an --skip-invalid import) every
     row of that text is skipped and listed, since nothing says which label is right."""
-    rows = np.flatnonzero(valid)
-    ids = ids_all[rows]
+    # Every row valid (the usual case): no index arrays beyond the sort, so the check stays ~25 bytes a row.
+    rows = None if valid.all() else np.flatnonzero(valid)
+    ids = ids_all if rows is None else ids_all[rows]
     order = np.argsort(ids, kind="stable")  # stable: within an id, the earliest row comes first
     ordered = ids[order]
     del ids
+    at = order if rows is None else rows[order]  # the file row at each sorted position
+    del order, rows
     same = ordered[1:] == ordered[:-1]
     if text_hashes is not None and same.any():
-        hashes = text_hashes[rows][order]
+        hashes = text_hashes[at]
         clash = same & (hashes[1:] != hashes[:-1]).any(axis=1)
         if clash.any():
             bad = bytes(ordered[1:][clash][0]).decode("utf-8", "surrogatepass")
             raise SynthloopError(f"{path}: id {bad!r} is used for two different texts; ids must be unique")
     if labels_all is not None and same.any():
-        labels = labels_all[rows][order]
+        labels = labels_all[at]
         differ = same & (labels[1:] != labels[:-1]) & (labels[1:] != b"") & (labels[:-1] != b"")
         if differ.any():
             conflicted = np.unique(ordered[1:][differ])
-            bad_rows = np.sort(rows[order[np.isin(ordered, conflicted)]])
+            bad_rows = np.sort(at[np.isin(ordered, conflicted)])
             if problems is None:
                 shown = ", ".join(line_of(path, int(r)) for r in bad_rows[:6])
                 raise SynthloopError(f"{path}: {len(conflicted)} text(s) appear with two different labels ({shown}); "
-                                     "keep the right label and remove the other rows, or pass --skip-invalid to "
-                                     "leave those texts out (every skipped row is listed)")
+                                     "keep the right label and remove the other rows, pass --first-label-wins to keep "
+                                     "each text's first label, or --skip-invalid to leave those texts out")
             problems.rows += [(int(r), "the same text has another label elsewhere in the file") for r in bad_rows]
             valid = valid.copy()
             valid[bad_rows] = False
             return _first_rows(path, ids_all, text_hashes, labels_all, valid, problems)  # no conflict is left now
     keep = np.zeros(len(valid), dtype=bool)
-    keep[rows[order[np.concatenate([[True], ~same])]]] = True
+    keep[at[np.concatenate([[True], ~same])]] = True
     return keep
 
 
@@ -284,10 +287,12 @@ def _wanted(text_col: str, label_col: str | None, id_col: str | None) -> dict[st
 
 
 def scan_table(path: str | Path, text_col: str = "text", label_col: str | None = None, id_col: str | None = None,
-               allowed_labels: list[str] | None = None, skip_invalid: bool = False) -> TablePlan:
+               allowed_labels: list[str] | None = None, skip_invalid: bool = False,
+               first_label_wins: bool = False) -> TablePlan:
     """The first pass: every check on every row, streamed. Holds one batch, plus each row's id (8 bytes for
     the hash ids; with id_col, its bytes and a 16-byte hash of its text) for the duplicate check, not the texts.
-    With skip_invalid, bad rows are left out and listed in the plan's `skipped` instead of refusing the file."""
+    With skip_invalid, bad rows are left out and listed in the plan's `skipped` instead of refusing the file.
+    A text given two different labels is refused (or skipped), unless first_label_wins keeps its first row."""
     path = Path(path)
     batch_rows = IMPORT_BATCH_ROWS
     problems = _Problems()
@@ -299,7 +304,7 @@ def scan_table(path: str | Path, text_col: str = "text", label_col: str | None =
         keys.append(_keys(batch.ids, id_col))
         if id_col is not None:
             hashes.append(_text_hashes(batch.texts))
-        if label_col is not None:
+        if label_col is not None and not first_label_wins:
             labels.append(np.array([(lab or "").encode("utf-8", "surrogatepass") for lab in batch.labels], dtype=bytes))
     if rows == 0:
         raise SynthloopError(f"{path} has no rows; give a file with at least one example")

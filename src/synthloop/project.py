@@ -118,7 +118,7 @@ class Project:
     # data ---------------------------------------------------------------------------------------
     def import_file(self, path: str | Path, text_col: str = "text", label_col: str | None = None,
                     id_col: str | None = None, split: str = "pool", gold: bool = False,
-                    skip_invalid: bool = False) -> ImportResult:
+                    skip_invalid: bool = False, first_label_wins: bool = False) -> ImportResult:
         """Import examples. Labels of a test file, or of a pool file with gold=True, stay hidden: they
         score the model (test) or answer the simulated reviewer (pool). Other pool labels train the model.
 
@@ -129,7 +129,8 @@ class Project:
             raise SynthloopError(f"split must be 'pool' or 'test', not {split!r}")
         if split == "test" and label_col is None:
             raise SynthloopError("a test split needs labels; pass --label-col with the column that holds them")
-        plan = scan_table(path, text_col, label_col, id_col, allowed_labels=self.task.label_names, skip_invalid=skip_invalid)
+        plan = scan_table(path, text_col, label_col, id_col, allowed_labels=self.task.label_names, skip_invalid=skip_invalid,
+                          first_label_wins=first_label_wins)
         result = ImportResult(rows=plan.rows, added=0, already_stored=0, duplicates_in_file=plan.duplicates,
                               labels_added=0, other_split=0, skipped=plan.skipped)
         before = self._label_total()
