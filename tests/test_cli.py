@@ -98,3 +98,126 @@ def test_simulate_report_has_the_strategy_and_the_random_baseline(tmp_path, smal
     assert "random accuracy" in text and (tmp_path / "simulation-report" / "report.html").is_file()
     proc = run(*args, tmp_path / "elsewhere", cwd=tmp_path, check=False)
     assert proc.returncode == 2 and "add --report" in proc.stderr and not (tmp_path / "elsewhere").exists()
+
+
+MARKUP_TEXTS = ["[/bold] win a prize", "[link=http://evil.example]click here[/link] now", "[/] hello", "[red]free[/red] cash"]
+
+
+def test_user_text_is_printed_as_text_never_as_markup(tmp_path, small_pool):
+    import csv
+
+    run("init", "p", "--task", small_pool / "task.toml", "--batch-size", "5", cwd=tmp_path)
+    proj = tmp_path / "p"
+    pool = tmp_path / "markup.csv"
+    with open(pool, "w", newline="") as f:
+        csv.writer(f).writerows([["text"], *[[t] for t in MARKUP_TEXTS]])
+    run("import", small_pool / "pool.csv", "--label-col", "label", cwd=proj)
+    run("import", pool, cwd=proj)
+    wide = {"COLUMNS": "300"}
+    # Every pool text is queried (n above the pool size), so the table prints each markup text.
+    queried = subprocess.run([sys.executable, "-m", "synthloop", "query", "--n", "1000"], cwd=proj, capture_output=True,
+                             text=True, env={**__import__("os").environ, **wide})
+    assert queried.returncode == 0, queried.stderr
+    for text in MARKUP_TEXTS:
+        assert text in queried.stdout, text
+    assert "\x1b]8;" not in queried.stdout  # no terminal hyperlink escape
+    predicted = subprocess.run([sys.executable, "-m", "synthloop", "predict", *MARKUP_TEXTS], cwd=proj,
+                               capture_output=True, text=True, env={**__import__("os").environ, **wide})
+    assert predicted.returncode == 0, predicted.stderr
+    assert all(text in predicted.stdout for text in MARKUP_TEXTS)
+
+
+def test_predict_takes_texts_a_file_or_stdin_and_refuses_a_bare_file_name(tmp_path, small_pool):
+    run("init", "p", "--task", small_pool / "task.toml", cwd=tmp_path)
+    proj = tmp_path / "p"
+    run("import", small_pool / "pool.csv", "--label-col", "label", cwd=proj)
+    run("train", cwd=proj)
+    assert len(json.loads(run("predict", "win cash", "see you at 5", "--json", cwd=proj).stdout)) == 2
+    (tmp_path / "texts.txt").write_text("win cash\n\nsee you\nhello\n")
+    assert len(json.loads(run("predict", "--file", tmp_path / "texts.txt", "--json", cwd=proj).stdout)) == 3
+    piped = subprocess.run([sys.executable, "-m", "synthloop", "predict", "-", "--json"], cwd=proj, input="a\nb\n",
+                           capture_output=True, text=True)
+    assert [r["text"] for r in json.loads(piped.stdout)] == ["a", "b"]
+    bare = run("predict", "nothere.csv", cwd=proj, check=False)
+    assert bare.returncode == 2 and "--file nothere.csv" in bare.stderr
+    missing = run("predict", "--file", "nothere.csv", cwd=proj, check=False)
+    assert missing.returncode == 2 and "no such file" in missing.stderr
+
+
+def test_bad_values_and_damaged_files_are_one_line_and_exit_2(tmp_path, small_pool):
+    proc = run("init", "p0", "--task", small_pool / "task.toml", "--batch-size", "0", cwd=tmp_path, check=False)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    run("init", "p", "--task", small_pool / "task.toml", "--batch-size", "5", cwd=tmp_path)
+    proj = tmp_path / "p"
+    run("import", small_pool / "pool.csv", "--label-col", "label", cwd=proj)
+    run("round", cwd=proj)
+    for args in (["query", "--n", "-5"], ["loop", "--rounds", "-3"], ["export", tmp_path / "no" / "such" / "x.csv"]):
+        proc = run(*args, cwd=proj, check=False)
+        assert proc.returncode == 2 and "Traceback" not in proc.stderr, (args, proc.stderr)
+    proc = run("simulate", "--task", small_pool / "task.toml", "--pool", small_pool / "pool.csv", "--test",
+               small_pool / "test.csv", "--budget", "-5", cwd=tmp_path, check=False)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    model = sorted((proj / ".synthloop" / "models").glob("v*.joblib"))[-1]
+    model.write_bytes(model.read_bytes()[:200])
+    proc = run("predict", "hello", cwd=proj, check=False)
+    assert proc.returncode == 2 and "is damaged" in proc.stderr and "synthloop train" in proc.stderr
+    db = proj / ".synthloop" / "store.db"
+    for junk in (db.read_bytes()[:4096], b"\x13" * 5000):
+        for extra in (".synthloop/store.db-wal", ".synthloop/store.db-shm"):
+            (proj / extra).unlink(missing_ok=True)
+        db.write_bytes(junk)
+        proc = run("status", cwd=proj, check=False)
+        assert proc.returncode == 2 and "is damaged" in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
+    db.write_bytes(b"")
+    proc = run("status", cwd=proj, check=False)
+    assert proc.returncode == 2 and "empty (0 bytes)" in proc.stderr
+    import shutil
+
+    shutil.rmtree(proj / ".synthloop")
+    proc = run("status", cwd=proj, check=False)
+    assert proc.returncode == 2 and "is missing" in proc.stderr
+
+
+def test_a_bug_prints_one_line_and_where_the_traceback_is(tmp_path, small_pool):
+    (tmp_path / "buggy_strategy.py").write_text("def pick(classifier, X, n_instances=1, **kw):\n    return 1 / 0\n")
+    run("init", "p", "--task", small_pool / "task.toml", cwd=tmp_path)
+    proj = tmp_path / "p"
+    run("import", small_pool / "pool.csv", "--label-col", "label", "--gold", cwd=proj)
+    env = {**__import__("os").environ}
+    env["PYTHONPATH"] = f"{tmp_path}:{env.get('PYTHONPATH', '')}"
+    proc = subprocess.run([sys.executable, "-m", "synthloop", "query", "--strategy", "buggy_strategy.pick"], cwd=proj,
+                          capture_output=True, text=True, env=env)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if line.strip() and "selecting" not in line]
+    assert len(lines) == 1 and "ZeroDivisionError" in lines[0] and "errors.log" in lines[0], proc.stderr
+    log = (proj / ".synthloop" / "logs" / "errors.log").read_text()
+    assert "Traceback" in log and "buggy_strategy.py" in log
+
+
+def test_report_markdown_escapes_html_and_links_in_user_text():
+    from synthloop.plots import to_markdown
+
+    evil = ["<script>alert(1)</script>", '<img src=x onerror="alert(2)">', "[click](javascript:alert(3))"]
+    md = to_markdown([("h2", evil[0]), ("p", f"label {evil[1]} in `synthloop round`"),
+                      ("table", ["label", "text"], [[evil[0], evil[2]], ["a|b", evil[1]]])], title=evil[1])
+    assert "<script" not in md and "<img" not in md and "](javascript:" not in md
+    assert "&lt;script&gt;" in md and "&lt;img src=x onerror=" in md and "`synthloop round`" in md
+    assert "a\\|b" in md  # a pipe in a cell does not split the table
+
+
+def test_library_warnings_go_to_the_log_not_the_terminal(tmp_path, small_pool):
+    (tmp_path / "noisy_strategy.py").write_text(
+        "import warnings\n\ndef pick(classifier, X, n_instances=1, **kw):\n"
+        "    warnings.warn('the number of unique classes is greater than 50%', UserWarning)\n"
+        "    return list(range(n_instances))\n")
+    run("init", "p", "--task", small_pool / "task.toml", "--batch-size", "3", cwd=tmp_path)
+    proj = tmp_path / "p"
+    run("import", small_pool / "pool.csv", "--label-col", "label", "--gold", cwd=proj)
+    env = {**__import__("os").environ}
+    env["PYTHONPATH"] = f"{tmp_path}:{env.get('PYTHONPATH', '')}"
+    proc = subprocess.run([sys.executable, "-m", "synthloop", "query", "--strategy", "noisy_strategy.pick", "--json"],
+                          cwd=proj, capture_output=True, text=True, env=env)
+    assert proc.returncode == 0, proc.stderr
+    assert len(json.loads(proc.stdout)["queries"]) == 3
+    assert "unique classes" not in proc.stderr
+    assert "unique classes" in (proj / ".synthloop" / "logs" / "errors.log").read_text()

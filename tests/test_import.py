@@ -64,8 +64,13 @@ def write(tmp_path, name, content: bytes):
     ("latin1.csv", "text\ncaf\xe9 au lait\n".encode("latin-1"), {}, "not UTF-8.*iconv"),
     ("cols.csv", b"body\nhello\n", {}, "no column 'text'.*--text-col"),
     ("cols2.csv", b"text\nhello\n", {"label_col": "label"}, "no column 'label'.*--label-col"),
-    ("labels.csv", b"text,label\nhello,ham\nbuy now,eggs\n", {"label_col": "label"}, r"\['eggs'\] are not in the task"),
-    ("blank.csv", b"text\nhello\n\"  \"\nok\n", {}, r"empty text \(line 3\)"),
+    ("labels.csv", b"text,label\nhello,ham\nbuy now,eggs\n", {"label_col": "label"}, r"line 3: label 'eggs' is not in the task"),
+    ("blank.csv", b"text\nhello\n\"  \"\nok\n", {}, r"line 3: the text is empty or only spaces.*--skip-invalid"),
+    ("nul.csv", b"text\nhello\n\x00\x00 \nok\n", {}, r"line 3: the text holds only NUL bytes"),
+    ("numbers.jsonl", b'{"text": "fine"}\n{"text": 5}\n{"text": ["a"]}\n', {},
+     r"line 2: the text is a number \(5\).*--text-col.*line 3: the text is a list"),
+    ("conflict.csv", b"text,label\nwin cash,spam\nhello,ham\nwin cash,ham\n", {"label_col": "label"},
+     r"1 text\(s\) appear with two different labels \(line 2, line 4\)"),
     ("odd.xlsx", b"whatever", {}, "unsupported file type"),
     ("broken.jsonl", b'{"text": "a"}\n{"text": \n', {}, "could not be read as jsonl"),
 ])
@@ -83,3 +88,64 @@ def test_duplicate_user_ids_with_different_texts(project, tmp_path):
     with pytest.raises(SynthloopError, match="used for two different texts"):
         project.import_file(path, id_col="id")
     assert project.store.count_examples() == {}
+
+
+def test_a_byte_order_mark_is_no_error(project, tmp_path):
+    bom = b"\xef\xbb\xbf"
+    csv_result = project.import_file(write(tmp_path, "bom.csv", bom + b"text\nhello there\n"))
+    jsonl_result = project.import_file(write(tmp_path, "bom.jsonl", bom + b'{"text": "good morning"}\n'))
+    assert csv_result.added == 1 and jsonl_result.added == 1
+
+
+def test_skip_invalid_imports_the_rest_and_lists_every_skipped_row(tmp_path, small_pool):
+    import csv
+    import json
+    import subprocess
+    import sys
+
+    subprocess.run([sys.executable, "-m", "synthloop", "init", "p", "--task", small_pool / "task.toml"], cwd=tmp_path,
+                   check=True, capture_output=True)
+    bad = write(tmp_path, "bad.csv", b"text,label\nhello there,ham\n\"  \",ham\nbuy,eggs\nwin cash,spam\n"
+                                     b"win cash,ham\nsee you,ham\n")
+
+    def run(*args):
+        return subprocess.run([sys.executable, "-m", "synthloop", *map(str, args)], cwd=tmp_path / "p",
+                              capture_output=True, text=True)
+
+    refused = run("import", bad, "--label-col", "label")
+    assert refused.returncode == 2 and "--skip-invalid" in refused.stderr
+    done = run("import", bad, "--label-col", "label", "--skip-invalid", "--json")
+    assert done.returncode == 0, done.stderr
+    data = json.loads(done.stdout)
+    assert data["added"] == 2 and data["labels_added"] == 2  # "hello there" and "see you"
+    expected = [["line 3", "the text is empty or only spaces"],
+                ["line 4", "label 'eggs' is not in the task (task labels: ['ham', 'spam'])"],
+                ["line 5", "the same text has another label elsewhere in the file"],
+                ["line 6", "the same text has another label elsewhere in the file"]]
+    assert [list(row) for row in data["skipped"]] == expected
+    with open(data["skipped_file"], newline="") as f:
+        assert list(csv.reader(f)) == [["where", "reason"], *expected]
+    table = run("import", bad, "--label-col", "label", "--skip-invalid")
+    assert "skipped 4 invalid row(s)" in table.stderr and "line 5: the same text has another label" in table.stderr
+
+
+def test_first_label_wins_keeps_the_first_row_of_a_conflicting_text(project, tmp_path):
+    path = write(tmp_path, "conflict.csv", b"text,label\nwin cash,spam\nhello,ham\nwin cash,ham\n")
+    result = project.import_file(path, label_col="label", first_label_wins=True)
+    assert result.added == 2 and result.duplicates_in_file == 1
+    assert {r[1]: r[2] for r in project.store.training_set()}["win cash"] == "spam"
+
+
+def test_test_texts_already_in_the_pool_are_reported(tmp_path, small_pool):
+    import subprocess
+    import sys
+
+    subprocess.run([sys.executable, "-m", "synthloop", "init", "p", "--task", small_pool / "task.toml"], cwd=tmp_path,
+                   check=True, capture_output=True)
+    write(tmp_path, "pool.csv", b"text\nwin cash now\nhello mum\n")
+    write(tmp_path, "test.csv", b"text,label\nwin cash now,spam\nsee you at 5,ham\n")
+    run = lambda *a: subprocess.run([sys.executable, "-m", "synthloop", *map(str, a)], cwd=tmp_path / "p",  # noqa: E731
+                                    capture_output=True, text=True)
+    assert run("import", tmp_path / "pool.csv").returncode == 0
+    out = run("import", tmp_path / "test.csv", "--label-col", "label", "--split", "test").stdout
+    assert "1 of these texts are already in the pool: the stored copy wins" in " ".join(out.split())

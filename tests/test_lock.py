@@ -58,7 +58,8 @@ def test_a_second_writer_is_refused_with_the_holder_named_and_exit_75(proj):
     first = paused(["round"], proj, "trained")
     try:
         for args in (["round"], ["loop", "--rounds", "2"], ["train"], ["query"], ["label"],
-                     ["import", proj / "nothing.csv"], ["nightly"], ["report", "--no-latency"]):
+                     ["import", proj / "nothing.csv"], ["nightly"], ["report", "--no-latency"], ["generate"],
+                     ["review", "push"], ["review", "pull"]):
             proc = run(args, proj)
             assert proc.returncode == 75, (args, proc.stderr)
             assert f"pid {first.pid}" in proc.stderr and "`synthloop round`" in proc.stderr and "since" in proc.stderr

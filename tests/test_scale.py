@@ -275,7 +275,7 @@ def test_import_streams_the_file_in_batches_and_stores_what_a_whole_read_stores(
     write_pool(path, pd.DataFrame({"text": rows, "label": labels}))
     whole, streamed = twin_projects(tmp_path)
     monkeypatch.setattr(data, "IMPORT_BATCH_ROWS", 10**9)
-    reference = whole.import_file(path, label_col="label")
+    reference = whole.import_file(path, label_col="label", first_label_wins=True)
 
     batches: list[int] = []
     iter_batches = pq.ParquetFile.iter_batches
@@ -303,7 +303,7 @@ def test_import_streams_the_file_in_batches_and_stores_what_a_whole_read_stores(
     monkeypatch.setattr(pd, "read_csv", chunked(read_csv))
     monkeypatch.setattr(pd, "read_json", chunked(read_json))
     monkeypatch.setattr(data, "IMPORT_BATCH_ROWS", 100)
-    result = streamed.import_file(path, label_col="label")
+    result = streamed.import_file(path, label_col="label", first_label_wins=True)
 
     # Two passes (check, then store) of 11 batches each, none over 100 rows.
     assert len(batches) == 2 * 11 and max(batches) == 100 and sum(batches) == 2 * len(rows)
@@ -336,7 +336,7 @@ def test_bad_rows_in_a_late_batch_store_nothing(project, tmp_path, monkeypatch):
     before = project.store.count_examples()
     # An empty text in the last batch: the first pass finds it before any batch is stored.
     write_pool(tmp_path / "blank.parquet", pd.DataFrame({"text": texts[:-1] + ["   "]}))
-    with pytest.raises(SynthloopError, match=r"1 row\(s\) have an empty text \(line 401\)"):
+    with pytest.raises(SynthloopError, match=r"1 row\(s\) cannot be imported — row 400: the text is empty"):
         project.import_file(tmp_path / "blank.parquet")
     # One id for two texts, 300 rows apart: told apart by the texts' hashes, not by holding the texts.
     write_pool(tmp_path / "ids.parquet", pd.DataFrame({"text": texts, "key": [*range(399), 7]}))

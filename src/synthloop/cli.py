@@ -64,7 +64,7 @@ def init(directory: Annotated[Path, typer.Argument(help="Folder for the new proj
          model: Annotated[str, typer.Option(help="tfidf-lr, hashing-lr or embed-lr.")] = "tfidf-lr",
          strategy: Annotated[str, typer.Option(help="Query strategy.")] = "margin",
          labeler: Annotated[str, typer.Option(help="Who labels queries.")] = "oracle",
-         batch_size: Annotated[int, typer.Option(help="Queries per round.")] = 25,
+         batch_size: Annotated[int, typer.Option(min=1, help="Queries per round.")] = 25,
          as_json: JsonOpt = False):
     """Create a project: synthloop.toml and the .synthloop/ folder."""
     from synthloop.project import Project
@@ -83,14 +83,41 @@ def import_(file: Annotated[Path, typer.Argument(help="CSV, TSV, JSONL or Parque
             id_col: Annotated[Optional[str], typer.Option(help="Column with your own ids (default: hash of the text).")] = None,
             split: Annotated[str, typer.Option(help="pool (to label and train on) or test (held out).")] = "pool",
             gold: Annotated[bool, typer.Option("--gold", help="Keep pool labels hidden, for the simulated oracle.")] = False,
+            skip_invalid: Annotated[bool, typer.Option("--skip-invalid", help="Import the valid rows and list every "
+                                                       "row left out (line and reason), also in --skipped-file.")] = False,
+            skipped_file: Annotated[Optional[Path], typer.Option(help="CSV of the skipped rows (default: "
+                                                                 ".synthloop/logs/skipped-FILE.csv).")] = None,
+            first_label_wins: Annotated[bool, typer.Option("--first-label-wins", help="A text given two different "
+                                                           "labels keeps its first row's (default: refuse the file).")] = False,
             project: ProjectOpt = Path("."), as_json: JsonOpt = False):
     """Import examples into the pool or the test split. Importing the same file twice adds nothing."""
     proj = _open(project)
-    result = proj.import_file(file, text_col, label_col, id_col, split, gold)
-    if not _emit(asdict(result), as_json):
-        out.print(f"{result.added} new examples into {split} ({result.already_stored} already stored, "
-                  f"{result.duplicates_in_file} duplicate rows, {result.other_split} in the other split); "
-                  f"{result.labels_added} labels added")
+    result = proj.import_file(file, text_col, label_col, id_col, split, gold, skip_invalid=skip_invalid,
+                              first_label_wins=first_label_wins)
+    data = asdict(result)
+    if result.skipped:
+        import csv
+
+        target = skipped_file or proj.state_dir / "logs" / f"skipped-{file.stem}.csv"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with open(target, "w", newline="", encoding="utf-8") as f:
+            csv.writer(f).writerows([("where", "reason"), *result.skipped])
+        data["skipped_file"] = str(target)
+    if _emit(data, as_json):
+        return
+    out.print(f"{result.added} new examples into {split} ({result.already_stored} already stored, "
+              f"{result.duplicates_in_file} duplicate rows, {result.other_split} in the other split); "
+              f"{result.labels_added} labels added", markup=False)
+    if result.other_split:
+        other = "pool" if split == "test" else "test split"
+        out.print(f"{result.other_split} of these texts are already in the {other}: the stored copy wins, so they "
+                  f"stay in the {other} and are not added to the {split}", markup=False)
+    if result.skipped:
+        err.print(f"skipped {len(result.skipped)} invalid row(s), listed in {data['skipped_file']}:", markup=False)
+        for where, why in result.skipped[:20]:
+            err.print(f"  {where}: {why}", markup=False, highlight=False)
+        if len(result.skipped) > 20:
+            err.print(f"  ... and {len(result.skipped) - 20} more", markup=False)
 
 
 @app.command()
@@ -108,7 +135,7 @@ def train(project: ProjectOpt = Path("."), as_json: JsonOpt = False):
 
 @app.command()
 @cli_command(writes="query")
-def query(n: Annotated[Optional[int], typer.Option("--n", help="How many to query (default: batch size).")] = None,
+def query(n: Annotated[Optional[int], typer.Option("--n", min=1, help="How many to query (default: batch size).")] = None,
           strategy: Annotated[Optional[str], typer.Option(help="Override the project's strategy.")] = None,
           project: ProjectOpt = Path("."), as_json: JsonOpt = False):
     """Select the next examples to label (trains first if this round has no model yet)."""
@@ -148,7 +175,7 @@ def round_(labeler: Annotated[Optional[str], typer.Option(help="Route this round
 
 @app.command()
 @cli_command(writes="loop")
-def loop(rounds: Annotated[int, typer.Option(help="How many rounds.")] = 5,
+def loop(rounds: Annotated[int, typer.Option(min=1, help="How many rounds.")] = 5,
          until_stable: Annotated[bool, typer.Option(help="Stop early once predictions stabilize (see [loop] stop_*).")] = False,
          project: ProjectOpt = Path("."), as_json: JsonOpt = False, quiet: QuietOpt = False):
     """Run several rounds in a row."""
@@ -374,8 +401,8 @@ def simulate(task: Annotated[Path, typer.Option(help="Task file.")],
              pool: Annotated[Path, typer.Option(help="Pool file with gold labels.")],
              test: Annotated[Path, typer.Option(help="Test file with labels.")],
              strategy: str = "margin", model: str = "tfidf-lr",
-             budget: Annotated[int, typer.Option(help="Labels to buy in all.")] = 500,
-             batch: Annotated[int, typer.Option(help="Labels per round.")] = 25,
+             budget: Annotated[int, typer.Option(min=1, help="Labels to buy in all.")] = 500,
+             batch: Annotated[int, typer.Option(min=1, help="Labels per round.")] = 25,
              seed: int = 0, text_col: str = "text", label_col: str = "label",
              with_report: Annotated[bool, typer.Option("--report", help="Also run the random baseline (same seed) and write "
                                                         "the report with both learning curves to REPORT_DIR.")] = False,

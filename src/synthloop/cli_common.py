@@ -31,7 +31,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from synthloop.config import STATE_DIR
-from synthloop.errors import EXIT_FAILED, SynthloopError, exit_code
+from synthloop.errors import EXIT_FAILED, SynthloopError, exit_code, explain
 
 err = Console(stderr=True)
 WaitOpt = Annotated[float, typer.Option("--wait", min=0, help="Seconds to wait for another synthloop command "
@@ -96,10 +96,11 @@ def cli_command(writes: str | None = None):
                 except KeyboardInterrupt:
                     err.print("[yellow]interrupted:[/] what was stored so far is kept; run the command again to resume")
                     raise typer.Exit(130) from None
-                except Exception as error:  # noqa: BLE001 - the one place that turns errors into exit statuses
+                except Exception as raised:  # noqa: BLE001 - the one place that turns errors into exit statuses
+                    error = explain(raised) or raised
                     status = exit_code(error)
                     if status == EXIT_FAILED:
-                        where = _write_log(project, traceback.format_exc())
+                        where = _write_log(project, traceback.format_exc())  # the one that was raised
                         err.print(f"[bold red]failed:[/] {escape(type(error).__name__)}: {escape(str(error))} "
                                   f"(a bug; the traceback is in {where})", highlight=False, soft_wrap=True)
                     else:

@@ -143,5 +143,26 @@ def load_config(path: Path) -> Config:
     try:
         return Config.model_validate(data)
     except ValidationError as err:
-        raise SynthloopError(format_validation_error(err, str(path))) from None
+        raise SynthloopError(format_validation_error(err, str(path), what="config")) from None
 
+
+
+def validate_config(data: dict, source: str = "the settings given") -> Config:
+    """A Config from plain data (Project.init's settings); a bad value is a SynthloopError naming it."""
+    try:
+        return Config.model_validate(data)
+    except ValidationError as err:
+        raise SynthloopError(format_validation_error(err, source, what="config")) from None
+
+
+def check_state(root: Path) -> None:
+    """Refuse a project whose store is gone or empty rather than start over silently with an empty one: the
+    labels bought so far live in it."""
+    state, db = root / STATE_DIR, root / STATE_DIR / "store.db"
+    if not state.is_dir():
+        raise SynthloopError(f"{state} is missing, and with it the store of this project's labels; restore it from a "
+                             f"backup, or `mkdir {state}` to start this project over with an empty store")
+    # (A missing store.db is not refused: a project whose store is a database server has none.)
+    if db.exists() and db.stat().st_size == 0:
+        raise SynthloopError(f"{db} is empty (0 bytes); restore it from a backup, or move {state} away to start over "
+                             "with an empty store")

@@ -80,10 +80,10 @@ def _parquet_batches(path: Path, wanted: dict[str, str], batch_rows: int) -> Ite
 
 def _frame_batches(path: Path, kind: str, wanted: dict[str, str], batch_rows: int) -> Iterator[dict[str, list]]:
     if kind == "jsonl":
-        reader = pd.read_json(path, lines=True, dtype=False, encoding="utf-8", chunksize=batch_rows)
+        reader = pd.read_json(path, lines=True, dtype=False, encoding="utf-8-sig", chunksize=batch_rows)
     else:
         reader = pd.read_csv(path, sep="\t" if kind == "tsv" else ",", dtype=str, keep_default_na=False,
-                             na_values=[""], encoding="utf-8", chunksize=batch_rows)
+                             na_values=[""], encoding="utf-8-sig", chunksize=batch_rows)
     seen: set[str] = set()
     with reader:
         for frame in reader:
@@ -119,12 +119,16 @@ def raw_batches(path: Path, wanted: dict[str, str], batch_rows: int) -> Iterator
 
 # Rows: stripped texts, labels, ids -----------------------------------------------------------------
 
+def _clean(value: str) -> str:
+    return value.replace("\x00", "").strip()  # NUL bytes are no text, and break printing and SQLite's C strings
+
+
 def _blank(value) -> bool:
-    return value is None or (isinstance(value, float) and np.isnan(value)) or (isinstance(value, str) and not value.strip())
+    return value is None or (isinstance(value, float) and np.isnan(value)) or (isinstance(value, str) and not _clean(value))
 
 
 def _batch(raw: dict[str, list], start: int, text_col: str, label_col: str | None, id_col: str | None) -> Batch:
-    texts = [t.strip() if isinstance(t, str) else "" for t in raw[text_col]]
+    texts = [_clean(t) if isinstance(t, str) else "" for t in raw[text_col]]
     labels = [None if _blank(v) else str(v).strip() for v in raw[label_col]] if label_col else [None] * len(texts)
     if id_col:
         ids = ["" if _blank(v) else str(v).strip() for v in raw[id_col]]
@@ -133,36 +137,63 @@ def _batch(raw: dict[str, list], start: int, text_col: str, label_col: str | Non
     return Batch(start, ids, texts, labels)
 
 
+def _text_problem(value) -> str:
+    """Why a raw text value is no text."""
+    if value is None or isinstance(value, float) and np.isnan(value):
+        return "no text (the cell is empty or the key is missing)"
+    if isinstance(value, bytes):
+        return "the text is binary data, not a string"
+    if isinstance(value, bool | int | float):
+        return f"the text is a number ({value!r}), not a string: is --text-col the right column?"
+    if isinstance(value, list | dict | tuple):
+        return f"the text is a {type(value).__name__}, not a string: is --text-col the right column?"
+    if isinstance(value, str) and "\x00" in value:
+        return "the text holds only NUL bytes and spaces"
+    if isinstance(value, str):
+        return "the text is empty or only spaces"
+    return f"the text is a {type(value).__name__}, not a string"
+
+
+def line_of(path: Path, row: int) -> str:
+    """Where a 0-based data row is in the file, as its reader sees it."""
+    kind = FORMATS.get(path.suffix.lower())
+    if kind in ("csv", "tsv"):
+        return f"line {row + 2}"  # after the header line
+    if kind == "jsonl":
+        return f"line {row + 1}"
+    return f"row {row + 1}"
+
+
 @dataclass
 class _Problems:
-    """What the first pass found wrong, reported in the order a reader fixes them."""
+    """Every row the first pass found wrong (file row, reason), in file order."""
 
-    empty_lines: list[int] = field(default_factory=list)
-    n_empty: int = 0
+    rows: list[tuple[int, str]] = field(default_factory=list)
     unknown_labels: set[str] = field(default_factory=set)
-    empty_ids: int = 0
 
-    def add(self, batch: Batch, allowed_labels: list[str] | None) -> None:
-        for k, text in enumerate(batch.texts):
+    def add(self, raw: dict[str, list], batch: Batch, text_col: str, id_col: str | None,
+            allowed_labels: list[str] | None) -> None:
+        for k, (text, label, id_) in enumerate(zip(batch.texts, batch.labels, batch.ids)):
             if not text:
-                self.n_empty += 1
-                if len(self.empty_lines) < 10:
-                    self.empty_lines.append(batch.start + k + 2)  # 1-based, after the header line
-        if allowed_labels is not None:
-            self.unknown_labels.update(lab for lab in batch.labels if lab is not None and lab not in allowed_labels)
-        self.empty_ids += sum(1 for i, t in zip(batch.ids, batch.texts) if t and not i)
+                self.rows.append((batch.start + k, _text_problem(raw[text_col][k])))
+            elif allowed_labels is not None and label is not None and label not in allowed_labels:
+                self.unknown_labels.add(label)
+                self.rows.append((batch.start + k, f"label {label!r} is not in the task (task labels: {allowed_labels})"))
+            elif not id_:
+                self.rows.append((batch.start + k, f"the id column {id_col!r} is empty"))
 
-    def raise_any(self, path: Path, id_col: str | None, allowed_labels: list[str] | None) -> None:
-        if self.n_empty:
-            shown = ", ".join(map(str, self.empty_lines)) + (" …" if self.n_empty > 10 else "")
-            raise SynthloopError(f"{path}: {self.n_empty} row(s) have an empty text (line {shown}); remove or fill them")
-        if self.unknown_labels:
-            raise SynthloopError(
-                f"{path}: labels {sorted(self.unknown_labels)} are not in the task (task labels: {allowed_labels}); "
-                "fix the file or add those labels to the task"
-            )
-        if self.empty_ids:
-            raise SynthloopError(f"{path}: some rows have an empty {id_col!r}; every row needs an id")
+    def mask(self, n: int) -> np.ndarray:
+        valid = np.ones(n, dtype=bool)
+        valid[[row for row, _ in self.rows]] = False
+        return valid
+
+    def raise_any(self, path: Path) -> None:
+        if not self.rows:
+            return
+        shown = "; ".join(f"{line_of(path, row)}: {why}" for row, why in self.rows[:5])
+        more = f" (and {len(self.rows) - 5} more)" if len(self.rows) > 5 else ""
+        raise SynthloopError(f"{path}: {len(self.rows)} row(s) cannot be imported — {shown}{more}. Fix or remove them, "
+                             "or pass --skip-invalid to import the rest (every skipped row is listed)")
 
 
 def _text_hashes(texts: list[str]) -> np.ndarray:
@@ -179,23 +210,43 @@ def _keys(ids: list[str], id_col: str | None) -> np.ndarray:
     return np.array([i.encode("utf-8", "surrogatepass") for i in ids], dtype=bytes)
 
 
-def _first_rows(path: Path, keys: list[np.ndarray], text_hashes: list[np.ndarray]) -> np.ndarray:
-    """A mask of the first row of each id (keys: per batch, emptied here); an id given to two different
-    texts is an error."""
-    ids = np.concatenate(keys)
-    keys.clear()  # the batches' arrays are freed once joined
+def _first_rows(path: Path, ids_all: np.ndarray, text_hashes: np.ndarray | None, labels_all: np.ndarray | None,
+                valid: np.ndarray, problems: _Problems | None) -> np.ndarray:
+    """A mask of the first valid row of each id; an id given to two different texts is an error. One text
+    with two different labels is a conflict: an error, or with `problems` (an --skip-invalid import) every
+    row of that text is skipped and listed, since nothing says which label is right."""
+    # Every row valid (the usual case): no index arrays beyond the sort, so the check stays ~25 bytes a row.
+    rows = None if valid.all() else np.flatnonzero(valid)
+    ids = ids_all if rows is None else ids_all[rows]
     order = np.argsort(ids, kind="stable")  # stable: within an id, the earliest row comes first
     ordered = ids[order]
     del ids
+    at = order if rows is None else rows[order]  # the file row at each sorted position
+    del order, rows
     same = ordered[1:] == ordered[:-1]
-    if text_hashes and same.any():
-        hashes = np.concatenate(text_hashes)[order]
+    if text_hashes is not None and same.any():
+        hashes = text_hashes[at]
         clash = same & (hashes[1:] != hashes[:-1]).any(axis=1)
         if clash.any():
             bad = bytes(ordered[1:][clash][0]).decode("utf-8", "surrogatepass")
             raise SynthloopError(f"{path}: id {bad!r} is used for two different texts; ids must be unique")
-    keep = np.zeros(len(order), dtype=bool)
-    keep[order[np.concatenate([[True], ~same])]] = True
+    if labels_all is not None and same.any():
+        labels = labels_all[at]
+        differ = same & (labels[1:] != labels[:-1]) & (labels[1:] != b"") & (labels[:-1] != b"")
+        if differ.any():
+            conflicted = np.unique(ordered[1:][differ])
+            bad_rows = np.sort(at[np.isin(ordered, conflicted)])
+            if problems is None:
+                shown = ", ".join(line_of(path, int(r)) for r in bad_rows[:6])
+                raise SynthloopError(f"{path}: {len(conflicted)} text(s) appear with two different labels ({shown}); "
+                                     "keep the right label and remove the other rows, pass --first-label-wins to keep "
+                                     "each text's first label, or --skip-invalid to leave those texts out")
+            problems.rows += [(int(r), "the same text has another label elsewhere in the file") for r in bad_rows]
+            valid = valid.copy()
+            valid[bad_rows] = False
+            return _first_rows(path, ids_all, text_hashes, labels_all, valid, problems)  # no conflict is left now
+    keep = np.zeros(len(valid), dtype=bool)
+    keep[at[np.concatenate([[True], ~same])]] = True
     return keep
 
 
@@ -210,10 +261,11 @@ class TablePlan:
     batch_rows: int
     rows: int
     keep: np.ndarray  # per file row: the first row with its id
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # (where, why) of each row left out
 
     @property
     def duplicates(self) -> int:
-        return self.rows - int(self.keep.sum())
+        return self.rows - int(self.keep.sum()) - len(self.skipped)
 
     def batches(self) -> Iterator[Batch]:
         """The first row of each id, batch by batch, in file order."""
@@ -235,25 +287,38 @@ def _wanted(text_col: str, label_col: str | None, id_col: str | None) -> dict[st
 
 
 def scan_table(path: str | Path, text_col: str = "text", label_col: str | None = None, id_col: str | None = None,
-               allowed_labels: list[str] | None = None) -> TablePlan:
+               allowed_labels: list[str] | None = None, skip_invalid: bool = False,
+               first_label_wins: bool = False) -> TablePlan:
     """The first pass: every check on every row, streamed. Holds one batch, plus each row's id (8 bytes for
-    the hash ids; with id_col, its bytes and a 16-byte hash of its text) for the duplicate check, not the texts."""
+    the hash ids; with id_col, its bytes and a 16-byte hash of its text) for the duplicate check, not the texts.
+    With skip_invalid, bad rows are left out and listed in the plan's `skipped` instead of refusing the file.
+    A text given two different labels is refused (or skipped), unless first_label_wins keeps its first row."""
     path = Path(path)
     batch_rows = IMPORT_BATCH_ROWS
     problems = _Problems()
-    keys, hashes, rows = [], [], 0
+    keys, hashes, labels, rows = [], [], [], 0
     for raw in raw_batches(path, _wanted(text_col, label_col, id_col), batch_rows):
         batch = _batch(raw, rows, text_col, label_col, id_col)
         rows += len(batch.texts)
-        problems.add(batch, allowed_labels)
+        problems.add(raw, batch, text_col, id_col, allowed_labels)
         keys.append(_keys(batch.ids, id_col))
         if id_col is not None:
             hashes.append(_text_hashes(batch.texts))
+        if label_col is not None and not first_label_wins:
+            labels.append(np.array([(lab or "").encode("utf-8", "surrogatepass") for lab in batch.labels], dtype=bytes))
     if rows == 0:
         raise SynthloopError(f"{path} has no rows; give a file with at least one example")
-    problems.raise_any(path, id_col, allowed_labels)
-    keep = _first_rows(path, keys, hashes)
-    return TablePlan(path, text_col, label_col, id_col, batch_rows, rows, keep)
+    if not skip_invalid:
+        problems.raise_any(path)
+    ids_all = np.concatenate(keys)
+    keys.clear()  # the batches' arrays are freed once joined
+    keep = _first_rows(path, ids_all, np.concatenate(hashes) if hashes else None,
+                       np.concatenate(labels) if labels else None, problems.mask(rows),
+                       problems if skip_invalid else None)
+    skipped = [(line_of(path, row), why) for row, why in sorted(problems.rows)]
+    if skip_invalid and len(skipped) == rows:
+        raise SynthloopError(f"{path}: no row can be imported (first: {skipped[0][0]}: {skipped[0][1]})")
+    return TablePlan(path, text_col, label_col, id_col, batch_rows, rows, keep, skipped)
 
 
 def read_table(path: str | Path, text_col: str = "text", label_col: str | None = None,

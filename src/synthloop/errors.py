@@ -64,3 +64,28 @@ def exit_code(error: BaseException) -> int:
         inner = error.__cause__ or error.__context__
         return EXIT_UNAVAILABLE if isinstance(inner, network) else EXIT_USAGE
     return EXIT_FAILED
+
+
+def explain(error: BaseException) -> SynthloopError | None:
+    """A user error for what the machine or the files did (disk full, a damaged store, a read-only folder),
+    with the fix; None for anything else. SQLite rolls the interrupted transaction back, so the store is as
+    the last finished step left it."""
+    import errno
+    import sqlite3
+
+    inner = getattr(error, "orig", None) or error  # SQLAlchemy wraps the sqlite3 error
+    text = str(inner).lower()
+    if isinstance(inner, OSError) and inner.errno == errno.ENOSPC or "database or disk is full" in text:
+        return SynthloopError("the disk is full. Nothing stored is lost: the store keeps every finished step and "
+                              "dropped the unfinished one. Free some space and run the command again")
+    if isinstance(inner, sqlite3.DatabaseError) and any(
+            s in text for s in ("not a database", "malformed", "disk i/o error", "unsupported file format")):
+        return SynthloopError(f"the store (.synthloop/store.db) is damaged ({inner}); restore it from a backup "
+                              "(`sqlite3 store.db .recover > saved.sql` may rescue what is left)")
+    if isinstance(inner, sqlite3.OperationalError) and "readonly database" in text:
+        return SynthloopError("the store is read-only for this user; run the command as its owner, or on a "
+                              "writable copy (status, predict and export only read)")
+    if isinstance(inner, PermissionError):
+        return SynthloopError(f"permission denied: {inner.filename or inner}; run as the project's owner or fix the "
+                              "folder's permissions")
+    return None

@@ -151,7 +151,11 @@ def load_model(path: str | Path) -> TextClassifier:
     path = Path(path)
     if not path.is_file():
         raise SynthloopError(f"model file {path} is missing; run `synthloop train` to make a new version")
-    model = joblib.load(path)
+    try:
+        model = joblib.load(path)
+    except Exception as err:  # noqa: BLE001 - truncated or overwritten: pickle says so in many ways
+        raise SynthloopError(f"model file {path} is damaged ({type(err).__name__}); run `synthloop train` to make a "
+                             "new version from the labels in the store") from None
     if model.featurizer_ is None:
         model.featurizer_ = _load_featurizer(path.parent / model.featurizer_file_)
     return model

@@ -349,18 +349,28 @@ def to_html(blocks: list[tuple], title: str) -> str:
             + "\n".join(parts) + "</body></html>\n")
 
 
-def to_markdown(blocks: list[tuple], title: str) -> str:
-    def cell(value) -> str:
-        return str(value).replace("|", "\\|").replace("\n", " ")
+# Markdown renders raw HTML and links: user text (label names, texts, the task name) must reach report.md as
+# text. HTML's specials become entities, and Markdown's link and emphasis marks are backslash-escaped.
+_MD_SPECIALS = str.maketrans({c: "\\" + c for c in "\\`*_[]()#!|~"})
 
-    parts = [f"# synthloop report: {title}", "", "Plots are in report.html."]
+
+def md_text(value, code_spans: bool = False) -> str:
+    """`value` as literal Markdown text. code_spans keeps our own `command` spans (paragraphs we wrote)."""
+    text = html.escape(str(value), quote=False).replace("\n", " ")
+    if code_spans:
+        return text.replace("[", "\\[").replace("]", "\\]")
+    return text.translate(_MD_SPECIALS)
+
+
+def to_markdown(blocks: list[tuple], title: str) -> str:
+    parts = [f"# synthloop report: {md_text(title)}", "", "Plots are in report.html."]
     for block in blocks:
         kind = block[0]
         if kind == "h2":
-            parts += ["", f"## {block[1]}"]
+            parts += ["", f"## {md_text(block[1])}"]
         elif kind == "p":
-            parts += ["", block[1]]
+            parts += ["", md_text(block[1], code_spans=True)]
         elif kind == "table":
-            parts += ["", "| " + " | ".join(map(cell, block[1])) + " |", "|" + "---|" * len(block[1])]
-            parts += ["| " + " | ".join(map(cell, row)) + " |" for row in block[2]]
+            parts += ["", "| " + " | ".join(map(md_text, block[1])) + " |", "|" + "---|" * len(block[1])]
+            parts += ["| " + " | ".join(map(md_text, row)) + " |" for row in block[2]]
     return "\n".join(parts) + "\n"

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +16,7 @@ import scipy.sparse as sp
 
 from synthloop import active, selection, shared_models
 from synthloop.budget import Budget
-from synthloop.config import CONFIG_FILE, STATE_DIR, Config, load_config
+from synthloop.config import CONFIG_FILE, STATE_DIR, Config, check_state, load_config, validate_config
 from synthloop.data import scan_table
 from synthloop.errors import SynthloopError
 from synthloop.labelers import argilla_queue, get_labeler
@@ -43,6 +43,7 @@ class ImportResult:
     duplicates_in_file: int
     labels_added: int
     other_split: int  # texts already stored in the other split, left where they are
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # (line, reason) of rows left out (skip_invalid)
 
 
 class _StoreCache:
@@ -56,7 +57,7 @@ class Project:
     def __init__(self, root: str | Path = "."):
         self.root = Path(root).resolve()
         self.config: Config = load_config(self.root / CONFIG_FILE)
-        self.state_dir.mkdir(exist_ok=True)
+        check_state(self.root)
         # A project folder we may not write to (a shared, read-only copy) is still read: status, predict, export.
         self.store = Store.for_project(self.root, self.config.store.url, readonly=not os.access(self.state_dir, os.W_OK))
         self._featurizers: dict[str, object] = {}
@@ -77,7 +78,7 @@ class Project:
         for section, values in settings.items():
             current = getattr(config, section)
             setattr(config, section, current.model_copy(update=values))
-        config = Config.model_validate(config.model_dump())
+        config = validate_config(config.model_dump())
         check_choices(config)
         root.mkdir(parents=True, exist_ok=True)
         (root / STATE_DIR).mkdir(exist_ok=True)
@@ -106,7 +107,8 @@ class Project:
 
     # data ---------------------------------------------------------------------------------------
     def import_file(self, path: str | Path, text_col: str = "text", label_col: str | None = None,
-                    id_col: str | None = None, split: str = "pool", gold: bool = False) -> ImportResult:
+                    id_col: str | None = None, split: str = "pool", gold: bool = False,
+                    skip_invalid: bool = False, first_label_wins: bool = False) -> ImportResult:
         """Import examples. Labels of a test file, or of a pool file with gold=True, stay hidden: they
         score the model (test) or answer the simulated reviewer (pool). Other pool labels train the model.
 
@@ -117,9 +119,10 @@ class Project:
             raise SynthloopError(f"split must be 'pool' or 'test', not {split!r}")
         if split == "test" and label_col is None:
             raise SynthloopError("a test split needs labels; pass --label-col with the column that holds them")
-        plan = scan_table(path, text_col, label_col, id_col, allowed_labels=self.task.label_names)
+        plan = scan_table(path, text_col, label_col, id_col, allowed_labels=self.task.label_names, skip_invalid=skip_invalid,
+                          first_label_wins=first_label_wins)
         result = ImportResult(rows=plan.rows, added=0, already_stored=0, duplicates_in_file=plan.duplicates,
-                              labels_added=0, other_split=0)
+                              labels_added=0, other_split=0, skipped=plan.skipped)
         before = self._label_total()
         for batch in plan.batches():
             self._import_batch(batch, split, hidden=split == "test" or gold, result=result)
@@ -151,6 +154,8 @@ class Project:
         import pandas as pd
 
         path = Path(path)
+        if not path.parent.is_dir():
+            raise SynthloopError(f"cannot export to {path}: folder {path.parent} does not exist; create it or pick another")
         frame = pd.DataFrame(self.store.labeled_export(), columns=["id", "text", "label", "source"])
         if path.suffix == ".parquet":
             frame.to_parquet(path, index=False)
@@ -285,6 +290,11 @@ class Project:
 
     def train(self, round_: int | None = None) -> tuple[int, TextClassifier]:
         ids, texts, labels, weights = self.training_data()
+        if len(set(labels)) < 2:
+            missing = sorted(set(self.task.label_names) - set(labels))
+            raise SynthloopError(f"nothing to train on for {', '.join(map(repr, missing))}: a model needs examples of two "
+                                 "classes or more. Add `examples = [...]` to those labels in the task, import labeled "
+                                 "texts (`synthloop import FILE --label-col label`), or run `synthloop generate`")
         model = self.new_model()
         key, featurizer = self._featurizer(model, texts)
         X = self._features(key, featurizer, ids, texts)

@@ -9,6 +9,11 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from synthloop.errors import SynthloopError
 
+# The LLM labeler's answer for "fits no label" (labelers/llm.py): a label of that name could not be told apart.
+RESERVED_LABELS = ("abstain",)
+# A task or config file is a few kilobytes; anything this big is the wrong file.
+MAX_TOML_BYTES = 1_000_000
+
 
 class Label(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -23,6 +28,8 @@ class Label(BaseModel):
         value = value.strip()
         if not value:
             raise ValueError("label name is empty; give every [[task.labels]] a non-empty name")
+        if value.lower() in RESERVED_LABELS:
+            raise ValueError(f"{value!r} is the LLM labeler's answer for a text that fits no label; rename this label")
         return value
 
 
@@ -32,6 +39,13 @@ class TaskSpec(BaseModel):
     name: str = Field(pattern=r"^[a-z0-9][a-z0-9_-]*$")
     description: str = Field(min_length=1)
     labels: list[Label]
+
+    @field_validator("description")
+    @classmethod
+    def _description_not_blank(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("the task description is blank; say in a sentence what is classified")
+        return value.strip()
 
     @model_validator(mode="after")
     def _labels_valid(self) -> TaskSpec:
@@ -60,7 +74,7 @@ class TaskSpec(BaseModel):
         return "\n".join(lines)
 
 
-def format_validation_error(err: ValidationError, source: str, prefix: str = "") -> str:
+def format_validation_error(err: ValidationError, source: str, prefix: str = "", what: str = "task") -> str:
     parts = []
     for e in err.errors():
         where = prefix + ".".join(str(p) for p in e["loc"]) if e["loc"] else prefix.rstrip(".") or "task"
@@ -70,7 +84,7 @@ def format_validation_error(err: ValidationError, source: str, prefix: str = "")
         elif e["type"] == "string_pattern_mismatch":
             msg = f"{e['input']!r} is not a slug; use lowercase letters, digits, '-' and '_'"
         parts.append(f"  {where}: {msg}")
-    return f"{source} is not a valid task:\n" + "\n".join(parts)
+    return f"{source} is not a valid {what}:\n" + "\n".join(parts)
 
 
 def parse_task(data: dict, source: str = "task") -> TaskSpec:
@@ -87,8 +101,13 @@ def read_toml(path: Path, missing: str) -> dict:
     """A TOML file's contents; `missing` is the error when there is no such file."""
     if not path.is_file():
         raise SynthloopError(missing)
+    size = path.stat().st_size
+    if size > MAX_TOML_BYTES:
+        raise SynthloopError(f"{path} is {size:,} bytes; a task or config file is a few kilobytes (at most "
+                             f"{MAX_TOML_BYTES:,}): is it the right file? Put data in a CSV/JSONL and import it")
     try:
-        return tomllib.loads(path.read_text(encoding="utf-8"))
+        # utf-8-sig: a byte-order mark (Windows editors write one) is not a TOML error at line 1, col 1.
+        return tomllib.loads(path.read_text(encoding="utf-8-sig"))
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as err:
         raise SynthloopError(f"{path} is not valid UTF-8 TOML: {err}") from None
 
