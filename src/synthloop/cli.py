@@ -8,13 +8,13 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
-from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from synthloop.cli_report import report
 from synthloop.cli_review import review_app
+from synthloop.console import console
 from synthloop.data import read_table
 from synthloop.errors import SynthloopError
 from synthloop.project import Project, RoundResult
@@ -22,8 +22,8 @@ from synthloop.simulate import simulate as run_simulation
 
 app = typer.Typer(help="Cheap text classifiers: synthetic data + active learning.", no_args_is_help=True,
                   pretty_exceptions_enable=False)
-out = Console()
-err = Console(stderr=True)
+out = console()  # unwrapped without a terminal (synthloop/console.py)
+err = console(stderr=True)
 
 ProjectOpt = Annotated[Path, typer.Option("--project", "-p", help="Project folder.", envvar="SYNTHLOOP_PROJECT")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")]
@@ -241,6 +241,9 @@ def nightly(pool: Annotated[Optional[str], typer.Option(help="Folder or glob of 
                                                           "or ray (a Ray cluster). Default: in memory, scores cached.")] = None,
             address: Annotated[Optional[str], typer.Option(help="Ray cluster address (host:6379) for --engine ray; "
                                                            "default: start Ray on this machine.")] = None,
+            outage_exit: Annotated[int, typer.Option(
+                "--outage-exit", min=0, max=255, help="Exit status of a run that finished while a server (Argilla) "
+                "did not answer (the summary's `outage`); default 0: such a run is done.")] = 0,
             project: ProjectOpt = Path("."), as_json: JsonOpt = False):
     from synthloop.nightly import EXIT_FAILED, EXIT_LOCKED, EXIT_UNAVAILABLE, exit_status, run_nightly
 
@@ -257,7 +260,9 @@ def nightly(pool: Annotated[Optional[str], typer.Option(help="Folder or glob of 
         raise typer.Exit(status) from None
     if not _emit(summary, as_json):
         for key, value in summary.items():
-            out.print(f"{key}: {value}", highlight=False)
+            out.print(f"{key}: {escape(str(value))}", highlight=False)
+    if summary.get("outage") and outage_exit:
+        raise typer.Exit(outage_exit)
 
 
 @app.command()
@@ -268,7 +273,8 @@ def status(no_latency: Annotated[bool, typer.Option("--no-latency", help="Skip t
     info = proj.status(measure_latency=not no_latency)
     if _emit(info, as_json):
         return
-    out.print(f"[bold]{info['task']}[/] in {info['project']}: {info['rounds']} rounds, model v{info['model_version'] or '-'}")
+    rounds = f"{info['rounds']} round" + ("" if info["rounds"] == 1 else "s")
+    out.print(f"[bold]{escape(info['task'])}[/] in {escape(info['project'])}: {rounds}, model v{info['model_version'] or '-'}")
     examples = Table("split/origin", "examples", title="examples")
     for key, n in info["examples"].items():
         examples.add_row(key, str(n))
@@ -289,6 +295,21 @@ def status(no_latency: Annotated[bool, typer.Option("--no-latency", help="Skip t
         m = info["last_metrics"]
         out.print(f"last metrics (round {m['round']}, {m['n_labels']} labels): accuracy {m['accuracy']:.3f}, macro-F1 {m['macro_f1']:.3f}")
     _print_impact(info["impact"])
+    _print_runs(info.get("runs") or [])
+
+
+def _print_runs(runs: list[dict]) -> None:
+    import time
+
+    if not runs:
+        return
+    table = Table("run", "started (UTC)", "status", "round", "queried", "collected", "note", title="nightly runs")
+    for r in runs:
+        note = r["error"] or ("outage: a server did not answer" if r["outage"] else "")
+        table.add_row(str(r["run"]), time.strftime("%Y-%m-%d %H:%M", time.gmtime(r["started_at"])), r["status"],
+                      *("-" if r[k] is None else str(r[k]) for k in ("round", "queried", "labels_collected")),
+                      escape(note))
+    out.print(table)
 
 
 def _print_impact(impact: dict) -> None:

@@ -398,7 +398,7 @@ class Project:
         # ranked-batch prefers candidates unlike the labeled set, as the in-memory strategy does.
         training = self.training_data()[1] if strategy == "ranked-batch" else None
         picks = score_pool(model, chunks(), strategy=strategy, k=n, engine=engine, address=address,
-                           chunk_size=SCORE_CHUNK_SIZE, training_texts=training)
+                           chunk_size=SCORE_CHUNK_SIZE, training_texts=training, ray_notes=self.state_dir)
         self.last_scored = streamed
         return self.store.add_queries(round_, picks, strategy, routed_to=labeler or self.config.loop.labeler)
 
@@ -587,6 +587,7 @@ class Project:
         """What the project holds, and what it cost: LLM spend, the latest model's latency on this machine
         (measured once per model version, then read from the store) and GPT-4o per request instead."""
         from synthloop.impact import status_impact
+        from synthloop.nightly_report import recent_runs
 
         counts = self.store.count_examples()
         by_source: dict[str, dict[str, int]] = {}
@@ -607,5 +608,6 @@ class Project:
             "last_metrics": None if last is None else {
                 "round": last["number"], **{k: last["metrics"].get(k) for k in ("n_labels", "accuracy", "macro_f1")}},
             "impact": status_impact(self, measure=measure_latency),
+            "runs": recent_runs(self.store, 5),  # the nightly job's last runs, a failed one too
         }
 

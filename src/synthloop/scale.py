@@ -293,8 +293,20 @@ class _RayScorer:
 
 def _score_ray(model, files: list[Path] | str | None, chunks: Iterable | None, measure: str, keep: int,
                exclude: frozenset, with_texts: bool, address: str | None, chunk_size: int, n_jobs: int,
-               text_col: str, id_col: str | None) -> TopK:
+               text_col: str, id_col: str | None, ray_notes: Path | None = None) -> TopK:
+    from synthloop import ray_local
+
     ray = _import_ray()
+    # A local Ray this call starts is marked, so that a run killed before ray.shutdown leaves nothing behind.
+    with ray_local.owned(ray_notes if not ray.is_initialized() and not address else None):
+        return _score_ray_on(ray, model, files, chunks, measure, keep, exclude, with_texts, address, chunk_size,
+                             n_jobs, text_col, id_col)
+
+
+def _score_ray_on(ray, model, files, chunks, measure, keep, exclude, with_texts, address, chunk_size, n_jobs,
+                  text_col, id_col) -> TopK:
+    from synthloop.project import checkpoint
+
     started = not ray.is_initialized()
     if started:
         # "local": a new Ray for this call alone. Without it ray.init attaches to whatever cluster this machine
@@ -308,6 +320,7 @@ def _score_ray(model, files: list[Path] | str | None, chunks: Iterable | None, m
         except ConnectionError as err:
             raise RayUnreachable(f"cannot reach a Ray cluster at {address!r} ({err}); check that the cluster is up and "
                                  "that the address is its head's host:port (6379 by default)") from None
+        checkpoint("ray-started", 0)
     context = ray.data.DataContext.get_current()
     saved = {name: getattr(context, name) for name in RAY_DATA_SETTINGS}
     try:
@@ -382,7 +395,7 @@ def _ray_dataset(ray, files: list[Path] | str, text_col: str, id_col: str | None
 def score_pool(model, source, strategy: str = "margin", k: int = 100, engine: str = "local", address: str | None = None,
                chunk_size: int = 50_000, n_jobs: int = -1, exclude_ids: Iterable[str] | None = None,
                text_col: str = "text", id_col: str | None = None,
-               training_texts: Sequence[str] | None = None) -> list[tuple[str, float]]:
+               training_texts: Sequence[str] | None = None, ray_notes: Path | None = None) -> list[tuple[str, float]]:
     """The k pool examples to label next, as (id, score), best first.
 
     `model`: a fitted TextClassifier. `source`: Parquet/CSV/TSV path, folder or glob (ids from `id_col`, else
@@ -390,6 +403,8 @@ def score_pool(model, source, strategy: str = "margin", k: int = 100, engine: st
     strategies: higher means more uncertain (margin is reported as -(p1 - p2)). `ranked-batch` streams the
     most uncertain candidates by least-confident, then runs active.select on them (its modAL scores);
     `training_texts` (the labeled set) lets it favour candidates unlike what is already labeled.
+    `ray_notes`: a folder (the project's .synthloop) where a local Ray started here is noted, so that the next
+    run reaps it if this one is killed (synthloop.ray_local).
     """
     if strategy not in STRATEGIES:
         raise SynthloopError(f"strategy {strategy!r} cannot be streamed; choose one of {', '.join(STRATEGIES)}")
@@ -410,7 +425,8 @@ def score_pool(model, source, strategy: str = "margin", k: int = 100, engine: st
     else:
         files = source_files(source)  # checked before any worker starts
     if engine == "ray":
-        best = _score_ray(model, files, chunks, measure, keep, exclude, ranked, address, chunk_size, n_jobs, text_col, id_col)
+        best = _score_ray(model, files, chunks, measure, keep, exclude, ranked, address, chunk_size, n_jobs, text_col, id_col,
+                          ray_notes)
     else:
         chunks = chunks if files is None else file_chunks(files, chunk_size, text_col, id_col)
         best = _score_local(model, chunks, measure, keep, exclude, ranked, n_jobs)
