@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 from dataclasses import asdict
 from pathlib import Path
@@ -147,14 +148,19 @@ def label(with_: Annotated[Optional[str], typer.Option("--with", help="Labeler t
 def round_(labeler: Annotated[Optional[str], typer.Option(help="Route this round's queries to this labeler (oracle, llm, argilla, hybrid).")] = None,
            project: ProjectOpt = Path("."), as_json: JsonOpt = False):
     """One full round: collect labels, train, evaluate, top up minority classes, select, route."""
+    from synthloop.nightly_report import run_logging
+
     proj = _open(project)
     try:
-        with err.status("running a round"):
+        # Warnings (e.g. Argilla down: queried is not pushed) come once each, after the table, not mid-spinner.
+        with run_logging(None, stderr=io.StringIO()) as warned, err.status("running a round"):
             result = proj.round(labeler=labeler)
     except SynthloopError as e:
         _fail(e)
     if not _emit(asdict(result), as_json):
         out.print(_round_table([result]))
+    for warning in warned:
+        err.print(f"[yellow]warning:[/] {escape(warning)}", highlight=False, soft_wrap=True)
 
 
 @app.command()
