@@ -48,7 +48,7 @@ def test_unsure_guesses_are_hints_and_sure_ones_preselected(proj, argilla_env):
     queries = proj.store.queries()
     confidence, uncertainty = model_view(proj, [q.text for q in queries])
     bar = proj.config.argilla.suggest_min_confidence
-    assert bar == 0.7 and (confidence < bar).any()  # uncertainty sampling picks coin flips
+    assert bar == 0.8 and (confidence < bar).any()  # uncertainty sampling picks coin flips
     records = records_by_id(argilla_env, proj)
     for query, conf, unc in zip(queries, confidence, uncertainty):
         record = records[query.example_id]
@@ -58,7 +58,7 @@ def test_unsure_guesses_are_hints_and_sure_ones_preselected(proj, argilla_env):
             assert suggested(record).score == pytest.approx(round(float(conf), 3))
         else:
             assert suggested(record) is None
-            assert "— not pre-selected (below 0.70)" in record.fields["hints"]
+            assert "— not pre-selected (below 0.80)" in record.fields["hints"]
     question = dataset_of(argilla_env, proj).settings.questions["label"]
     for label in proj.task.labels:  # the short descriptions, where the reviewer looks
         assert f"{label.name}: {label.description}" in question.description

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
+import io
 import json
 from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
-from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
@@ -20,6 +20,7 @@ from synthloop.cli_report import report
 from synthloop.cli_review import review_app
 from synthloop.cli_serve import export_model, serve
 from synthloop.cli_teach import teach
+from synthloop.console import console
 from synthloop.errors import SynthloopError
 
 if TYPE_CHECKING:  # the heavy modules load when a command needs them, so `synthloop --help` starts fast
@@ -27,8 +28,8 @@ if TYPE_CHECKING:  # the heavy modules load when a command needs them, so `synth
 
 app = typer.Typer(help="Cheap text classifiers: synthetic data + active learning.", no_args_is_help=True,
                   pretty_exceptions_enable=False)
-out = Console()
-err = Console(stderr=True)
+out = console()  # unwrapped without a terminal (synthloop/console.py)
+err = console(stderr=True)
 
 ProjectOpt = Annotated[Path, typer.Option("--project", "-p", help="Project folder.", envvar="SYNTHLOOP_PROJECT")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")]
@@ -166,11 +167,16 @@ def label(with_: Annotated[Optional[str], typer.Option("--with", help="Labeler t
 def round_(labeler: Annotated[Optional[str], typer.Option(help="Route this round's queries to this labeler (oracle, llm, argilla, hybrid).")] = None,
            project: ProjectOpt = Path("."), as_json: JsonOpt = False):
     """One full round: collect labels, train, evaluate, top up minority classes, select, route."""
+    from synthloop.nightly_report import run_logging
+
     proj = _open(project)
-    with err.status("running a round"):
+    # Warnings (e.g. Argilla down: queried is not pushed) come once each, after the table, not mid-spinner.
+    with run_logging(None, stderr=io.StringIO()) as warned, err.status("running a round"):
         result = proj.round(labeler=labeler)
     if not _emit(asdict(result), as_json):
         out.print(_round_table([result]))
+    for warning in warned:
+        err.print(f"[yellow]warning:[/] {escape(warning)}", highlight=False, soft_wrap=True)
 
 
 @app.command()
@@ -247,6 +253,9 @@ def nightly(pool: Annotated[Optional[str], typer.Option(help="Folder or glob of 
                                                           "or ray (a Ray cluster). Default: in memory, scores cached.")] = None,
             address: Annotated[Optional[str], typer.Option(help="Ray cluster address (host:6379) for --engine ray; "
                                                            "default: start Ray on this machine.")] = None,
+            outage_exit: Annotated[int, typer.Option(
+                "--outage-exit", min=0, max=255, help="Exit status of a run that finished while a server (Argilla) "
+                "did not answer (the summary's `outage`); default 0: such a run is done.")] = 0,
             project: ProjectOpt = Path("."), as_json: JsonOpt = False):
     from synthloop.nightly import run_nightly
 
@@ -255,7 +264,9 @@ def nightly(pool: Annotated[Optional[str], typer.Option(help="Folder or glob of 
                           engine=engine, address=address)
     if not _emit(summary, as_json):
         for key, value in summary.items():
-            out.print(f"{key}: {value}", highlight=False)
+            out.print(f"{key}: {escape(str(value))}", highlight=False)
+    if summary.get("outage") and outage_exit:
+        raise typer.Exit(outage_exit)
 
 
 @app.command()
@@ -267,8 +278,8 @@ def status(no_latency: Annotated[bool, typer.Option("--no-latency", help="Skip t
     info = proj.status(measure_latency=not no_latency)
     if _emit(info, as_json):
         return
-    out.print(f"[bold]{escape(info['task'])}[/] in {escape(info['project'])}: {info['rounds']} rounds, "
-              f"model v{info['model_version'] or '-'}")
+    rounds = f"{info['rounds']} round" + ("" if info["rounds"] == 1 else "s")
+    out.print(f"[bold]{escape(info['task'])}[/] in {escape(info['project'])}: {rounds}, model v{info['model_version'] or '-'}")
     examples = Table("split/origin", "examples", title="examples")
     for key, n in info["examples"].items():
         examples.add_row(key, str(n))
@@ -292,6 +303,21 @@ def status(no_latency: Annotated[bool, typer.Option("--no-latency", help="Skip t
         out.print(f"last metrics (model v{m['model_version']}, trained on {m['n_labels']} labels): "
                   f"accuracy {m['accuracy']:.3f}, macro-F1 {m['macro_f1']:.3f}")
     _print_impact(info["impact"])
+    _print_runs(info.get("runs") or [])
+
+
+def _print_runs(runs: list[dict]) -> None:
+    import time
+
+    if not runs:
+        return
+    table = Table("run", "started (UTC)", "status", "round", "queried", "collected", "note", title="nightly runs")
+    for r in runs:
+        note = r["error"] or ("outage: a server did not answer" if r["outage"] else "")
+        table.add_row(str(r["run"]), time.strftime("%Y-%m-%d %H:%M", time.gmtime(r["started_at"])), r["status"],
+                      *("-" if r[k] is None else str(r[k]) for k in ("round", "queried", "labels_collected")),
+                      escape(note))
+    out.print(table)
 
 
 def _print_impact(impact: dict) -> None:

@@ -8,18 +8,18 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 from rich.table import Table
 
 from synthloop.cli_common import cli_command
+from synthloop.console import console
 from synthloop.errors import SynthloopError
 
 review_app = typer.Typer(help="Human review in Argilla (URL from $ARGILLA_API_URL, key from $ARGILLA_API_KEY).",
                          no_args_is_help=True)
-out = Console()
-err = Console(stderr=True)
+out = console()  # unwrapped without a terminal (synthloop/console.py)
+err = console(stderr=True)
 
 ProjectOpt = Annotated[Path, typer.Option("--project", "-p", help="Project folder.", envvar="SYNTHLOOP_PROJECT")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")]

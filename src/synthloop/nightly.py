@@ -21,6 +21,8 @@ from synthloop.lock import project_lock
 from synthloop.round import checkpoint
 from synthloop.budget import Budget
 from synthloop.store import QueryStatus
+from synthloop import ray_local
+from synthloop.nightly_report import outage, rounded, run_logging, write_report
 
 POOL_SUFFIXES = (".csv", ".tsv", ".jsonl", ".ndjson", ".parquet", ".pq")
 ENGINES = ("local", "ray")
@@ -56,15 +58,12 @@ def new_files(project, pattern: str) -> list[Path]:
     return fresh
 
 
-def _logger(log_file: Path | None) -> logging.Logger:
+def _logger() -> logging.Logger:
+    """The run's logger; its records reach the log file and stderr through nightly_report.run_logging."""
     log = logging.getLogger("synthloop.nightly")
     log.setLevel(logging.INFO)
     log.handlers.clear()
-    if log_file is not None:
-        log_file.parent.mkdir(parents=True, exist_ok=True)
-        handler = logging.FileHandler(log_file)
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
-        log.addHandler(handler)
+    log.propagate = True
     return log
 
 
@@ -227,22 +226,26 @@ def run_nightly(project, pool: str | None = None, dry_run: bool = False, max_lab
     engine: None scores the pool in memory, with scores cached per model version (only what changed is
     scored); "local" or "ray" streams the whole unlabeled pool from the store through synthloop.scale
     (every core, or the Ray cluster at `address`), for pools too big for that."""
-    log = _logger(log_file if log_file is not None else project.state_dir / "logs" / "nightly.log")
     labeler = labeler or project.config.loop.labeler
     check_options(project, labeler, engine, address, max_labels, max_cost)
     if pool:
         pool_files(pool)  # a --pool that names nothing is refused now, with the fix
-    with project_lock(project.state_dir, "nightly"), project.store.exclusive("nightly"):  # the store's: other machines too
+    log_file = log_file if log_file is not None else project.state_dir / "logs" / "nightly.log"
+    with project_lock(project.state_dir, "nightly"), project.store.exclusive("nightly"), run_logging(log_file) as warned:
+        log = _logger()
         if dry_run:
             plan = _plan(project, pool, labeler, max_labels, max_cost, engine, address)
             log.info("dry run: %s", json.dumps(plan))
             return {"dry_run": True, **plan}
         project.store.mark_killed_runs("nightly")  # we hold the lock: any run still "running" died
+        ray_local.reap(project.state_dir)  # and a local Ray a killed run started dies with it
         release_held(project.store)  # a killed run's, before anything counts what is pending
         run_id = project.store.start_run("nightly")
         log.info("run %s started", run_id)
         try:
             summary = _run(project, run_id, pool, labeler, max_labels, max_cost, text_col, id_col, engine, address, log)
+            summary["outage"] = outage(project)  # None, or the servers down and what waits on them
+            summary["warnings"] = list(warned)  # each once, as in the log
             write_report(project, summary)  # before "done": a night whose report is missing did not finish
             checkpoint("reported", summary["round"])
         except Exception as err:
@@ -321,27 +324,6 @@ def _run(project, run_id, pool, labeler, max_labels, max_cost, text_col, id_col,
         "batch": {"submitted": sum(len(j["ids"]) for j in new_jobs),
                   "estimated_cost": round(sum(j["estimated_cost"] for j in new_jobs), 6),
                   "open_jobs": len(batch_jobs(project.store, states=("open",)))},
-        "metrics": {k: (result.metrics or {}).get(k) for k in ("n_labels", "accuracy", "macro_f1")},
+        "metrics": rounded({k: (result.metrics or {}).get(k) for k in ("n_labels", "accuracy", "macro_f1")}),
         "seconds": round(time.perf_counter() - start, 2),
     }
-
-
-def write_report(project, summary: dict) -> Path:
-    reports = project.state_dir / "reports"
-    reports.mkdir(parents=True, exist_ok=True)
-    metrics = summary["metrics"]
-    lines = [f"# Nightly run {summary['run']}", "",
-             f"- new pool files: {summary['new_files']} ({summary['imported']} new examples)",
-             f"- labels collected: {summary['labels_collected']}; model v{summary['model_version']}"
-             + (" (retrained)" if summary["retrained"] else " (unchanged: no new labels)"),
-             f"- scored: {summary['scored']} examples ({summary['engine']}); queried: {summary['queried']} → {summary['labeler']}",
-             f"- pending queries: {summary['pending']}; LLM cost: ${summary['llm_cost']:.4f}",
-             *([(f"- Batch API: {summary['batch']['submitted']} queries submitted (estimated "
-                 f"${summary['batch']['estimated_cost']:.4f}); {summary['batch']['open_jobs']} jobs running")]
-               if summary["batch"]["submitted"] or summary["batch"]["open_jobs"] else []),
-             f"- test accuracy: {metrics['accuracy'] if metrics['accuracy'] is not None else '-'} "
-             f"with {metrics['n_labels']} real labels", f"- seconds: {summary['seconds']}", ""]
-    path = reports / f"nightly-{summary['run']:04d}.md"
-    path.write_text("\n".join(lines))
-    (reports / f"nightly-{summary['run']:04d}.json").write_text(json.dumps(summary, indent=1))
-    return path

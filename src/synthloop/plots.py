@@ -7,6 +7,7 @@ import base64
 import html
 import io
 import math
+import time
 
 import matplotlib
 
@@ -321,6 +322,17 @@ def blocks(d: dict, label_names: list[str]) -> list[tuple]:
                        f"{1000 * co2['kg_co2_per_kwh']:.0f} g CO2eq/kWh ({co2['country']}), CPU {co2['cpu_model']}."))
     else:
         b.append(("p", f"Not measured: {co2['note']}."))
+
+    runs = d.get("runs") or []
+    if runs:
+        b.append(("h2", "Nightly runs"))
+        b.append(("table", ["run", "started (UTC)", "status", "round", "queried", "labels collected", "seconds", "note"],
+                  [[r["run"], time.strftime("%Y-%m-%d %H:%M", time.gmtime(r["started_at"])), r["status"],
+                    "-" if r["round"] is None else r["round"], "-" if r["queried"] is None else r["queried"],
+                    "-" if r["labels_collected"] is None else r["labels_collected"],
+                    "-" if r["seconds"] is None else _f(r["seconds"], 1),
+                    _short(r["error"]) if r["error"] else ("outage: a server did not answer" if r["outage"] else "")]
+                   for r in runs]))
     return b
 
 

@@ -374,7 +374,7 @@ class Project:
         pool = self.store.unlabeled_pool
         if engine is not None:
             return Streamed(lambda: self.store.unlabeled_pool_chunks(SCORE_CHUNK_SIZE), engine, address,
-                            SCORE_CHUNK_SIZE)
+                            SCORE_CHUNK_SIZE, ray_notes=self.state_dir)
         if incremental:
             return Cached(pool, self._model_features, self.store, self.store.round(round_)["model_version"])
         return InMemory(pool, self._model_features)
@@ -546,6 +546,7 @@ class Project:
         """What the project holds, and what it cost: LLM spend, the latest model's latency on this machine
         (measured once per model version, then read from the store) and GPT-4o per request instead."""
         from synthloop.impact import status_impact
+        from synthloop.nightly_report import recent_runs
 
         counts = self.store.count_examples()
         by_source: dict[str, dict[str, int]] = {}
@@ -566,5 +567,6 @@ class Project:
             "model_version": model["version"] if model else None,
             "last_metrics": self._metrics_summary(last, model),
             "impact": status_impact(self, measure=measure_latency),
+            "runs": recent_runs(self.store, 5),  # the nightly job's last runs, a failed one too
         }
 

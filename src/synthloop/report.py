@@ -18,6 +18,7 @@ from threadpoolctl import threadpool_limits
 from synthloop import plots
 from synthloop.errors import SynthloopError
 from synthloop.impact import counterfactual, llm_totals, measure_model_latency
+from synthloop.nightly_report import recent_runs
 from synthloop.store import source_rank
 
 SUSPICIOUS_MAX = 50
@@ -70,6 +71,7 @@ def build_report(project, out_dir: str | Path | None = None, baselines: dict[str
         "synthetic_added": _synthetic_added(project, rounds),
         "monitor": [_monitor_row(r) for r in rounds if r["metrics"] and (r["metrics"].get("pool") or r["metrics"].get("stopping"))],
         "llm": llm, "label_quality": quality, "latency": latency, "co2": co2,
+        "runs": recent_runs(project.store, 20),  # the nightly job's, newest last
     }
     data["counterfactual"] = counterfactual(project, latency, llm["total_cost"])
     blocks = plots.blocks(data, project.task.label_names)

@@ -265,8 +265,20 @@ class _RayScorer:
 
 def _score_ray(model, files: list[Path] | str | None, chunks: Iterable | None, measure: str, keep: int,
                exclude: frozenset, with_texts: bool, address: str | None, chunk_size: int, n_jobs: int,
-               text_col: str, id_col: str | None) -> TopK:
+               text_col: str, id_col: str | None, ray_notes: Path | None = None) -> TopK:
+    from synthloop import ray_local
+
     ray = _import_ray()
+    # A local Ray this call starts is marked, so that a run killed before ray.shutdown leaves nothing behind.
+    with ray_local.owned(ray_notes if not ray.is_initialized() and not address else None):
+        return _score_ray_on(ray, model, files, chunks, measure, keep, exclude, with_texts, address, chunk_size,
+                             n_jobs, text_col, id_col)
+
+
+def _score_ray_on(ray, model, files, chunks, measure, keep, exclude, with_texts, address, chunk_size, n_jobs,
+                  text_col, id_col) -> TopK:
+    from synthloop.round import checkpoint
+
     started = not ray.is_initialized()
     if started:
         # "local": a new Ray for this call alone. Without it ray.init attaches to whatever cluster this machine
@@ -280,6 +292,7 @@ def _score_ray(model, files: list[Path] | str | None, chunks: Iterable | None, m
         except ConnectionError as err:
             raise RayUnreachable(f"cannot reach a Ray cluster at {address!r} ({err}); check that the cluster is up and "
                                  "that the address is its head's host:port (6379 by default)") from None
+        checkpoint("ray-started", 0)
     context = ray.data.DataContext.get_current()
     saved = {name: getattr(context, name) for name in RAY_DATA_SETTINGS}
     try:
@@ -361,7 +374,7 @@ def check_streamable(strategy: str, engine: str = "local") -> None:
 def most_uncertain(model, source, measure: str = "margin", k: int = 100, engine: str = "local",
                    address: str | None = None, chunk_size: int = 50_000, n_jobs: int = -1,
                    exclude_ids: Iterable[str] | None = None, text_col: str = "text", id_col: str | None = None,
-                   with_texts: bool = False) -> TopK:
+                   with_texts: bool = False, ray_notes: Path | None = None) -> TopK:
     """The k examples of the source with the highest uncertainty under the measure (synthloop.measures), as a
     TopK (ids, scores and, with_texts, texts), best first."""
     check_streamable(measure, engine)
@@ -379,7 +392,7 @@ def most_uncertain(model, source, measure: str = "margin", k: int = 100, engine:
         return TopK(0, with_texts)
     if engine == "ray":
         return _score_ray(model, files, chunks, measure, k, exclude, with_texts, address, chunk_size, n_jobs,
-                          text_col, id_col)
+                          text_col, id_col, ray_notes)
     chunks = chunks if files is None else file_chunks(files, chunk_size, text_col, id_col)
     return _score_local(model, chunks, measure, k, exclude, with_texts, n_jobs)
 
@@ -387,7 +400,7 @@ def most_uncertain(model, source, measure: str = "margin", k: int = 100, engine:
 def score_pool(model, source, strategy: str = "margin", k: int = 100, engine: str = "local", address: str | None = None,
                chunk_size: int = 50_000, n_jobs: int = -1, exclude_ids: Iterable[str] | None = None,
                text_col: str = "text", id_col: str | None = None,
-               training_texts: Sequence[str] | None = None) -> list[tuple[str, float]]:
+               training_texts: Sequence[str] | None = None, ray_notes: Path | None = None) -> list[tuple[str, float]]:
     """The k pool examples to label next, as (id, score), best first.
 
     `model`: a fitted TextClassifier. `source`: Parquet/CSV/TSV path, folder or glob (ids from `id_col`, else
@@ -395,6 +408,8 @@ def score_pool(model, source, strategy: str = "margin", k: int = 100, engine: st
     registry's (synthloop.measures): higher = less sure, in [0, 1]. `ranked-batch` streams the most uncertain
     candidates by least-confident, then runs modAL's diversity step on them (scores: their least-confident);
     `training_texts` (the labeled set) lets it favour candidates unlike what is already labeled.
+    `ray_notes`: a folder (the project's .synthloop) where a local Ray started here is noted, so that the next
+    run reaps it if this one is killed (synthloop.ray_local).
     """
     check_streamable(strategy, engine)
     if k <= 0:
@@ -402,7 +417,7 @@ def score_pool(model, source, strategy: str = "margin", k: int = 100, engine: st
     ranked = strategy == "ranked-batch"
     measure, keep = ("least-confident", ranked_batch_candidates(k)) if ranked else (strategy, k)
     best = most_uncertain(model, source, measure, keep, engine, address, chunk_size, n_jobs, exclude_ids,
-                          text_col, id_col, with_texts=ranked)
+                          text_col, id_col, with_texts=ranked, ray_notes=ray_notes)
     if not ranked:
         return [(str(i), float(s)) for i, s in zip(best.ids, best.scores)]
     if len(best.ids) == 0:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import random
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Protocol
 
 import numpy as np
@@ -154,8 +155,9 @@ class Streamed:
     """The pool read in chunks and scored through synthloop.scale: memory bounded by the chunk size."""
 
     def __init__(self, chunks: Callable[[], Iterable[Pool]], engine: str = "local", address: str | None = None,
-                 chunk_size: int = 50_000):
+                 chunk_size: int = 50_000, ray_notes: Path | None = None):
         self.chunks, self.engine, self.address, self.chunk_size = chunks, engine, address, chunk_size
+        self.ray_notes = ray_notes  # where a local Ray started for this is noted (synthloop.ray_local)
         self.scored = 0
 
     def check(self, strategy: str) -> None:
@@ -180,7 +182,7 @@ class Streamed:
                 yield ids, texts
 
         best = most_uncertain(model, counted(), measure, k, engine=self.engine, address=self.address,
-                              chunk_size=self.chunk_size, with_texts=with_texts)
+                              chunk_size=self.chunk_size, with_texts=with_texts, ray_notes=self.ray_notes)
         return _candidates(best.ids, best.scores, best.texts)
 
 
