@@ -4,8 +4,8 @@ A featurizer version is what the rows depend on: the model name, the featurizer'
 featurizer that learns a vocabulary (TF-IDF), the texts it was fitted on (`featurizer_version`). Its rows live
 in `.synthloop/feature_rows/<version hash>/`, in append-only chunks of at most CHUNK_ROWS rows, each a folder
 of plain `.npy` files (CSR `data`/`indices`/`indptr`, or `dense` for embeddings) that are memory-mapped when
-read: a round reads the pages of the rows it asks for, not the whole store, and no process parses a file
-(measured in benchmarks/scale.md: `.npz` archives cannot be memory-mapped and were slower to read).
+read: a round reads the pages of the rows it asks for, not the whole store, and no process parses a file.
+(`.npz` archives cannot be memory-mapped; reading all rows back took the same time either way, benchmarks/scale.md.)
 `index.npy` maps each example's key (its store id) to (chunk, row), sorted for binary search. Rows the index
 lacks (new pool examples) are featurized and appended as new chunks, so a pool that grows is featurized
 incrementally. A chunk folder, and then the index, are written under temporary names and renamed into place:
