@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import scipy.sparse as sp
 
-from synthloop import active, selection, shared_models
+from synthloop import active, feature_rows, selection, shared_models
 from synthloop.budget import Budget
 from synthloop.config import CONFIG_FILE, STATE_DIR, Config, check_state, load_config, validate_config
 from synthloop.data import scan_table
@@ -243,14 +243,28 @@ class Project:
             fit_texts = sorted(set(sample) | set(train_texts))
         else:
             fit_texts = []
-        key = f"{model.name}:{model.embed_model}:{texts_key(fit_texts)}"
+        key = feature_rows.featurizer_version(model, fit_texts)
         if key not in self._featurizers:
-            self._featurizers = {key: model.fit_featurizer(fit_texts)}
+            # A featurizer an earlier process fitted on the same texts is on disk beside its models: load it.
+            fitted = feature_rows.fitted_featurizer(self.state_dir / "models", key)
+            self._featurizers = {key: model.fit_featurizer(fit_texts) if fitted is None else fitted}
             self._feature_cache = {}
         return key, self._featurizers[key]
 
+    def _rows(self, key: str, featurizer) -> feature_rows.FeatureRows | None:
+        """The on-disk rows of a featurizer version (none for a model loaded without its version key)."""
+        if key.startswith("loaded:"):
+            return None
+        if getattr(self, "_row_store", None) is None or self._row_store.key != key:
+            self._row_store = feature_rows.FeatureRows(self.state_dir / feature_rows.ROWS_DIR, key, featurizer)
+        return self._row_store
+
     def _features(self, key: str, featurizer, ids: list[str], texts: list[str]):
-        """Feature rows for the given examples, reusing rows computed in earlier rounds of this process."""
+        """Feature rows for the given examples: read from the version's rows on disk (featurized once, by any
+        process), else reusing rows computed in earlier rounds of this process."""
+        rows = self._rows(key, featurizer)
+        if rows is not None:
+            return rows.get(ids, texts)
         if len(ids) > FEATURE_CACHE_MAX_ROWS:
             return featurizer.transform(texts)
         index, matrix = self._feature_cache.get(key, ({}, None))
@@ -296,7 +310,9 @@ class Project:
                                  "classes or more. Add `examples = [...]` to those labels in the task, import labeled "
                                  "texts (`synthloop import FILE --label-col label`), or run `synthloop generate`")
         model = self.new_model()
-        key, featurizer = self._featurizer(model, texts)
+        # The featurizer sees the pool sample and the task's own examples; labeled pool texts are pool texts, and
+        # leaving them out keeps one featurizer version (and its stored rows) while labels arrive.
+        key, featurizer = self._featurizer(model, [t for i, t in zip(ids, texts) if i.startswith("task:")])
         X = self._features(key, featurizer, ids, texts)
         model.fit(texts, labels, sample_weight=weights, featurizer=featurizer, X=X)
         model.featurizer_key_ = key
@@ -362,7 +378,8 @@ class Project:
     def _cached_featurizer(self, model: TextClassifier):
         key = getattr(model, "featurizer_key_", None)
         if key is None or key not in self._featurizers:
-            key = f"loaded:{id(model.featurizer_)}"
+            # A model saved by train carries its featurizer's version key: its stored rows are its rows.
+            key = key or f"loaded:{id(model.featurizer_)}"
             self._featurizers = {key: model.featurizer_}
             self._feature_cache = {}
         return key, model.featurizer_
