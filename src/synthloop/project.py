@@ -20,7 +20,7 @@ from synthloop.data import scan_table
 from synthloop.errors import SynthloopError
 from synthloop.labelers import get_labeler
 from synthloop.metrics import evaluate
-from synthloop.models import TextClassifier, featurizer_needs_fit, load_model, save_model, texts_key
+from synthloop.models import TextClassifier, featurizer_needs_fit, load_model, model_options, save_model, texts_key
 from synthloop.store import NewLabel, Store, source_rank
 from synthloop.task import TaskSpec, load_task
 
@@ -234,7 +234,8 @@ class Project:
     def _new_model(self) -> TextClassifier:
         cfg = self.config.model
         return TextClassifier(labels=self.task.label_names, name=cfg.name, calibrate=cfg.calibrate,
-                              embed_model=cfg.embed_model, seed=self.config.loop.seed)
+                              embed_model=cfg.embed_model, seed=self.config.loop.seed,
+                              **model_options(self.task, self.state_dir))
 
     def _featurizer(self, model: TextClassifier, train_texts: list[str]):
         if featurizer_needs_fit(model.name):
@@ -250,6 +251,8 @@ class Project:
 
     def _features(self, key: str, featurizer, ids: list[str], texts: list[str]):
         """Feature rows for the given examples, reusing rows computed in earlier rounds of this process."""
+        if not ids:
+            return None  # no rows: a zero-shot model needs none, another model refuses to fit
         if len(ids) > FEATURE_CACHE_MAX_ROWS:
             return featurizer.transform(texts)
         index, matrix = self._feature_cache.get(key, ({}, None))
