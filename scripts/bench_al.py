@@ -36,8 +36,11 @@ GPT4O = {"sms_spam": 0.95, "ag_news": 0.85, "corona_nlp": 0.41}
 
 
 def grid(datasets: list[str], seeds: int) -> list[tuple]:
-    # Target-critical runs first, so a run cut short still answers the targets.
-    return [(d, c, s, seed) for seed in range(seeds) for c, s in BASELINES for d in datasets]
+    """Target-critical runs first (default, random, plain-tfidf: every seed, shared tasks before held-out ones),
+    then one seed of the other rows, then their other seeds: a run cut short still answers the targets."""
+    first = [(d, c, s, seed) for seed in range(seeds) for d in datasets for c, s in BASELINES[:3]]
+    rest = [(d, c, s, seed) for seed in range(seeds) for d in datasets for c, s in BASELINES[3:]]
+    return sorted(first, key=lambda t: (t[3] > 0 and t[0] in bf.HELDOUT_SETS, t[3])) + rest
 
 
 def run_task(task: tuple, budget: int, batch: int) -> dict:

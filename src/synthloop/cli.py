@@ -62,7 +62,7 @@ def _round_table(results: list[RoundResult]) -> Table:
 def init(directory: Annotated[Path, typer.Argument(help="Folder for the new project.")],
          task: Annotated[Path, typer.Option("--task", "-t", help="Task file (task.toml).")],
          model: Annotated[str, typer.Option(help="hybrid-lr, tfidf-lr, hashing-lr or embed-lr.")] = "hybrid-lr",
-         strategy: Annotated[str, typer.Option(help="Query strategy.")] = "margin",
+         strategy: Annotated[str, typer.Option(help="Query strategy.")] = "cold-start",
          labeler: Annotated[str, typer.Option(help="Who labels queries.")] = "oracle",
          batch_size: Annotated[int, typer.Option(help="Queries per round.")] = 25,
          as_json: JsonOpt = False):
@@ -363,7 +363,7 @@ def export(path: Annotated[Path, typer.Argument(help="Output file: .csv, .jsonl 
 def simulate(task: Annotated[Path, typer.Option(help="Task file.")],
              pool: Annotated[Path, typer.Option(help="Pool file with gold labels.")],
              test: Annotated[Path, typer.Option(help="Test file with labels.")],
-             strategy: str = "margin", model: str = "hybrid-lr",
+             strategy: str = "cold-start", model: str = "hybrid-lr",
              budget: Annotated[int, typer.Option(help="Labels to buy in all.")] = 500,
              batch: Annotated[int, typer.Option(help="Labels per round.")] = 25,
              seed: int = 0, text_col: str = "text", label_col: str = "label",

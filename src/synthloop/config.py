@@ -26,7 +26,7 @@ class ModelConfig(_Section):
 
 
 class LoopConfig(_Section):
-    strategy: str = "margin"
+    strategy: str = "cold-start"  # diverse picks until every class has 2 real labels, then margin
     batch_size: int = Field(25, ge=1)
     labeler: str = "oracle"
     seed: int = 0
