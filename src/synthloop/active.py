@@ -108,14 +108,16 @@ def select(strategy: str, model, X, n: int, X_training=None, seed: int = 0) -> t
 
 # Pointwise uncertainty, for scoring a pool in pieces and caching the scores -----------------------
 
-POINTWISE = ("least-confident", "margin", "entropy")
+# cold-start scores as margin here: paths that score the pool piece by piece (incremental, streamed) skip its
+# diversity phase, which needs the whole pool at once.
+POINTWISE = ("least-confident", "margin", "entropy", "cold-start")
 
 
 def uncertainty(strategy: str, proba: np.ndarray) -> np.ndarray:
     """Higher = less sure; the same measures as modAL's least confident, margin and entropy sampling."""
     if strategy == "least-confident":
         return 1 - proba.max(axis=1)
-    if strategy == "margin":
+    if strategy in ("margin", "cold-start"):
         top2 = np.sort(proba, axis=1)[:, -2:]
         return 1 - (top2[:, 1] - top2[:, 0])
     if strategy == "entropy":
