@@ -391,6 +391,8 @@ def score_pool(model, source, strategy: str = "margin", k: int = 100, engine: st
     most uncertain candidates by least-confident, then runs active.select on them (its modAL scores);
     `training_texts` (the labeled set) lets it favour candidates unlike what is already labeled.
     """
+    if strategy == "cold-start":  # its k-means phase needs the whole pool at once: streamed, it is margin
+        strategy = "margin"
     if strategy not in STRATEGIES:
         raise SynthloopError(f"strategy {strategy!r} cannot be streamed; choose one of {', '.join(STRATEGIES)}")
     if engine not in ("local", "ray"):
