@@ -16,11 +16,11 @@ import resource
 import time
 from pathlib import Path
 
+import bench_features as bf
 import numpy as np
 import scipy.sparse as sp
 
-import bench_features as bf
-from synthloop import active
+from synthloop import SynthloopError, active
 from synthloop.models import HybridFeaturizer, TextClassifier, label_prompts
 
 BUDGETS = [0, 25, 50, 100, 200, 500]
@@ -155,7 +155,7 @@ def run(data: dict, feats, cfg: dict, strategy: str, seed: int, budget: int = 50
         X_train = (sp.vstack(Xs, format="csr") if sp.issparse(X_pool) else np.vstack(Xs)) if Xs else None
         try:
             model.fit(None, y, sample_weight=w, featurizer=featurizer, X=X_train)
-        except Exception as err:  # noqa: BLE001 - no two classes yet (a model without zero-shot)
+        except SynthloopError as err:  # no two classes yet (a model without zero-shot)
             model = None
             reason = str(err)[:80]
         n = len(labeled)

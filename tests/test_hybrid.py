@@ -98,7 +98,7 @@ def test_zero_shot_with_no_labels_is_above_chance(sms, embedding_packages, store
 
 
 def test_task_examples_alone_still_give_zero_shot_then_labels_train(sms, embedding_packages, store_dir):
-    spec, pool, test = sms
+    spec, pool, _ = sms
     examples = spec.examples()
     model = TextClassifier(labels=spec.label_names, name="hybrid-lr", prompts=label_prompts(spec), feature_dir=store_dir)
     model.fit([t for t, _ in examples], [lab for _, lab in examples], sample_weight=[0.5] * len(examples))

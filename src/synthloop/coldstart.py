@@ -34,7 +34,7 @@ def kmeans(points, k: int, seed: int = 0, iterations: int = 10) -> tuple[np.ndar
     X = (sp.diags(1 / np.clip(norms, 1e-12, None)) @ X) if sp.issparse(X) else X / np.clip(norms, 1e-12, None)[:, None]
     rng = np.random.default_rng(seed)
     m = X.shape[0]
-    dense = lambda A: A.toarray() if sp.issparse(A) else A  # noqa: E731
+    dense = lambda A: A.toarray() if sp.issparse(A) else A
     centers = [dense(X[rng.integers(m)]).ravel()]
     closest = 1 - np.asarray(X @ centers[0]).ravel()
     for _ in range(1, k):
@@ -93,7 +93,7 @@ def cold_start(classifier, X, n: int, k: int = LABELS_PER_CLASS, seed: int = 0, 
 def margin_and_random(classifier, X, n: int, seed: int = 0, share: float = 0.5):
     """Half the batch by margin, the other half at random from the rest: uncertainty sampling that keeps
     seeing typical texts, so it cannot drift into a corner of the pool the model is unsure about."""
-    k = int(round(n * share))
+    k = round(n * share)
     top, _ = margin(classifier, X, k) if k else (np.array([], dtype=int), None)
     rest = np.setdiff1d(np.arange(X.shape[0]), np.asarray(top, dtype=int))
     extra = np.random.default_rng(seed).choice(rest, min(n - k, len(rest)), replace=False)
