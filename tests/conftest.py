@@ -24,7 +24,9 @@ def shared_data() -> Path:
 
 @pytest.fixture
 def project(tmp_path) -> Project:
-    proj = Project.init(tmp_path / "proj", EXAMPLE / "task.toml", loop={"batch_size": 10})
+    # Margin: the fixture's tests check margin's cached and streamed scores (cold-start, the default, is tested
+    # in test_hybrid.py).
+    proj = Project.init(tmp_path / "proj", EXAMPLE / "task.toml", loop={"batch_size": 10, "strategy": "margin"})
     yield proj
     proj.close()
 

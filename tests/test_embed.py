@@ -1,3 +1,4 @@
+import os
 import pickle
 import sys
 
@@ -69,7 +70,8 @@ def test_pickle_round_trip(embedder, tmp_path):
 def test_clone(embedder):
     embedder.transform(PAIR[:1])
     copy = clone(SentenceEmbedder(batch_size=8, max_length=128, normalize=False))
-    assert copy.get_params() == {"model": "all-MiniLM-L6-v2", "batch_size": 8, "max_length": 128, "normalize": False}
+    assert copy.get_params() == {"model": "all-MiniLM-L6-v2", "batch_size": 8, "max_length": 128, "normalize": False,
+                                "store": None}
     assert clone(embedder).get_params() == embedder.get_params()
 
 
@@ -118,3 +120,30 @@ def test_other_models_go_to_sentence_transformers(monkeypatch):
     np.testing.assert_allclose(vecs[:, 0] / vecs[:, 1], [3, 1, 4], rtol=1e-6)
     np.testing.assert_allclose(np.linalg.norm(vecs, axis=1), 1.0, atol=1e-6)
     assert est.transform([]).shape == (0, 3)
+
+
+def test_use_multilingual_embeds_raw_strings():
+    from synthloop.embed import use_file
+
+    try:
+        use_file()
+    except EmbeddingBackendError as err:
+        from conftest import skip_or_fail
+
+        skip_or_fail(f"the USE embedding model is not installed (make install adds it): {err}")
+    use = SentenceEmbedder(model="use-multilingual")
+    vecs = use.transform(PAIR + ["", "Ein Mann spielt Gitarre."])
+    assert vecs.shape == (5, 512) and vecs.dtype == np.float32 and np.isfinite(vecs).all()
+    a, b, c, _, german = vecs
+    assert a @ b > a @ c and a @ german > a @ c  # a paraphrase, and the same sentence in German
+    np.testing.assert_allclose(np.linalg.norm(vecs[:3], axis=1), 1.0, atol=1e-5)
+    np.testing.assert_allclose(use.transform(PAIR[::-1])[::-1], vecs[:3], atol=1e-5)
+
+
+def test_thread_count_follows_the_environment(monkeypatch):
+    from synthloop.embed import onnx_threads
+
+    monkeypatch.setenv("SYNTHLOOP_EMBED_THREADS", "3")
+    assert onnx_threads() == 3
+    monkeypatch.delenv("SYNTHLOOP_EMBED_THREADS")
+    assert 1 <= onnx_threads() <= (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count())

@@ -55,7 +55,7 @@ def make_project(path: Path, small_pool: Path, **argilla) -> Project:
     # One dataset per test: they share the module's server.
     settings = {"dataset": path.parent.name[:40].replace("_", "-"), "annotators": ANNOTATORS, "retry_wait": 0.2,
                 **argilla}
-    project = Project.init(path, EXAMPLE / "task.toml", loop={"batch_size": 10, "labeler": "argilla"},
+    project = Project.init(path, EXAMPLE / "task.toml", loop={"batch_size": 10, "labeler": "argilla", "strategy": "margin"},
                            argilla=settings)
     project.import_file(small_pool / "pool.csv", label_col="label", gold=True)
     project.import_file(small_pool / "test.csv", label_col="label", split="test")

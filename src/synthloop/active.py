@@ -79,7 +79,15 @@ def random_sampling(classifier, X, n: int, seed: int = 0):
     return rng.choice(X.shape[0], size=n, replace=False), None
 
 
+def cold_start(classifier, X, n: int):
+    """Diverse picks until every class has a few real labels, then margin (synthloop.coldstart)."""
+    from synthloop.coldstart import cold_start as pick
+
+    return pick(classifier, X, n)
+
+
 STRATEGIES: dict[str, Callable] = {
+    "cold-start": cold_start,
     "least-confident": least_confident,
     "margin": margin,
     "entropy": entropy,

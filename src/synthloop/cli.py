@@ -62,8 +62,8 @@ def _round_table(results: list[RoundResult]) -> Table:
 @cli_command()
 def init(directory: Annotated[Path, typer.Argument(help="Folder for the new project.")],
          task: Annotated[Path, typer.Option("--task", "-t", help="Task file (task.toml).")],
-         model: Annotated[str, typer.Option(help="tfidf-lr, hashing-lr or embed-lr.")] = "tfidf-lr",
-         strategy: Annotated[str, typer.Option(help="Query strategy.")] = "margin",
+         model: Annotated[str, typer.Option(help="hybrid-lr, tfidf-lr, hashing-lr or embed-lr.")] = "hybrid-lr",
+         strategy: Annotated[str, typer.Option(help="Query strategy.")] = "cold-start",
          labeler: Annotated[str, typer.Option(help="Who labels queries.")] = "oracle",
          batch_size: Annotated[int, typer.Option(min=1, help="Queries per round.")] = 25,
          as_json: JsonOpt = False):
@@ -426,7 +426,7 @@ def export(path: Annotated[Path, typer.Argument(help="Output file: .csv, .jsonl 
 def simulate(task: Annotated[Path, typer.Option(help="Task file.")],
              pool: Annotated[Path, typer.Option(help="Pool file with gold labels.")],
              test: Annotated[Path, typer.Option(help="Test file with labels.")],
-             strategy: str = "margin", model: str = "tfidf-lr",
+             strategy: str = "cold-start", model: str = "hybrid-lr",
              budget: Annotated[int, typer.Option(min=1, help="Labels to buy in all.")] = 500,
              batch: Annotated[int, typer.Option(min=1, help="Labels per round.")] = 25,
              seed: int = 0, text_col: str = "text", label_col: str = "label",

@@ -18,15 +18,15 @@ class _Section(BaseModel):
 
 
 class ModelConfig(_Section):
-    name: str = "tfidf-lr"
+    name: str = "hybrid-lr"  # TF-IDF + sentence embedding, zero-shot before the first label (benchmarks/al.md)
     # Real labels count 1.0; synthetic and task examples this much, so a few real labels outweigh them.
     synthetic_weight: float = Field(0.5, ge=0.0)
-    calibrate: bool = True
-    embed_model: str = "all-MiniLM-L6-v2"
+    calibrate: bool | None = None  # None: the model's default (hybrid-lr: off; tfidf-lr, embed-lr: on)
+    embed_model: str | None = None  # None: hybrid-lr use-multilingual, embed-lr all-MiniLM-L6-v2
 
 
 class LoopConfig(_Section):
-    strategy: str = "margin"
+    strategy: str = "cold-start"  # diverse picks until every class has 2 real labels, then margin
     batch_size: int = Field(25, ge=1)
     labeler: str = "oracle"
     seed: int = 0

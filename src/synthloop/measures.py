@@ -57,9 +57,13 @@ MEASURES: dict[str, Callable[[_Proba], np.ndarray]] = {
 DEFAULT_MEASURE = "least-confident"
 
 
+# Strategies scored by another's measure: cold-start is margin once its diversity phase is over.
+ALIASES = {"cold-start": "margin"}
+
+
 def measure_of(strategy: str) -> str:
     """The measure a strategy's picks are scored with: its own, else the default."""
-    return strategy if strategy in MEASURES else DEFAULT_MEASURE
+    return ALIASES.get(strategy) or (strategy if strategy in MEASURES else DEFAULT_MEASURE)
 
 
 def uncertainty(measure: str, proba: np.ndarray) -> np.ndarray:

@@ -21,7 +21,7 @@ from synthloop.data import scan_table
 from synthloop.errors import SynthloopError
 from synthloop.labelers import argilla_queue, get_labeler
 from synthloop.metrics import evaluate
-from synthloop.models import TextClassifier, featurizer_needs_fit, load_model, save_model, texts_key
+from synthloop.models import TextClassifier, featurizer_needs_fit, load_model, model_options, save_model
 from synthloop.round import RoundResult, check_choices, close_round, run_round
 from synthloop.selection import Cached, InMemory, Scorer, Streamed
 from synthloop.store import NewLabel, QueryStatus, Store
@@ -235,7 +235,8 @@ class Project:
         """An unfitted classifier as the project's [model] settings make it."""
         cfg = self.config.model
         return TextClassifier(labels=self.task.label_names, name=cfg.name, calibrate=cfg.calibrate,
-                              embed_model=cfg.embed_model, seed=self.config.loop.seed)
+                              embed_model=cfg.embed_model, seed=self.config.loop.seed,
+                              **model_options(self.task, self.state_dir))
 
     def _featurizer(self, model: TextClassifier, train_texts: list[str]):
         if featurizer_needs_fit(model.name):
@@ -262,6 +263,8 @@ class Project:
     def _features(self, key: str, featurizer, ids: list[str], texts: list[str]):
         """Feature rows for the given examples: read from the version's rows on disk (featurized once, by any
         process), else reusing rows computed in earlier rounds of this process."""
+        if not ids:
+            return None  # no rows: a zero-shot model needs none, another model refuses to fit
         rows = self._rows(key, featurizer)
         if rows is not None:
             return rows.get(ids, texts)

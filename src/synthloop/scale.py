@@ -411,6 +411,8 @@ def score_pool(model, source, strategy: str = "margin", k: int = 100, engine: st
     `ray_notes`: a folder (the project's .synthloop) where a local Ray started here is noted, so that the next
     run reaps it if this one is killed (synthloop.ray_local).
     """
+    if strategy == "cold-start":  # its k-means phase needs the whole pool at once: streamed, it is margin
+        strategy = "margin"
     check_streamable(strategy, engine)
     if k <= 0:
         return []

@@ -16,8 +16,8 @@ if TYPE_CHECKING:
 BASELINE = "random"
 
 
-def simulate(task: TaskSpec | str | Path, pool: str | Path, test: str | Path, strategy: str = "margin",
-             model: str = "tfidf-lr", budget: int = 500, batch: int = 25, seed: int = 0,
+def simulate(task: TaskSpec | str | Path, pool: str | Path, test: str | Path, strategy: str = "cold-start",
+             model: str = "hybrid-lr", budget: int = 500, batch: int = 25, seed: int = 0,
              text_col: str = "text", label_col: str = "label",
              on_point: Callable[[dict], None] | None = None, report_dir: str | Path | None = None,
              measure_latency: bool = True) -> dict:

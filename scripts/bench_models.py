@@ -1,0 +1,244 @@
+"""Simulated active learning on cached features: models x strategies x seeds x datasets, cheaply.
+
+Each dataset is featurized once (scripts/bench_features.py, cached under .cache/bench/); every loop then
+trains synthloop's own TextClassifier on rows of the cached matrices and selects with synthloop's own
+strategies (synthloop.active.select), so the figures are the product's, without re-featurizing per run.
+
+    python scripts/bench_models.py --configs default tfidf-lr --strategies margin random --seeds 1
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import time
+from pathlib import Path
+
+import bench_features as bf
+import numpy as np
+import scipy.sparse as sp
+
+from synthloop import SynthloopError, active
+from synthloop.models import HybridFeaturizer, TextClassifier, label_prompts
+
+BUDGETS = [0, 25, 50, 100, 200, 500]
+TASK_WEIGHT = 0.5  # ModelConfig.synthetic_weight: task examples weigh this much against a real label
+COLD_START = "synthloop.coldstart:cold_start"
+
+# Named model configurations. "features": which cached matrices; the rest are TextClassifier parameters.
+CONFIGS: dict[str, dict] = {
+    "tfidf-lr": {"features": "tfidf", "name": "tfidf-lr"},
+    # The product's embed-lr (calibrated, zero-shot at round 0 like every model that embeds), with the USE
+    # embedding: MiniLM costs ~13x the CPU per text and was not featurized for this run.
+    "embed-lr": {"features": "use", "name": "embed-lr", "zero_shot": True},
+    "embed-lr-minilm": {"features": "minilm", "name": "embed-lr", "zero_shot": True},
+    "plain-tfidf": {"features": "plain", "name": "tfidf-lr", "C": 10.0, "calibrate": False, "class_weight": None,
+                    "task_rows": False, "start_per_class": 2},
+}
+
+
+def hybrid(emb: str = "use", **kw) -> dict:
+    return {"features": f"tfidf+{emb}", "name": "hybrid-lr", "embed_model": emb, **kw}
+
+
+# Candidates measured on the shared sets (see benchmarks/al.md); "default" is hybrid-lr as ModelConfig ships it.
+CONFIGS.update({
+    "default": hybrid(calibrate=False, zero_shot=True, prior=2.0),
+    "tfidf-lr-uncal": {"features": "tfidf", "name": "tfidf-lr", "calibrate": False},
+    "embed-use": {"features": "use", "name": "embed-lr"},
+    "embed-use-uncal": {"features": "use", "name": "embed-lr", "calibrate": False},
+    "embed-use-uncal-zs": {"features": "use", "name": "embed-lr", "calibrate": False, "zero_shot": True},
+    "hybrid-cal-zs": hybrid(calibrate=True, zero_shot=True),
+    "hybrid-zs": hybrid(calibrate=False, zero_shot=True),
+    "hybrid": hybrid(calibrate=False),
+    "hybrid-zs-prior2": hybrid(calibrate=False, zero_shot=True, prior=2.0),
+    "hybrid-zs-w1": hybrid(calibrate=False, zero_shot=True, embed_weight=1.0),
+    "hybrid-zs-w3": hybrid(calibrate=False, zero_shot=True, embed_weight=3.0),
+    "hybrid-zs-C1": hybrid(calibrate=False, zero_shot=True, C=1.0),
+    "hybrid-zs-C10": hybrid(calibrate=False, zero_shot=True, C=10.0),
+    "hybrid-zs-nocw": hybrid(calibrate=False, zero_shot=True, class_weight=None),
+    "hybrid-zs-task1": hybrid(calibrate=False, zero_shot=True, task_weight=1.0),
+    "hybrid-minilm-zs": hybrid("minilm", calibrate=False, zero_shot=True),
+    "p2-C1": hybrid(calibrate=False, zero_shot=True, prior=2.0, C=1.0),
+    "p2-C10": hybrid(calibrate=False, zero_shot=True, prior=2.0, C=10.0),
+    "p2-w3": hybrid(calibrate=False, zero_shot=True, prior=2.0, embed_weight=3.0),
+    "p2-w1": hybrid(calibrate=False, zero_shot=True, prior=2.0, embed_weight=1.0),
+})
+
+
+class CachedHybrid(HybridFeaturizer):
+    """HybridFeaturizer whose rows come from the cached matrices (looked up by text)."""
+
+    def __init__(self, tfidf, emb, index, embed_weight: float = 2.0):
+        super().__init__(embed_weight=embed_weight)
+        self.tfidf_rows, self.emb_rows, self.index = tfidf, emb, index
+        self.embedding_dim_ = emb.shape[1]
+
+    def embed(self, texts):
+        return self.emb_rows[[self.index[t] for t in texts]]
+
+    def transform(self, texts):
+        rows = [self.index[t] for t in texts]
+        return self.combine(self.tfidf_rows[rows], self.emb_rows[rows])
+
+
+class CachedEmbedder:
+    def __init__(self, emb, index):
+        self.emb_rows, self.index = emb, index
+
+    def embed(self, texts):
+        return self.emb_rows[[self.index[t] for t in texts]]
+
+    transform = embed
+
+    def embedding_block(self, X):
+        return np.asarray(X)
+
+
+class CachedSparse:
+    def __init__(self, rows, index):
+        self.rows, self.index = rows, index
+
+    def transform(self, texts):
+        return self.rows[[self.index[t] for t in texts]]
+
+
+def build(data: dict, cfg: dict):
+    """(featurizer, X of every row: pool, test, label texts)."""
+    texts = data["pool_text"] + data["test_text"] + data["label_text"]
+    index = {}
+    for i, t in enumerate(texts):
+        index.setdefault(t, i)
+    parts = cfg["features"].split("+")
+    mats = [bf.cached(data["name"], p, data) for p in parts]
+    if len(parts) == 2:
+        f = CachedHybrid(mats[0], mats[1], index, cfg.get("embed_weight", 2.0))
+        return f, f.combine(mats[0], mats[1])
+    if sp.issparse(mats[0]):
+        return CachedSparse(mats[0], index), mats[0]
+    return CachedEmbedder(mats[0], index), mats[0]
+
+
+def evaluate(y_true, y_pred) -> dict:
+    from sklearn.metrics import f1_score
+
+    return {"accuracy": float(np.mean(y_true == y_pred)),
+            "macro_f1": float(f1_score(y_true, y_pred, average="macro", labels=sorted(set(y_true)), zero_division=0))}
+
+
+def run(data: dict, feats, cfg: dict, strategy: str, seed: int, budget: int = 500, batch: int = 25) -> dict:
+    featurizer, X = feats
+    n_pool, n_test = len(data["pool_text"]), len(data["test_text"])
+    X_pool, X_test = X[:n_pool], X[n_pool:n_pool + n_test]
+    labels = data["labels"]
+    params = {k: cfg[k] for k in ("name", "C", "calibrate", "class_weight", "prior", "embed_weight") if k in cfg}
+    prompts = label_prompts(data["spec"]) if cfg.get("zero_shot") else None
+    task_rows = [(t, lab) for t, lab in data["spec"].examples()] if cfg.get("task_rows", True) else []
+    X_task = featurizer.transform([t for t, _ in task_rows]) if task_rows else None
+    rng = np.random.default_rng(seed)
+    labeled: list[int] = []
+    if cfg.get("start_per_class"):
+        for lab in labels:
+            idx = np.flatnonzero(data["pool_y"] == lab)
+            labeled += list(rng.choice(idx, min(cfg["start_per_class"], len(idx)), replace=False))
+    curve, started, cpu0 = [], time.perf_counter(), _cpu()
+    rounds = 0
+    while True:
+        y = [data["pool_y"][i] for i in labeled] + [lab for _, lab in task_rows]
+        w = np.r_[np.ones(len(labeled)), np.full(len(task_rows), cfg.get("task_weight", TASK_WEIGHT))]
+        Xs = [X_pool[labeled]] if labeled else []
+        if X_task is not None:
+            Xs.append(X_task)
+        model = TextClassifier(labels=labels, seed=seed, prompts=prompts, **params)
+        X_train = (sp.vstack(Xs, format="csr") if sp.issparse(X_pool) else np.vstack(Xs)) if Xs else None
+        try:
+            model.fit(None, y, sample_weight=w, featurizer=featurizer, X=X_train)
+        except SynthloopError as err:  # no two classes yet (a model without zero-shot)
+            model = None
+            reason = str(err)[:80]
+        n = len(labeled)
+        if n in BUDGETS:
+            if model is None:
+                curve.append({"labels": n, "accuracy": None, "macro_f1": None, "note": reason})
+            else:
+                pred = model.classes_[model.predict_proba_features(X_test).argmax(axis=1)]
+                curve.append({"labels": n, **evaluate(data["test_y"], pred)})
+        if n >= budget:
+            break
+        # Steps of `batch`, aligned to multiples of it (plain-tfidf starts at 2 per class).
+        k = min(batch - n % batch, budget - n)
+        mask = np.ones(n_pool, dtype=bool)
+        mask[labeled] = False
+        rest = np.flatnonzero(mask)
+        if model is None or strategy == "random":
+            picked = rng.choice(len(rest), k, replace=False)
+        else:
+            if callable(strategy):
+                picked, _ = strategy(active.FittedView(model), X_pool[rest], k, seed=seed + rounds)
+            else:
+                picked, _ = active.select(strategy, model, X_pool[rest], k, seed=seed + rounds)
+        labeled += list(rest[picked])
+        rounds += 1
+    return {"dataset": data["name"], "config": None, "strategy": strategy, "seed": seed, "curve": curve,
+            "seconds": round(time.perf_counter() - started, 2), "cpu_seconds": round(_cpu() - cpu0, 2)}
+
+
+def _cpu() -> float:
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+
+def _strategies():
+    from functools import partial
+
+    from synthloop import coldstart as cs
+
+    return {"margin": "margin", "entropy": "entropy", "random": "random", "cold-start": COLD_START,
+            "cold-start-unc": partial(cs.cold_start, pick="uncertain"),
+            "mix": cs.margin_and_random,
+            "cold-start-mix": partial(cs.cold_start, then=cs.margin_and_random),
+            "cold-start-k1": partial(cs.cold_start, k=1), "cold-start-k4": partial(cs.cold_start, k=4)}
+
+
+STRATEGY_NAMES = _strategies()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--datasets", nargs="*", default=bf.SHARED_SETS)
+    parser.add_argument("--configs", nargs="*", default=["tfidf-lr", "plain-tfidf"])
+    parser.add_argument("--strategies", nargs="*", default=["margin", "random"])
+    parser.add_argument("--seeds", type=int, default=1)
+    parser.add_argument("--budget", type=int, default=500)
+    parser.add_argument("--batch", type=int, default=25)
+    parser.add_argument("--out", type=Path, required=True, help="JSON lines file the runs are appended to")
+    args = parser.parse_args()
+    done = set()
+    if args.out.exists():
+        for line in args.out.read_text().splitlines():
+            r = json.loads(line)
+            done.add((r["dataset"], r["config"], r["strategy"], r["seed"], r["budget"]))
+    for name in args.datasets:
+        data = bf.load(name)
+        for config in args.configs:
+            cfg = CONFIGS[config]
+            feats = build(data, cfg)
+            for strategy in args.strategies:
+                if config == "plain-tfidf" and strategy != "margin":
+                    continue  # the baseline script uses margin only
+                for seed in range(args.seeds):
+                    if (name, config, strategy, seed, args.budget) in done:
+                        continue
+                    r = run(data, feats, cfg, STRATEGY_NAMES[strategy], seed, args.budget, args.batch)
+                    r.update(config=config, strategy=strategy, budget=args.budget, batch=args.batch, load=os.getloadavg())
+                    with args.out.open("a") as fh:
+                        fh.write(json.dumps(r) + "\n")
+                    accs = " ".join(f"{p['labels']}:{p['accuracy']:.3f}" if p["accuracy"] is not None else f"{p['labels']}:-"
+                                    for p in r["curve"])
+                    print(f"{name:10s} {config:22s} {strategy:10s} s{seed} {accs}  ({r['seconds']}s)", flush=True)
+
+
+if __name__ == "__main__":
+    main()
