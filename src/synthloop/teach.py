@@ -14,7 +14,8 @@ import threading
 from collections import Counter
 from dataclasses import dataclass
 
-from synthloop import active
+from synthloop.measures import measure_of
+from synthloop.measures import uncertainty as measure_uncertainty
 from synthloop.errors import SynthloopError
 from synthloop.store import NewLabel
 
@@ -30,7 +31,7 @@ class Item:
     text: str
     suggestion: str
     probability: float
-    uncertainty: float  # higher = less sure (synthloop.active.uncertainty)
+    uncertainty: float  # higher = less sure (synthloop.measures)
 
 
 @dataclass(frozen=True)
@@ -77,7 +78,7 @@ class TeachSession:
         strategy = project.config.loop.strategy
         # Ranking is per example: a strategy without a measure of its own (ranked-batch, random) ranks by
         # least-confident, the measure the loop scores such picks with (synthloop.measures.DEFAULT_MEASURE).
-        self.strategy = strategy if strategy in active.POINTWISE else "least-confident"
+        self.strategy = measure_of(strategy)
         self.queue: list[Item] = []
         self.history: list[Step] = []
         self.answered = 0  # answers given (and not undone) in this session
@@ -108,7 +109,7 @@ class TeachSession:
         if not ids:
             return []
         proba = model.predict_proba(texts)
-        uncertainty = active.uncertainty(self.strategy, proba)
+        uncertainty = measure_uncertainty(self.strategy, proba)
         classes = list(model.classes_)
         items = [Item(eid, text, classes[int(p.argmax())], float(p.max()), float(u))
                  for eid, text, p, u in zip(ids, texts, proba, uncertainty)]

@@ -268,7 +268,7 @@ class ArgillaLabeler:
     def assess(self, queries: Sequence[Query]) -> dict[str, Guess | None]:
         """The current model's guess and uncertainty (the query's own measure) for each query; None
         before there is a model."""
-        from synthloop import active
+        from synthloop.measures import measure_of, uncertainty
 
         model = self._current_model()
         if model is None or not queries:
@@ -277,9 +277,8 @@ class ArgillaLabeler:
         out = {}
         for strategy in {q.strategy for q in queries}:
             rows = [k for k, q in enumerate(queries) if q.strategy == strategy]
-            # Strategies without a pointwise measure (random, ranked-batch) are shown the margin's.
-            measure = strategy if strategy in active.POINTWISE else "margin"
-            values = active.uncertainty(measure, proba[rows])
+            # The measure the query's score was stored with (synthloop.measures), so a refresh keeps its meaning.
+            values = uncertainty(measure_of(strategy), proba[rows])
             for k, value in zip(rows, values):
                 p = proba[k]
                 out[queries[k].example_id] = Guess(str(model.classes_[int(p.argmax())]), float(p.max()), float(value))
