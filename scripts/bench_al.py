@@ -55,7 +55,7 @@ def summarize(runs: list[dict], budget: int) -> dict:
                 per[strategy] = {"accuracy": mean_curve(mine, "accuracy"), "macro_f1": mean_curve(mine, "macro_f1"),
                                  "seconds": float(np.mean([r["seconds"] for r in mine])), "seeds": len(mine)}
         target = per.get("random", {}).get("accuracy", {}).get(budget)
-        for strategy, s in per.items():
+        for s in per.values():
             reached = [n for n, acc in s["accuracy"].items() if target is not None and acc >= target]
             s["labels_to_reach_random_at_budget"] = min(reached) if reached else None
         summary[dataset] = per
@@ -102,8 +102,8 @@ def synthetic_pool(n: int, seed: int = 0) -> tuple[list[str], list[str]]:
 
 def time_round_vs_small_text(pool_size: int = 100_000, n_labeled: int = 1000, k: int = 100) -> dict:
     """One round (train + score + select k) with hashing-lr, ours vs small-text, same classifier and strategy."""
-    from small_text import BreakingTies, PoolBasedActiveLearner, SklearnClassifierFactory, SklearnDataset
     from sklearn.linear_model import LogisticRegression
+    from small_text import BreakingTies, PoolBasedActiveLearner, SklearnClassifierFactory, SklearnDataset
 
     from synthloop.active import select
     from synthloop.models import TextClassifier, make_featurizer
@@ -126,7 +126,8 @@ def time_round_vs_small_text(pool_size: int = 100_000, n_labeled: int = 1000, k:
     # small-text: the same logistic regression and breaking ties (= margin); initialize_data() trains,
     # query() scores the unlabeled rest and selects.
     base = LogisticRegression(C=4.0, max_iter=2000, class_weight="balanced")
-    learner = PoolBasedActiveLearner(SklearnClassifierFactory(base, 2), BreakingTies(), SklearnDataset(X, y, target_labels=np.array([0, 1])))
+    learner = PoolBasedActiveLearner(SklearnClassifierFactory(base, 2), BreakingTies(),
+                                     SklearnDataset(X, y, target_labels=np.array([0, 1])))
     t = time.perf_counter()
     learner.initialize_data(labeled, y[labeled])
     queried = learner.query(num_samples=k)

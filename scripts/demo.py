@@ -69,8 +69,9 @@ def main() -> None:
         usage = project.store.llm_usage()
         status.update("writing the report")
         try:
+            label = f"make demo ({LOCAL_MODEL_NAME}, {args.budget} labels; its temporary project is gone)"
             paths = build_report(project, out_dir=args.report_dir, baselines={"random": random_curve},
-                                 project_label=f"make demo ({LOCAL_MODEL_NAME}, {args.budget} labels; its temporary project is gone)")["paths"]
+                                 project_label=label)["paths"]
         finally:
             project.close()
 

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 
@@ -103,6 +104,14 @@ def pg_url(pg_server) -> str:
     return pg_server.create_database()
 
 
+@pytest.fixture(autouse=True)
+def _every_test_on_postgresql(request, monkeypatch):
+    """SYNTHLOOP_TEST_STORE=postgresql runs every test's projects on a fresh PostgreSQL database (slower; for
+    checking a change against PostgreSQL beyond the tests that always run on both)."""
+    if os.environ.get("SYNTHLOOP_TEST_STORE") == "postgresql" and "db" not in request.fixturenames:
+        monkeypatch.setenv("SYNTHLOOP_DB_URL", request.getfixturevalue("pg_url"))
+
+
 @pytest.fixture(params=["sqlite", "postgresql"])
 def db(request, monkeypatch) -> str | None:
     """Run a test on both stores: None for SQLite in the project folder, else a fresh PostgreSQL database's
@@ -116,8 +125,8 @@ def db(request, monkeypatch) -> str | None:
 
 
 def skip_or_fail(reason: str) -> None:
-    """Skip a test (or a whole module) whose tool (chromium, playwright, Argilla, Ray, llama.cpp) is missing, except under CI (`make test` sets CI=1):
-    there a skip would hide that the test never ran."""
+    """Skip a test (or a whole module) whose tool (chromium, playwright, Argilla, Ray, llama.cpp, PostgreSQL) is
+    missing, except under CI (`make test` sets CI=1): there a skip would hide that the test never ran."""
     import os
 
     if os.environ.get("CI", "").lower() not in ("", "0", "false"):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from dataclasses import asdict
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 from rich.console import Console
@@ -79,8 +79,8 @@ def init(directory: Annotated[Path, typer.Argument(help="Folder for the new proj
 @app.command("import")
 def import_(file: Annotated[Path, typer.Argument(help="CSV, TSV, JSONL or Parquet file.")],
             text_col: Annotated[str, typer.Option(help="Column with the text.")] = "text",
-            label_col: Annotated[Optional[str], typer.Option(help="Column with labels, if any.")] = None,
-            id_col: Annotated[Optional[str], typer.Option(help="Column with your own ids (default: hash of the text).")] = None,
+            label_col: Annotated[str | None, typer.Option(help="Column with labels, if any.")] = None,
+            id_col: Annotated[str | None, typer.Option(help="Column with your own ids (default: hash of the text).")] = None,
             split: Annotated[str, typer.Option(help="pool (to label and train on) or test (held out).")] = "pool",
             gold: Annotated[bool, typer.Option("--gold", help="Keep pool labels hidden, for the simulated oracle.")] = False,
             project: ProjectOpt = Path("."), as_json: JsonOpt = False):
@@ -112,8 +112,8 @@ def train(project: ProjectOpt = Path("."), as_json: JsonOpt = False):
 
 
 @app.command()
-def query(n: Annotated[Optional[int], typer.Option("--n", help="How many to query (default: batch size).")] = None,
-          strategy: Annotated[Optional[str], typer.Option(help="Override the project's strategy.")] = None,
+def query(n: Annotated[int | None, typer.Option("--n", help="How many to query (default: batch size).")] = None,
+          strategy: Annotated[str | None, typer.Option(help="Override the project's strategy.")] = None,
           project: ProjectOpt = Path("."), as_json: JsonOpt = False):
     """Select the next examples to label (trains first if this round has no model yet)."""
     proj = _open(project)
@@ -131,7 +131,7 @@ def query(n: Annotated[Optional[int], typer.Option("--n", help="How many to quer
 
 
 @app.command()
-def label(with_: Annotated[Optional[str], typer.Option("--with", help="Labeler to use (default: the one each query was routed to).")] = None,
+def label(with_: Annotated[str | None, typer.Option("--with", help="Labeler to use (default: the one each query was routed to).")] = None,
           project: ProjectOpt = Path("."), as_json: JsonOpt = False):
     """Hand pending queries to their labeler and store the labels that are ready."""
     proj = _open(project)
@@ -144,7 +144,8 @@ def label(with_: Annotated[Optional[str], typer.Option("--with", help="Labeler t
 
 
 @app.command("round")
-def round_(labeler: Annotated[Optional[str], typer.Option(help="Route this round's queries to this labeler (oracle, llm, argilla, hybrid).")] = None,
+def round_(labeler: Annotated[str | None, typer.Option(
+               help="Route this round's queries to this labeler (oracle, llm, argilla, hybrid).")] = None,
            project: ProjectOpt = Path("."), as_json: JsonOpt = False):
     """One full round: collect labels, train, evaluate, top up minority classes, select, route."""
     proj = _open(project)
@@ -177,7 +178,7 @@ def loop(rounds: Annotated[int, typer.Option(help="How many rounds.")] = 5,
 
 @app.command()
 def generate(per_class: Annotated[int, typer.Option("--per-class", min=0, help="Synthetic examples to make per class.")] = 25,
-             consistency_filter: Annotated[Optional[bool], typer.Option("--consistency-filter/--no-consistency-filter",
+             consistency_filter: Annotated[bool | None, typer.Option("--consistency-filter/--no-consistency-filter",
                                            help="Drop texts the LLM labeler puts in another class.")] = None,
              project: ProjectOpt = Path("."), as_json: JsonOpt = False):
     """Generate synthetic training examples for every class with the project's LLM."""
@@ -226,20 +227,20 @@ NIGHTLY_EXITS = "exit 0 done, 1 failed, 2 bad input, 69 a server did not answer 
 
 
 @app.command(help=f"The unattended job for cron/systemd/Kubernetes: {NIGHTLY_EXITS}.")
-def nightly(pool: Annotated[Optional[str], typer.Option(help="Folder or glob of pool files; new or changed ones are imported.")] = None,
-            labeler: Annotated[Optional[str], typer.Option(help="Route tonight's queries here (default: the project's).")] = None,
-            max_labels: Annotated[Optional[int], typer.Option(
+def nightly(pool: Annotated[str | None, typer.Option(help="Folder or glob of pool files; new or changed ones are imported.")] = None,
+            labeler: Annotated[str | None, typer.Option(help="Route tonight's queries here (default: the project's).")] = None,
+            max_labels: Annotated[int | None, typer.Option(
                 help="Queries to hand out tonight, at most: leftovers of earlier nights first, then new ones selected "
                      "to fill the rest. Default: select [loop] batch_size, no cap.")] = None,
-            max_cost: Annotated[Optional[float], typer.Option(
+            max_cost: Annotated[float | None, typer.Option(
                 help="$ the LLM may spend tonight, at most (labeling and top-up); a re-run after a killed or "
                      "failed run gets what is left.")] = None,
-            text_col: str = "text", id_col: Annotated[Optional[str], typer.Option()] = None,
+            text_col: str = "text", id_col: Annotated[str | None, typer.Option()] = None,
             dry_run: Annotated[bool, typer.Option("--dry-run", help="Show what would be done; change nothing.")] = False,
-            log_file: Annotated[Optional[Path], typer.Option(help="Default: .synthloop/logs/nightly.log")] = None,
-            engine: Annotated[Optional[str], typer.Option(help="Stream the pool through synthloop.scale: local (every core) "
+            log_file: Annotated[Path | None, typer.Option(help="Default: .synthloop/logs/nightly.log")] = None,
+            engine: Annotated[str | None, typer.Option(help="Stream the pool through synthloop.scale: local (every core) "
                                                           "or ray (a Ray cluster). Default: in memory, scores cached.")] = None,
-            address: Annotated[Optional[str], typer.Option(help="Ray cluster address (host:6379) for --engine ray; "
+            address: Annotated[str | None, typer.Option(help="Ray cluster address (host:6379) for --engine ray; "
                                                            "default: start Ray on this machine.")] = None,
             project: ProjectOpt = Path("."), as_json: JsonOpt = False):
     from synthloop.nightly import EXIT_FAILED, EXIT_LOCKED, EXIT_UNAVAILABLE, exit_status, run_nightly
@@ -370,7 +371,7 @@ def simulate(task: Annotated[Path, typer.Option(help="Task file.")],
              with_report: Annotated[bool, typer.Option("--report", help="Also run the random baseline (same seed) and write "
                                                         "the report with both learning curves to REPORT_DIR.")] = False,
              # A positional folder, because typer cannot give an option an optional value: `--report [DIR]`.
-             report_dir: Annotated[Optional[Path], typer.Argument(help="Folder for --report (default ./simulation-report).",
+             report_dir: Annotated[Path | None, typer.Argument(help="Folder for --report (default ./simulation-report).",
                                                                   show_default=False)] = None,
              as_json: JsonOpt = False, quiet: QuietOpt = False):
     """Run a whole loop against gold labels in a temporary project; prints the learning curve."""

@@ -35,7 +35,7 @@ def _run(project: Path, fn):
             proj.close()
     except SynthloopError as e:
         err.print(f"[bold red]error:[/] {escape(str(e))}", highlight=False, soft_wrap=True)
-        raise typer.Exit(2)
+        raise typer.Exit(2) from None
 
 
 @review_app.command("push")

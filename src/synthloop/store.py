@@ -670,7 +670,8 @@ class Store:
 
     def add_model(self, version: int, round_: int | None, name: str, path: str, n_train: int) -> None:
         with self.engine.begin() as conn:
-            conn.execute(models.insert().values(version=version, round=round_, name=name, path=path, n_train=n_train, created_at=time.time()))
+            conn.execute(models.insert().values(version=version, round=round_, name=name, path=path, n_train=n_train,
+                                                created_at=time.time()))
             if round_ is not None:
                 conn.execute(rounds.update().where(rounds.c.number == round_).values(model_version=version))
 

@@ -10,10 +10,9 @@ import random
 import re
 from collections import Counter
 from dataclasses import dataclass, field
-
-import numpy as np
 from typing import Annotated
 
+import numpy as np
 from pydantic import BaseModel, Field, StringConstraints, create_model
 from sklearn.feature_extraction.text import HashingVectorizer
 

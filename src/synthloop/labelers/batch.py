@@ -18,8 +18,15 @@ from collections.abc import Sequence
 
 import openai
 
-from synthloop.labelers.llm import MAX_ANSWER_TOKENS, answer_model, estimated_cost, few_shot_examples
-from synthloop.labelers.llm import labeling_messages, outcome_of, within_budget
+from synthloop.labelers.llm import (
+    MAX_ANSWER_TOKENS,
+    answer_model,
+    estimated_cost,
+    few_shot_examples,
+    labeling_messages,
+    outcome_of,
+    within_budget,
+)
 from synthloop.llm.batch import batch_results, submit_batch
 from synthloop.llm.pricing import BATCH_DISCOUNT
 from synthloop.store import NewLabel, Query
