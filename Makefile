@@ -9,7 +9,7 @@ LLAMA_CPP_VERSION := 0.3.36
 # llama.cpp compiled for any x86-64 (no -march=native), so the cached wheel can move between machines.
 LLAMA_CMAKE_ARGS := -DLLAVA_BUILD=OFF -DGGML_NATIVE=OFF
 
-.PHONY: install llm-deps system-deps argilla-install apt-steps argilla demo test clean
+.PHONY: install llm-deps system-deps argilla-install apt-steps argilla demo lint test clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -64,7 +64,12 @@ demo: install llm-deps
 # The installs run side by side: compiling llama.cpp is CPU-bound, the others mostly wait on downloads.
 # One BLAS thread: on 2 cores with tests running side by side, BLAS threads fight and fits run 5-30x slower.
 # CI=1 (unless set): a browser test whose chromium or playwright is missing fails instead of skipping.
-test:
+# ruff and mypy, configured in pyproject.toml (installed by the test extra); `make test` runs this first.
+lint: $(STAMP)
+	$(PY) -m ruff check src tests scripts
+	$(PY) -m mypy
+
+test: lint
 	$(MAKE) --no-print-directory -j2 llm-deps apt-steps
 	CI=$${CI:-1} OPENBLAS_NUM_THREADS=1 $(PY) -m pytest
 

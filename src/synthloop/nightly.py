@@ -55,7 +55,8 @@ def exit_status(error: BaseException) -> int:
     """The exit status for an error that ended a run: 69 when a server did not answer (the error, or one it
     was raised from or while handling, is a connection error or a timeout), else 2 for bad input (a
     SynthloopError, whose message names the fix), else 1."""
-    transient, seen, err = _transient_types(), set(), error
+    transient, seen = _transient_types(), set()
+    err: BaseException | None = error
     while err is not None and id(err) not in seen:
         if isinstance(err, Locked):
             return EXIT_LOCKED

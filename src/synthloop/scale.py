@@ -402,7 +402,8 @@ def score_pool(model, source, strategy: str = "margin", k: int = 100, engine: st
     ranked = strategy == "ranked-batch"
     measure, keep = ("least-confident", ranked_batch_candidates(k)) if ranked else (strategy, k)
     exclude = frozenset(exclude_ids or ())
-    files, chunks = None, None
+    files: str | list[Path] | None = None
+    chunks = None
     if not isinstance(source, (str, os.PathLike)):
         chunks = source
     elif engine == "ray" and "://" in str(source):
