@@ -197,7 +197,7 @@ def _without_nul(row: dict) -> dict:
 
 class Store:
     def __init__(self, url: str):
-        self.url = url
+        self.url = store_url.masked(url)  # printable: the password stays inside the engine only
         self.engine = store_url.create_engine(url)
         self.shared = store_url.is_shared(self.engine.url)  # several project folders may use it at once
         # Several machines write a shared store: rounds and nightly runs take turns (see _hold_round_lock).
