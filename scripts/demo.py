@@ -81,8 +81,9 @@ def main() -> None:
         model_name = project.config.model.name
         status.update(step("writing the report"))
         try:
+            label = f"make demo ({LOCAL_MODEL_NAME}, {args.budget} labels; its temporary project is gone)"
             paths = build_report(project, out_dir=args.report_dir, baselines={"random": random_curve},
-                                 project_label=f"make demo ({LOCAL_MODEL_NAME}, {args.budget} labels; its temporary project is gone)")["paths"]
+                                 project_label=label)["paths"]
         finally:
             project.close()
 

@@ -53,7 +53,7 @@ class ArgillaServer:
         self.starts = 0
 
     # ----------------------------------------------------------------------------------------- life cycle
-    def start(self) -> "ArgillaServer":
+    def start(self) -> ArgillaServer:
         if self.proc is not None and self.proc.poll() is None:
             raise ArgillaServerError("server already running")
         self.starts += 1
@@ -115,7 +115,7 @@ class ArgillaServer:
         except subprocess.TimeoutExpired:
             self.kill()
             raise ArgillaServerError(f"argilla server ignored {signal.Signals(sig).name} for {timeout:.0f} s"
-                                     f"{self._stderr_tail()}")
+                                     f"{self._stderr_tail()}") from None
 
     def kill(self) -> None:
         """SIGKILL, for crash tests: nothing is cleaned up (its Redis child dies with it)."""
@@ -123,7 +123,7 @@ class ArgillaServer:
             self.proc.kill()
             self.proc.wait()
 
-    def restart(self) -> "ArgillaServer":
+    def restart(self) -> ArgillaServer:
         self.stop()
         return self.start()
 
@@ -146,7 +146,7 @@ class ArgillaServer:
     def running(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
 
-    def __enter__(self) -> "ArgillaServer":
+    def __enter__(self) -> ArgillaServer:
         return self
 
     def __exit__(self, *exc) -> None:

@@ -9,7 +9,6 @@ import signal
 import time
 
 import pytest
-
 from argilla_server import argilla_server_skip_reason, process_alive, start_argilla_server
 from helpers import skip_or_fail
 

@@ -15,7 +15,6 @@ import threading
 from pathlib import Path
 
 import pytest
-
 from argilla_server import argilla_server_skip_reason, start_argilla_server
 from helpers import skip_or_fail
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+
 import tomli_w
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 

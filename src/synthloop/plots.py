@@ -173,7 +173,8 @@ def blocks(d: dict, label_names: list[str]) -> list[tuple]:
         b.append(("p", f"Accuracy went from {_f(first['accuracy'])} with {first['labels']} real labels{seed} to "
                        f"{_f(last['accuracy'])} with {last['labels']} (macro-F1 {_f(first['macro_f1'])} to {_f(last['macro_f1'])})."))
         for name, v in s["vs"].items():
-            text = f"{name.capitalize()} at {last['labels']} labels: accuracy {_f(v['accuracy_at_same_labels'])} (this run: {_f(last['accuracy'])})"
+            text = (f"{name.capitalize()} at {last['labels']} labels: accuracy {_f(v['accuracy_at_same_labels'])} "
+                    f"(this run: {_f(last['accuracy'])})")
             if v["labels_to_reach_same_accuracy"] is not None:
                 text += f"; {name} needed {v['labels_to_reach_same_accuracy']} labels to reach {_f(last['accuracy'])}"
             else:

@@ -11,6 +11,7 @@ import math
 import time
 from collections import defaultdict
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from threadpoolctl import threadpool_limits
@@ -155,7 +156,8 @@ def _labels_per_round(project, rounds: list[dict]) -> dict[int, dict]:
     added: dict[int, dict[str, dict[str, int]]] = {r["number"]: {} for r in rounds}
     for source, label, label_round, created_at in _label_rows(project):
         _add(added.setdefault(_round_of(label_round, created_at, rounds), {}), source, label)
-    out, total = {}, {}
+    out: dict = {}
+    total: dict = {}
     for number in sorted(added):
         for source, by_label in added[number].items():
             for label, n in by_label.items():
@@ -254,7 +256,7 @@ def label_quality(project, model) -> dict:
     real = [r for r in rows if source_rank(r[3]) < source_rank("synthetic")]
     extra = [(r[1], r[2]) for r in rows if source_rank(r[3]) >= source_rank("synthetic")] + project.task.examples()
     given = np.array([r[2] for r in real], dtype=object)
-    present, counts = np.unique(given, return_counts=True) if len(given) else ([], [0])
+    present, counts = np.unique(given, return_counts=True) if len(given) else (np.array([]), np.array([0]))
     folds = int(min(5, min(counts)))
     if len(present) < 2 or folds < 2:
         result["note"] = "needs at least two real labels in each of two classes; label more, then rerun"
@@ -325,7 +327,7 @@ def _co2_start(country: str):
     logging.getLogger("codecarbon").setLevel(logging.ERROR)
     try:
         # Nothing written to disk: codecarbon >= 3.3 takes output_methods, older versions save_to_file.
-        quiet = ({"output_methods": []} if "output_methods" in inspect.signature(BaseEmissionsTracker).parameters
+        quiet: dict[str, Any] = ({"output_methods": []} if "output_methods" in inspect.signature(BaseEmissionsTracker).parameters
                  else {"save_to_file": False})
         tracker = OfflineEmissionsTracker(country_iso_code=country, log_level="error", tracking_mode="process",
                                           allow_multiple_runs=True, **quiet)

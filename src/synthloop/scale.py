@@ -381,7 +381,8 @@ def most_uncertain(model, source, measure: str = "margin", k: int = 100, engine:
     if chunk_size <= 0:
         raise SynthloopError(f"chunk_size must be positive, not {chunk_size}")
     exclude = frozenset(exclude_ids or ())
-    files, chunks = None, None
+    files: str | list[Path] | None = None
+    chunks = None
     if not isinstance(source, (str, os.PathLike)):
         chunks = source
     elif engine == "ray" and "://" in str(source):

@@ -263,7 +263,7 @@ def in_chunks(ids: Iterable[str]) -> Iterator[list[str]]:
 
 class Store:
     def __init__(self, url: str, readonly: bool = False):
-        self.url = url
+        self.url = store_url.masked(url)  # printable: the password stays inside the engine only
         self.readonly = readonly
         self.engine = store_url.create_engine(url, readonly=readonly)
         self.shared = store_url.is_shared(self.engine.url)  # several project folders may use it at once

@@ -171,6 +171,8 @@ class SessionLock:
             try:
                 conn.execute(sa.text("SELECT pg_advisory_unlock(:key)"), {"key": self.key})
                 conn.commit()
+            except sa.exc.DBAPIError:
+                pass  # the connection is gone (server restart): the server dropped the lock with it
             finally:
                 conn.close()
 

@@ -9,11 +9,11 @@ from __future__ import annotations
 import random
 import re
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-
-import numpy as np
 from typing import Annotated
 
+import numpy as np
 from pydantic import BaseModel, Field, StringConstraints, create_model
 from sklearn.feature_extraction.text import HashingVectorizer
 
@@ -86,7 +86,7 @@ def draw_subtopics(project, labels: list[str], round_: int | None) -> dict[str, 
 
 def clean_subtopics(raw: list[str]) -> list[str]:
     """Without list numbering and bullets, duplicates, or entries with no word in them ("...", "2.")."""
-    out = []
+    out: list[str] = []
     for item in raw:
         text = re.sub(r"^\s*(?:\d+[.)]|[-*•])\s*", "", " ".join(item.split())).strip(" .,;:")
         if sum(ch.isalpha() for ch in text) >= 3 and text.lower() not in {t.lower() for t in out}:
@@ -123,7 +123,7 @@ def generation_messages(task: TaskSpec, label: str, k: int, rng: random.Random,
 class NearDuplicateIndex:
     """Character n-gram vectors; a text is a near duplicate when its cosine to a kept one is above the threshold."""
 
-    def __init__(self, threshold: float, existing: list[str] = ()):
+    def __init__(self, threshold: float, existing: Sequence[str] = ()):
         self.threshold = threshold
         self.vectorizer = HashingVectorizer(analyzer="char_wb", ngram_range=(3, 5), n_features=2**18,
                                             alternate_sign=False, norm="l2")

@@ -7,6 +7,7 @@ import io
 import json
 import time
 from collections.abc import Sequence
+from typing import Any, Final
 
 from openai.types.chat import ChatCompletion
 from pydantic import BaseModel, ValidationError
@@ -16,7 +17,7 @@ from synthloop.llm.client import LLMClient, Result, Usage, _scrub, _token_logpro
 from synthloop.llm.pricing import cost_usd
 
 FINAL = ("completed", "failed", "expired", "cancelled")
-ENDPOINT = "/v1/chat/completions"
+ENDPOINT: Final = "/v1/chat/completions"  # Final: typed as the literal the SDK expects
 
 
 def batch_lines(client: LLMClient, requests: Sequence[tuple[str, list[dict]]], schema_model: type[BaseModel],
@@ -38,7 +39,7 @@ def submit_batch(client: LLMClient, requests: Sequence[tuple[str, list[dict]]], 
     """Upload the requests and start a batch; returns its id (store it: collecting needs nothing else)."""
     data = batch_lines(client, requests, schema_model, **params).encode()
     uploaded = client.sdk.files.create(file=("requests.jsonl", io.BytesIO(data)), purpose="batch")
-    extra = {"metadata": metadata} if metadata else {}
+    extra: dict[str, Any] = {"metadata": metadata} if metadata else {}
     batch = client.sdk.batches.create(input_file_id=uploaded.id, endpoint=ENDPOINT, completion_window="24h", **extra)
     return batch.id
 

@@ -34,7 +34,7 @@ log = logging.getLogger(__name__)
 try:  # the SDK's own strict-schema rewrite, the one `chat.completions.parse` uses
     from openai.lib._pydantic import to_strict_json_schema
 except ImportError:  # pragma: no cover - an SDK that moved it: fall back to a non-strict schema
-    to_strict_json_schema = None
+    to_strict_json_schema = None  # type: ignore[assignment]
 
 
 @dataclass
