@@ -11,12 +11,14 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
+from synthloop.cli_common import cli_command
 from synthloop.errors import SynthloopError
 
 out = Console()
 err = Console(stderr=True)
 
 
+@cli_command(writes="requeue")  # one writer at a time: a round or nightly waits for it (exit 75)
 def requeue(failed: Annotated[bool, typer.Option("--failed", help="Make examples whose query failed selectable again.")] = False,
             skipped: Annotated[bool, typer.Option("--skipped", help="Make examples whose query was skipped selectable again.")] = False,
             labeler: Annotated[Optional[str], typer.Option(help="Where pending queries of a labeler that no longer "

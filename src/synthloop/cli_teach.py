@@ -10,6 +10,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
+from synthloop.cli_common import cli_command
 from synthloop.errors import SynthloopError
 
 err = Console(stderr=True)
@@ -22,6 +23,7 @@ def _fail(message: str) -> None:
     raise typer.Exit(2)
 
 
+@cli_command(writes="teach")  # one writer at a time: a round or nightly waits for it (exit 75)
 def teach(user: Annotated[Optional[str], typer.Option(help="Who is labeling; answers are stored as human:NAME "
                                                       "(default: $USER).")] = None,
           retrain_every: Annotated[int, typer.Option(min=1, help="Train a new model version in the background "
