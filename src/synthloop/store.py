@@ -179,6 +179,7 @@ class QueryStatus(str, Enum):
     SKIPPED = "skipped"  # the labeler declined (abstained, no gold): the reason says why
     FAILED = "failed"  # the labeler could not answer: the reason says why; `synthloop requeue` retries
     HELD = "held"  # held back by a running nightly job (keeps it within --max-labels); pending again after
+    WITHDRAWN = "withdrawn"  # taken out of the review queue (now confident): its example stays out of the pool
 
 
 @dataclass(frozen=True)
@@ -594,6 +595,13 @@ class Store:
     def hold(self, example_ids: Sequence[str]) -> None:
         with self.engine.begin() as conn:
             self._update_queries(conn, example_ids, only=QueryStatus.PENDING, status=QueryStatus.HELD.value)
+
+    def withdraw(self, reasons: dict[str, dict]) -> None:
+        """Pending (or held) queries taken out of the review queue, each with why ({example_id: meta}), at once."""
+        with self.engine.begin() as conn:
+            self._merge_query_meta(conn, {eid: {"withdrawn": why} for eid, why in reasons.items()})
+            for status in (QueryStatus.PENDING, QueryStatus.HELD):
+                self._update_queries(conn, reasons, only=status, status=QueryStatus.WITHDRAWN.value)
 
     def release_held(self) -> list[str]:
         held = [q.example_id for q in self.queries(status=QueryStatus.HELD)]

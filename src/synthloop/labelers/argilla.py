@@ -330,9 +330,6 @@ class ArgillaLabeler:
 
         return sorted(queries, key=key)
 
-    # The labeler marks what it pushed itself, chunk by chunk: what waits for room under the cap stays unmarked.
-    marks_submitted = True
-
     def submit(self, queries: Sequence[Query], on_chunk: Callable[[int, int], None] | None = None,
                on_pushed: Callable[[list[str]], None] | None = None) -> Submitted:
         """Push in chunks, most uncertain first; `on_pushed` hears each chunk's ids once Argilla took it (`review

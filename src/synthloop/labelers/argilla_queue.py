@@ -18,10 +18,12 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 
+from synthloop.store import QueryStatus
+
 log = logging.getLogger("synthloop.argilla")
 
 NAME = "argilla"
-WITHDRAWN = "withdrawn"  # a query status: taken out of the review queue, its example stays out of the pool
+WITHDRAWN = QueryStatus.WITHDRAWN  # taken out of the review queue, its example stays out of the pool
 LIVE = ("pending", "held")  # "held": a nightly run's leftover beyond --max-labels, pending again after the run
 
 
@@ -123,10 +125,8 @@ def tend(project, version: int, model, strict: bool = False) -> TendResult | Non
                          and guesses[q.example_id].confidence >= bar]
         delete_records(labeler, [waiting[eid].record for eid in answered + [q.example_id for q in confident]])
         if confident:
-            store.set_query_meta({q.example_id: {"withdrawn": {"reason": "confident", "model_version": version,
-                                                                "confidence": round(guesses[q.example_id].confidence, 3)}}
-                                  for q in confident})
-            store.set_query_status([q.example_id for q in confident], WITHDRAWN)
+            store.withdraw({q.example_id: {"reason": "confident", "model_version": version,
+                                           "confidence": round(guesses[q.example_id].confidence, 3)} for q in confident})
         result.withdrawn = {k: v for k, v in (("answered", len(answered)), ("confident", len(confident))) if v}
         gone = {q.example_id for q in confident}
         keep = [q for q in mine if q.example_id not in gone]
