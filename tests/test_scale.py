@@ -90,7 +90,12 @@ def test_local_engine_equals_brute_force_on_parquet(model, pool, strategy):
     assert_same(score_pool(model, pool["parquet"], strategy=strategy, k=50, chunk_size=4000, n_jobs=1), expected)
 
 
-def test_local_engine_equals_brute_force_on_csv_with_id_column_and_workers(model, pool):
+@pytest.mark.parametrize("inline_rows", [0, 6000, 10**9])
+def test_local_engine_equals_brute_force_on_csv_with_id_column_and_workers(model, pool, inline_rows, monkeypatch):
+    import synthloop.scale
+
+    # Workers from the first chunk, after two chunks scored in this process, or no workers at all (a small pool).
+    monkeypatch.setattr(synthloop.scale, "INLINE_ROWS", inline_rows)
     ids = [str(7 * i) for i in range(len(pool["texts"]))]
     expected = brute_force(model, pool["texts"], ids, "margin", 40)
     assert_same(score_pool(model, pool["csv"], k=40, chunk_size=3000, n_jobs=2, id_col="uid"), expected)

@@ -8,6 +8,7 @@ overall: any chunking, any worker order and either engine select the same ids.
 from __future__ import annotations
 
 import glob
+import itertools
 import os
 import shutil
 import tempfile
@@ -27,6 +28,11 @@ STRATEGIES = (*MEASURES, "ranked-batch")
 FILE_KINDS = {".parquet": "parquet", ".pq": "parquet", ".csv": "csv", ".tsv": "tsv"}
 # The same cap as active.ranked_batch, so the streamed path selects what it would on the whole pool.
 ranked_batch_candidates = active.ranked_batch_candidates
+# The local engine scores this many rows in the calling process before it starts any worker: a worker process
+# re-imports synthloop and loads the model (seconds), so a pool this small is faster in one process. Measured on
+# 2 shared cores (load 7-9), same picks: 5k rows 0.3 s in-process vs 5.1 s with 2 workers, 20k 0.6-1.3 vs
+# 6.5-7.6 s, 100k 6.7-7.1 vs 19.9-24.7 s (docs/scale.md).
+INLINE_ROWS = 100_000
 
 
 # Top-k under (score desc, id asc) -------------------------------------------------------------------
@@ -175,9 +181,14 @@ def file_chunks(paths: Sequence[Path], chunk_size: int, text_col: str = "text",
 def _score_local(model, chunks: Iterable, measure: str, keep: int, exclude: frozenset, with_texts: bool, n_jobs: int) -> TopK:
     best = TopK(keep, with_texts)
     n_jobs = joblib.effective_n_jobs(n_jobs)
-    if n_jobs == 1:
-        for ids, texts in chunks:
-            best.add(*score_chunk(model, ids, texts, measure, keep, exclude, with_texts))
+    chunks, inline = iter(chunks), 0
+    for ids, texts in chunks:
+        if n_jobs > 1 and inline >= INLINE_ROWS:
+            chunks = itertools.chain([(ids, texts)], chunks)  # a big pool: the rest goes to the workers
+            break
+        best.add(*score_chunk(model, ids, texts, measure, keep, exclude, with_texts))
+        inline += len(texts)
+    else:
         return best
     # The model goes to the workers once, as a file they memory-map, not pickled with every chunk.
     folder = tempfile.mkdtemp(prefix="synthloop-scale-")
