@@ -21,7 +21,7 @@ from synthloop.data import scan_table
 from synthloop.errors import SynthloopError
 from synthloop.labelers import argilla_queue, get_labeler
 from synthloop.metrics import evaluate
-from synthloop.models import TextClassifier, featurizer_needs_fit, load_model, model_options, save_model
+from synthloop.models import DEFAULT_EMBED_MODEL, TextClassifier, featurizer_needs_fit, load_model, model_options, save_model
 from synthloop.round import RoundResult, check_choices, close_round, run_round
 from synthloop.selection import Cached, InMemory, Scorer, Streamed
 from synthloop.store import NewLabel, QueryStatus, Store
@@ -307,7 +307,8 @@ class Project:
 
     def train(self, round_: int | None = None) -> tuple[int, TextClassifier]:
         ids, texts, labels, weights = self.training_data()
-        if len(set(labels)) < 2:
+        # An embedding model classifies by similarity to the label prompts without any example (zero-shot).
+        if len(set(labels)) < 2 and self.config.model.name not in DEFAULT_EMBED_MODEL:
             missing = sorted(set(self.task.label_names) - set(labels))
             raise SynthloopError(f"nothing to train on for {', '.join(map(repr, missing))}: a model needs examples of two "
                                  "classes or more. Add `examples = [...]` to those labels in the task, import labeled "
