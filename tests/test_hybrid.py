@@ -144,6 +144,7 @@ def test_cold_start_spreads_picks_then_hands_over_to_margin(sms, embedding_packa
     ham, spam = np.flatnonzero(pool.label == "ham")[:2], np.flatnonzero(pool.label == "spam")[:2]
     rows = np.r_[ham, spam]
     model.fit([texts[i] for i in rows], list(pool.label.iloc[rows]))  # 2 real labels per class: phase over
+    X = model.transform(texts)  # the refit made a new featurizer: the pool's rows under it
     again, _ = cold_start(active.FittedView(model), X, 10)
     np.testing.assert_array_equal(np.sort(again), np.sort(active.select("margin", model, X, 10)[0]))
 

@@ -107,7 +107,7 @@ def trained(tmp_path_factory) -> Path:
     data.mkdir()
     pd.read_csv(EXAMPLE / "pool.csv").head(300).to_csv(data / "pool.csv", index=False)
     pd.read_csv(EXAMPLE / "test.csv").head(200).to_csv(data / "test.csv", index=False)
-    proj = Project.init(root / "proj", EXAMPLE / "task.toml")
+    proj = Project.init(root / "proj", EXAMPLE / "task.toml", model={"name": "tfidf-lr"})
     proj.import_file(data / "pool.csv", label_col="label")
     proj.import_file(data / "test.csv", label_col="label", split="test")
     proj.train()
@@ -293,7 +293,7 @@ def test_a_tampered_export_is_refused(trained, tmp_path):
         assert proc.returncode == 2 and "does not trust" in proc.stderr and "Traceback" not in proc.stderr
 
 
-@pytest.mark.parametrize("name", ["hashing-lr", "embed-lr"])
+@pytest.mark.parametrize("name", ["hashing-lr", "embed-lr", "hybrid-lr"])
 def test_export_round_trip_of_the_other_models(name, tmp_path):
     if name == "embed-lr":
         from synthloop.embed import EmbeddingBackendError, packaged_files
@@ -312,8 +312,11 @@ def test_export_round_trip_of_the_other_models(name, tmp_path):
     finally:
         proj.close()
     loaded = load_export(tmp_path / "export")
-    assert manifest["model"] == name and (manifest["embedding"] is not None) == (name == "embed-lr")
+    assert manifest["model"] == name and (manifest["embedding"] is not None) == (name in ("embed-lr", "hybrid-lr"))
     np.testing.assert_allclose(loaded.model.predict_proba(TEXTS), model.predict_proba(TEXTS), rtol=0, atol=1e-6)
+    if name == "hybrid-lr":  # the project's embedding store stays behind: the export embeds afresh
+        assert loaded.model.featurizer_.store is None
+        return
     assert loaded.fast is not None  # the server's direct route gives the same numbers for this model
     np.testing.assert_allclose(loaded.predict_proba(TEXTS), model.predict_proba(TEXTS), rtol=0, atol=1e-9)
 

