@@ -19,10 +19,9 @@ import platform
 import time
 from pathlib import Path
 
-import numpy as np
-
 import bench_features as bf
 import bench_models as bm
+import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
 RUNS = ROOT / ".cache" / "bench" / "runs" / "al.jsonl"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 from rich.console import Console
@@ -22,7 +22,7 @@ def _fail(message: str) -> None:
     raise typer.Exit(2)
 
 
-def teach(user: Annotated[Optional[str], typer.Option(help="Who is labeling; answers are stored as human:NAME "
+def teach(user: Annotated[str | None, typer.Option(help="Who is labeling; answers are stored as human:NAME "
                                                       "(default: $USER).")] = None,
           retrain_every: Annotated[int, typer.Option(min=1, help="Train a new model version in the background "
                                                      "after this many answers.")] = 10,

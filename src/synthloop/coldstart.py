@@ -34,7 +34,10 @@ def kmeans(points, k: int, seed: int = 0, iterations: int = 10) -> tuple[np.ndar
     X = (sp.diags(1 / np.clip(norms, 1e-12, None)) @ X) if sp.issparse(X) else X / np.clip(norms, 1e-12, None)[:, None]
     rng = np.random.default_rng(seed)
     m = X.shape[0]
-    dense = lambda A: A.toarray() if sp.issparse(A) else A
+
+    def dense(A):
+        return A.toarray() if sp.issparse(A) else A
+
     centers = [dense(X[rng.integers(m)]).ravel()]
     closest = 1 - np.asarray(X @ centers[0]).ravel()
     for _ in range(1, k):

@@ -129,8 +129,8 @@ def export_model(project, out_dir: str | Path, version: int | None = None) -> di
     data = sio.dumps(_plain_vocabularies(model))
     asked = set(sio.get_untrusted_types(data=data))
     if asked - TRUSTED_TYPES:
-        raise ModelFileError(f"the model holds types synthloop does not load from a skops file ({', '.join(sorted(asked - TRUSTED_TYPES))}); "
-                             "export is not supported for it")
+        raise ModelFileError("the model holds types synthloop does not load from a skops file "
+                             f"({', '.join(sorted(asked - TRUSTED_TYPES))}); export is not supported for it")
     out_dir.mkdir(parents=True, exist_ok=True)
     name = f"model-v{version:04d}.skops"
     _atomic_write(out_dir / name, data)
@@ -226,7 +226,8 @@ def _check_embedding(model, recorded: dict | None, path: Path) -> None:
     if model.name != "embed-lr":
         return
     current = _embedding_files(model)
-    if not recorded or recorded.get("onnx_sha256") != current["onnx_sha256"] or recorded.get("tokenizer_sha256") != current["tokenizer_sha256"]:
+    if (not recorded or recorded.get("onnx_sha256") != current["onnx_sha256"]
+            or recorded.get("tokenizer_sha256") != current["tokenizer_sha256"]):
         wanted = ", ".join(f"{p}=={v}" for p, v in ((recorded or {}).get("packages") or {}).items() if v)
         raise ModelFileError(f"{path} was exported with another all-MiniLM-L6-v2 encoder than the one installed, so its "
                              f"predictions would be wrong; install the packages it was made with ({wanted or 'unknown'})")

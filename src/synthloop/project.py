@@ -211,9 +211,9 @@ class Project:
         cfg, k = self.config.synth, len(self.task.label_names)
         rows = self.store.training_set()
         real = [r for r in rows if r.real]
-        needs = topup_needs(Counter(r.label for r in real), Counter(r.label for r in rows) + Counter(lab for _, lab in self.task.examples()),
-                            self.task.label_names, cfg.topup_threshold or 0.5 / k, cfg.topup_target or 0.75 / k,
-                            cfg.topup_max_per_round)
+        needs = topup_needs(Counter(r.label for r in real),
+                            Counter(r.label for r in rows) + Counter(lab for _, lab in self.task.examples()), self.task.label_names,
+                            cfg.topup_threshold or 0.5 / k, cfg.topup_target or 0.75 / k, cfg.topup_max_per_round)
         # A resumed round (after a crash, or `synthloop query` then `round`) tops up what is left of its cap.
         already = self.store.synthetic_added(round_)
         needs = {lab: n for lab, n in ((lab, min(n, cfg.topup_max_per_round - already.get(lab, 0)))

@@ -171,7 +171,7 @@ def source_rank(source: str) -> int:
     return SOURCE_PRIORITY.get(source.split(":", 1)[0], 5)
 
 
-class QueryStatus(str, Enum):
+class QueryStatus(str, Enum):  # noqa: UP042 - StrEnum would change str()/format() of a member, which callers may print
     """Where a query stands. Every change of it is a Store method below, in one transaction with what it brings."""
 
     PENDING = "pending"  # selected; with its labeler (submitted_at set) or waiting to go out
