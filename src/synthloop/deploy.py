@@ -17,6 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
+from typing import Any
 
 from synthloop.errors import SynthloopError
 
@@ -41,7 +42,7 @@ class ModelFileError(SynthloopError):
 class LoadedModel:
     """A model ready to predict, and what `GET /v1/model` says about it."""
 
-    model: object  # synthloop.models.TextClassifier
+    model: Any  # synthloop.models.TextClassifier: an sklearn estimator, its fitted attributes set at run time
     version: int
     info: dict = field(default_factory=dict)  # task, labels, model, metrics, created, source
     fast: Callable | None = None  # the same predict_proba without per-call checks (see synthloop.fastpath)
@@ -223,9 +224,9 @@ def load_export(model_dir: str | Path) -> LoadedModel:
 
 
 def _check_embedding(model, recorded: dict | None, path: Path) -> None:
-    if model.name != "embed-lr":
-        return
     current = _embedding_files(model)
+    if current is None:  # not embed-lr: nothing outside the skops file to match
+        return
     if (not recorded or recorded.get("onnx_sha256") != current["onnx_sha256"]
             or recorded.get("tokenizer_sha256") != current["tokenizer_sha256"]):
         wanted = ", ".join(f"{p}=={v}" for p, v in ((recorded or {}).get("packages") or {}).items() if v)

@@ -256,9 +256,10 @@ class Project:
         """The on-disk rows of a featurizer version (none for a model loaded without its version key)."""
         if key.startswith("loaded:"):
             return None
-        if getattr(self, "_row_store", None) is None or self._row_store.key != key:
-            self._row_store = feature_rows.FeatureRows(self.state_dir / feature_rows.ROWS_DIR, key, featurizer)
-        return self._row_store
+        rows: feature_rows.FeatureRows | None = getattr(self, "_row_store", None)
+        if rows is None or rows.key != key:
+            rows = self._row_store = feature_rows.FeatureRows(self.state_dir / feature_rows.ROWS_DIR, key, featurizer)
+        return rows
 
     def _features(self, key: str, featurizer, ids: list[str], texts: list[str]):
         """Feature rows for the given examples: read from the version's rows on disk (featurized once, by any

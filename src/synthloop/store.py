@@ -694,7 +694,7 @@ class Store:
         if exclude_purposes:
             stmt = stmt.where(llm_calls.c.purpose.not_in(list(exclude_purposes)))
         with self.engine.connect() as conn:
-            return float(conn.execute(stmt).scalar())
+            return float(conn.execute(stmt).scalar_one())  # an aggregate: always one row, coalesced to 0.0
 
     def llm_usage_by_round(self) -> list[dict]:
         """Calls, tokens, $ and seconds per round (None: calls made outside any round)."""
@@ -747,7 +747,9 @@ class Store:
 
     def start_run(self, kind: str) -> int:
         with self.engine.begin() as conn:
-            return conn.execute(runs.insert().values(kind=kind, status="running", started_at=time.time())).inserted_primary_key[0]
+            key = conn.execute(runs.insert().values(kind=kind, status="running", started_at=time.time())).inserted_primary_key
+        assert key is not None  # a single-row insert always has one
+        return key[0]
 
     def mark_killed_runs(self, kind: str) -> None:
         with self.engine.begin() as conn:
