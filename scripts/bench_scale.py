@@ -156,6 +156,7 @@ def child_small_text(template: str) -> dict:
     t = _clock()
     learner.initialize_data(np.arange(len(labeled)), y_true[:len(labeled)])
     train = _since(t)
+    queried = np.arange(0)  # the previous round's picks; round 0 has none to update with
     for number in range(ROUNDS):
         if number:
             start = _clock()

@@ -4,10 +4,9 @@ import shutil
 from pathlib import Path
 
 import pytest
+from helpers import EXAMPLE, ROOT, SHARED_DATA, skip_or_fail
 
 from synthloop import Project
-
-from helpers import EXAMPLE, ROOT, SHARED_DATA, skip_or_fail
 
 
 @pytest.fixture

@@ -13,8 +13,8 @@ SHARED_DATA = ROOT.parent / "shared" / "data"
 
 
 def skip_or_fail(reason: str) -> None:
-    """Skip a test (or a whole module) whose tool (chromium, playwright, Argilla, Ray, llama.cpp) is missing, except under CI (`make test` sets CI=1):
-    there a skip would hide that the test never ran."""
+    """Skip a test (or a whole module) whose tool (chromium, playwright, Argilla, Ray, llama.cpp) is missing,
+    except under CI (`make test` sets CI=1): there a skip would hide that the test never ran."""
     import os
 
     if os.environ.get("CI", "").lower() not in ("", "0", "false"):

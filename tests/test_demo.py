@@ -1,5 +1,6 @@
-"""`make demo` as a person runs it (a shorter budget): the real local LLM writes the round-0 data, the
-top-up adds synthetic examples of the class real labels leave short, and the report is written. The model is tiny: structure, not quality."""
+"""`make demo` as a person runs it (a shorter budget): the real local LLM writes the round-0 data,
+the top-up adds synthetic examples of the class real labels leave short, and the report is written.
+The model is tiny: structure, not quality."""
 
 import json
 import os

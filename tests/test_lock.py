@@ -86,7 +86,7 @@ def test_round_beside_round_gives_two_rounds_or_one_clear_refusal(proj):
     procs = [start(["round", "--json"], proj) for _ in range(2)]
     results = [(p, *p.communicate(timeout=600)) for p in procs]
     codes = sorted(p.returncode for p, _, _ in results)
-    for p, out, err in results:
+    for p, _out, err in results:
         assert "Traceback" not in err and p.returncode in (0, 75), err
         if p.returncode == 75:
             assert "another synthloop run holds" in err and "`synthloop round`" in err

@@ -22,7 +22,6 @@ RANDOM = [{"labels": 0, "accuracy": 0.33, "macro_f1": 0.27}, {"labels": 10, "acc
 def built(tmp_path_factory):
     """One project, three rounds, a few planted wrong labels, one full report: shared by the tests below."""
     import pandas as pd
-
     from helpers import EXAMPLE
 
     tmp = tmp_path_factory.mktemp("report")

@@ -13,9 +13,9 @@ import sys
 
 import pandas as pd
 import pytest
+from llm_servers import FaultServer
 from threadpoolctl import threadpool_limits
 
-from llm_servers import FaultServer
 from synthloop import Project
 from synthloop.llm.pricing import cost_usd
 

@@ -17,7 +17,6 @@ import httpx
 import numpy as np
 import pandas as pd
 import pytest
-
 from conftest import EXAMPLE, skip_or_fail
 
 for _module in ("starlette", "uvicorn", "skops"):

@@ -17,8 +17,8 @@ import time
 
 import numpy as np
 import pytest
-
 from conftest import skip_or_fail
+
 from synthloop import Project, active
 
 if importlib.util.find_spec("textual") is None:

@@ -6,7 +6,7 @@ import io
 import json
 from dataclasses import asdict
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Optional
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.markup import escape
@@ -80,13 +80,13 @@ def init(directory: Annotated[Path, typer.Argument(help="Folder for the new proj
 @cli_command(writes="import")
 def import_(file: Annotated[Path, typer.Argument(help="CSV, TSV, JSONL or Parquet file.")],
             text_col: Annotated[str, typer.Option(help="Column with the text.")] = "text",
-            label_col: Annotated[Optional[str], typer.Option(help="Column with labels, if any.")] = None,
-            id_col: Annotated[Optional[str], typer.Option(help="Column with your own ids (default: hash of the text).")] = None,
+            label_col: Annotated[str | None, typer.Option(help="Column with labels, if any.")] = None,
+            id_col: Annotated[str | None, typer.Option(help="Column with your own ids (default: hash of the text).")] = None,
             split: Annotated[str, typer.Option(help="pool (to label and train on) or test (held out).")] = "pool",
             gold: Annotated[bool, typer.Option("--gold", help="Keep pool labels hidden, for the simulated oracle.")] = False,
             skip_invalid: Annotated[bool, typer.Option("--skip-invalid", help="Import the valid rows and list every "
                                                        "row left out (line and reason), also in --skipped-file.")] = False,
-            skipped_file: Annotated[Optional[Path], typer.Option(help="CSV of the skipped rows (default: "
+            skipped_file: Annotated[Path | None, typer.Option(help="CSV of the skipped rows (default: "
                                                                  ".synthloop/logs/skipped-FILE.csv).")] = None,
             first_label_wins: Annotated[bool, typer.Option("--first-label-wins", help="A text given two different "
                                                            "labels keeps its first row's (default: refuse the file).")] = False,
@@ -136,8 +136,8 @@ def train(project: ProjectOpt = Path("."), as_json: JsonOpt = False):
 
 @app.command()
 @cli_command(writes="query")
-def query(n: Annotated[Optional[int], typer.Option("--n", min=1, help="How many to query (default: batch size).")] = None,
-          strategy: Annotated[Optional[str], typer.Option(help="Override the project's strategy.")] = None,
+def query(n: Annotated[int | None, typer.Option("--n", min=1, help="How many to query (default: batch size).")] = None,
+          strategy: Annotated[str | None, typer.Option(help="Override the project's strategy.")] = None,
           project: ProjectOpt = Path("."), as_json: JsonOpt = False):
     """Select the next examples to label (trains first if this round has no model yet)."""
     proj = _open(project)
@@ -153,7 +153,7 @@ def query(n: Annotated[Optional[int], typer.Option("--n", min=1, help="How many 
 
 @app.command()
 @cli_command(writes="label")
-def label(with_: Annotated[Optional[str], typer.Option("--with", help="Labeler to use (default: the one each query was routed to).")] = None,
+def label(with_: Annotated[str | None, typer.Option("--with", help="Labeler to use (default: the one each query was routed to).")] = None,
           project: ProjectOpt = Path("."), as_json: JsonOpt = False):
     """Hand pending queries to their labeler and store the labels that are ready."""
     proj = _open(project)
@@ -164,7 +164,8 @@ def label(with_: Annotated[Optional[str], typer.Option("--with", help="Labeler t
 
 @app.command("round")
 @cli_command(writes="round")
-def round_(labeler: Annotated[Optional[str], typer.Option(help="Route this round's queries to this labeler (oracle, llm, argilla, hybrid).")] = None,
+def round_(labeler: Annotated[str | None,
+                              typer.Option(help="Route this round's queries to this labeler (oracle, llm, argilla, hybrid).")] = None,
            project: ProjectOpt = Path("."), as_json: JsonOpt = False):
     """One full round: collect labels, train, evaluate, top up minority classes, select, route."""
     from synthloop.nightly_report import run_logging
@@ -198,7 +199,7 @@ def loop(rounds: Annotated[int, typer.Option(min=1, help="How many rounds.")] = 
 @app.command()
 @cli_command(writes="generate")
 def generate(per_class: Annotated[int, typer.Option("--per-class", min=0, help="Synthetic examples to make per class.")] = 25,
-             consistency_filter: Annotated[Optional[bool], typer.Option("--consistency-filter/--no-consistency-filter",
+             consistency_filter: Annotated[bool | None, typer.Option("--consistency-filter/--no-consistency-filter",
                                            help="Drop texts the LLM labeler puts in another class.")] = None,
              project: ProjectOpt = Path("."), as_json: JsonOpt = False):
     """Generate synthetic training examples for every class with the project's LLM."""
@@ -238,20 +239,20 @@ NIGHTLY_EXITS = "exit 0 done, 1 failed, 2 bad input, 69 a server did not answer 
 
 @app.command(help=f"The unattended job for cron/systemd/Kubernetes: {NIGHTLY_EXITS}.")
 @cli_command(writes="nightly")
-def nightly(pool: Annotated[Optional[str], typer.Option(help="Folder or glob of pool files; new or changed ones are imported.")] = None,
-            labeler: Annotated[Optional[str], typer.Option(help="Route tonight's queries here (default: the project's).")] = None,
-            max_labels: Annotated[Optional[int], typer.Option(
+def nightly(pool: Annotated[str | None, typer.Option(help="Folder or glob of pool files; new or changed ones are imported.")] = None,
+            labeler: Annotated[str | None, typer.Option(help="Route tonight's queries here (default: the project's).")] = None,
+            max_labels: Annotated[int | None, typer.Option(
                 help="Queries to hand out tonight, at most: leftovers of earlier nights first, then new ones selected "
                      "to fill the rest. Default: select [loop] batch_size, no cap.")] = None,
-            max_cost: Annotated[Optional[float], typer.Option(
+            max_cost: Annotated[float | None, typer.Option(
                 help="$ the LLM may spend tonight, at most (labeling and top-up); a re-run after a killed or "
                      "failed run gets what is left.")] = None,
-            text_col: str = "text", id_col: Annotated[Optional[str], typer.Option()] = None,
+            text_col: str = "text", id_col: Annotated[str | None, typer.Option()] = None,
             dry_run: Annotated[bool, typer.Option("--dry-run", help="Show what would be done; change nothing.")] = False,
-            log_file: Annotated[Optional[Path], typer.Option(help="Default: .synthloop/logs/nightly.log")] = None,
-            engine: Annotated[Optional[str], typer.Option(help="Stream the pool through synthloop.scale: local (every core) "
+            log_file: Annotated[Path | None, typer.Option(help="Default: .synthloop/logs/nightly.log")] = None,
+            engine: Annotated[str | None, typer.Option(help="Stream the pool through synthloop.scale: local (every core) "
                                                           "or ray (a Ray cluster). Default: in memory, scores cached.")] = None,
-            address: Annotated[Optional[str], typer.Option(help="Ray cluster address (host:6379) for --engine ray; "
+            address: Annotated[str | None, typer.Option(help="Ray cluster address (host:6379) for --engine ray; "
                                                            "default: start Ray on this machine.")] = None,
             outage_exit: Annotated[int, typer.Option(
                 "--outage-exit", min=0, max=255, help="Exit status of a run that finished while a server (Argilla) "
@@ -295,8 +296,8 @@ def status(no_latency: Annotated[bool, typer.Option("--no-latency", help="Skip t
     if info["llm"]:
         usage = Table("purpose", "model", "calls", "cached", "failed", "tokens in", "tokens out", "$", "seconds", title="LLM usage")
         for u in info["llm"]:
-            usage.add_row(escape(u["purpose"]), escape(u["model"]), str(u["calls"]), str(u["cached"]), str(u["failed"]), str(u["prompt_tokens"]),
-                          str(u["completion_tokens"]), f"{u['cost']:.4f}", f"{u['latency']:.1f}")
+            usage.add_row(escape(u["purpose"]), escape(u["model"]), str(u["calls"]), str(u["cached"]), str(u["failed"]),
+                          str(u["prompt_tokens"]), str(u["completion_tokens"]), f"{u['cost']:.4f}", f"{u['latency']:.1f}")
         out.print(usage)
     if info["last_metrics"] and info["last_metrics"]["accuracy"] is not None:  # None without a test split
         m = info["last_metrics"]
@@ -387,12 +388,12 @@ def _predict_texts(texts: list[str], file: Path | None, text_col: str) -> list[s
 
 @app.command()
 @cli_command()
-def predict(texts: Annotated[Optional[list[str]], typer.Argument(help="Texts to classify; - reads one text a line from stdin.",
+def predict(texts: Annotated[list[str] | None, typer.Argument(help="Texts to classify; - reads one text a line from stdin.",
                                                                  show_default=False)] = None,
-            file: Annotated[Optional[Path], typer.Option("--file", "-f", help="CSV/TSV/JSONL/Parquet (see --text-col) "
+            file: Annotated[Path | None, typer.Option("--file", "-f", help="CSV/TSV/JSONL/Parquet (see --text-col) "
                                                          "or .txt (one text a line).")] = None,
             text_col: Annotated[str, typer.Option(help="Text column when --file is a table.")] = "text",
-            model_dir: Annotated[Optional[Path], typer.Option("--model-dir", help="An export folder (synthloop export-model).")] = None,
+            model_dir: Annotated[Path | None, typer.Option("--model-dir", help="An export folder (synthloop export-model).")] = None,
             project: ProjectOpt = Path("."), as_json: JsonOpt = False):
     """Predict with the latest model, or an exported one (loaded once for all the texts)."""
     texts = _predict_texts(texts or [], file, text_col)
@@ -433,7 +434,7 @@ def simulate(task: Annotated[Path, typer.Option(help="Task file.")],
              with_report: Annotated[bool, typer.Option("--report", help="Also run the random baseline (same seed) and write "
                                                         "the report with both learning curves to REPORT_DIR.")] = False,
              # A positional folder, because typer cannot give an option an optional value: `--report [DIR]`.
-             report_dir: Annotated[Optional[Path], typer.Argument(help="Folder for --report (default ./simulation-report).",
+             report_dir: Annotated[Path | None, typer.Argument(help="Folder for --report (default ./simulation-report).",
                                                                   show_default=False)] = None,
              as_json: JsonOpt = False, quiet: QuietOpt = False):
     """Run a whole loop against gold labels in a temporary project; prints the learning curve."""

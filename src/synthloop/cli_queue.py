@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 from rich.console import Console
@@ -21,7 +21,7 @@ err = Console(stderr=True)
 @cli_command(writes="requeue")  # one writer at a time: a round or nightly waits for it (exit 75)
 def requeue(failed: Annotated[bool, typer.Option("--failed", help="Make examples whose query failed selectable again.")] = False,
             skipped: Annotated[bool, typer.Option("--skipped", help="Make examples whose query was skipped selectable again.")] = False,
-            labeler: Annotated[Optional[str], typer.Option(help="Where pending queries of a labeler that no longer "
+            labeler: Annotated[str | None, typer.Option(help="Where pending queries of a labeler that no longer "
                                                            "exists go (default: the project's labeler).")] = None,
             project: Annotated[Path, typer.Option("--project", "-p", help="Project folder.", envvar="SYNTHLOOP_PROJECT")] = Path("."),
             as_json: Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")] = False):

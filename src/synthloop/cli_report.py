@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -14,7 +14,7 @@ from synthloop.cli_common import cli_command
 
 @cli_command(writes="report")
 def report(project: Annotated[Path, typer.Option("--project", "-p", help="Project folder.", envvar="SYNTHLOOP_PROJECT")] = Path("."),
-           out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Folder for the report (default .synthloop/reports).")] = None,
+           out: Annotated[Path | None, typer.Option("--out", "-o", help="Folder for the report (default .synthloop/reports).")] = None,
            as_json: Annotated[bool, typer.Option("--json", help="Print the report's data as JSON.")] = False,
            no_latency: Annotated[bool, typer.Option("--no-latency", help="Skip timing the compact model.")] = False):
     """Write report.html (self-contained), report.md and report.json: learning curves, label quality, cost and savings."""

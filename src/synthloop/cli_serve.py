@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 from rich.console import Console
@@ -16,7 +16,7 @@ out = Console()
 err = Console(stderr=True)
 
 ProjectOpt = Annotated[Path, typer.Option("--project", "-p", help="Project folder.", envvar="SYNTHLOOP_PROJECT")]
-VersionOpt = Annotated[Optional[int], typer.Option("--version", min=1, help="A model version (default: the latest).")]
+VersionOpt = Annotated[int | None, typer.Option("--version", min=1, help="A model version (default: the latest).")]
 
 
 def _fail(error: SynthloopError) -> None:
@@ -50,9 +50,9 @@ def export_model(out_dir: Annotated[Path, typer.Argument(help="Folder for model-
 def serve(ctx: typer.Context,
           host: Annotated[str, typer.Option(help="Address to listen on; 0.0.0.0 for every interface.")] = "127.0.0.1",
           port: Annotated[int, typer.Option(min=0, max=65535, help="Port (0 picks a free one and prints it).")] = 8000,
-          model_dir: Annotated[Optional[Path], typer.Option("--model-dir", help="Serve an export folder "
+          model_dir: Annotated[Path | None, typer.Option("--model-dir", help="Serve an export folder "
                                                             "(synthloop export-model) instead of a project.")] = None,
-          project: ProjectOpt = Path("."), version: Annotated[Optional[int], typer.Option(
+          project: ProjectOpt = Path("."), version: Annotated[int | None, typer.Option(
               "--version", min=1, help="Serve this version only (default: the latest, and newer ones as they appear).")] = None,
           poll: Annotated[float, typer.Option(min=0, help="Seconds between checks for a newer model (0: never).")] = 2.0,
           max_texts: Annotated[int, typer.Option(min=1, help="Texts per request, at most.")] = 256,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 from rich.console import Console
@@ -24,7 +24,7 @@ def _fail(message: str) -> None:
 
 
 @cli_command(writes="teach")  # one writer at a time: a round or nightly waits for it (exit 75)
-def teach(user: Annotated[Optional[str], typer.Option(help="Who is labeling; answers are stored as human:NAME "
+def teach(user: Annotated[str | None, typer.Option(help="Who is labeling; answers are stored as human:NAME "
                                                       "(default: $USER).")] = None,
           retrain_every: Annotated[int, typer.Option(min=1, help="Train a new model version in the background "
                                                      "after this many answers.")] = 10,

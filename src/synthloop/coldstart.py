@@ -8,6 +8,8 @@ at first) is least sure of, so the phase is still informed by the labels' names 
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
 from synthloop.active import margin, uncertainty
@@ -20,7 +22,9 @@ MAX_CANDIDATES = 20_000
 
 def phase_done(model, k: int = LABELS_PER_CLASS) -> bool:
     counts = getattr(model, "real_counts_", None)
-    return bool(counts) and min(counts.values()) >= k
+    if not counts:
+        return False
+    return min(counts.values()) >= k
 
 
 def kmeans(points, k: int, seed: int = 0, iterations: int = 10) -> tuple[np.ndarray, np.ndarray]:
@@ -29,12 +33,15 @@ def kmeans(points, k: int, seed: int = 0, iterations: int = 10) -> tuple[np.ndar
     MiniBatchKMeans took 5-15 s for 5k x 512 on a loaded 2-core machine, this takes well under one."""
     import scipy.sparse as sp
 
-    X = points.tocsr() if sp.issparse(points) else np.asarray(points, dtype=np.float64)
+    X: Any = points.tocsr() if sp.issparse(points) else np.asarray(points, dtype=np.float64)
     norms = np.sqrt(np.asarray(X.multiply(X).sum(axis=1)).ravel()) if sp.issparse(X) else np.linalg.norm(X, axis=1)
     X = (sp.diags(1 / np.clip(norms, 1e-12, None)) @ X) if sp.issparse(X) else X / np.clip(norms, 1e-12, None)[:, None]
     rng = np.random.default_rng(seed)
     m = X.shape[0]
-    dense = lambda A: A.toarray() if sp.issparse(A) else A
+
+    def dense(A):
+        return A.toarray() if sp.issparse(A) else A
+
     centers = [dense(X[rng.integers(m)]).ravel()]
     closest = 1 - np.asarray(X @ centers[0]).ravel()
     for _ in range(1, k):
@@ -86,8 +93,8 @@ def cold_start(classifier, X, n: int, k: int = LABELS_PER_CLASS, seed: int = 0, 
     if len(picked) < n:  # empty clusters: fill with the most uncertain of the rest
         rest = np.setdiff1d(np.arange(len(candidates)), picked)
         picked += list(rest[np.argsort(-scores[rest], kind="stable")[:n - len(picked)]])
-    picked = np.asarray(picked, dtype=int)
-    return candidates[picked], scores[picked]
+    chosen = np.asarray(picked, dtype=int)
+    return candidates[chosen], scores[chosen]
 
 
 def margin_and_random(classifier, X, n: int, seed: int = 0, share: float = 0.5):

@@ -17,6 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
+from typing import Any
 
 from synthloop.errors import SynthloopError
 
@@ -42,7 +43,7 @@ class ModelFileError(SynthloopError):
 class LoadedModel:
     """A model ready to predict, and what `GET /v1/model` says about it."""
 
-    model: object  # synthloop.models.TextClassifier
+    model: Any  # synthloop.models.TextClassifier: an sklearn estimator, its fitted attributes set at run time
     version: int
     info: dict = field(default_factory=dict)  # task, labels, model, metrics, created, source
     fast: Callable | None = None  # the same predict_proba without per-call checks (see synthloop.fastpath)
@@ -138,8 +139,8 @@ def export_model(project, out_dir: str | Path, version: int | None = None) -> di
     data = sio.dumps(_plain_vocabularies(model))
     asked = set(sio.get_untrusted_types(data=data))
     if asked - TRUSTED_TYPES:
-        raise ModelFileError(f"the model holds types synthloop does not load from a skops file ({', '.join(sorted(asked - TRUSTED_TYPES))}); "
-                             "export is not supported for it")
+        raise ModelFileError("the model holds types synthloop does not load from a skops file "
+                             f"({', '.join(sorted(asked - TRUSTED_TYPES))}); export is not supported for it")
     out_dir.mkdir(parents=True, exist_ok=True)
     name = f"model-v{version:04d}.skops"
     _atomic_write(out_dir / name, data)

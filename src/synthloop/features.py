@@ -85,7 +85,7 @@ class EmbeddingStore:
         found = self.lookup(keys)
         missing = list(dict.fromkeys(k for k in keys if k not in found))
         if missing:
-            first = {}
+            first: dict[bytes, str] = {}
             for k, t in zip(keys, texts):
                 first.setdefault(k, t)
             new = np.asarray(compute([first[k] for k in missing]), dtype=np.float32)

@@ -254,10 +254,10 @@ class TextClassifier(ClassifierMixin, BaseEstimator):
         vectors = embed_texts(self.featurizer_, texts) if texts else None
         if vectors is None or not len(vectors):
             return None
-        owners = np.asarray(owners, dtype=object)
+        owner_of = np.asarray(owners, dtype=object)
         protos = np.zeros((len(self.classes_), vectors.shape[1]))
         for k, label in enumerate(self.classes_):
-            mine = vectors[owners == label]
+            mine = vectors[owner_of == label]
             if len(mine):
                 protos[k] = mine.mean(axis=0)
         return protos / np.clip(np.linalg.norm(protos, axis=1, keepdims=True), 1e-12, None)

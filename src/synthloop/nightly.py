@@ -15,14 +15,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from synthloop.errors import (EXIT_FAILED, EXIT_LOCKED, EXIT_OK, EXIT_UNAVAILABLE, EXIT_USAGE, Locked,  # noqa: F401
-                              SynthloopError, Unavailable, exit_code)
-from synthloop.lock import project_lock
-from synthloop.round import checkpoint
-from synthloop.budget import Budget
-from synthloop.store import QueryStatus
 from synthloop import ray_local
+from synthloop.budget import Budget
+from synthloop.errors import EXIT_FAILED, EXIT_LOCKED, EXIT_OK, EXIT_UNAVAILABLE, EXIT_USAGE, Locked, SynthloopError, Unavailable, exit_code  # noqa: F401
+from synthloop.lock import project_lock
 from synthloop.nightly_report import outage, rounded, run_logging, write_report
+from synthloop.round import checkpoint
+from synthloop.store import QueryStatus
 
 POOL_SUFFIXES = (".csv", ".tsv", ".jsonl", ".ndjson", ".parquet", ".pq")
 ENGINES = ("local", "ray")

@@ -211,9 +211,9 @@ class Project:
         cfg, k = self.config.synth, len(self.task.label_names)
         rows = self.store.training_set()
         real = [r for r in rows if r.real]
-        needs = topup_needs(Counter(r.label for r in real), Counter(r.label for r in rows) + Counter(lab for _, lab in self.task.examples()),
-                            self.task.label_names, cfg.topup_threshold or 0.5 / k, cfg.topup_target or 0.75 / k,
-                            cfg.topup_max_per_round)
+        needs = topup_needs(Counter(r.label for r in real),
+                            Counter(r.label for r in rows) + Counter(lab for _, lab in self.task.examples()), self.task.label_names,
+                            cfg.topup_threshold or 0.5 / k, cfg.topup_target or 0.75 / k, cfg.topup_max_per_round)
         # A resumed round (after a crash, or `synthloop query` then `round`) tops up what is left of its cap.
         already = self.store.synthetic_added(round_)
         needs = {lab: n for lab, n in ((lab, min(n, cfg.topup_max_per_round - already.get(lab, 0)))
@@ -256,9 +256,10 @@ class Project:
         """The on-disk rows of a featurizer version (none for a model loaded without its version key)."""
         if key.startswith("loaded:"):
             return None
-        if getattr(self, "_row_store", None) is None or self._row_store.key != key:
-            self._row_store = feature_rows.FeatureRows(self.state_dir / feature_rows.ROWS_DIR, key, featurizer)
-        return self._row_store
+        rows: feature_rows.FeatureRows | None = getattr(self, "_row_store", None)
+        if rows is None or rows.key != key:
+            rows = self._row_store = feature_rows.FeatureRows(self.state_dir / feature_rows.ROWS_DIR, key, featurizer)
+        return rows
 
     def _features(self, key: str, featurizer, ids: list[str], texts: list[str]):
         """Feature rows for the given examples: read from the version's rows on disk (featurized once, by any

@@ -87,7 +87,7 @@ def run_round(project: Project, query: bool = True, n: int | None = None, strate
         scorer_for(0).check(strategy or project.config.loop.strategy)  # a strategy that cannot be streamed
     start = time.perf_counter()
     number, resumed = store.open_round()
-    info = store.round(number)
+    info = _row(store, number)
     timings = dict(info["timings"] or {})
 
     t = time.perf_counter()
@@ -97,8 +97,9 @@ def run_round(project: Project, query: bool = True, n: int | None = None, strate
 
     if info["model_version"] is None and not retrain and not project.training_changed():
         last = store.latest_model()
+        assert last is not None  # training_changed() is False only when there is a model
         store.update_round(number, model_version=last["version"], metrics=project.last_metrics())
-        info = store.round(number)
+        info = _row(store, number)
     if info["model_version"] is None:
         t = time.perf_counter()
         version, model = project.train(number)
@@ -119,7 +120,7 @@ def run_round(project: Project, query: bool = True, n: int | None = None, strate
         project.topup(number)
         added = store.synthetic_added(number)
         if added:
-            counts = dict(store.round(number)["counts"] or {})
+            counts = dict(_row(store, number)["counts"] or {})
             store.update_round(number, counts={**counts, "synthetic_added": dict(sorted(added.items()))})
         timings["topup"] = time.perf_counter() - t
     checkpoint("augmented", number)
@@ -145,7 +146,7 @@ def run_round(project: Project, query: bool = True, n: int | None = None, strate
 def close_round(project: Project, number: int, timings: dict, collected: int) -> None:
     """Mark a round done, with its counts: its queries are out, and the next round trains on what came back."""
     store = project.store
-    info = store.round(number)
+    info = _row(store, number)
     counts = {**(info["counts"] or {}), "queried": len(store.queries(round_=number)),
               "labels_collected": collected,
               "labels_total": project.n_real_labels()}
@@ -153,6 +154,14 @@ def close_round(project: Project, number: int, timings: dict, collected: int) ->
 
 
 def _result(project: Project, number: int, resumed: bool, version: int, collected: int, start: float) -> RoundResult:
-    info = project.store.round(number)
+    info = _row(project.store, number)
     return RoundResult(number, resumed, version, (info["metrics"] or {}).get("n_labels", 0), info["metrics"],
                        len(project.store.queries(round_=number)), collected, time.perf_counter() - start)
+
+
+def _row(store, number: int) -> dict:
+    """A round's stored row: it exists from `open_round` on, so a missing one is a bug, not a user error."""
+    info = store.round(number)
+    if info is None:
+        raise RuntimeError(f"round {number} is not in the store")
+    return info

@@ -13,7 +13,7 @@ import random
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -49,7 +49,7 @@ class Scorer(Protocol):
     def features(self, model, ids: list[str], texts: list[str]):
         """Feature rows of the given examples, as the model sees them."""
 
-    def whole_pool(self, model) -> tuple[list[str], object]:
+    def whole_pool(self, model) -> tuple[list[str], Any]:  # feature rows: sparse or dense, as the model makes them
         """Every unlabeled id and its feature rows, for strategies that look at the whole pool at once."""
 
 
@@ -69,6 +69,7 @@ def select(scorer: Scorer, model, strategy: str, n: int, training: Callable[[], 
         best = scorer.top(model, "least-confident", active.ranked_batch_candidates(n), with_texts=True)
         if not best.ids:
             return []
+        assert best.texts is not None  # asked for with_texts=True
         t_ids, t_texts = training() if training else ([], [])
         X_training = scorer.features(model, t_ids, t_texts) if t_ids else None
         view = active.FittedView(model, X_training)
@@ -87,7 +88,8 @@ class InMemory:
     """The whole unlabeled pool featurized and scored at once."""
 
     def __init__(self, pool: Callable[[], Pool], features: Features):
-        self._pool, self._features, self._loaded = pool, features, None
+        self._pool, self._features = pool, features
+        self._loaded: Pool | None = None
         self.scored = 0
 
     def pool(self) -> Pool:
@@ -141,7 +143,7 @@ class Cached(InMemory):
         todo -= set(current)
         position = {eid: i for i, eid in enumerate(ids)}
         if todo:
-            todo_ids = sorted(todo, key=position.get)
+            todo_ids = sorted(todo, key=position.__getitem__)
             X = self.features(model, todo_ids, [texts[position[i]] for i in todo_ids])
             new = dict(zip(todo_ids, map(float, uncertainty(measure, model.predict_proba_features(X)))))
             self.store.save_scores(self.version, measure, new)

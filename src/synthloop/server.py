@@ -129,7 +129,8 @@ def parse_texts(body: bytes, limits: Limits) -> tuple[list[str], bool]:
     if not texts:
         raise RequestError(422, "texts is empty; send at least one text")
     if len(texts) > limits.max_texts:
-        raise RequestError(413, f"{len(texts)} texts in one request; at most {limits.max_texts} (server option --max-texts); split the batch")
+        raise RequestError(413, f"{len(texts)} texts in one request; at most {limits.max_texts} (server option --max-texts); "
+                                "split the batch")
     for i, text in enumerate(texts):
         where = "text" if single else f"texts[{i}]"
         if not isinstance(text, str):

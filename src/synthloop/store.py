@@ -171,7 +171,7 @@ def source_rank(source: str) -> int:
     return SOURCE_PRIORITY.get(source.split(":", 1)[0], 5)
 
 
-class QueryStatus(str, Enum):
+class QueryStatus(str, Enum):  # noqa: UP042 - StrEnum would change str()/format() of a member, which callers may print
     """Where a query stands. Every change of it is a Store method below, in one transaction with what it brings."""
 
     PENDING = "pending"  # selected; with its labeler (submitted_at set) or waiting to go out
@@ -702,7 +702,7 @@ class Store:
         if exclude_purposes:
             stmt = stmt.where(llm_calls.c.purpose.not_in(list(exclude_purposes)))
         with self.engine.connect() as conn:
-            return float(conn.execute(stmt).scalar())
+            return float(conn.execute(stmt).scalar_one())  # an aggregate: always one row, coalesced to 0.0
 
     def llm_usage_by_round(self) -> list[dict]:
         """Calls, tokens, $ and seconds per round (None: calls made outside any round)."""
@@ -755,7 +755,9 @@ class Store:
 
     def start_run(self, kind: str) -> int:
         with self.engine.begin() as conn:
-            return conn.execute(runs.insert().values(kind=kind, status="running", started_at=time.time())).inserted_primary_key[0]
+            key = conn.execute(runs.insert().values(kind=kind, status="running", started_at=time.time())).inserted_primary_key
+        assert key is not None  # a single-row insert always has one
+        return key[0]
 
     def mark_killed_runs(self, kind: str) -> None:
         with self.engine.begin() as conn:

@@ -14,9 +14,9 @@ import threading
 from collections import Counter
 from dataclasses import dataclass
 
+from synthloop.errors import SynthloopError
 from synthloop.measures import measure_of
 from synthloop.measures import uncertainty as measure_uncertainty
-from synthloop.errors import SynthloopError
 from synthloop.store import NewLabel
 
 # Keys that are commands, so no label can take them as its initial.

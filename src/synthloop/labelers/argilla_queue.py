@@ -118,15 +118,16 @@ def tend(project, version: int, model, strict: bool = False) -> TendResult | Non
         mine = [queries[eid] for eid in waiting if eid in queries and queries[eid].routed_to == NAME
                 and queries[eid].status in LIVE]
         guesses = labeler.assess(mine)
+        sure = {eid: g.confidence for eid, g in guesses.items() if g is not None}
         confident = []
         if project.config.argilla.max_pending is not None:
             bar = project.config.argilla.withdraw_confidence
-            confident = [q for q in mine if not waiting[q.example_id].started and guesses[q.example_id] is not None
-                         and guesses[q.example_id].confidence >= bar]
+            confident = [q for q in mine if not waiting[q.example_id].started and q.example_id in sure
+                         and sure[q.example_id] >= bar]
         delete_records(labeler, [waiting[eid].record for eid in answered + [q.example_id for q in confident]])
         if confident:
             store.withdraw({q.example_id: {"reason": "confident", "model_version": version,
-                                           "confidence": round(guesses[q.example_id].confidence, 3)} for q in confident})
+                                           "confidence": round(sure[q.example_id], 3)} for q in confident})
         result.withdrawn = {k: v for k, v in (("answered", len(answered)), ("confident", len(confident))) if v}
         gone = {q.example_id for q in confident}
         keep = [q for q in mine if q.example_id not in gone]

@@ -19,11 +19,10 @@ from collections.abc import Sequence
 
 import openai
 
-from synthloop.labelers.llm import MAX_ANSWER_TOKENS, answer_model, estimated_cost, few_shot_examples
-from synthloop.labelers.llm import labeling_messages, outcome_of
+from synthloop.labelers.base import Collected, Submitted
+from synthloop.labelers.llm import MAX_ANSWER_TOKENS, answer_model, estimated_cost, few_shot_examples, labeling_messages, outcome_of
 from synthloop.llm.batch import batch_results, submit_batch
 from synthloop.llm.pricing import BATCH_DISCOUNT
-from synthloop.labelers.base import Collected, Submitted
 from synthloop.store import NewLabel, Query
 
 JOB_PREFIX = "llm-batch:job:"
