@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import pytest
+from helpers import project_after_one_round
 
 from synthloop import Project
 
@@ -49,13 +50,7 @@ def check_invariants(root, batch):
 
 @pytest.fixture
 def proj(tmp_path, small_pool, db):  # db: on SQLite and on PostgreSQL
-    Project.init(tmp_path / "p", small_pool / "task.toml", loop={"batch_size": 10}).close()
-    project = Project(tmp_path / "p")
-    project.import_file(small_pool / "pool.csv", label_col="label", gold=True)
-    project.import_file(small_pool / "test.csv", label_col="label", split="test")
-    project.round()
-    project.close()
-    return tmp_path / "p"
+    return project_after_one_round(tmp_path / "p", small_pool)
 
 
 # Every step boundary of a round (project.round and its checkpoint() calls), in order.

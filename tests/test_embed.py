@@ -128,7 +128,7 @@ def test_use_multilingual_embeds_raw_strings():
     try:
         use_file()
     except EmbeddingBackendError as err:
-        from conftest import skip_or_fail
+        from helpers import skip_or_fail
 
         skip_or_fail(f"the USE embedding model is not installed (make install adds it): {err}")
     use = SentenceEmbedder(model="use-multilingual")

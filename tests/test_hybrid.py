@@ -17,7 +17,7 @@ def embedding_packages():
     try:
         use_file()
     except EmbeddingBackendError as err:
-        from conftest import skip_or_fail
+        from helpers import skip_or_fail
 
         skip_or_fail(f"the USE embedding model hybrid-lr uses is not installed (make install adds it): {err}")
 
@@ -30,7 +30,7 @@ def store_dir(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def sms():
-    from conftest import EXAMPLE
+    from helpers import EXAMPLE
 
     pool = pd.read_csv(EXAMPLE / "pool.csv").head(300)
     test = pd.read_csv(EXAMPLE / "test.csv").head(200)

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from helpers import project_after_one_round
 
 from synthloop import Project
 
@@ -45,13 +46,7 @@ def rounds_of(root):
 
 @pytest.fixture
 def proj(tmp_path, small_pool):
-    Project.init(tmp_path / "p", small_pool / "task.toml", loop={"batch_size": 10}).close()
-    project = Project(tmp_path / "p")
-    project.import_file(small_pool / "pool.csv", label_col="label", gold=True)
-    project.import_file(small_pool / "test.csv", label_col="label", split="test")
-    project.round()
-    project.close()
-    return tmp_path / "p"
+    return project_after_one_round(tmp_path / "p", small_pool)
 
 
 def test_a_second_writer_is_refused_with_the_holder_named_and_exit_75(proj):

@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import skip_or_fail
+from helpers import skip_or_fail
 
 if importlib.util.find_spec("argilla") is None:
     skip_or_fail("the argilla SDK is not installed in this venv (pip install 'synthloop[argilla]')")

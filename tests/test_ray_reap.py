@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import skip_or_fail
+from helpers import skip_or_fail, wait_for
 
 if importlib.util.find_spec("ray") is None:
     skip_or_fail("ray is not installed: pip install -e '.[ray]'")
@@ -32,15 +32,6 @@ def nightly(root: Path, *args: str, env: dict | None = None) -> subprocess.Popen
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=full)
 
 
-def until(check, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(0.5)
-    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
-
 
 def test_a_killed_runs_local_ray_is_reaped_by_the_next_run(project, small_pool):
     project.import_file(small_pool / "pool.csv", label_col="label", gold=True)
@@ -52,7 +43,7 @@ def test_a_killed_runs_local_ray_is_reaped_by_the_next_run(project, small_pool):
         assert line.startswith("PAUSED ray-started"), line + first.stderr.read()
         note = json.loads((project.state_dir / NOTE).read_text())
         assert note["pid"] == first.pid
-        ours = until(lambda: marked(note["token"]), 60, "the Ray processes the run started")
+        ours = wait_for(lambda: marked(note["token"]), 60, "the Ray processes the run started", every=0.5)
         assert len(ours) >= 2, ours  # at least the GCS and the raylet
     finally:
         first.send_signal(signal.SIGKILL)
@@ -63,7 +54,7 @@ def test_a_killed_runs_local_ray_is_reaped_by_the_next_run(project, small_pool):
     out, err = again.communicate(timeout=300)
     assert again.returncode == 0, err
     assert json.loads(out)["status"] == "done"
-    until(lambda: not marked(note["token"]), 30, f"the leftovers {left} to be gone")
+    wait_for(lambda: not marked(note["token"]), 30, f"the leftovers {left} to be gone", every=0.5)
     assert not (project.state_dir / NOTE).exists()
     if left:  # what the kill left (Ray's agents, adopted by init) was killed by the next run, and it says so
         assert "processes of a local Ray that run synthloop" in err, err

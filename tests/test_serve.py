@@ -10,14 +10,13 @@ import socket
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 
 import httpx
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import EXAMPLE, skip_or_fail
+from helpers import EXAMPLE, skip_or_fail, wait_for
 
 for _module in ("starlette", "uvicorn", "skops"):
     try:
@@ -32,15 +31,6 @@ TOKEN = "s3cret-token-for-tests"
 TEXTS = ["WINNER! Claim your free prize now, call 0800 123 456", "are we still on for lunch tomorrow?",
          "URGENT: your account needs verification, reply with your PIN", "ok see you at 7"]
 
-
-def wait_for(condition, timeout: float = 120.0, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
 
 
 def cli(*args, cwd=None, env=None, check=True) -> subprocess.CompletedProcess:

@@ -17,7 +17,7 @@ import time
 
 import numpy as np
 import pytest
-from conftest import skip_or_fail
+from helpers import skip_or_fail
 
 from synthloop import Project, active
 

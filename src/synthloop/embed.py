@@ -195,7 +195,9 @@ class SentenceEmbedder(TransformerMixin, BaseEstimator):
         if isinstance(X, str):
             raise ValueError("SentenceEmbedder.transform takes a list of texts, not a single string")
         texts = [str(t) for t in X]
-        if self.store and Path(self.store).parent.is_dir() and texts:
+        # The store needs a folder it may write; a read-only project (status, predict by another user) embeds
+        # in memory instead.
+        if self.store and texts and _writable(Path(self.store)):
             from synthloop.features import EmbeddingStore
 
             store = EmbeddingStore(self.store, f"{self.model}-{self.max_length}{'-normalized' if self.normalize else ''}")
@@ -219,3 +221,16 @@ class SentenceEmbedder(TransformerMixin, BaseEstimator):
         if self.normalize:
             out /= np.clip(np.linalg.norm(out, axis=1, keepdims=True), 1e-12, None)
         return out
+
+
+def _writable(folder: Path) -> bool:
+    """Whether the embedding store may be created or written in `folder` (or, if it does not exist yet, its parent)."""
+    import os
+
+    try:  # the model may name a store in a folder this user cannot even look into (a copied project)
+        if not folder.parent.is_dir():
+            return False
+        target = folder if folder.exists() else folder.parent
+        return os.access(target, os.W_OK) and (not folder.exists() or all(os.access(f, os.W_OK) for f in folder.iterdir()))
+    except OSError:
+        return False

@@ -74,6 +74,11 @@ def project_lock(state_dir: Path, command: str, wait: float = 0.0):
         except BlockingIOError:
             if time.monotonic() >= deadline:
                 info = holder(path)
+                for _ in range(20):  # the holder writes who it is just after taking the lock: give it a moment
+                    if info is not None:
+                        break
+                    time.sleep(0.05)
+                    info = holder(path)
                 handle.close()
                 waited = f" after waiting {wait:g} s" if wait > 0 else ""
                 raise Locked(f"another synthloop run holds {path}{waited}: {describe(info)}; this run did nothing. "
