@@ -42,7 +42,7 @@ def fake_llm(gold: dict[str, str]):
             texts = [" ".join(rng.choices(WORDS[label], k=9)) for _ in range(5)]
             return ("content", json.dumps({"texts": texts}))
         if kind == "label":
-            text = prompt.split("Text: ", 1)[1]
+            text = prompt.split("Text: ", 1)[1].strip()  # the prompt carries the text without its edge whitespace
             return ("content", json.dumps({"label": gold[text], "confidence": 0.9}))
         return ("content", json.dumps({"subtopics": ["something"]}))
     return answer
@@ -52,7 +52,7 @@ def fake_llm(gold: dict[str, str]):
 def llm_project(tmp_path, small_pool, monkeypatch):
     pool = pd.read_csv(small_pool / "pool.csv")
     server = FaultServer()
-    server.reset(fake_llm(dict(zip(pool.text, pool.label))))
+    server.reset(fake_llm(dict(zip(pool.text.str.strip(), pool.label))))
     monkeypatch.setenv("OPENAI_API_KEY", "sk-test")  # never sent anywhere but the local server
     project = Project.init(
         tmp_path / "proj", small_pool / "task.toml", loop={"batch_size": 10, "labeler": "llm"},

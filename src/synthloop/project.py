@@ -534,11 +534,13 @@ class Project:
         """Train and evaluate a model on every label when the latest model lacks some (a round's labels
         arrive after its model was trained); its metrics are kept with it. Returns its version, or None when
         the latest model is current. The next round trains its own, as every round does."""
-        if not self.training_changed():
-            return None
-        version, model = self.train()
-        self.store.set_model_metrics(version, {"n_labels": self.n_real_labels(), **(self.evaluate(model) or {})})
-        return version
+        # On a shared store another machine may be training too: one writer at a time (a no-op on SQLite).
+        with self.store.exclusive("refresh"):
+            if not self.training_changed():
+                return None
+            version, model = self.train()
+            self.store.set_model_metrics(version, {"n_labels": self.n_real_labels(), **(self.evaluate(model) or {})})
+            return version
 
     # reading ------------------------------------------------------------------------------------
     @staticmethod
