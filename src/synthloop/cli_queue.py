@@ -8,14 +8,14 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
 from rich.markup import escape
 
 from synthloop.cli_common import cli_command
+from synthloop.console import console
 from synthloop.errors import SynthloopError
 
-out = Console()
-err = Console(stderr=True)
+out = console()  # unwrapped without a terminal, like the main CLI (synthloop/console.py)
+err = console(stderr=True)
 
 
 @cli_command(writes="requeue")  # one writer at a time: a round or nightly waits for it (exit 75)

@@ -7,13 +7,13 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
 from rich.markup import escape
 
+from synthloop.console import console
 from synthloop.errors import SynthloopError
 
-out = Console()
-err = Console(stderr=True)
+out = console()  # unwrapped without a terminal, like the main CLI (synthloop/console.py)
+err = console(stderr=True)
 
 ProjectOpt = Annotated[Path, typer.Option("--project", "-p", help="Project folder.", envvar="SYNTHLOOP_PROJECT")]
 VersionOpt = Annotated[int | None, typer.Option("--version", min=1, help="A model version (default: the latest).")]

@@ -7,13 +7,13 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
 from rich.markup import escape
 
 from synthloop.cli_common import cli_command
+from synthloop.console import console
 from synthloop.errors import SynthloopError
 
-err = Console(stderr=True)
+err = console(stderr=True)
 
 ProjectOpt = Annotated[Path, typer.Option("--project", "-p", help="Project folder.", envvar="SYNTHLOOP_PROJECT")]
 
