@@ -30,7 +30,7 @@ def simulate(task: TaskSpec | str | Path, pool: str | Path, test: str | Path, st
     spec = task if isinstance(task, TaskSpec) else load_task(task)
     with tempfile.TemporaryDirectory(prefix="synthloop-sim-") as tmp:
         from synthloop.project import Project  # here: `import synthloop` stays light
-        from synthloop.store_url import LOCAL_STORE
+        from synthloop.store.url import LOCAL_STORE
 
         # A throwaway store of its own: a $SYNTHLOOP_DB_URL shared with real projects must not see simulated rounds.
         project = Project.init(Path(tmp) / "project", spec, model={"name": model}, store={"url": LOCAL_STORE},

@@ -17,7 +17,7 @@ from typing import NamedTuple
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 
-from synthloop import store_url
+from synthloop.store import url as store_url
 
 SCHEMA_VERSION = 5  # 2: queries.meta; 3: cached scores on the measure registry's scale; 4: queries.reason;
 # 5: models.metrics
