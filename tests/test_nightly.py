@@ -228,7 +228,7 @@ def test_the_budget_covers_the_night_across_a_failed_run(nightly_project, batch_
         with pytest.raises(OSError, match="disk full"):
             run_nightly(project, None, max_labels=10, max_cost=budget, labeler="llm-batch")
     (job,) = server.batches.values()
-    committed = project.store.get_meta(f"llm-batch:job:{job['id']}")["estimated_cost"]
+    committed = project.store.jobs("llm-batch")[job["id"]].estimated_cost
     allowed = len(custom_ids(server, job["id"]))
     assert 3 <= allowed < 10 and committed <= budget
     assert [(r["status"], r["summary"]["exit_status"]) for r in project.store.runs("nightly")] == [("failed", 1)]
@@ -485,7 +485,7 @@ def test_batch_route_night_one_submits_night_two_collects(nightly_project, batch
     assert list(server.batches) == ["batch-0"] and server.batches["batch-0"]["polls"] == 1  # polled, not waited on
     round0 = project.store.queries(round_=0)
     assert custom_ids(server, "batch-0") == [q.example_id for q in round0]
-    assert jobs(project.store)["batch-0"]["state"] == "open" and server.requests == []  # no direct LLM call
+    assert jobs(project.store)["batch-0"].status == "open" and server.requests == []  # no direct LLM call
     body = json.loads(server.files["file-0"].decode().splitlines()[0])["body"]
     assert body["model"] == "gpt-4o" and body["response_format"]["type"] == "json_schema" and body["logprobs"]
 
@@ -514,12 +514,12 @@ def test_batch_route_night_one_submits_night_two_collects(nightly_project, batch
     statuses = {q.example_id: q.status for q in project.store.queries(round_=0)}
     assert statuses.pop(odd) == "failed" and statuses.pop(shy) == "skipped" and set(statuses.values()) == {"labeled"}
     half = cost_usd("gpt-4o", 20, 5) / 2  # the fault server's usage per answer, at batch price
-    labels = [r for r in project.store.training_set() if r[3] == "llm:gpt-4o"]
-    assert len(labels) == 8 and {r[2] for r in labels} == {"spam"}
+    labels = [r for r in project.store.training_set() if r.source == "llm:gpt-4o"]
+    assert len(labels) == 8 and {r.label for r in labels} == {"spam"}
     usage = {(u["purpose"], u["model"]): u for u in project.store.llm_usage()}
     assert usage[("label-batch", "gpt-4o")]["calls"] == 10 and usage[("label-batch", "gpt-4o")]["failed"] == 1
     assert night2["llm_cost"] == pytest.approx(10 * half)
-    states = {k: j["state"] for k, j in jobs(project.store, states=("open", "answered", "done")).items()}
+    states = {k: j.status for k, j in jobs(project.store, states=("open", "answered", "done")).items()}
     assert states == {"batch-0": "done", "batch-1": "open"}
     assert "Batch API: 10 queries submitted" in (project.state_dir / "reports" / "nightly-0002.md").read_text()
 
@@ -587,7 +587,7 @@ def test_batch_answers_count_once_and_a_lost_job_is_sent_again(nightly_project, 
     assert project.store.apply(again, 0) == 6
     assert [u["calls"] for u in project.store.llm_usage()] == [6]
     done = labeler.collect()
-    assert done.labels == [] and done.meta["llm-batch:job:batch-0"]["state"] == "done"
+    assert done.labels == [] and [(j.external_id, j.status) for j in done.jobs] == [("batch-0", "done")]
     project.store.apply(done, 0)
     assert jobs(project.store) == {}
 
@@ -596,8 +596,8 @@ def test_batch_answers_count_once_and_a_lost_job_is_sent_again(nightly_project, 
     assert custom_ids(server, "batch-1") == sent
     server.batches["elsewhere"] = server.batches.pop("batch-1")  # unknown to the server now: a 404
     lost = labeler.collect()
-    assert lost.labels == [] and lost.meta["llm-batch:job:batch-1"]["state"] == "lost"
+    assert lost.labels == [] and [(j.external_id, j.status) for j in lost.jobs] == [("batch-1", "lost")]
     project.store.apply(lost, 1)
-    assert jobs(project.store, states=("lost",))["batch-1"]["ids"] == sent
+    assert list(jobs(project.store, states=("lost",))["batch-1"].example_ids) == sent
     project.hand_out("llm-batch", [])
     assert custom_ids(server, "batch-2") == sent

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 
 import pytest
 import sqlalchemy as sa
 
-from synthloop.store import NewLabel, Store
+from synthloop.store import Collected, Job, JobStatus, NewLabel, Store
 
 
 @pytest.fixture
@@ -100,3 +101,60 @@ def test_reopening_migrates_a_schema_1_store(db, tmp_path):
     store.set_query_meta({"a": {"llm": {"label": "spam"}}})
     assert store.queries()[0].meta == {"llm": {"label": "spam"}}
     store.close()
+
+
+def test_a_batch_job_is_stored_with_its_queries_and_moves_through_its_states(store):
+    store.add_examples(rows("c", "a", "b"))
+    store.add_queries(0, [("c", 0.1), ("a", 0.2), ("b", 0.3)], "margin", "llm-batch")
+    job = Job("llm-batch", "batch-0", JobStatus.OPEN, ("c", "a", "b"), model="gpt-4o", round=0, estimated_cost=0.5,
+              created_at=1_764_633_600.5)
+    store.mark_submitted(["c", "a", "b"], jobs=[job])
+    (stored,) = store.jobs("llm-batch").values()
+    assert stored.example_ids == ("c", "a", "b")  # the order sent, not id order
+    assert (stored.status, stored.model, stored.round, stored.estimated_cost, stored.created_at) == (
+        JobStatus.OPEN, "gpt-4o", 0, 0.5, 1_764_633_600.5)
+    assert {q.example_id for q in store.queries(submitted=True)} == {"a", "b", "c"}
+    answered = dataclasses.replace(stored, status=JobStatus.ANSWERED, cost=0.25, detail={"status": "completed"})
+    store.apply(Collected(labels=[NewLabel("a", "spam", "llm:gpt-4o")], jobs=[answered]), 0)
+    got = store.jobs("llm-batch")["batch-0"]
+    assert (got.status, got.cost, got.detail, got.example_ids) == (JobStatus.ANSWERED, 0.25, {"status": "completed"},
+                                                                   ("c", "a", "b"))
+    assert store.jobs("llm-batch", [JobStatus.OPEN]) == {} and store.jobs("other") == {}
+    assert store.queries(status="labeled")[0].example_id == "a"  # the label and the job's new state, at once
+
+
+def test_batch_jobs_kept_in_meta_by_an_older_store_move_to_the_jobs_table(db, tmp_path):
+    from synthloop.labelers.batch import jobs
+
+    url = db or f"sqlite:///{tmp_path / 'store.db'}"
+    old = Store(url)
+    old.add_examples(rows("x", "y", "z"))
+    with old.engine.begin() as conn:  # the store as schema 5 left it, with what its Batch labeler wrote
+        conn.execute(sa.text("DROP TABLE job_queries"))
+        conn.execute(sa.text("DROP TABLE jobs"))
+    old.set_meta("schema_version", 5)
+    old.set_meta("llm-batch:job:batch-0", {"state": "answered", "ids": ["z", "x"], "model": "gpt-4o", "round": 0,
+                                           "estimated_cost": 0.02, "submitted_at": 100.0, "status": "completed",
+                                           "answered_at": 200.0, "cost": 0.015})
+    old.set_meta("llm-batch:job:batch-1", {"state": "open", "ids": ["y"], "model": "gpt-4o-mini", "round": 1,
+                                           "estimated_cost": 0.01, "submitted_at": 300.0})
+    old.set_meta("llm-batch:job:batch-2", {"state": "lost", "ids": ["y"], "model": "gpt-4o", "round": 1,
+                                           "estimated_cost": 0.03, "submitted_at": 250.0, "lost_at": 290.0})
+    old.set_meta("latency:v1", {"p50": 1.0})
+    old.close()
+    store = Store(url)  # opening migrates
+    got = store.jobs("llm-batch")
+    assert list(got) == ["batch-0", "batch-2", "batch-1"]  # by when each was submitted
+    answered, lost, open_ = got["batch-0"], got["batch-2"], got["batch-1"]
+    assert (answered.status, answered.example_ids, answered.cost, answered.estimated_cost, answered.created_at,
+            answered.updated_at, answered.detail) == (JobStatus.ANSWERED, ("z", "x"), 0.015, 0.02, 100.0, 200.0,
+                                                      {"status": "completed", "answered_at": 200.0})
+    assert (open_.status, open_.example_ids, open_.model, open_.round) == (JobStatus.OPEN, ("y",), "gpt-4o-mini", 1)
+    assert lost.status == JobStatus.LOST and lost.error and lost.updated_at == 290.0
+    assert set(jobs(store)) == {"batch-0", "batch-1"}  # the labeler reads them from the jobs table now
+    assert store.meta_with_prefix("llm-batch:") == {} and store.get_meta("latency:v1") == {"p50": 1.0}
+    assert store.get_meta("schema_version") == 6
+    store.close()
+    again = Store(url)  # a second open moves nothing twice
+    assert list(again.jobs("llm-batch")) == ["batch-0", "batch-2", "batch-1"]
+    again.close()

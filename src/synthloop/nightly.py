@@ -144,7 +144,7 @@ def night_spend(project, since: float) -> float:
 
     spent = project.store.llm_cost_since(since, exclude_purposes=(PURPOSE,))
     submitted = jobs(project.store, states=("open", "answered", "done", "lost")).values()
-    return spent + sum(job.get("estimated_cost", 0.0) for job in submitted if job.get("submitted_at", 0) >= since)
+    return spent + sum(job.estimated_cost for job in submitted if job.created_at >= since)
 
 
 @dataclass
@@ -170,7 +170,7 @@ def leftovers(project, labeler: str, round_: int) -> list:
     --labeler llm-batch), and those never pushed to Argilla (pushed with tonight's, by argilla or hybrid)."""
     from synthloop.labelers.batch import jobs
 
-    in_job = {eid for job in jobs(project.store).values() for eid in job["ids"]}
+    in_job = {eid for job in jobs(project.store).values() for eid in job.example_ids}
     out = []
     for q in project.store.queries():
         if q.status not in (QueryStatus.PENDING, HELD) or q.round >= round_:
@@ -320,8 +320,8 @@ def _run(project, run_id, pool, labeler, max_labels, max_cost, text_col, id_col,
         "budget_left": None if max_cost is None else round(max(0.0, max_cost - night_cost), 6),
         "pending": project.store.query_counts().get("pending", 0),
         # Submitted tonight, paid when the job ends: counted against tonight's budget at this estimate.
-        "batch": {"submitted": sum(len(j["ids"]) for j in new_jobs),
-                  "estimated_cost": round(sum(j["estimated_cost"] for j in new_jobs), 6),
+        "batch": {"submitted": sum(len(j.example_ids) for j in new_jobs),
+                  "estimated_cost": round(sum(j.estimated_cost for j in new_jobs), 6),
                   "open_jobs": len(batch_jobs(project.store, states=("open",)))},
         "metrics": rounded({k: (result.metrics or {}).get(k) for k in ("n_labels", "accuracy", "macro_f1")}),
         "seconds": round(time.perf_counter() - start, 2),

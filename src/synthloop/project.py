@@ -470,7 +470,7 @@ class Project:
                 "%s; %d queries stay pending and go out with the next round or `synthloop review push`",
                 err.summary, len(self.store.queries(status=QueryStatus.PENDING, routed_to=name, submitted=False)))
             return
-        self.store.mark_submitted(submitted.ids, submitted.meta)
+        self.store.mark_submitted(submitted.ids, submitted.meta, submitted.jobs)
 
     # the round ----------------------------------------------------------------------------------
     def round(self, query: bool = True, n: int | None = None, strategy: str | None = None,

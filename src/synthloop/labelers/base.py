@@ -11,15 +11,16 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import ClassVar, Protocol, runtime_checkable
 
-from synthloop.store import Collected, Query
+from synthloop.store import Collected, Job, Query
 
 
 @dataclass
 class Submitted:
-    """What a hand-out did: the queries now with the labeler, and facts to keep with them (a Batch job)."""
+    """What a hand-out did: the queries now with the labeler, facts to keep with them, the jobs they went out in."""
 
     ids: list[str] = field(default_factory=list)
     meta: dict = field(default_factory=dict)
+    jobs: list[Job] = field(default_factory=list)  # a Batch job, stored with its queries marked submitted
 
 
 @runtime_checkable

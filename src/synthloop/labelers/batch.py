@@ -2,17 +2,17 @@
 night) collects the answers. The prompts, the answer schema, the validation and the meaning of an answer are
 the LLM labeler's own (synthloop.labelers.llm); only the transport differs.
 
-Each job is a row of the store's meta table (`llm-batch:job:<batch id>`), written (by the round, with the
-queries marked submitted) as soon as the API returns its id, so a run killed after submitting resumes without
-submitting the same queries again. A job is
-"open" until its answers are downloaded, "answered" once its usage is recorded (exactly once, in the same
-transaction), and "done" once none of its queries is pending any more ("lost" if the API no longer knows it:
-its queries go into the next job).
+Each job is a row of the store's jobs table (a `Job`, its external id the batch id), written (by the round,
+with the queries marked submitted) as soon as the API returns its id, so a run killed after submitting resumes
+without submitting the same queries again. A job is "open" until its answers are downloaded, "answered" once
+its usage is recorded (exactly once, in the same transaction), and "done" once none of its queries is pending
+any more ("lost" if the API no longer knows it: its queries go into the next job).
 """
 
 from __future__ import annotations
 
 import copy
+import dataclasses
 import logging
 import time
 from collections.abc import Sequence
@@ -23,17 +23,17 @@ from synthloop.labelers.base import Collected, Submitted
 from synthloop.labelers.llm import MAX_ANSWER_TOKENS, answer_model, estimated_cost, few_shot_examples, labeling_messages, outcome_of
 from synthloop.llm.batch import batch_results, submit_batch
 from synthloop.llm.pricing import BATCH_DISCOUNT
-from synthloop.store import NewLabel, Query
+from synthloop.store import Job, JobStatus, NewLabel, Query
 
-JOB_PREFIX = "llm-batch:job:"
+KIND = "llm-batch"  # the jobs' kind in the store: this labeler's name
 PURPOSE = "label-batch"
 
 log = logging.getLogger(__name__)
 
 
-def jobs(store, states: Sequence[str] = ("open", "answered")) -> dict[str, dict]:
-    """Batch jobs by batch id, in the given states."""
-    return {key[len(JOB_PREFIX):]: job for key, job in store.meta_with_prefix(JOB_PREFIX).items() if job["state"] in states}
+def jobs(store, states: Sequence[str] = (JobStatus.OPEN, JobStatus.ANSWERED)) -> dict[str, Job]:
+    """Batch jobs by batch id, oldest first, in the given states."""
+    return store.jobs(KIND, [JobStatus(s) for s in states])
 
 
 class BatchLabeler:
@@ -48,7 +48,7 @@ class BatchLabeler:
         """One job for every pending query of this labeler not already in a job: tonight's, plus those an
         earlier night's budget left out (oldest first). Never submits a query twice."""
         store = self.project.store
-        in_job = {eid for job in jobs(store).values() for eid in job["ids"]}
+        in_job = {eid for job in jobs(store).values() for eid in job.example_ids}
         candidates = {q.id: q for q in store.queries(status="pending", routed_to=self.name)}
         candidates.update({q.id: q for q in queries if q.status == "pending"})
         todo = [candidates[k] for k in sorted(candidates) if candidates[k].example_id not in in_job]
@@ -71,11 +71,11 @@ class BatchLabeler:
                                 metadata={"synthloop": "llm-batch"}, temperature=cfg.label_temperature,
                                 logprobs=cfg.logprobs, max_tokens=MAX_ANSWER_TOKENS)
         estimate = sum(costs)
-        job = {"state": "open", "ids": [q.example_id for q in todo], "model": client.model, "estimated_cost": estimate,
-               "submitted_at": time.time(), "round": store.current_round()}
+        job = Job(KIND, batch_id, JobStatus.OPEN, tuple(q.example_id for q in todo), model=client.model,
+                  round=store.current_round(), estimated_cost=estimate, created_at=time.time())
         budget.spend(estimate)
         log.info("llm-batch: submitted %s with %d queries (estimated $%.4f)", batch_id, len(todo), estimate)
-        return Submitted(job["ids"], {JOB_PREFIX + batch_id: job})
+        return Submitted(list(job.example_ids), jobs=[job])
 
     # collect ------------------------------------------------------------------------------------
     def collect(self) -> Collected:
@@ -85,9 +85,9 @@ class BatchLabeler:
         pending = {q.example_id for q in store.queries(status="pending", routed_to=self.name)}
         out = Collected()
         for batch_id, job in jobs(store).items():
-            waiting = [eid for eid in job["ids"] if eid in pending]
-            if job["state"] == "answered" and not waiting:
-                out.meta[JOB_PREFIX + batch_id] = {**job, "state": "done", "done_at": time.time()}
+            waiting = [eid for eid in job.example_ids if eid in pending]
+            if job.status is JobStatus.ANSWERED and not waiting:
+                out.jobs.append(dataclasses.replace(job, status=JobStatus.DONE, detail={**job.detail, "done_at": time.time()}))
                 continue
             out += self._collect_job(batch_id, job, waiting)
         return out
@@ -101,8 +101,8 @@ class BatchLabeler:
         other.model = model
         return other
 
-    def _collect_job(self, batch_id: str, job: dict, waiting: list[str]) -> Collected:
-        store, model = self.project.store, job["model"]
+    def _collect_job(self, batch_id: str, job: Job, waiting: list[str]) -> Collected:
+        store, model = self.project.store, job.model or self.project.llm_client().model
         client = self._client(model)
         try:
             batch = client.sdk.batches.retrieve(batch_id)
@@ -115,19 +115,20 @@ class BatchLabeler:
             # Gone (deleted, or another account's): its queries leave the job, so the next submit sends them again.
             log.warning("llm-batch: %s is unknown to %s; its %d pending queries go into the next job", batch_id,
                         client.base_url or "the OpenAI API", len(waiting))
-            return Collected(meta={JOB_PREFIX + batch_id: {**job, "state": "lost", "lost_at": time.time()}})
+            return Collected(jobs=[dataclasses.replace(job, status=JobStatus.LOST, error="unknown to the Batch API",
+                                                       detail={**job.detail, "lost_at": time.time()})])
         if results is None:
             return Collected()
         status = batch.status
         out = Collected()
-        if job["state"] == "open":  # its usage goes to the store exactly once, with the job marked answered
+        if job.status is JobStatus.OPEN:  # its usage goes to the store exactly once, with the job marked answered
             round_ = store.current_round()
             calls = [{"purpose": PURPOSE, "model": model, "prompt_tokens": r.usage.prompt_tokens,
                       "completion_tokens": r.usage.completion_tokens, "cost": r.usage.cost, "latency": 0.0,
                       "cached": False, "ok": r.value is not None, "round": round_} for r in results.values()]
-            job = {**job, "state": "answered", "status": status, "answered_at": time.time(),
-                   "cost": sum(r.usage.cost for r in results.values())}
-            out = Collected(meta={JOB_PREFIX + batch_id: job}, llm_calls=calls)
+            job = dataclasses.replace(job, status=JobStatus.ANSWERED, cost=sum(r.usage.cost for r in results.values()),
+                                      detail={**job.detail, "status": status, "answered_at": time.time()})
+            out = Collected(llm_calls=calls, jobs=[job])
         for eid in waiting:
             result = results.get(eid)
             if result is None:  # an expired or cancelled batch answers only part of its requests

@@ -1,0 +1,130 @@
+"""Examples: adding them (with the labels they came with), the pool a strategy chooses from, the test set."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Iterator, Sequence
+
+import sqlalchemy as sa
+
+from synthloop.store.labels import LabelMethods
+from synthloop.store.rows import NewLabel, in_chunks
+from synthloop.store.schema import examples, labels, queries
+
+
+class ExampleMethods(LabelMethods):
+    def add_examples(self, rows: Sequence[dict], new_labels: Sequence[NewLabel] = (), round_: int | None = None) -> int:
+        """Insert examples (and labels that came with them, made in `round_`) in one transaction; returns how
+        many were new."""
+        now = time.time()
+        for row in rows:
+            row.setdefault("meta", None)
+            row.setdefault("gold", None)
+            row.setdefault("created_at", now)
+        with self.engine.begin() as conn:
+            added = self._insert_ignore(conn, examples, rows)
+            self._write_labels(conn, new_labels, round_=round_)
+        return added
+
+    def synthetic_added(self, round_: int) -> dict[str, int]:
+        """Synthetic labels per class made in a round (its top-up), counted from the store: right after a
+        crash too, which a tally kept beside the round would miss."""
+        stmt = (sa.select(labels.c.label, sa.func.count()).where(labels.c.round == round_)
+                .where(labels.c.source.like("synthetic:%")).group_by(labels.c.label))
+        with self.engine.connect() as conn:
+            return {row[0]: row[1] for row in conn.execute(stmt)}
+
+    def existing_ids(self, ids: Iterable[str]) -> dict[str, str]:
+        """Map of id -> split for the ids already stored."""
+        found: dict[str, str] = {}
+        with self.engine.connect() as conn:
+            for chunk in in_chunks(ids):
+                for row in conn.execute(sa.select(examples.c.id, examples.c.split).where(examples.c.id.in_(chunk))):
+                    found[row.id] = row.split
+        return found
+
+    def count_examples(self) -> dict[tuple[str, str], int]:
+        with self.engine.connect() as conn:
+            stmt = sa.select(examples.c.split, examples.c.origin, sa.func.count()).group_by(examples.c.split, examples.c.origin)
+            return {(s, o): n for s, o, n in conn.execute(stmt)}
+
+    def test_set(self) -> tuple[list[str], list[str]]:
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                sa.select(examples.c.text, examples.c.gold)
+                .where(examples.c.split == "test", examples.c.gold.is_not(None))
+                .order_by(examples.c.id)
+            ).all()
+        return [r.text for r in rows], [r.gold for r in rows]
+
+    @staticmethod
+    def _unlabeled_pool_select():
+        labeled = sa.select(labels.c.example_id).where(~labels.c.source.like("synthetic%"))
+        queried = sa.select(queries.c.example_id)
+        return (
+            sa.select(examples.c.id, examples.c.text)
+            .where(examples.c.split == "pool", examples.c.origin != "synthetic")
+            .where(examples.c.id.not_in(labeled), examples.c.id.not_in(queried))
+            .order_by(examples.c.id)
+        )
+
+    def unlabeled_pool(self, limit: int | None = None) -> tuple[list[str], list[str]]:
+        """Pool examples with no label and no query yet: the candidates a strategy chooses from."""
+        stmt = self._unlabeled_pool_select()
+        if limit:
+            stmt = stmt.limit(limit)
+        with self.engine.connect() as conn:
+            rows = conn.execute(stmt).all()
+        return [r.id for r in rows], [r.text for r in rows]
+
+    def unlabeled_pool_chunks(self, chunk_size: int = 50_000) -> Iterator[tuple[list[str], list[str]]]:
+        """The same examples as unlabeled_pool, as (ids, texts) chunks in id order, one chunk in memory at a time.
+        Keyset pagination (id > the last id seen), not OFFSET: each page is an index range scan, so the cost per
+        page stays flat however deep into a large pool it is; and each page is its own short read, so no read
+        transaction stays open while the caller scores a chunk."""
+        if chunk_size <= 0:
+            raise ValueError(f"chunk_size must be positive, not {chunk_size}")
+        last = None
+        while True:
+            stmt = self._unlabeled_pool_select()
+            if last is not None:
+                stmt = stmt.where(examples.c.id > last)
+            with self.engine.connect() as conn:
+                rows = conn.execute(stmt.limit(chunk_size)).all()
+            if not rows:
+                return
+            yield [r.id for r in rows], [r.text for r in rows]
+            if len(rows) < chunk_size:
+                return
+            last = rows[-1].id
+
+    def stop_set(self, n: int) -> tuple[list[str], list[str]]:
+        """A fixed sample of the pool (ids are hashes, so the first n by id are a random-looking sample)."""
+        stmt = (sa.select(examples.c.id, examples.c.text).where(examples.c.split == "pool", examples.c.origin != "synthetic")
+                .order_by(examples.c.id).limit(n))
+        with self.engine.connect() as conn:
+            rows = conn.execute(stmt).all()
+        return [r.id for r in rows], [r.text for r in rows]
+
+    def pool_texts_sample(self, n: int, seed: int) -> list[str]:
+        with self.engine.connect() as conn:
+            texts = conn.execute(sa.select(examples.c.text).where(examples.c.split == "pool").order_by(examples.c.id)).scalars().all()
+        if len(texts) <= n:
+            return list(texts)
+        import random
+
+        return random.Random(seed).sample(list(texts), n)
+
+    def _column_by_id(self, column: sa.Column, example_ids: Sequence[str]) -> dict[str, str]:
+        out = {}
+        with self.engine.connect() as conn:
+            for chunk in in_chunks(example_ids):
+                rows = conn.execute(sa.select(examples.c.id, column).where(examples.c.id.in_(chunk)))
+                out.update({r.id: getattr(r, column.name) for r in rows if getattr(r, column.name) is not None})
+        return out
+
+    def origins(self, example_ids: Sequence[str]) -> dict[str, str]:
+        return self._column_by_id(examples.c.origin, example_ids)
+
+    def gold_for(self, example_ids: Sequence[str]) -> dict[str, str]:
+        return self._column_by_id(examples.c.gold, example_ids)

@@ -1,0 +1,67 @@
+"""What the LLM cost: every call's usage, totals per purpose, model and round, and the response cache."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+
+import sqlalchemy as sa
+
+from synthloop.store.base import StoreBase
+from synthloop.store.schema import llm_cache, llm_calls
+
+
+class SpendingMethods(StoreBase):
+    # LLM usage and response cache ---------------------------------------------------------------
+    def cache_get(self, key: str) -> dict | None:
+        with self.engine.connect() as conn:
+            return conn.execute(sa.select(llm_cache.c.value).where(llm_cache.c.key == key)).scalar()
+
+    def cache_put(self, key: str, value: dict) -> None:
+        with self.engine.begin() as conn:
+            self._insert_ignore(conn, llm_cache, [{"key": key, "value": value, "created_at": time.time()}])
+
+    def record_llm_calls(self, calls: Sequence[dict], meta_values: dict | None = None) -> None:
+        """calls: dicts with purpose, model, prompt_tokens, completion_tokens, cost, latency, cached, ok, round.
+        meta_values ({key: value}) are set in the same transaction: a Batch API job is marked collected together
+        with its usage, so a kill between the two can neither lose its cost nor record it twice."""
+        now = time.time()
+        with self.engine.begin() as conn:
+            if calls:
+                conn.execute(llm_calls.insert(), [{"created_at": now, **c} for c in calls])
+            for key, value in (meta_values or {}).items():
+                self._upsert_meta(conn, key, value)
+
+    def llm_usage(self, round_: int | None = None) -> list[dict]:
+        """Totals per (purpose, model): calls, tokens in/out, $ and seconds; cache hits counted apart."""
+        stmt = sa.select(
+            llm_calls.c.purpose, llm_calls.c.model, sa.func.count().label("calls"),
+            sa.func.sum(sa.case((llm_calls.c.cached, 1), else_=0)).label("cached"),
+            sa.func.sum(sa.case((llm_calls.c.ok, 0), else_=1)).label("failed"),
+            sa.func.sum(llm_calls.c.prompt_tokens).label("prompt_tokens"),
+            sa.func.sum(llm_calls.c.completion_tokens).label("completion_tokens"),
+            sa.func.sum(llm_calls.c.cost).label("cost"), sa.func.sum(llm_calls.c.latency).label("latency"),
+        ).group_by(llm_calls.c.purpose, llm_calls.c.model)
+        if round_ is not None:
+            stmt = stmt.where(llm_calls.c.round == round_)
+        with self.engine.connect() as conn:
+            return [dict(r._mapping) for r in conn.execute(stmt)]
+
+    def llm_cost_since(self, since: float, exclude_purposes: Sequence[str] = ()) -> float:
+        """$ of the LLM calls recorded at or after `since` (a time.time()), e.g. what a night has spent so far."""
+        stmt = sa.select(sa.func.coalesce(sa.func.sum(llm_calls.c.cost), 0.0)).where(llm_calls.c.created_at >= since)
+        if exclude_purposes:
+            stmt = stmt.where(llm_calls.c.purpose.not_in(list(exclude_purposes)))
+        with self.engine.connect() as conn:
+            return float(conn.execute(stmt).scalar_one())  # an aggregate: always one row, coalesced to 0.0
+
+    def llm_usage_by_round(self) -> list[dict]:
+        """Calls, tokens, $ and seconds per round (None: calls made outside any round)."""
+        stmt = sa.select(
+            llm_calls.c.round, sa.func.count().label("calls"),
+            sa.func.sum(llm_calls.c.prompt_tokens).label("prompt_tokens"),
+            sa.func.sum(llm_calls.c.completion_tokens).label("completion_tokens"),
+            sa.func.sum(llm_calls.c.cost).label("cost"), sa.func.sum(llm_calls.c.latency).label("latency"),
+        ).group_by(llm_calls.c.round).order_by(llm_calls.c.round)
+        with self.engine.connect() as conn:
+            return [dict(r._mapping) for r in conn.execute(stmt)]
