@@ -158,3 +158,18 @@ def test_batch_jobs_kept_in_meta_by_an_older_store_move_to_the_jobs_table(db, tm
     again = Store(url)  # a second open moves nothing twice
     assert list(again.jobs("llm-batch")) == ["batch-0", "batch-2", "batch-1"]
     again.close()
+
+
+def test_label_history_and_example_labels_are_typed_rows_of_every_stored_label(store):
+    store.add_examples(rows("b", "a"))
+    store.record_labels([NewLabel("b", "spam", "llm:m")], round_=0)
+    store.add_examples([], [NewLabel("a", "ham", "import")])  # an import's label has no round
+    store.record_labels([NewLabel("b", "ham", "human:x")], round_=1)
+    history = store.label_history()
+    assert [(e.source, e.label, e.round) for e in history] == [("llm:m", "spam", 0), ("import", "ham", None),
+                                                                ("human:x", "ham", 1)]  # in the order stored
+    assert history[0].created_at <= history[1].created_at <= history[2].created_at
+    assert [tuple(r) for r in store.example_labels()] == [("a", "text a", "ham", "import"),
+                                                         ("b", "text b", "ham", "human:x"),
+                                                         ("b", "text b", "spam", "llm:m")]
+    assert [r.source for r in store.training_set()] == ["import", "human:x"]  # the best source only, for training

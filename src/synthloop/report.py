@@ -20,7 +20,6 @@ from synthloop import plots
 from synthloop.errors import SynthloopError
 from synthloop.impact import counterfactual, llm_totals, measure_model_latency
 from synthloop.nightly_report import recent_runs
-from synthloop.store import source_rank
 
 SUSPICIOUS_MAX = 50
 REVIEW_TOP = 10  # the lowest-scored labels shown even when none is flagged
@@ -123,17 +122,6 @@ def _labels_by_source(project) -> dict[str, dict[str, int]]:
     return out
 
 
-def _label_rows(project) -> list[tuple[str, str, int | None, float]]:
-    """(source, label, round, created_at) of every stored label."""
-    import sqlalchemy as sa
-
-    from synthloop.store import labels
-
-    stmt = sa.select(labels.c.source, labels.c.label, labels.c.round, labels.c.created_at).order_by(labels.c.id)
-    with project.store.engine.connect() as conn:
-        return [tuple(r) for r in conn.execute(stmt)]
-
-
 def _round_of(label_round: int | None, created_at: float, rounds: list[dict]) -> int:
     """The round a label arrived in. Imports, `synthloop generate` and the top-up store labels without a
     round: those belong to the first round that finished after them (round 0 trains on an import made
@@ -154,8 +142,8 @@ def _labels_per_round(project, rounds: list[dict]) -> dict[int, dict]:
     """Per round: labels by source and class that arrived in it, and all stored by its end (the latest
     round's total is every label stored now, the same as labels_by_source)."""
     added: dict[int, dict[str, dict[str, int]]] = {r["number"]: {} for r in rounds}
-    for source, label, label_round, created_at in _label_rows(project):
-        _add(added.setdefault(_round_of(label_round, created_at, rounds), {}), source, label)
+    for event in project.store.label_history():
+        _add(added.setdefault(_round_of(event.round, event.created_at, rounds), {}), event.source, event.label)
     out: dict = {}
     total: dict = {}
     for number in sorted(added):
@@ -209,25 +197,14 @@ def _llm_spend(project, rounds: list[dict]) -> dict:
 
 
 # label quality ----------------------------------------------------------------------------------
-def _all_labels(project) -> list[tuple[str, str, str, str]]:
-    import sqlalchemy as sa
-
-    from synthloop.store import examples, labels
-
-    stmt = (sa.select(labels.c.example_id, examples.c.text, labels.c.label, labels.c.source)
-            .join(examples, examples.c.id == labels.c.example_id).order_by(labels.c.example_id, labels.c.source))
-    with project.store.engine.connect() as conn:
-        return [tuple(r) for r in conn.execute(stmt)]
-
-
 def llm_human_agreement(project) -> dict:
     """Where an example has both an LLM label and a human label: how often they agree."""
     by_example: dict[str, dict] = defaultdict(lambda: {"llm": [], "human": []})
-    for eid, text, label, source in _all_labels(project):
-        kind = source.split(":", 1)[0]
+    for row in project.store.example_labels():
+        kind = row.source.split(":", 1)[0]
         if kind in ("llm", "human"):
-            by_example[eid][kind].append((source, label))
-            by_example[eid]["text"] = text
+            by_example[row.example_id][kind].append((row.source, row.label))
+            by_example[row.example_id]["text"] = row.text
     pairs = [(eid, e["text"], h, s, lab) for eid, e in by_example.items() if e["human"] and e["llm"]
              for s, lab in e["llm"] for _, h in e["human"][:1]]
     if not pairs:
@@ -253,16 +230,16 @@ def label_quality(project, model) -> dict:
 
     result: dict = {"agreement": llm_human_agreement(project), "suspicious": []}
     rows = project.store.training_set()
-    real = [r for r in rows if source_rank(r[3]) < source_rank("synthetic")]
-    extra = [(r[1], r[2]) for r in rows if source_rank(r[3]) >= source_rank("synthetic")] + project.task.examples()
-    given = np.array([r[2] for r in real], dtype=object)
+    real = [r for r in rows if r.real]
+    extra = [(r.text, r.label) for r in rows if not r.real] + project.task.examples()
+    given = np.array([r.label for r in real], dtype=object)
     present, counts = np.unique(given, return_counts=True) if len(given) else (np.array([]), np.array([0]))
     folds = int(min(5, min(counts)))
     if len(present) < 2 or folds < 2:
         result["note"] = "needs at least two real labels in each of two classes; label more, then rerun"
         return result
     # The featurizer learned no labels (TF-IDF vocabulary or embeddings), so reusing it leaks nothing.
-    texts = [r[1] for r in real]
+    texts = [r.text for r in real]
     X, X_extra = model.transform(texts), model.transform([t for t, _ in extra]) if extra else None
     weight = project.config.model.synthetic_weight
     # Columns that are zero in every row keep a zero weight in an L2 logistic regression: dropping them
@@ -310,7 +287,7 @@ def label_quality(project, model) -> dict:
     result.update({
         "method": method, "folds": folds, "n_checked": len(real),
         "out_of_fold_agreement": float((predicted == y).mean()), "n_flagged": len(flagged),
-        "suspicious": [{"id": real[i][0], "text": real[i][1], "given": real[i][2], "source": real[i][3],
+        "suspicious": [{"id": real[i].example_id, "text": real[i].text, "given": real[i].label, "source": real[i].source,
                         "predicted": names[predicted[i]], "score": float(score[i]), "p_given": float(self_conf[i]),
                         "flagged": i in flagged} for i in shown],
     })
