@@ -30,8 +30,9 @@ def _without_nul(row: dict) -> dict:
     return {k: v.replace("\x00", "\ufffd") if isinstance(v, str) else v for k, v in row.items()}
 
 
-
 class StoreBase:
+    """What every part of Store builds on: the engine, the inserts, the meta facts and the writer lock."""
+
     def __init__(self, url: str, readonly: bool = False):
         self.url = store_url.masked(url)  # printable: the password stays inside the engine only
         self.readonly = readonly

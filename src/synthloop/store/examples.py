@@ -13,6 +13,8 @@ from synthloop.store.schema import examples, labels, queries
 
 
 class ExampleMethods(LabelMethods):
+    """Store's examples part (it adds the labels examples come with, hence LabelMethods)."""
+
     def add_examples(self, rows: Sequence[dict], new_labels: Sequence[NewLabel] = (), round_: int | None = None) -> int:
         """Insert examples (and labels that came with them, made in `round_`) in one transaction; returns how
         many were new."""

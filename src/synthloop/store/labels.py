@@ -13,6 +13,8 @@ from synthloop.store.schema import examples, labels
 
 
 class LabelMethods(StoreBase):
+    """Store's labels part."""
+
     def _write_labels(self, conn, new: Sequence[NewLabel], round_: int | None) -> int:
         now = time.time()
         rows = [

@@ -15,7 +15,8 @@ from synthloop.store.schema import examples, llm_calls, queries
 
 
 class QueryMethods(LabelMethods):
-    # queries: every change of a query's status is one of these methods -----------------------------
+    """Store's query lifecycle part: every change of a query's status is one of these methods."""
+
     def add_queries(self, round_: int, picks: Sequence[tuple[str, float | None]], strategy: str, routed_to: str) -> int:
         now = time.time()
         rows = [

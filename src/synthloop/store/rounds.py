@@ -11,6 +11,8 @@ from synthloop.store.schema import models, pool_files, rounds, runs, scores
 
 
 class RoundMethods(StoreBase):
+    """Store's rounds, models and nightly runs part."""
+
     def next_round_number(self) -> int:
         """The round that work done now feeds: the unfinished one, else the next."""
         with self.engine.connect() as conn:

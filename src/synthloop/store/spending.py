@@ -12,7 +12,8 @@ from synthloop.store.schema import llm_cache, llm_calls
 
 
 class SpendingMethods(StoreBase):
-    # LLM usage and response cache ---------------------------------------------------------------
+    """Store's LLM spending part: usage and the response cache."""
+
     def cache_get(self, key: str) -> dict | None:
         with self.engine.connect() as conn:
             return conn.execute(sa.select(llm_cache.c.value).where(llm_cache.c.key == key)).scalar()
@@ -23,8 +24,8 @@ class SpendingMethods(StoreBase):
 
     def record_llm_calls(self, calls: Sequence[dict], meta_values: dict | None = None) -> None:
         """calls: dicts with purpose, model, prompt_tokens, completion_tokens, cost, latency, cached, ok, round.
-        meta_values ({key: value}) are set in the same transaction: a Batch API job is marked collected together
-        with its usage, so a kill between the two can neither lose its cost nor record it twice."""
+        meta_values ({key: value}) are set in the same transaction, so a kill between the two can neither lose a
+        cost nor record it twice (a Batch job's usage goes with its new state through Store.apply)."""
         now = time.time()
         with self.engine.begin() as conn:
             if calls:
