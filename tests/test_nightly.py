@@ -14,6 +14,7 @@ import pytest
 from llm_servers import FaultServer, completion
 
 from synthloop import Project, SynthloopError
+from synthloop.llm.quoting import unquote
 from synthloop.nightly import run_nightly
 
 
@@ -498,7 +499,7 @@ def test_batch_route_night_one_submits_night_two_collects(nightly_project, batch
     odd, shy = round0[0].example_id, round0[1].example_id
 
     def answer(body):
-        eid = texts.get(body["messages"][-1]["content"].removeprefix("Text: "))
+        eid = texts.get(unquote(body["messages"][-1]["content"]))
         if eid == odd:
             return completion('{"label": "eggs", "confidence": 0.9}')
         if eid == shy:

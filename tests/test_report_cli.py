@@ -18,6 +18,7 @@ from threadpoolctl import threadpool_limits
 
 from synthloop import Project
 from synthloop.llm.pricing import cost_usd
+from synthloop.llm.quoting import unquote
 
 WORDS = {
     "spam": "win cash prize claim free call now urgent reply txt mobile offer voucher bonus award guaranteed".split(),
@@ -42,7 +43,7 @@ def fake_llm(gold: dict[str, str]):
             texts = [" ".join(rng.choices(WORDS[label], k=9)) for _ in range(5)]
             return ("content", json.dumps({"texts": texts}))
         if kind == "label":
-            text = prompt.split("Text: ", 1)[1].strip()  # the prompt carries the text without its edge whitespace
+            text = unquote(prompt).strip()  # the prompt carries the text without its edge whitespace
             return ("content", json.dumps({"label": gold[text], "confidence": 0.9}))
         return ("content", json.dumps({"subtopics": ["something"]}))
     return answer

@@ -29,6 +29,7 @@ from synthloop import Project, SynthloopError  # noqa: E402
 from synthloop.labelers import argilla as review  # noqa: E402
 from synthloop.labelers.llm import Outcome  # noqa: E402
 from synthloop.labelers.router import decide  # noqa: E402
+from synthloop.llm.quoting import unquote  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = ROOT / "examples" / "sms_spam"
@@ -364,7 +365,7 @@ def test_hybrid_round_keeps_confident_llm_labels_and_sends_the_rest_to_argilla(p
 
     def answer(body):
         # A scripted LLM, sure about texts of even length and unsure about the rest.
-        text = body["messages"][-1]["content"].removeprefix("Text: ")
+        text = unquote(body["messages"][-1]["content"])
         if sure(text):
             return ("content", '{"label": "spam", "confidence": 0.97}')
         return ("content", '{"label": "ham", "confidence": 0.4}')

@@ -12,6 +12,7 @@ from collections import Counter
 import pytest
 from llm_servers import FaultServer
 
+from synthloop.llm.quoting import unquote
 from synthloop.synth import PROMPT_VERSION, GenerationReport, NearDuplicateIndex, filter_texts, topup_needs
 
 SECRET = "sk-test-synth-0123456789"
@@ -72,7 +73,7 @@ class Writer:
             return ("content", json.dumps({"subtopics": [f"{label} topic {i}" for i in range(3)]}))
         if prompt.startswith("You label texts"):
             self.kinds["label"] += 1
-            text = body["messages"][-1]["content"].removeprefix("Text: ")
+            text = unquote(body["messages"][-1]["content"])
             label = "spam" if text.startswith("offer") else "ham"
             if self.made.get(text) in self.relabel:
                 label = "ham" if label == "spam" else "spam"

@@ -7,6 +7,7 @@ lives in the store anyway, so its strategy functions are called on our own fitte
 from __future__ import annotations
 
 import importlib
+import inspect
 from collections.abc import Callable
 
 import numpy as np
@@ -14,7 +15,7 @@ from modAL.batch import uncertainty_batch_sampling
 from modAL.uncertainty import classifier_entropy, classifier_margin
 from sklearn.metrics import cohen_kappa_score
 
-from synthloop.errors import SynthloopError
+from synthloop.errors import UnknownChoice
 from synthloop.measures import MEASURES, top_k, uncertainty
 
 # Ranked batch compares every candidate with every chosen one; capping the candidates keeps it sub-quadratic.
@@ -98,16 +99,33 @@ POINTWISE = tuple(MEASURES)  # strategies that rank each row by its own score: a
 
 
 def get_strategy(name: str) -> Callable:
-    """A built-in name, or `package.module:function` / `package.module.function` for any modAL-style strategy."""
+    """A built-in name, or `package.module:function` (also `package.module.function`) naming a modAL-style strategy:
+    a Python function whose first three parameters take (classifier, X, n_instances). Anything else is refused
+    before it is called: `--strategy os.system` must not run a shell command with the pool as its argument."""
     if name in STRATEGIES:
         return STRATEGIES[name]
+    choices = f"choose one of {', '.join(STRATEGIES)}, or give module:function for a strategy of your own"
     module_name, _, func_name = name.replace(":", ".").rpartition(".")
-    if module_name:
+    func = None
+    if module_name and func_name.isidentifier():
         try:
-            return getattr(importlib.import_module(module_name), func_name)
-        except (ImportError, AttributeError):
+            func = getattr(importlib.import_module(module_name), func_name)
+        except (ImportError, AttributeError, ValueError):
             pass
-    raise SynthloopError(f"unknown strategy {name!r}; choose one of {', '.join(STRATEGIES)} or give module.function")
+    if func is None:
+        raise UnknownChoice(f"unknown strategy {name!r}; {choices}")
+    if not _is_strategy(func):
+        raise UnknownChoice(f"{name!r} is not a query strategy (a Python function f(classifier, X, n_instances)); "
+                            f"{choices}")
+    return func
+
+
+def _is_strategy(func) -> bool:
+    if not inspect.isfunction(func):  # builtins (os.system), classes, modules: not a strategy
+        return False
+    positional = [p for p in inspect.signature(func).parameters.values()
+                  if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    return len(positional) >= 3
 
 
 def select(strategy: str, model, X, n: int, X_training=None, seed: int = 0) -> tuple[np.ndarray, np.ndarray | None]:

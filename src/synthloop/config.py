@@ -9,6 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from synthloop.errors import SynthloopError
 from synthloop.task import TaskSpec, format_validation_error, read_toml
+from synthloop.textcap import DEFAULT_MAX_TEXT_CHARS
 
 CONFIG_FILE = "synthloop.toml"
 STATE_DIR = ".synthloop"
@@ -126,6 +127,14 @@ class StoreConfig(_Section):
     url: str | None = None  # e.g. postgresql://synthloop@db.internal:5432/synthloop
 
 
+class LimitsConfig(_Section):
+    """Bounds on what one input may cost."""
+
+    # Characters of a text that the model's featurizer and LLM prompts see; the store keeps the whole text.
+    # (synthloop.textcap.DEFAULT_MAX_TEXT_CHARS says why 10,000.) A model records the cap it was trained with.
+    max_text_chars: int = Field(DEFAULT_MAX_TEXT_CHARS, ge=100)
+
+
 class Config(_Section):
     task: TaskSpec
     model: ModelConfig = Field(default_factory=ModelConfig)
@@ -135,6 +144,7 @@ class Config(_Section):
     argilla: ArgillaConfig = Field(default_factory=ArgillaConfig)
     router: RouterConfig = Field(default_factory=RouterConfig)
     store: StoreConfig = Field(default_factory=StoreConfig)
+    limits: LimitsConfig = Field(default_factory=LimitsConfig)
 
     def dump(self) -> str:
         return tomli_w.dumps(self.model_dump(mode="json", exclude_none=True))

@@ -29,6 +29,7 @@ TRUSTED_TYPES = frozenset({
     "synthloop.models.TextClassifier",
     "synthloop.embed.SentenceEmbedder",
     "synthloop.models.HybridFeaturizer",
+    "synthloop.textcap.TextCap",
     "sklearn.calibration._CalibratedClassifier",
     "sklearn.calibration._SigmoidCalibration",
     "sklearn.model_selection._split.StratifiedKFold",

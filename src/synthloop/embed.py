@@ -19,6 +19,7 @@ import numpy as np
 from sklearn.base import BaseEstimator, TransformerMixin
 
 from synthloop.errors import SynthloopError
+from synthloop.textcap import cap_texts
 
 PACKAGED = {"all-MiniLM-L6-v2", "sentence-transformers/all-MiniLM-L6-v2"}
 USE = "use-multilingual"
@@ -90,13 +91,16 @@ class SentenceEmbedder(TransformerMixin, BaseEstimator):
     once: a project's rounds, in any process, never re-embed the pool. A store whose folder's parent is gone
     (a project moved or deleted after the model was saved) is ignored."""
 
+    max_chars: int | None = None  # an embedder saved before the cap existed has none
+
     def __init__(self, model: str = "all-MiniLM-L6-v2", batch_size: int = 64, max_length: int = 256,
-                 normalize: bool = True, store: str | None = None):
+                 normalize: bool = True, store: str | None = None, max_chars: int | None = None):
         self.model = model
         self.batch_size = batch_size
         self.max_length = max_length
         self.normalize = normalize
         self.store = store
+        self.max_chars = max_chars  # [limits] max_text_chars (synthloop.textcap); None: the whole text
 
     def fit(self, X=None, y=None):
         return self
@@ -194,7 +198,7 @@ class SentenceEmbedder(TransformerMixin, BaseEstimator):
     def transform(self, X) -> np.ndarray:
         if isinstance(X, str):
             raise ValueError("SentenceEmbedder.transform takes a list of texts, not a single string")
-        texts = [str(t) for t in X]
+        texts = cap_texts(X, self.max_chars)
         # The store needs a folder it may write; a read-only project (status, predict by another user) embeds
         # in memory instead.
         if self.store and texts and _writable(Path(self.store)):

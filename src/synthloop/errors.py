@@ -18,6 +18,10 @@ class SynthloopError(ValueError):
     label = "error"
 
 
+class UnknownChoice(SynthloopError):
+    """A name (strategy, model, labeler) that is not one of the choices; the message lists them (exit 2)."""
+
+
 class Unavailable(SynthloopError):
     """A server the run needs did not answer: nothing is lost, and a later run does the work (exit 69)."""
 

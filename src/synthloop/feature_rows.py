@@ -32,7 +32,7 @@ CHUNK_ROWS = 50_000
 KEY_BYTES = 16  # store ids are 16 hex characters (synthloop.data.example_id); other ids are hashed to that
 INDEX = np.dtype([("key", f"S{KEY_BYTES}"), ("chunk", "<i4"), ("row", "<i4")])
 # TextClassifier parameters that change what the featurizer computes; the others shape only the classifier.
-FEATURIZER_PARAMS = ("name", "embed_model", "embed_weight")
+FEATURIZER_PARAMS = ("name", "embed_model", "embed_weight", "max_chars")
 
 
 def featurizer_version(model, fit_texts: Sequence[str]) -> str:
@@ -43,7 +43,7 @@ def featurizer_version(model, fit_texts: Sequence[str]) -> str:
 
     params = model.get_params()
     settings = {k: params[k] for k in FEATURIZER_PARAMS if k in params}
-    blank = make_featurizer(model.name, params.get("embed_model"))
+    blank = make_featurizer(model.name, params.get("embed_model"), max_chars=params.get("max_chars"))
     # The unfitted featurizer's own settings (n-gram ranges, max_features, ...), so a code change that alters
     # them is a new version too; estimator objects are described by their own parameters, which follow.
     settings["featurizer"] = sorted((k, repr(v)) for k, v in blank.get_params(deep=True).items()

@@ -25,6 +25,7 @@ from sklearn.model_selection import StratifiedKFold
 from sklearn.pipeline import FeatureUnion
 
 from synthloop.errors import SynthloopError
+from synthloop.textcap import TextCap, cap_texts
 
 MODEL_NAMES = ("hybrid-lr", "tfidf-lr", "hashing-lr", "embed-lr")
 # What a model uses when its config leaves embed_model / calibrate unset (None). Measured in benchmarks/al.md:
@@ -38,10 +39,12 @@ DEFAULT_PRIOR = {"hybrid-lr": 2.0}
 ZERO_SHOT_TEMPERATURE = 0.05
 
 
-def _tfidf():
+def _tfidf(max_chars: int | None = None):
+    cap = TextCap(max_chars) if max_chars else None  # [limits] max_text_chars: every route in is capped
     return FeatureUnion([
-        ("word", TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True, max_features=50_000)),
-        ("char", TfidfVectorizer(analyzer="char_wb", ngram_range=(2, 5), sublinear_tf=True, max_features=50_000)),
+        ("word", TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True, max_features=50_000, preprocessor=cap)),
+        ("char", TfidfVectorizer(analyzer="char_wb", ngram_range=(2, 5), sublinear_tf=True, max_features=50_000,
+                                 preprocessor=cap)),
     ])
 
 
@@ -51,10 +54,14 @@ class HybridFeaturizer(TransformerMixin, BaseEstimator):
     Each TF-IDF block has unit norm and so has the embedding: the weight sets how much the logistic
     regression's penalty lets the embedding count against the n-grams."""
 
-    def __init__(self, embed_model: str = "use-multilingual", embed_weight: float = 2.0, store: str | None = None):
+    max_chars: int | None = None  # a featurizer saved before the cap existed has none
+
+    def __init__(self, embed_model: str = "use-multilingual", embed_weight: float = 2.0, store: str | None = None,
+                 max_chars: int | None = None):
         self.embed_model = embed_model
         self.embed_weight = embed_weight
         self.store = store
+        self.max_chars = max_chars
 
     def _embedder(self):
         from synthloop.embed import SentenceEmbedder
@@ -69,16 +76,16 @@ class HybridFeaturizer(TransformerMixin, BaseEstimator):
         return {k: v for k, v in super().__getstate__().items() if k != "_embedder_cache"}
 
     def fit(self, texts, y=None):
-        self.tfidf_ = _tfidf().fit(list(texts))
+        self.tfidf_ = _tfidf(self.max_chars).fit(list(texts))
         for _, vectorizer in self.tfidf_.transformer_list:
             vectorizer.stop_words_ = None  # the terms cut by max_features: large, only kept for introspection
         return self
 
     def embed(self, texts) -> np.ndarray:
-        return self._embedder().transform(list(texts))
+        return self._embedder().transform(cap_texts(texts, self.max_chars))
 
     def transform(self, texts):
-        texts = list(texts)
+        texts = cap_texts(texts, self.max_chars)
         if not texts:  # TfidfTransformer refuses zero rows
             width = sum(len(v.vocabulary_) for _, v in self.tfidf_.transformer_list)
             return self.combine(sp.csr_matrix((0, width)), np.zeros((0, _embedding_dim(None, self))))
@@ -100,19 +107,21 @@ def _embedding_dim(X, featurizer) -> int:
 
 
 def make_featurizer(name: str, embed_model: str | None = None, store: str | None = None,
-                    embed_weight: float = 2.0):
+                    embed_weight: float = 2.0, max_chars: int | None = None):
+    """The featurizer of a model; max_chars ([limits] max_text_chars) caps every text it is given."""
     embed_model = embed_model or DEFAULT_EMBED_MODEL.get(name, "all-MiniLM-L6-v2")
     if name == "tfidf-lr":
-        return _tfidf()
+        return _tfidf(max_chars)
     if name == "hashing-lr":
         # No vocabulary to fit: any worker can vectorize any chunk of a pool of any size.
-        return HashingVectorizer(ngram_range=(1, 2), n_features=2**20, alternate_sign=False, norm="l2")
+        return HashingVectorizer(ngram_range=(1, 2), n_features=2**20, alternate_sign=False, norm="l2",
+                                 preprocessor=TextCap(max_chars) if max_chars else None)
     if name == "embed-lr":
         from synthloop.embed import SentenceEmbedder
 
-        return SentenceEmbedder(model=embed_model, store=store)
+        return SentenceEmbedder(model=embed_model, store=store, max_chars=max_chars)
     if name == "hybrid-lr":
-        return HybridFeaturizer(embed_model=embed_model, embed_weight=embed_weight, store=store)
+        return HybridFeaturizer(embed_model=embed_model, embed_weight=embed_weight, store=store, max_chars=max_chars)
     raise SynthloopError(f"unknown model {name!r}; choose one of {', '.join(MODEL_NAMES)}")
 
 
@@ -166,7 +175,7 @@ class TextClassifier(ClassifierMixin, BaseEstimator):
     def __init__(self, labels: Sequence[str] = (), name: str = "tfidf-lr", C: float = 4.0,
                  calibrate: bool | None = True, embed_model: str | None = None, seed: int = 0,
                  class_weight: str | None = "balanced", prompts: dict | None = None, prior: float | None = None,
-                 embed_weight: float = 2.0, feature_dir: str | None = None):
+                 embed_weight: float = 2.0, feature_dir: str | None = None, max_chars: int | None = None):
         self.labels = labels
         self.name = name
         self.C = C
@@ -178,6 +187,9 @@ class TextClassifier(ClassifierMixin, BaseEstimator):
         self.prior = prior
         self.embed_weight = embed_weight
         self.feature_dir = feature_dir
+        self.max_chars = max_chars  # [limits] max_text_chars: what the featurizer sees of each text (None: all)
+
+    max_chars: int | None = None  # a model saved before the cap existed has none
 
     def _embed_model(self) -> str:
         return self.embed_model or DEFAULT_EMBED_MODEL.get(self.name, "all-MiniLM-L6-v2")
@@ -186,7 +198,7 @@ class TextClassifier(ClassifierMixin, BaseEstimator):
         return DEFAULT_CALIBRATE.get(self.name, True) if self.calibrate is None else self.calibrate
 
     def fit_featurizer(self, texts: Sequence[str]):
-        featurizer = make_featurizer(self.name, self._embed_model(), self.feature_dir, self.embed_weight)
+        featurizer = make_featurizer(self.name, self._embed_model(), self.feature_dir, self.embed_weight, self.max_chars)
         if featurizer_needs_fit(self.name):
             featurizer.fit(list(texts))
             for _, vectorizer in getattr(featurizer, "transformer_list", ()):

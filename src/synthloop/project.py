@@ -236,6 +236,7 @@ class Project:
         cfg = self.config.model
         return TextClassifier(labels=self.task.label_names, name=cfg.name, calibrate=cfg.calibrate,
                               embed_model=cfg.embed_model, seed=self.config.loop.seed,
+                              max_chars=self.config.limits.max_text_chars,
                               **model_options(self.task, self.state_dir))
 
     def _featurizer(self, model: TextClassifier, train_texts: list[str]):

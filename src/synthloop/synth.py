@@ -19,8 +19,10 @@ from sklearn.feature_extraction.text import HashingVectorizer
 
 from synthloop.data import example_id
 from synthloop.errors import SynthloopError
+from synthloop.llm.quoting import DATA_RULE, quote
 from synthloop.store import NewLabel
 from synthloop.task import TaskSpec
+from synthloop.textcap import DEFAULT_MAX_TEXT_CHARS, cap_texts
 
 PROMPT_VERSION = "synth-v1"
 
@@ -95,7 +97,8 @@ def clean_subtopics(raw: list[str]) -> list[str]:
 
 
 def generation_messages(task: TaskSpec, label: str, k: int, rng: random.Random,
-                        examples: list[str] | None = None, subtopics: list[str] | None = None) -> list[dict]:
+                        examples: list[str] | None = None, subtopics: list[str] | None = None,
+                        max_chars: int | None = DEFAULT_MAX_TEXT_CHARS) -> list[dict]:
     """One request for k texts of one class; the sub-topic, style, length and persona are sampled for diversity."""
     spec = next(lab for lab in task.labels if lab.name == label)
     others = ", ".join(lab.name for lab in task.labels if lab.name != label)
@@ -112,7 +115,8 @@ def generation_messages(task: TaskSpec, label: str, k: int, rng: random.Random,
     if subtopics:
         lines.insert(4, f"Sub-topic: {rng.choice(subtopics)}.")
     if shots:
-        lines.append("Examples of this class:\n" + "\n".join(f"- {s}" for s in shots))
+        # Top-up's examples are pool texts: quoted and capped like every pool text in a prompt (llm.quoting).
+        lines.append("Examples of this class:\n" + "\n".join(quote(s, max_chars) for s in shots) + "\n" + DATA_RULE)
     lines.append('Answer with JSON: {"texts": ["...", "..."]}')
     return [
         {"role": "system", "content": "You write realistic example texts for training a text classifier."},
@@ -218,7 +222,8 @@ def generate(project, per_class: int | dict[str, int], examples: dict[str, list[
     rng = random.Random(generation_seed(project, seed, round_))
     # Exact duplicates are checked against the whole store; near duplicates against a sample of the pool,
     # which keeps generation quick on pools of millions.
-    index = NearDuplicateIndex(cfg.near_duplicate, project.store.pool_texts_sample(cfg.dedup_pool_sample, project.config.loop.seed))
+    pool_sample = project.store.pool_texts_sample(cfg.dedup_pool_sample, project.config.loop.seed)
+    index = NearDuplicateIndex(cfg.near_duplicate, cap_texts(pool_sample, project.config.limits.max_text_chars))
     topics = draw_subtopics(project, list(wanted), round_)
     seen: set[str] = set()
     kept_by_label: dict[str, list[str]] = {}
@@ -229,7 +234,8 @@ def generate(project, per_class: int | dict[str, int], examples: dict[str, list[
             batch = min(calls_left, -(-(n - len(kept)) // cfg.per_call))
             calls_left -= batch
             requests = [generation_messages(project.task, label, cfg.per_call, rng, (examples or {}).get(label),
-                                            topics.get(label)) for _ in range(batch)]
+                                            topics.get(label), project.config.limits.max_text_chars)
+                        for _ in range(batch)]
             # A distinct seed per request keeps the cache from answering a repeated prompt with the same texts,
             # while a re-run after a crash draws the same seeds and is answered from the cache for free.
             seeds = [{"seed": rng.randrange(2**31)} for _ in requests]

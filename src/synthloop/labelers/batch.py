@@ -56,7 +56,8 @@ class BatchLabeler:
             return Submitted()
         task, cfg = self.project.task, self.project.config.llm
         shots = few_shot_examples(self.project, cfg.few_shot)
-        messages = [labeling_messages(task, q.text, shots, cfg.abstain) for q in todo]
+        messages = [labeling_messages(task, q.text, shots, cfg.abstain, self.project.config.limits.max_text_chars)
+                    for q in todo]
         costs = [estimated_cost(self.project, m) * BATCH_DISCOUNT for m in messages]
         budget = self.project.budget
         # A batch is paid when it finishes, but committed now: tonight's budget bounds it, at its estimate.
