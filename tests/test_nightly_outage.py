@@ -140,7 +140,7 @@ def test_the_report_lists_the_nightly_runs_with_their_status_rounded_and_escaped
     # A drop whose file name is markup: the run fails reading it, and its error names the file.
     drops = root.parent / "drops"
     drops.mkdir()
-    bad = drops / "<b>x*_y&z.csv"
+    bad = drops / "<b>[red]x*_y&z.csv"  # HTML, rich and Markdown markup
     bad.write_text("body\nhello\n")  # no text column
     failed = cli(root, "nightly", "--pool", str(drops), "--json", env=env)
     assert failed.returncode == 2 and failed.stdout == "" and "has no column 'text'" in failed.stderr, failed.stderr
@@ -161,7 +161,7 @@ def test_the_report_lists_the_nightly_runs_with_their_status_rounded_and_escaped
     assert first[6] == f"{summary['seconds']:.1f}"  # rounded to a tenth
     assert second[:6] == ["2", second[1], "failed", "-", "-", "-"] and re.fullmatch(r"\d+\.\d", second[6])
     assert second[7].startswith(f"{bad} could not be read as csv")  # the browser shows the name as it is ...
-    assert "<b>x" not in page and "&lt;b&gt;x*_y&amp;z.csv" in page  # ... because the HTML escapes it
+    assert "<b>[" not in page and "&lt;b&gt;[red]x*_y&amp;z.csv" in page  # ... because the HTML escapes it
     assert all(re.fullmatch(r"\d{4}-\d\d-\d\d \d\d:\d\d", row[1]) for row in (first, second))
 
     md = Path(data["paths"]["md"]).read_text().split("## Nightly runs", 1)[1]
@@ -169,5 +169,21 @@ def test_the_report_lists_the_nightly_runs_with_their_status_rounded_and_escaped
     assert rows[0].startswith("| 1 | ") and f"| done | 0 | 10 | 0 | {summary['seconds']:.1f} | outage: a server" in rows[0]
     assert rows[1].startswith("| 2 | ") and "| failed | - | - | - |" in rows[1]
     # Markdown escapes what would turn into markup: the tag, the emphasis characters, the ampersand.
-    assert "&lt;b&gt;x\\*\\_y&amp;z.csv" in rows[1] and "<b>" not in md
+    assert "&lt;b&gt;\\[red\\]x\\*\\_y&amp;z.csv" in rows[1] and "<b>" not in md
     assert not re.search(r"\d\.\d{3,}", md.split("|---|", 1)[1]), md  # no unrounded figure in the table
+    # One round (the failed run stopped before opening one): "1 round", not "1 rounds".
+    assert ", 1 round; " in page and ", 1 round; " in Path(data["paths"]["md"]).read_text()
+
+    status = cli(root, "status", "--no-latency", env=env)
+    assert status.returncode == 0, status.stderr
+    assert status.stdout.splitlines()[0].endswith(": 1 round, model v1")
+    shown = {row[0]: row[1:] for row in table_rows(status.stdout)}
+    assert shown["1"][1:5] == ["done", "0", "10", "0"] and shown["1"][5] == "outage: a server did not answer"
+    assert shown["2"][1:5] == ["failed", "-", "-", "-"]
+    assert shown["2"][5].startswith(f"{bad} could not be read")  # rich printed the name as it is, [red] and all
+
+
+def table_rows(text: str) -> list[list[str]]:
+    """A rich table's body rows, cells stripped (one line each: nothing wraps without a terminal)."""
+    return [[cell.strip() for cell in line.strip().strip("│").split("│")] for line in text.splitlines()
+            if line.strip().startswith("│")]
