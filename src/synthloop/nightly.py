@@ -281,9 +281,9 @@ def _import_new(project, pool, text_col, id_col, log) -> tuple[int, int]:
 
 
 def _run(project, run_id, pool, labeler, max_labels, max_cost, text_col, id_col, engine, address, log) -> dict:
+    start = time.perf_counter()  # before the import below: it loads the openai SDK, a second or two of the run
     from synthloop.labelers.batch import jobs as batch_jobs
 
-    start = time.perf_counter()
     if _needs_llm(project, labeler):
         check_llm_reachable(project)
     n_files, imported = _import_new(project, pool, text_col, id_col, log)
@@ -310,6 +310,8 @@ def _run(project, run_id, pool, labeler, max_labels, max_cost, text_col, id_col,
     return {
         "run": run_id, "status": "done", "new_files": n_files, "imported": imported,
         "labels_collected": result.labels_collected,
+        # Real labels stored when the run ended: those beyond the model's n_labels train the next run's model.
+        "labels_total": project.n_real_labels(),
         # Labels that arrived during the round (a Batch API job, a reviewer) retrain too.
         "retrained": latest is None or result.model_version != latest["version"],
         "model_version": result.model_version, "round": result.number, "queried": result.queried,

@@ -100,12 +100,18 @@ def rounded(value, digits: int = 4):
 
 
 def model_line(summary: dict) -> str:
-    n, version = summary["labels_collected"], summary["model_version"]
+    """The model the night evaluated and the labels it was trained on. Labels collected while routing (an
+    oracle's, an LLM's) arrive after the model was trained, so "labels collected: 18" beside a model trained
+    on 0 is no contradiction once the line says when they came."""
+    version, trained_on = summary["model_version"], (summary.get("metrics") or {}).get("n_labels")
+    total = summary.get("labels_total")
+    # Reports from before labels_total: tonight's labels all count as after training.
+    after = summary["labels_collected"] if total is None or trained_on is None else max(0, total - trained_on)
+    later = f"tonight's {_plural(after, 'label')} arrived after it was trained; the next run trains on them"
     if summary["retrained"]:
-        return f"model v{version} (retrained)"
-    if n:  # collected while routing, after the model was trained: they train the next run's model
-        return f"model v{version} unchanged (tonight's {n} labels arrived after it was trained; the next run trains on them)"
-    return f"model v{version} unchanged (no new labels)"
+        on = "" if trained_on is None else f" on {_plural(trained_on, 'real label')}"
+        return f"v{version}, retrained{on}" + (f" ({later})" if after else "")
+    return f"v{version}, unchanged ({later if after else 'no new labels'})"
 
 
 def _plural(n: int, word: str, many: str | None = None) -> str:
@@ -120,16 +126,17 @@ def report_lines(summary: dict) -> list[tuple[str, str]]:
     rows = [("status", summary["status"] + (" (with an outage)" if out else "")),
             ("round", str(summary["round"])),
             ("new pool files", f"{summary['new_files']} ({_plural(summary['imported'], 'new example')})"),
-            ("labels collected", f"{summary['labels_collected']}; {model_line(summary)}"),
+            ("labels collected", str(summary["labels_collected"])),
+            ("model", model_line(summary)),
             ("scored", f"{_plural(summary['scored'] or 0, 'example')} ({summary['engine']})"),
-            ("queried", f"{summary['queried']} → {summary['labeler']}"
+            ("queried", f"{summary['queried']} → {summary['labeler']}" + _leftovers(summary)
                         + (f" ({out['not_pushed']} not pushed)" if out and out["not_pushed"] else "")),
             ("pending queries", str(summary["pending"])),
             ("LLM cost", f"${summary['llm_cost']:.4f} (tonight ${summary['night_cost']:.4f})")]
     if batch["submitted"] or batch["open_jobs"]:
         rows.append(("Batch API", (f"{_plural(batch['submitted'], 'query', 'queries')} submitted (estimated "
                                    f"${batch['estimated_cost']:.4f}); {_plural(batch['open_jobs'], 'job')} running")))
-    rows.append(("test accuracy", f"{accuracy} (macro-F1 {macro}) with {_plural(m.get('n_labels') or 0, 'real label')}"))
+    rows.append(("test accuracy", f"{accuracy} (macro-F1 {macro})"))  # the model row says what it was trained on
     if out:
         rows.append(("outage", (f"{', '.join(out['unreachable'])} did not answer: {out['not_pushed']} queries not "
                                 f"pushed, {out['labels_waiting']} pushed ones whose labels wait on the server")))
@@ -137,6 +144,13 @@ def report_lines(summary: dict) -> list[tuple[str, str]]:
         rows.append(("warning", warning))
     rows.append(("seconds", f"{summary['seconds']:.1f}"))
     return rows
+
+
+def _leftovers(summary: dict) -> str:
+    carried, held = summary.get("carried_over") or 0, summary.get("held_back") or 0
+    if not (carried or held):
+        return ""
+    return f"; {_plural(carried, 'leftover')} handed out again, {held} held back"
 
 
 def write_report(project, summary: dict) -> Path:
@@ -167,7 +181,9 @@ def recent_runs(store, n: int = 10) -> list[dict]:
     for run in store.runs("nightly")[-n:]:
         s = run.get("summary") or {}
         rows.append({"run": run["id"], "status": run["status"], "started_at": run["started_at"],
-                     "seconds": None if not run.get("finished_at") else round(run["finished_at"] - run["started_at"], 1),
+                     # A finished run's own figure (its summary's), so the report and the run's summary agree.
+                     "seconds": s.get("seconds") if s.get("seconds") is not None else (
+                         None if not run.get("finished_at") else round(run["finished_at"] - run["started_at"], 1)),
                      "round": s.get("round"), "queried": s.get("queried"), "labels_collected": s.get("labels_collected"),
                      "outage": bool(s.get("outage")), "error": s.get("error"), "exit_status": s.get("exit_status")})
     return rows
