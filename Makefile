@@ -86,6 +86,8 @@ lint: $(STAMP)
 	$(PY) -m ruff check src tests scripts
 	$(PY) -m mypy
 
+# Quick check while editing: `.venv/bin/python -m pytest -m unit` runs only the in-process tests (no subprocess,
+# server or PostgreSQL; tests/conftest.py marks each test unit or integration); `-m integration` the rest.
 test:
 	$(MAKE) --no-print-directory install
 	$(MAKE) --no-print-directory lint

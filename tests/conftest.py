@@ -1,6 +1,9 @@
 from __future__ import annotations
 
+import inspect
+import re
 import shutil
+import sys
 from pathlib import Path
 
 import pytest
@@ -113,3 +116,66 @@ def db(request, monkeypatch) -> str | None:
     monkeypatch.setenv("SYNTHLOOP_DB_URL", url)
     return url
 
+
+
+# Unit vs integration (`pytest -m unit` runs the quick, in-process part). A test is `integration` when it, one
+# of its fixtures, or a function of its module that it calls starts a real process or server: a `synthloop`
+# subprocess, the LLM/PostgreSQL/Argilla/Ray servers of the helper modules, an HTTP server, tmux or chromium;
+# or runs on the PostgreSQL store. Everything else is `unit`. A test marked by hand keeps its own marker.
+REAL_PROCESS = re.compile(r"subprocess|Popen|sys\.executable|HTTPServer|start_local_server|uvicorn|tmux|chromium|"
+                          r"playwright|llm_servers|pg_server|argilla_server|ray_cluster")  # also inside longer names
+_spawning: dict[str, set[str]] = {}
+TESTS = Path(__file__).resolve().parent
+
+
+def _source(obj) -> str:
+    try:
+        return inspect.getsource(obj)
+    except (OSError, TypeError):
+        return ""
+
+
+def _in_tests(obj) -> bool:
+    try:
+        return Path(inspect.getfile(obj)).resolve().parent == TESTS
+    except TypeError:
+        return False
+
+
+def _spawning_names(module) -> set[str]:
+    """The functions and classes in `module`'s namespace, defined in the tests folder (there or in a helper module
+    like llm_servers), that start a process, directly or through another."""
+    if module.__name__ not in _spawning:
+        sources = {name: _source(obj) for name, obj in vars(module).items()
+                   if (inspect.isfunction(obj) or inspect.isclass(obj)) and _in_tests(obj)}
+        found = {name for name, text in sources.items() if REAL_PROCESS.search(text)}
+        while True:
+            more = {name for name, text in sources.items() if name not in found
+                    and any(re.search(rf"\b{re.escape(f)}\b", text) for f in found)}
+            if not more:
+                break
+            found |= more
+        _spawning[module.__name__] = found
+    return _spawning[module.__name__]
+
+
+def _starts_a_process(fn) -> bool:
+    fn = inspect.unwrap(fn)
+    text = _source(fn)
+    if REAL_PROCESS.search(text):
+        return True
+    module = sys.modules.get(getattr(fn, "__module__", ""))
+    return module is not None and any(re.search(rf"\b{re.escape(name)}\b", text) for name in _spawning_names(module))
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if item.get_closest_marker("unit") or item.get_closest_marker("integration"):
+            continue
+        fixtures = getattr(item, "_fixtureinfo", None)
+        defs = [d for ds in (fixtures.name2fixturedefs.values() if fixtures else ()) for d in ds]
+        params = getattr(getattr(item, "callspec", None), "params", {})
+        # A parametrized fixture (db) is judged by its parameter: db="sqlite" starts nothing.
+        integration = ("postgresql" in params.values() or _starts_a_process(item.obj)
+                       or any(_starts_a_process(d.func) for d in defs if d.argname not in params))
+        item.add_marker(pytest.mark.integration if integration else pytest.mark.unit)

@@ -4,6 +4,9 @@ import json
 import subprocess
 import sys
 
+import pandas as pd
+import pytest
+
 from synthloop import simulate
 
 
@@ -21,10 +24,11 @@ def test_commands_end_to_end(tmp_path, small_pool):
     imported = json.loads(run("import", small_pool / "pool.csv", "--label-col", "label", "--gold", "--json", cwd=proj).stdout)
     assert imported["added"] > 250
     assert json.loads(run("import", small_pool / "pool.csv", "--label-col", "label", "--gold", "--json", cwd=proj).stdout)["added"] == 0
-    run("import", small_pool / "test.csv", "--label-col", "label", "--split", "test", cwd=proj)
+    tested = json.loads(run("import", small_pool / "test.csv", "--label-col", "label", "--split", "test", "--json", cwd=proj).stdout)
 
     trained = json.loads(run("train", "--json", cwd=proj).stdout)
-    assert trained["model_version"] == 1 and 0 <= trained["metrics"]["accuracy"] <= 1
+    # Scored on every test row stored (those already in the pool stay pool rows, not test rows).
+    assert trained["model_version"] == 1 and trained["metrics"]["n_test"] == tested["added"] == 200 - tested["other_split"]
     queried = json.loads(run("query", "--json", cwd=proj).stdout)
     assert len(queried["queries"]) == 10
     assert json.loads(run("label", "--json", cwd=proj).stdout) == {"labels_added": 10, "pending": 0}
@@ -48,7 +52,11 @@ def test_commands_end_to_end(tmp_path, small_pool):
     [pred] = json.loads(run("predict", "Free entry! Text WIN to 80082 now", "--json", cwd=proj).stdout)
     assert pred["label"] in ("ham", "spam")
     preds = json.loads(run("predict", "--file", small_pool / "test.csv", "--json", cwd=proj).stdout)
-    assert len(preds) > 190
+    assert len(preds) == 200 and {p["model_version"] for p in preds} == {6}
+    # The metrics status shows are the predictions' accuracy on the stored test rows.
+    test, pool_texts = pd.read_csv(small_pool / "test.csv"), set(pd.read_csv(small_pool / "pool.csv").text)
+    right = [p["label"] == gold for p, gold, text in zip(preds, test.label, test.text) if text not in pool_texts]
+    assert len(right) == tested["added"] and status["last_metrics"]["accuracy"] == pytest.approx(sum(right) / len(right))
     assert json.loads(run("export", tmp_path / "labeled.csv", "--json", cwd=proj).stdout)["rows"] == 40
     assert (tmp_path / "labeled.csv").read_text().startswith("id,text,label,source")
 
@@ -61,6 +69,14 @@ def test_errors_are_one_clear_line_and_exit_2(tmp_path, small_pool):
     assert proc.returncode == 2 and "does not exist" in proc.stderr
     proc = run("predict", "hello", cwd=tmp_path / "p", check=False)
     assert proc.returncode == 2 and "no model yet" in proc.stderr
+    # The commands in their own cli_*.py files go through the same handler (cli_common.cli_command).
+    for args, words in ((("llm", "install", "nope"), "unknown model 'nope'"),
+                        (("llm", "serve", "--model", tmp_path / "no.gguf"), "no model file at"),
+                        (("requeue", "--failed"), "synthloop init"),
+                        (("export-model", tmp_path / "out"), "no model yet")):
+        proc = run(*args, cwd=tmp_path / ("p" if args[0] == "export-model" else ""), check=False)
+        lines = proc.stderr.strip().splitlines()
+        assert proc.returncode == 2 and len(lines) == 1 and lines[0].startswith("error: ") and words in lines[0], (args, proc.stderr)
 
 
 def test_simulate_prints_the_json_contract(tmp_path, small_pool):
@@ -84,7 +100,8 @@ def test_simulate_report_has_the_strategy_and_the_random_baseline(tmp_path, smal
     assert labels == [p["labels"] for p in result["curve"]] == [0, 10, 20]
     assert [p["labels"] for p in report["baselines"]["random"]] == labels
     assert report["baselines"]["random"] == result["baselines"]["random"]
-    assert all(0 <= p["accuracy"] <= 1 for p in report["curve"] + report["baselines"]["random"])
+    # The report shows the run's own points (with their round number), accuracies included.
+    assert [{k: p[k] for k in ("labels", "accuracy", "macro_f1")} for p in report["curve"]] == result["curve"]
     assert report["summary"]["vs"]["random"]["accuracy_at_same_labels"] == report["baselines"]["random"][-1]["accuracy"]
     assert "margin vs random" in report["project"]
     assert "random: labels" in paths["md"].read_text() and "random: labels" in paths["html"].read_text()

@@ -12,10 +12,8 @@ from rich.markup import escape
 
 from synthloop.cli_common import cli_command
 from synthloop.console import console
-from synthloop.errors import SynthloopError
 
 out = console()  # unwrapped without a terminal, like the main CLI (synthloop/console.py)
-err = console(stderr=True)
 
 
 @cli_command(writes="requeue")  # one writer at a time: a round or nightly waits for it (exit 75)
@@ -28,15 +26,11 @@ def requeue(failed: Annotated[bool, typer.Option("--failed", help="Make examples
     """Put failed/skipped examples back in the pool and re-route queries of unknown labelers."""
     from synthloop.project import Project
 
+    proj = Project(project)
     try:
-        proj = Project(project)
-        try:
-            result = proj.requeue(failed=failed, skipped=skipped, labeler=labeler)
-        finally:
-            proj.close()
-    except SynthloopError as e:
-        err.print(f"[bold red]error:[/] {escape(str(e))}", highlight=False, soft_wrap=True)
-        raise typer.Exit(2) from None
+        result = proj.requeue(failed=failed, skipped=skipped, labeler=labeler)
+    finally:
+        proj.close()
     if as_json:
         print(json.dumps(result))
         return

@@ -9,6 +9,7 @@ from typing import Annotated
 import typer
 from rich.markup import escape
 
+from synthloop.cli_common import cli_command
 from synthloop.console import console
 from synthloop.errors import SynthloopError
 
@@ -19,11 +20,7 @@ ProjectOpt = Annotated[Path, typer.Option("--project", "-p", help="Project folde
 VersionOpt = Annotated[int | None, typer.Option("--version", min=1, help="A model version (default: the latest).")]
 
 
-def _fail(error: SynthloopError) -> None:
-    err.print(f"[bold red]error:[/] {escape(str(error))}", highlight=False, soft_wrap=True)
-    raise typer.Exit(2)
-
-
+@cli_command()
 def export_model(out_dir: Annotated[Path, typer.Argument(help="Folder for model-vNNNN.skops and manifest.json.")],
                  version: VersionOpt = None, project: ProjectOpt = Path("."),
                  as_json: Annotated[bool, typer.Option("--json", help="Print the manifest as JSON.")] = False):
@@ -31,14 +28,11 @@ def export_model(out_dir: Annotated[Path, typer.Argument(help="Folder for model-
     from synthloop.deploy import export_model as export
     from synthloop.project import Project
 
+    proj = Project(project)
     try:
-        proj = Project(project)
-        try:
-            manifest = export(proj, out_dir, version)
-        finally:
-            proj.close()
-    except SynthloopError as e:
-        _fail(e)
+        manifest = export(proj, out_dir, version)
+    finally:
+        proj.close()
     if as_json:
         print(json.dumps(manifest))
     else:
@@ -47,6 +41,7 @@ def export_model(out_dir: Annotated[Path, typer.Argument(help="Folder for model-
                   highlight=False, soft_wrap=True)
 
 
+@cli_command()
 def serve(ctx: typer.Context,
           host: Annotated[str, typer.Option(help="Address to listen on; 0.0.0.0 for every interface.")] = "127.0.0.1",
           port: Annotated[int, typer.Option(min=0, max=65535, help="Port (0 picks a free one and prints it).")] = 8000,
@@ -64,13 +59,10 @@ def serve(ctx: typer.Context,
     from synthloop.deploy import open_source
 
     if model_dir is not None and getattr(ctx.get_parameter_source("project"), "name", "") == "COMMANDLINE":
-        _fail(SynthloopError("give --model-dir or --project, not both"))
+        raise SynthloopError("give --model-dir or --project, not both")
     token = server.token_from_env()
-    try:
-        holder = server.ModelHolder(open_source(model_dir, project, version), poll_seconds=poll)
-        sock = server.bind(host, port)
-    except SynthloopError as e:
-        _fail(e)
+    holder = server.ModelHolder(open_source(model_dir, project, version), poll_seconds=poll)
+    sock = server.bind(host, port)
     where = f"[{host}]" if ":" in host else host
     loaded = holder.current
     out.print(f"serving {escape(str(loaded.info.get('task')))} model v{loaded.version} ({loaded.info.get('model')}) "

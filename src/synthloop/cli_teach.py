@@ -18,11 +18,6 @@ err = console(stderr=True)
 ProjectOpt = Annotated[Path, typer.Option("--project", "-p", help="Project folder.", envvar="SYNTHLOOP_PROJECT")]
 
 
-def _fail(message: str) -> None:
-    err.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
-    raise typer.Exit(2)
-
-
 @cli_command(writes="teach")  # one writer at a time: a round or nightly waits for it (exit 75)
 def teach(user: Annotated[str | None, typer.Option(help="Who is labeling; answers are stored as human:NAME "
                                                       "(default: $USER).")] = None,
@@ -36,14 +31,11 @@ def teach(user: Annotated[str | None, typer.Option(help="Who is labeling; answer
     except ImportError as e:
         if (e.name or "").split(".")[0] != "textual":
             raise
-        _fail("synthloop teach needs Textual: pip install 'synthloop[teach]'")
+        raise SynthloopError("synthloop teach needs Textual: pip install 'synthloop[teach]'") from None
     from synthloop.project import Project
     from synthloop.teach import TeachSession
 
-    try:
-        proj = Project(project)
-    except SynthloopError as e:
-        _fail(str(e))
+    proj = Project(project)
     try:
         session = TeachSession(proj, user=user, retrain_every=retrain_every)
         # Checked after the options, so bad input says what is wrong with it wherever it runs.
@@ -52,14 +44,9 @@ def teach(user: Annotated[str | None, typer.Option(help="Who is labeling; answer
                                  "Argilla with `synthloop review push`")
         with err.status("loading the model and ranking the pool"):
             session.start()
-    except SynthloopError as e:
-        proj.close()
-        _fail(str(e))
-    if session.current is None:
-        err.print("nothing to label: every pool example has a label or a pending query", highlight=False)
-        proj.close()
-        return
-    try:
+        if session.current is None:
+            err.print("nothing to label: every pool example has a label or a pending query", highlight=False)
+            return
         TeachApp(session).run()
         if session.retraining:
             with err.status("finishing the model being trained"):

@@ -129,7 +129,9 @@ def _blank(value) -> bool:
 
 def _batch(raw: dict[str, list], start: int, text_col: str, label_col: str | None, id_col: str | None) -> Batch:
     texts = [_clean(t) if isinstance(t, str) else "" for t in raw[text_col]]
-    labels = [None if _blank(v) else str(v).strip() for v in raw[label_col]] if label_col else [None] * len(texts)
+    labels: list[str | None] = [None] * len(texts)
+    if label_col:
+        labels = [None if _blank(v) else str(v).strip() for v in raw[label_col]]
     if id_col:
         ids = ["" if _blank(v) else str(v).strip() for v in raw[id_col]]
     else:
@@ -277,8 +279,8 @@ class TablePlan:
             if start > self.rows:
                 raise SynthloopError(f"{self.path} changed while it was imported; import it again")
             keep = self.keep[batch.start:start]
-            yield Batch(batch.start, *([v for v, k in zip(values, keep) if k]
-                                       for values in (batch.ids, batch.texts, batch.labels)))
+            yield Batch(batch.start, [v for v, k in zip(batch.ids, keep) if k], [v for v, k in zip(batch.texts, keep) if k],
+                        [v for v, k in zip(batch.labels, keep) if k])
 
 
 def _wanted(text_col: str, label_col: str | None, id_col: str | None) -> dict[str, str]:

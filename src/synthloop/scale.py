@@ -393,7 +393,7 @@ def most_uncertain(model, source, measure: str = "margin", k: int = 100, engine:
         raise SynthloopError(f"chunk_size must be positive, not {chunk_size}")
     exclude = frozenset(exclude_ids or ())
     files: str | list[Path] | None = None
-    chunks = None
+    chunks: Iterable | None = None
     if not isinstance(source, (str, os.PathLike)):
         chunks = source
     elif engine == "ray" and "://" in str(source):
@@ -405,8 +405,9 @@ def most_uncertain(model, source, measure: str = "margin", k: int = 100, engine:
     if engine == "ray":
         return _score_ray(model, files, chunks, measure, k, exclude, with_texts, address, chunk_size, n_jobs,
                           text_col, id_col, ray_notes)
-    chunks = chunks if files is None else file_chunks(files, chunk_size, text_col, id_col)
-    return _score_local(model, chunks, measure, k, exclude, with_texts, n_jobs)
+    if isinstance(files, list):  # the local engine's files are local: source_files refused a URL
+        chunks = file_chunks(files, chunk_size, text_col, id_col)
+    return _score_local(model, chunks if chunks is not None else (), measure, k, exclude, with_texts, n_jobs)
 
 
 def score_pool(model, source, strategy: str = "margin", k: int = 100, engine: str = "local", address: str | None = None,
@@ -437,5 +438,6 @@ def score_pool(model, source, strategy: str = "margin", k: int = 100, engine: st
     if len(best.ids) == 0:
         return []
     X_training = model.transform(list(training_texts)) if training_texts else None
+    assert best.texts is not None  # asked for with_texts=ranked
     picked = active.ranked_batch_among(active.FittedView(model, X_training), model.transform(list(best.texts)), k)
     return [(str(best.ids[i]), float(best.scores[i])) for i in picked]
