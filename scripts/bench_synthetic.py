@@ -110,7 +110,7 @@ def label_stage(project: Project, dataset: str, n: int, local: bool) -> dict:
         client.validation_retries = 0  # as in the committed run (see seed_stage)
     load_before = os.getloadavg()[0]
     start = time.perf_counter()
-    outcomes = label_texts(project, list(test.text))
+    outcomes = label_texts(project.label_context(), list(test.text))
     seconds = time.perf_counter() - start
     usage = next((u for u in project.store.llm_usage() if u["purpose"] == "label"), {})
     answered = [(o.label, gold) for o, gold in zip(outcomes, test.label) if o.label is not None]
