@@ -371,11 +371,11 @@ def picks(project) -> list[tuple[str, float]]:
 
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")  # Ray Data's own, about its DataContext defaults
 def test_engines_local_and_ray_select_the_same_ids(nightly_project, ray_cluster, monkeypatch, tmp_path):
-    import synthloop.project as project_module
+    import synthloop.training as training_module
     from synthloop import measures
 
     project, incoming = nightly_project
-    monkeypatch.setattr(project_module, "SCORE_CHUNK_SIZE", 64)  # several chunks: several workers' results merged
+    monkeypatch.setattr(training_module, "SCORE_CHUNK_SIZE", 64)  # several chunks: several workers' results merged
     twin = twin_of(project, tmp_path / "twin")
     try:
         local = run_nightly(project, str(incoming), max_labels=10, engine="local")

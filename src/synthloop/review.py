@@ -43,8 +43,8 @@ def push(project: Project, reroute: bool = False, on_chunk: Callable[[int, int],
     pending = store.queries(status=QueryStatus.PENDING, routed_to=labeler.name)
     # Each chunk is marked submitted once Argilla took it, so a push that fails midway keeps what went out.
     pushed = labeler.submit(pending, on_chunk=on_chunk, on_pushed=store.mark_submitted) if pending else Submitted()
-    if pushed.meta:
-        store.mark_submitted([], pushed.meta)
+    if pushed.meta:  # the model whose guesses the records show (argilla_queue.pushed_with)
+        store.apply(Collected(meta=pushed.meta), store.current_round())
     return PushResult(len(pushed.ids), labeler.dataset_name, labeler.url)
 
 

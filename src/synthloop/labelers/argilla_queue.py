@@ -11,6 +11,10 @@
   the most uncertain first, and withdraws the records no longer worth a person's time: answered by another
   path (labeled by the LLM, the oracle, an import or a re-check; rerouted) or now predicted with at least
   `[argilla] withdraw_confidence`. A record someone has started (any response, a draft too) stays.
+
+Nothing here writes to the store: what a push or a tend means for it (queries withdrawn, the model the records
+show) goes back to the caller, which stores it through the store's transition methods (synthloop.review.tend,
+synthloop.round.hand_out).
 """
 
 from __future__ import annotations
