@@ -119,7 +119,7 @@ def child_synthloop(template: str, work: str) -> dict:
         timing = _since(start)
         picks = sorted(q.example_id for q in project.store.queries(round_=result.number))
         rounds.append({**timing, "picks": picks, "timings": project.store.round(result.number)["timings"],
-                       "featurized": getattr(getattr(project, "_row_store", None), "featurized", None)})
+                       "featurized": getattr(project.trainer.row_store, "featurized", None)})
         project.close()
     rows_dir = Path(work) / ".synthloop" / "feature_rows"
     rows_bytes = sum(p.stat().st_size for p in rows_dir.rglob("*") if p.is_file())

@@ -58,7 +58,7 @@ def run_one(files: tuple[Path, Path, Path], policy: float, seed: int, rounds: in
         for _ in range(rounds):
             result = project.round(route=False)
             queries = project.store.queries(status="pending", round_=result.number)
-            labeler = ArgillaLabeler(project)  # the model this round selected with: what a push would show
+            labeler = ArgillaLabeler(project.label_context())  # the model this round selected with: what a push would show
             guesses = labeler.assess(queries)
             gold = project.store.gold_for([q.example_id for q in queries])
             labels = []

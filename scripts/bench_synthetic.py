@@ -82,7 +82,7 @@ def seed_stage(project: Project, n: int, local: bool) -> dict:
     calls_before = generate_calls(project)
     start = time.perf_counter()
     # A seed per stage, as in the committed run (generation also mixes in the synthetic count since).
-    report = generate(project, need, seed=n) if need else None
+    report = generate(project.label_context(), need, seed=n) if need else None
     seconds = time.perf_counter() - start
     _, model = project.train()
     metrics = project.evaluate(model)
@@ -110,7 +110,7 @@ def label_stage(project: Project, dataset: str, n: int, local: bool) -> dict:
         client.validation_retries = 0  # as in the committed run (see seed_stage)
     load_before = os.getloadavg()[0]
     start = time.perf_counter()
-    outcomes = label_texts(project, list(test.text))
+    outcomes = label_texts(project.label_context(), list(test.text))
     seconds = time.perf_counter() - start
     usage = next((u for u in project.store.llm_usage() if u["purpose"] == "label"), {})
     answered = [(o.label, gold) for o, gold in zip(outcomes, test.label) if o.label is not None]

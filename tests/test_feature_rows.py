@@ -78,7 +78,7 @@ def test_a_reopened_project_reuses_its_featurizer_and_rows(project, small_pool):
     first = project.store.latest_model()
     featurizers = sorted((project.state_dir / "models").glob("featurizer-*"))
     [version_dir] = (project.state_dir / ROWS_DIR).iterdir()
-    stored = project._row_store.size()
+    stored = project.trainer.row_store.size()
     assert stored >= 300  # pool, test and stop-set rows, featurized once
     again = Project(project.root)
     result = again.round()
@@ -86,7 +86,7 @@ def test_a_reopened_project_reuses_its_featurizer_and_rows(project, small_pool):
     # Same pool, same featurizer version: loaded from disk, not refitted, and no pool row featurized again.
     assert sorted((project.state_dir / "models").glob("featurizer-*")) == featurizers
     assert list((project.state_dir / ROWS_DIR).iterdir()) == [version_dir]
-    assert again._row_store.featurized == 0 and again._row_store.size() == stored
+    assert again.trainer.row_store.featurized == 0 and again.trainer.row_store.size() == stored
     assert again.load_model()[1].featurizer_key_ == Project(project.root).load_model(first["version"])[1].featurizer_key_
     again.close()
 

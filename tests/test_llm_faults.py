@@ -187,7 +187,7 @@ def test_good_answers_are_stored_with_source_confidence_and_cost(fault_project, 
     again.config.llm = fault_project.config.llm
     from synthloop.labelers.llm import label_texts
 
-    outcomes = label_texts(again, [q.text for q in again.store.queries()])
+    outcomes = label_texts(again.label_context(), [q.text for q in again.store.queries()])
     assert len(server.requests) == before and all(o.label == "spam" and o.cost == 0 for o in outcomes)
 
 
@@ -314,7 +314,7 @@ def test_a_pool_text_that_gives_orders_is_sent_as_data(fault_project, server):
     from synthloop.labelers.llm import label_texts
     from synthloop.llm.quoting import CLOSE, OPEN, unquote
 
-    [outcome] = label_texts(fault_project, [injection])
+    [outcome] = label_texts(fault_project.label_context(), [injection])
     assert outcome.label == "ham"
     body = server.requests[-1]["body"]
     system, *shots, last = body["messages"]

@@ -151,12 +151,12 @@ def test_llm_budget_stops_before_it_is_exceeded(nightly_project, monkeypatch):
         project.config.llm.model = "gpt-4o"
         project.config.llm.response_format = "json_object_schema"
         ids, texts = project.store.unlabeled_pool()
-        shots = few_shot_examples(project, project.config.llm.few_shot)
-        budget = 3.5 * max(estimated_cost(project, labeling_messages(project.task, t, shots)) for t in texts)
+        shots = few_shot_examples(project.store, project.task, project.config.llm.few_shot)
+        budget = 3.5 * max(estimated_cost(project.config.llm, labeling_messages(project.task, t, shots)) for t in texts)
         summary = run_nightly(project, None, max_labels=10, max_cost=budget, labeler="llm")
         assert summary["queried"] == 10
         # What the guard should have allowed: queries in order while their estimates fit the budget.
-        costs = [estimated_cost(project, labeling_messages(project.task, q.text, shots)) for q in project.store.queries()]
+        costs = [estimated_cost(project.config.llm, labeling_messages(project.task, q.text, shots)) for q in project.store.queries()]
         allowed = next(k for k in range(len(costs) + 1) if k == len(costs) or sum(costs[:k + 1]) > budget)
         assert 3 <= allowed < 10
         labeled = [r for r in project.store.training_set() if r[3].startswith("llm:")]
@@ -218,8 +218,8 @@ def test_the_budget_covers_the_night_across_a_failed_run(nightly_project, batch_
     server = batch_server
     project, _ = nightly_project
     _, texts = project.store.unlabeled_pool()
-    shots = few_shot_examples(project, project.config.llm.few_shot)
-    budget = 3.5 * max(estimated_cost(project, labeling_messages(project.task, t, shots)) for t in texts) * BATCH_DISCOUNT
+    shots = few_shot_examples(project.store, project.task, project.config.llm.few_shot)
+    budget = 3.5 * max(estimated_cost(project.config.llm, labeling_messages(project.task, t, shots)) for t in texts) * BATCH_DISCOUNT
 
     def report_fails(*args):
         raise OSError("disk full")
@@ -372,11 +372,11 @@ def picks(project) -> list[tuple[str, float]]:
 
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")  # Ray Data's own, about its DataContext defaults
 def test_engines_local_and_ray_select_the_same_ids(nightly_project, ray_cluster, monkeypatch, tmp_path):
-    import synthloop.project as project_module
+    import synthloop.training as training_module
     from synthloop import measures
 
     project, incoming = nightly_project
-    monkeypatch.setattr(project_module, "SCORE_CHUNK_SIZE", 64)  # several chunks: several workers' results merged
+    monkeypatch.setattr(training_module, "SCORE_CHUNK_SIZE", 64)  # several chunks: several workers' results merged
     twin = twin_of(project, tmp_path / "twin")
     try:
         local = run_nightly(project, str(incoming), max_labels=10, engine="local")
@@ -491,7 +491,7 @@ def test_batch_route_night_one_submits_night_two_collects(nightly_project, batch
     assert body["model"] == "gpt-4o" and body["response_format"]["type"] == "json_schema" and body["logprobs"]
 
     # A killed run resumed hands the same queries out again: nothing is submitted twice.
-    assert get_labeler("llm-batch", project).submit(round0).ids == []
+    assert get_labeler("llm-batch", project.label_context()).submit(round0).ids == []
     assert list(server.batches) == ["batch-0"]
 
     # The answers, decided when the job finishes: one off the task, one abstention, the rest labels.
@@ -533,10 +533,10 @@ def test_batch_submissions_stay_within_the_nightly_budget(nightly_project, batch
     server = batch_server
     project, _ = nightly_project
     _, texts = project.store.unlabeled_pool()
-    shots = few_shot_examples(project, project.config.llm.few_shot)
-    budget = 3.5 * max(estimated_cost(project, labeling_messages(project.task, t, shots)) for t in texts) * BATCH_DISCOUNT
+    shots = few_shot_examples(project.store, project.task, project.config.llm.few_shot)
+    budget = 3.5 * max(estimated_cost(project.config.llm, labeling_messages(project.task, t, shots)) for t in texts) * BATCH_DISCOUNT
     night1 = run_nightly(project, None, max_labels=10, max_cost=budget, labeler="llm-batch")
-    costs = [estimated_cost(project, labeling_messages(project.task, q.text, shots)) * BATCH_DISCOUNT
+    costs = [estimated_cost(project.config.llm, labeling_messages(project.task, q.text, shots)) * BATCH_DISCOUNT
              for q in project.store.queries()]
     allowed = next(k for k in range(len(costs) + 1) if k == len(costs) or sum(costs[:k + 1]) > budget)
     assert 3 <= allowed < 10 and night1["batch"]["submitted"] == allowed
@@ -577,7 +577,7 @@ def test_batch_answers_count_once_and_a_lost_job_is_sent_again(nightly_project, 
     server = batch_server
     project, _ = nightly_project
     project.round(n=6, labeler="llm-batch")  # submits one job and polls it once
-    labeler = get_labeler("llm-batch", project)
+    labeler = get_labeler("llm-batch", project.label_context())
     first = labeler.collect()  # second poll: finished
     assert len(first.labels) == 6 and {label.source for label in first.labels} == {"llm:gpt-4o"}
     # A run killed before these labels were stored: the next collect gives them again, with their usage,

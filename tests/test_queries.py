@@ -47,7 +47,7 @@ def llm_project(loaded, server, monkeypatch):
 
 def test_every_labeler_declares_the_whole_interface(loaded):
     for name in LABELERS:
-        labeler = get_labeler(name, loaded)
+        labeler = get_labeler(name, loaded.label_context())
         assert isinstance(labeler, Labeler), name
         assert isinstance(labeler.defers_on, tuple), name
 
@@ -157,7 +157,7 @@ def test_hybrid_collect_hands_off_and_writes_nothing_the_round_reroutes(llm_proj
     server.reset(("content", '{"label": "ham", "confidence": 0.1}'))  # too unsure: for reviewers
     before = llm_project.store.queries(status="pending")
 
-    collected = get_labeler("hybrid", llm_project).collect()
+    collected = get_labeler("hybrid", llm_project.label_context()).collect()
     assert set(collected.handoff) == set(ids) and collected.labels == []
     assert {to for to, _ in collected.handoff.values()} == {"argilla"}
     assert llm_project.store.queries(status="pending") == before  # the labeler wrote nothing

@@ -25,8 +25,12 @@ if _reason:
 import argilla as rg  # noqa: E402
 import httpx  # noqa: E402
 
-from synthloop import Project, SynthloopError  # noqa: E402
-from synthloop.labelers import argilla as review  # noqa: E402
+from synthloop import (  # noqa: E402
+    Project,
+    SynthloopError,
+    review,  # noqa: E402
+)
+from synthloop.labelers.argilla_sdk import ArgillaUnreachable, retryable  # noqa: E402
 from synthloop.labelers.llm import Outcome  # noqa: E402
 from synthloop.labelers.router import decide  # noqa: E402
 from synthloop.llm.quoting import unquote  # noqa: E402
@@ -167,11 +171,11 @@ def test_missing_key_and_unreachable_server_are_clear_errors(proj, argilla_env, 
 def test_retryable_errors():
     from argilla._exceptions import ArgillaAPIError
 
-    assert review._retryable(httpx.ConnectError("refused"))
-    assert review._retryable(ArgillaAPIError("boom", status_code=503))
-    assert not review._retryable(ArgillaAPIError("bad request", status_code=422))
-    assert not review._retryable(ArgillaAPIError("no response at all", status_code=None))  # no TypeError
-    assert not review._retryable(ValueError("not a connection problem"))
+    assert retryable(httpx.ConnectError("refused"))
+    assert retryable(ArgillaAPIError("boom", status_code=503))
+    assert not retryable(ArgillaAPIError("bad request", status_code=422))
+    assert not retryable(ArgillaAPIError("no response at all", status_code=None))  # no TypeError
+    assert not retryable(ValueError("not a connection problem"))
 
 
 def _warnings(caplog) -> list[str]:
@@ -295,7 +299,7 @@ def test_review_status_reports_progress_per_annotator(proj, argilla_env):
 
 
 def test_recheck_sends_doubtful_labels_and_a_correction_replaces_them(proj, argilla_env):
-    from synthloop.labelers.recheck import push_suspicious
+    from synthloop.review import push_suspicious
     from synthloop.store import NewLabel
 
     proj.round(labeler="oracle", n=60)
@@ -492,7 +496,7 @@ def test_server_killed_mid_push_then_rerun_finishes_without_duplicates(tmp_path,
                 server.kill()
 
         # retries=1: the second chunk is tried twice before the push gives up, and says how far it got.
-        with pytest.raises(review.ArgillaUnreachable,
+        with pytest.raises(ArgillaUnreachable,
                            match=r"did not answer \(push\) after 2 tries: .*Pushed 20 of 100 records"):
             review.push(project, on_chunk=kill_after_first_chunk)
         submitted = [q for q in project.store.queries(status="pending") if q.submitted_at]

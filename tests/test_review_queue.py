@@ -22,8 +22,7 @@ from test_review import (  # noqa: F401 - fixtures
     server_ids,
 )
 
-from synthloop import active
-from synthloop.labelers import argilla as review
+from synthloop import active, review
 from synthloop.labelers import argilla_queue
 from synthloop.store import NewLabel
 
@@ -174,4 +173,34 @@ def test_the_cap_keeps_the_most_uncertain_and_the_rest_wait_unpushed(tmp_path, s
     assert {q.example_id for q in pushed} == {q.example_id for q in ranked[:4]}
     assert set(server_ids(argilla_env, project)) == {q.example_id for q in pushed}
     assert review.push(project).pushed == 4  # pushing again updates the four, adds none
+    project.close()
+
+
+def test_tending_the_queue_stores_nothing_itself(tmp_path, small_pool, argilla_env):
+    """argilla_queue.tend acts in Argilla only (deletes and refreshes records); what that means for the store goes
+    back to its caller: the withdrawn queries through `withdraw`, the model the records now show as `meta`."""
+    from synthloop.labelers.argilla import ArgillaLabeler
+    from synthloop.store import Collected
+
+    project = make_project(tmp_path / "proj", small_pool, max_pending=10)
+    dataset = project.config.argilla.dataset
+    assert project.round().queried == 10 and len(server_ids(argilla_env, project)) == 10
+    shown = argilla_queue.pushed_with(project.store, dataset)
+    version, model = project.train()
+    assert shown is not None and shown != version
+    project.config.argilla.withdraw_confidence = 0.5  # every two-class guess is this sure: all ten go
+    before = [(q.example_id, q.status, q.meta) for q in project.store.queries()]
+    withdrawn: dict[str, dict] = {}
+    result = argilla_queue.tend(ArgillaLabeler(project.label_context()), version, model, withdraw=withdrawn.update)
+
+    assert result is not None and result.withdrawn == {"confident": 10} and len(withdrawn) == 10
+    assert server_ids(argilla_env, project) == {}  # gone from Argilla
+    assert [(q.example_id, q.status, q.meta) for q in project.store.queries()] == before  # the store untouched
+    assert argilla_queue.pushed_with(project.store, dataset) == shown
+    assert result.meta == argilla_queue.model_meta(dataset, version)
+
+    project.store.withdraw(withdrawn)  # what the round does with it (synthloop.review.tend)
+    project.store.apply(Collected(meta=result.meta), None)
+    assert len(project.store.queries(status=argilla_queue.WITHDRAWN)) == 10
+    assert argilla_queue.pushed_with(project.store, dataset) == version
     project.close()

@@ -27,8 +27,8 @@ def trained(project, small_pool):
 def scorers(project, number):
     pool = project.store.unlabeled_pool
     return {
-        "in memory": selection.InMemory(pool, project._model_features),
-        "cached": selection.Cached(pool, project._model_features, project.store, project.store.round(number)["model_version"]),
+        "in memory": selection.InMemory(pool, project.trainer.model_features),
+        "cached": selection.Cached(pool, project.trainer.model_features, project.store, project.store.round(number)["model_version"]),
         "streamed": selection.Streamed(lambda: project.store.unlabeled_pool_chunks(37), "local", chunk_size=37),
         "project default": project.scorer(number),
         "project incremental": project.scorer(number, incremental=True),
@@ -93,7 +93,7 @@ def test_rounds_on_every_path_store_the_same_query_scores_and_argilla_metadata(t
             twin.round(route=False, **options)
             queries = twin.store.queries(round_=number)
             stored[name] = [(q.example_id, q.score) for q in queries]
-            records = ArgillaLabeler(twin).records(queries)
+            records = ArgillaLabeler(twin.label_context()).records(queries)
             # Argilla shows the score rounded to 3 digits, most uncertain first: the same score, whichever path.
             assert {str(r.id): r.metadata["uncertainty"] for r in records} == {q.example_id: round(q.score, 3) for q in queries}
         assert len(stored["memory"]) == 10

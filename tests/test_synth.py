@@ -260,7 +260,7 @@ def test_few_shot_examples_are_balanced_and_prefer_real_labels(synth_project):
     ids, texts = synth_project.store.unlabeled_pool()
     synth_project.store.record_labels([NewLabel(ids[i], "ham", "human:t") for i in range(5)]
                                       + [NewLabel(ids[5], "spam", "oracle")], None)
-    shots = few_shot_examples(synth_project, 2)
+    shots = few_shot_examples(synth_project.store, synth_project.task, 2)
     assert Counter(lab for _, lab in shots) == {"ham": 2, "spam": 2}
     real = dict(zip(ids, texts))
     spam_shots = [t for t, lab in shots if lab == "spam"]

@@ -16,7 +16,7 @@ from modAL.uncertainty import classifier_entropy, classifier_margin
 from sklearn.metrics import cohen_kappa_score
 
 from synthloop.errors import UnknownChoice
-from synthloop.measures import MEASURES, top_k, uncertainty
+from synthloop.measures import MEASURES, ranked_by, top_k, uncertainty
 
 # Ranked batch compares every candidate with every chosen one; capping the candidates keeps it sub-quadratic.
 RANKED_BATCH_CANDIDATES = 2000
@@ -38,21 +38,7 @@ class FittedView:
         return self._last_proba
 
 
-def _by_measure(measure: str) -> Callable:
-    """modAL's uncertainty, margin and entropy sampling over the measure registry: the n rows of X the model
-    is least sure of, ties to the earlier row (the pool comes in id order, so to the smaller id, as the
-    streamed and cached paths break them)."""
-
-    def strategy(classifier, X, n: int):
-        scores = uncertainty(measure, classifier.predict_proba(X))
-        picked, values, _ = top_k(np.arange(len(scores)), scores, n)
-        return picked, values
-
-    strategy.__name__ = measure.replace("-", "_")
-    return strategy
-
-
-least_confident, margin, entropy = (_by_measure(name) for name in MEASURES)
+least_confident, margin, entropy = (ranked_by(name) for name in MEASURES)  # synthloop.measures.ranked_by
 
 
 def ranked_batch_candidates(n: int) -> int:
@@ -155,7 +141,7 @@ def pool_uncertainty(view: FittedView, X) -> dict:
     }
 
 
-def stabilizing_predictions(previous: list[str] | None, current: list[str], history: list[float],
+def stabilizing_predictions(previous: list[str] | None, current: list[str], history: list[float | None],
                             threshold: float = 0.99, window: int = 3) -> dict:
     """Bloodgood & Vijay-Shanker (2009): stop once consecutive models agree (Cohen's kappa on a fixed
     stop set) above the threshold for `window` rounds in a row."""

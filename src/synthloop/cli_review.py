@@ -45,8 +45,8 @@ def push(project: ProjectOpt = Path("."),
          quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
          as_json: JsonOpt = False):
     """Send the pending queries to Argilla: records with suggestions and metadata. Safe to re-run."""
-    from synthloop.labelers.argilla import push as push_
-    from synthloop.labelers.recheck import push_suspicious
+    from synthloop.review import push as push_
+    from synthloop.review import push_suspicious
 
     if recheck < 0:
         raise SynthloopError("--recheck needs a positive number of labels")
@@ -71,7 +71,7 @@ def push(project: ProjectOpt = Path("."),
 @cli_command(writes="review pull")
 def pull(project: ProjectOpt = Path("."), as_json: JsonOpt = False):
     """Store the labels reviewers submitted (majority of annotators; ties stay pending). Safe to re-run."""
-    from synthloop.labelers.argilla import pull as pull_
+    from synthloop.review import pull as pull_
 
     result = _run(project, pull_)
     if as_json:
@@ -91,7 +91,7 @@ def pull(project: ProjectOpt = Path("."), as_json: JsonOpt = False):
 @cli_command()
 def status(project: ProjectOpt = Path("."), as_json: JsonOpt = False):
     """Progress of the review dataset: records done and pending, per annotator."""
-    from synthloop.labelers.argilla import status as status_
+    from synthloop.review import status as status_
 
     data = _run(project, status_)
     if as_json:

@@ -12,7 +12,9 @@ from typing import Any
 
 import numpy as np
 
-from synthloop.active import margin, uncertainty
+from synthloop.measures import ranked_by, uncertainty
+
+margin = ranked_by("margin")  # what follows the diversity phase (the same strategy as active.margin)
 
 # Real labels each class needs before the diversity phase ends.
 LABELS_PER_CLASS = 2

@@ -92,3 +92,17 @@ def top_k(ids: np.ndarray, scores: np.ndarray, k: int, texts: np.ndarray | None 
         keep = np.arange(len(scores))
     keep = keep[np.lexsort((ids[keep], -scores[keep]))]
     return ids[keep], scores[keep], (None if texts is None else texts[keep])
+
+
+def ranked_by(measure: str) -> Callable:
+    """modAL's uncertainty, margin and entropy sampling over this registry, as a strategy `(learner, X, n) ->
+    (indices, scores)`: the n rows of X the model is least sure of, ties to the earlier row (the pool comes in
+    id order, so to the smaller id, as the streamed and cached paths break them)."""
+
+    def strategy(classifier, X, n: int):
+        scores = uncertainty(measure, classifier.predict_proba(X))
+        picked, values, _ = top_k(np.arange(len(scores)), scores, n)
+        return picked, values
+
+    strategy.__name__ = measure.replace("-", "_")
+    return strategy

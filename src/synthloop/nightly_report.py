@@ -79,7 +79,7 @@ def run_logging(log_file: Path | None, stderr=None):
 def outage(project) -> dict | None:
     """Servers that still failed every retry when the run ended, with what waits on them: queries for
     reviewers not pushed, and pushed ones whose labels may be waiting on the server. None: no outage."""
-    down = sorted(getattr(project, "unreachable", {}) or {})
+    down = sorted(project.unreachable)  # server URL -> when it last failed every retry (LabelContext)
     if not down:
         return None
     store = project.store

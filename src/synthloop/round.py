@@ -6,17 +6,25 @@ the step boundaries the kill tests stop at). `Project.round` is the public faça
 
 from __future__ import annotations
 
+import logging
 import os
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from synthloop import active
 from synthloop.config import Config
 from synthloop.errors import SynthloopError
-from synthloop.labelers import argilla_queue
-from synthloop.selection import Scorer
-from synthloop.store import Store
+from synthloop.labelers import get_labeler
+from synthloop.labelers.context import LabelContext
+from synthloop.store import Query, QueryStatus, Store
+
+if TYPE_CHECKING:
+    from synthloop.models import TextClassifier
+    from synthloop.selection import Scorer
+
+log = logging.getLogger("synthloop")
 
 
 class Project(Protocol):
@@ -25,17 +33,15 @@ class Project(Protocol):
     store: Store
     config: Config
 
-    def collect(self, round_: int | None = None) -> int: ...
-    def route(self, round_: int) -> int: ...
-    def train(self, round_: int | None = None) -> tuple: ...
-    def evaluate(self, model) -> dict | None: ...
-    def monitor(self, round_: int, model) -> dict: ...
-    def topup(self, round_: int): ...
-    def select(self, round_: int, model, n: int | None = None, strategy: str | None = None,
-               labeler: str | None = None, scorer: Scorer | None = None) -> int: ...
+    def label_context(self) -> LabelContext: ...
+    def train(self, round_: int | None = None) -> tuple[int, TextClassifier]: ...
+    def evaluate(self, model: TextClassifier) -> dict | None: ...
+    def monitor(self, round_: int, model: TextClassifier) -> dict: ...
+    def select(self, round_: int, model: TextClassifier, n: int | None = None, strategy: str | None = None,
+               labeler: str | None = None, *, scorer: Scorer | None = None) -> int: ...
     def scorer(self, round_: int, incremental: bool = False, engine: str | None = None,
                address: str | None = None) -> Scorer: ...
-    def load_model(self, version: int | None = None) -> tuple: ...
+    def load_model(self, version: int | None = None) -> tuple[int, TextClassifier]: ...
     def training_changed(self) -> bool: ...
     def n_real_labels(self) -> int: ...
     def last_metrics(self) -> dict | None: ...
@@ -80,6 +86,7 @@ def run_round(project: Project, query: bool = True, n: int | None = None, strate
               route: bool = True, labeler: str | None = None, incremental: bool = False, retrain: bool = True,
               engine: str | None = None, address: str | None = None, scorer: Scorer | None = None) -> RoundResult:
     store = project.store
+    ctx = project.label_context()  # one for the whole round: its labelers share the LLM client and the budget
     check_choices(project.config, strategy, labeler)
     scorer_for = (lambda number: scorer) if scorer is not None else (
         lambda number: project.scorer(number, incremental, engine, address))
@@ -91,7 +98,7 @@ def run_round(project: Project, query: bool = True, n: int | None = None, strate
     timings = dict(info["timings"] or {})
 
     t = time.perf_counter()
-    collected = project.collect(number)
+    collected = collect(ctx, number)
     timings["collect"] = time.perf_counter() - t
     checkpoint("collected", number)
 
@@ -117,14 +124,18 @@ def run_round(project: Project, query: bool = True, n: int | None = None, strate
 
     if project.config.synth.topup:
         t = time.perf_counter()
-        project.topup(number)
+        from synthloop.synth import topup
+
+        topup(ctx, number)
         added = store.synthetic_added(number)
         if added:
             counts = dict(_row(store, number)["counts"] or {})
             store.update_round(number, counts={**counts, "synthetic_added": dict(sorted(added.items()))})
         timings["topup"] = time.perf_counter() - t
     checkpoint("augmented", number)
-    argilla_queue.tend(project, version, model)  # what waits for reviewers gets this model's guesses
+    from synthloop.review import tend
+
+    tend(ctx, version, model)  # what waits for reviewers gets this model's guesses
 
     if query and not store.queries(round_=number):
         t = time.perf_counter()
@@ -136,11 +147,66 @@ def run_round(project: Project, query: bool = True, n: int | None = None, strate
         return _result(project, number, resumed, version, collected, start)
 
     t = time.perf_counter()
-    collected += project.route(number)
+    collected += route_round(ctx, number)
     timings["route"] = time.perf_counter() - t
     checkpoint("routed", number)
     close_round(project, number, timings, collected)
     return _result(project, number, resumed, version, collected, start)
+
+
+def collect(ctx: LabelContext, round_: int | None = None) -> int:
+    """Store what every labeler with submitted queries has ready (labels, skipped and failed queries, hand-offs
+    to another labeler), each labeler's outcomes in one transaction; never waits for more. A labeler whose
+    server is unreachable (Argilla down) is skipped with a warning: the loop never blocks on humans, and
+    what they submitted is collected by a later round. Queries handed off (the hybrid labeler's doubtful
+    ones) go out to their new labeler at once."""
+    store = ctx.store
+    pending = {q.routed_to for q in store.queries(status=QueryStatus.PENDING, submitted=True)}
+    added, handed_to = 0, set()
+    for name in sorted(pending):
+        labeler = get_labeler(name, ctx)
+        try:
+            collected = labeler.collect()
+        except labeler.defers_on as err:
+            log.warning("%s; its labels wait for a later round or `synthloop review pull`", getattr(err, "summary", err))
+            continue
+        added += store.apply(collected, round_)
+        handed_to |= {to for to, _ in collected.handoff.values()}
+    if handed_to:
+        hand_out_all(ctx, [q for q in store.queries(status=QueryStatus.PENDING, submitted=False)
+                           if q.routed_to in handed_to])
+    return added
+
+
+def route_round(ctx: LabelContext, round_: int) -> int:
+    """Hand this round's pending queries to their labeler, with what earlier rounds could not hand out (a
+    server down then; a night whose --max-labels the leftovers filled selects nothing new), then take
+    whatever the labelers have ready."""
+    store = ctx.store
+    pending = store.queries(status=QueryStatus.PENDING, round_=round_)
+    ids = {q.example_id for q in pending}
+    pending += [q for q in store.queries(status=QueryStatus.PENDING, submitted=False) if q.example_id not in ids]
+    hand_out_all(ctx, pending)
+    return collect(ctx, round_)
+
+
+def hand_out_all(ctx: LabelContext, pending: Sequence[Query]) -> None:
+    for name in sorted({q.routed_to for q in pending}):
+        hand_out(ctx, name, [q for q in pending if q.routed_to == name])
+
+
+def hand_out(ctx: LabelContext, name: str, queries: Sequence[Query]) -> None:
+    """Submit queries to one labeler and mark what it took (with what it left to remember: a Batch job, the model
+    an Argilla push showed) as submitted, in one transaction."""
+    labeler = get_labeler(name, ctx)
+    try:
+        submitted = labeler.submit(queries)
+    except labeler.defers_on as err:
+        log.warning("%s; %d queries stay pending and go out with the next round or `synthloop review push`",
+                    getattr(err, "summary", err),
+                    len(ctx.store.queries(status=QueryStatus.PENDING, routed_to=name, submitted=False)))
+        return
+    ctx.store.mark_submitted(submitted.ids, submitted.meta, submitted.jobs)
 
 
 def close_round(project: Project, number: int, timings: dict, collected: int) -> None:
@@ -159,7 +225,7 @@ def _result(project: Project, number: int, resumed: bool, version: int, collecte
                        len(project.store.queries(round_=number)), collected, time.perf_counter() - start)
 
 
-def _row(store, number: int) -> dict:
+def _row(store: Store, number: int) -> dict:
     """A round's stored row: it exists from `open_round` on, so a missing one is a bug, not a user error."""
     info = store.round(number)
     if info is None:

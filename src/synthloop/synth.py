@@ -11,7 +11,7 @@ import re
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Annotated
+from typing import Annotated, cast
 
 import numpy as np
 from pydantic import BaseModel, Field, StringConstraints, create_model
@@ -19,6 +19,7 @@ from sklearn.feature_extraction.text import HashingVectorizer
 
 from synthloop.data import example_id
 from synthloop.errors import SynthloopError
+from synthloop.labelers.context import LabelContext
 from synthloop.llm.quoting import DATA_RULE, quote
 from synthloop.store import NewLabel
 from synthloop.task import TaskSpec
@@ -67,20 +68,20 @@ def subtopic_messages(task: TaskSpec, label: str, k: int) -> list[dict]:
     ]
 
 
-def draw_subtopics(project, labels: list[str], round_: int | None) -> dict[str, list[str]]:
+def draw_subtopics(ctx: LabelContext, labels: list[str], round_: int | None) -> dict[str, list[str]]:
     """Sub-topics per class, asked of the LLM once: the same prompt each time, so later calls (top-up rounds,
     a re-run) are answered from the cache for free. A class whose answer fails goes without."""
-    k = project.config.synth.subtopics
+    k = ctx.config.synth.subtopics
     if k <= 0:
         return {}
-    requests = [subtopic_messages(project.task, label, k) for label in labels]
-    results = project.llm_client().complete_json_many(requests, Subtopics, temperature=0.7, seed=0,
-                                                      max_tokens=k * 25 + 20,
-                                                      on_result=project.usage_recorder("generate", round_))
+    requests = [subtopic_messages(ctx.task, label, k) for label in labels]
+    results = ctx.llm_client().complete_json_many(requests, Subtopics, temperature=0.7, seed=0,
+                                                  max_tokens=k * 25 + 20,
+                                                  on_result=ctx.usage_recorder("generate", round_))
     topics = {}
     for label, result in zip(labels, results):
         if result.value is not None:
-            kept = clean_subtopics(result.value.subtopics)[:k]
+            kept = clean_subtopics(cast(Subtopics, result.value).subtopics)[:k]
             if kept:
                 topics[label] = kept
     return topics
@@ -194,37 +195,37 @@ def synthetic_labels(texts_by_label: dict[str, list[str]], model: str) -> tuple[
     return rows, labels
 
 
-def generation_seed(project, seed: int | None, round_: int | None) -> str:
+def generation_seed(ctx: LabelContext, seed: int | None, round_: int | None) -> str:
     """Seeds the prompts and sampling seeds of one generation run. The round and the synthetic examples
     already stored make each top-up round and each repeated `generate` draw new prompts (the same ones would
     be answered from the cache and dropped as duplicates), while a run that crashed before storing anything
     draws the same ones again and is answered from the cache for free."""
-    base = project.config.loop.seed if seed is None else seed
-    n_synthetic = sum(n for (_, origin), n in project.store.count_examples().items() if origin == "synthetic")
+    base = ctx.config.loop.seed if seed is None else seed
+    n_synthetic = sum(n for (_, origin), n in ctx.store.count_examples().items() if origin == "synthetic")
     return f"{base}:{round_}:{n_synthetic}"
 
 
-def generate(project, per_class: int | dict[str, int], examples: dict[str, list[str]] | None = None,
+def generate(ctx: LabelContext, per_class: int | dict[str, int], examples: dict[str, list[str]] | None = None,
              round_: int | None = None, consistency_filter: bool | None = None, seed: int | None = None,
              topup: bool = False) -> GenerationReport:
     """Generate, filter and store synthetic examples; `examples` conditions each class on real texts. LLM
     costs count in `round_`; a top-up's labels carry it too, so a resumed round knows what it added."""
     from synthloop.labelers.llm import label_texts
 
-    cfg = project.config.synth
-    labels = project.task.label_names
+    cfg = ctx.config.synth
+    labels = ctx.task.label_names
     wanted = per_class if isinstance(per_class, dict) else {lab: per_class for lab in labels}
     bad = {lab: n for lab, n in wanted.items() if not isinstance(n, int) or n < 0}
     if bad:
         raise SynthloopError(f"examples per class must be 0 or more, not {bad}; give --per-class N with N >= 0")
     report = GenerationReport(requested=dict(wanted))
-    client = project.llm_client()
-    rng = random.Random(generation_seed(project, seed, round_))
+    client = ctx.llm_client()
+    rng = random.Random(generation_seed(ctx, seed, round_))
     # Exact duplicates are checked against the whole store; near duplicates against a sample of the pool,
     # which keeps generation quick on pools of millions.
-    pool_sample = project.store.pool_texts_sample(cfg.dedup_pool_sample, project.config.loop.seed)
-    index = NearDuplicateIndex(cfg.near_duplicate, cap_texts(pool_sample, project.config.limits.max_text_chars))
-    topics = draw_subtopics(project, list(wanted), round_)
+    pool_sample = ctx.store.pool_texts_sample(cfg.dedup_pool_sample, ctx.config.loop.seed)
+    index = NearDuplicateIndex(cfg.near_duplicate, cap_texts(pool_sample, ctx.config.limits.max_text_chars))
+    topics = draw_subtopics(ctx, list(wanted), round_)
     seen: set[str] = set()
     kept_by_label: dict[str, list[str]] = {}
     for label, n in wanted.items():
@@ -233,22 +234,23 @@ def generate(project, per_class: int | dict[str, int], examples: dict[str, list[
         while len(kept) < n and calls_left > 0:
             batch = min(calls_left, -(-(n - len(kept)) // cfg.per_call))
             calls_left -= batch
-            requests = [generation_messages(project.task, label, cfg.per_call, rng, (examples or {}).get(label),
-                                            topics.get(label), project.config.limits.max_text_chars)
+            requests = [generation_messages(ctx.task, label, cfg.per_call, rng, (examples or {}).get(label),
+                                            topics.get(label), ctx.config.limits.max_text_chars)
                         for _ in range(batch)]
             # A distinct seed per request keeps the cache from answering a repeated prompt with the same texts,
             # while a re-run after a crash draws the same seeds and is answered from the cache for free.
             seeds = [{"seed": rng.randrange(2**31)} for _ in requests]
             results = client.complete_json_many(requests, generated_model(cfg.per_call, cfg.min_chars, cfg.max_chars), per_request=seeds,
                                                 temperature=cfg.temperature, max_tokens=cfg.per_call * (cfg.max_chars // 4 + 20),
-                                                on_result=project.usage_recorder("generate", round_))
+                                                on_result=ctx.usage_recorder("generate", round_))
             for result in results:
                 report.cost += result.usage.cost
                 if result.value is None:
                     report.failed_calls += 1
                     continue
-                candidates = filter_texts(result.value.texts, label, seen, index, cfg.min_chars, cfg.max_chars, report)
-                stored = project.store.existing_ids([example_id(t) for t in candidates])
+                answer: list[str] = result.value.texts  # type: ignore[attr-defined]  # generated_model's field
+                candidates = filter_texts(answer, label, seen, index, cfg.min_chars, cfg.max_chars, report)
+                stored = ctx.store.existing_ids([example_id(t) for t in candidates])
                 for text in candidates:
                     if example_id(text) in stored:
                         report.dropped["exact duplicate"] += 1
@@ -257,11 +259,39 @@ def generate(project, per_class: int | dict[str, int], examples: dict[str, list[
         kept_by_label[label] = kept
     if consistency_filter if consistency_filter is not None else cfg.consistency_filter:
         for label, texts in kept_by_label.items():
-            outcomes = label_texts(project, texts, purpose="filter", round_=round_)
+            outcomes = label_texts(ctx, texts, purpose="filter", round_=round_)
             agree = [t for t, o in zip(texts, outcomes) if o.label == label]
             report.dropped["label disagreement"] += len(texts) - len(agree)
             kept_by_label[label] = agree
-    rows, new_labels = synthetic_labels(kept_by_label, project.config.llm.model)
-    project.store.add_examples(rows, new_labels, round_=round_ if topup else None)
+    rows, new_labels = synthetic_labels(kept_by_label, ctx.config.llm.model)
+    ctx.store.add_examples(rows, new_labels, round_=round_ if topup else None)
     report.added = {label: len(texts) for label, texts in kept_by_label.items()}
+    return report
+
+
+def topup(ctx: LabelContext, round_: int) -> GenerationReport | None:
+    """Fresh synthetic examples for classes that real labels leave short, conditioned on their real texts."""
+    import time
+
+    cfg, task = ctx.config.synth, ctx.task
+    k = len(task.label_names)
+    rows = ctx.store.training_set()
+    real = [r for r in rows if r.real]
+    needs = topup_needs(Counter(r.label for r in real),
+                        Counter(r.label for r in rows) + Counter(lab for _, lab in task.examples()), task.label_names,
+                        cfg.topup_threshold or 0.5 / k, cfg.topup_target or 0.75 / k, cfg.topup_max_per_round)
+    # A resumed round (after a crash, or `synthloop query` then `round`) tops up what is left of its cap.
+    already = ctx.store.synthetic_added(round_)
+    needs = {lab: n for lab, n in ((lab, min(n, cfg.topup_max_per_round - already.get(lab, 0)))
+                                   for lab, n in needs.items()) if n > 0}
+    if not needs:
+        return None
+    if ctx.budget.spent_out:
+        # The night's $ cap (nightly --max-cost) is spent: generation waits for a night with money left.
+        return None
+    examples = {label: [r.text for r in real if r.label == label][-20:] for label in needs}
+    started = time.time()
+    report = generate(ctx, needs, examples=examples, round_=round_, topup=True)
+    # What generation spent is gone from what the labelers may spend tonight.
+    ctx.budget.spend(ctx.store.llm_cost_since(started))
     return report

@@ -1,47 +1,39 @@
 """Human review in Argilla through the official SDK (2.x).
 
-`push` sends pending queries as records (record id = example id, so pushing again updates instead of
-duplicating), most uncertain first, with the model's prediction as the suggestion when it is sure enough and
-the LLM's answer, when there is one, beside it: Argilla keeps one suggestion per question (before there is a
-model, the LLM's answer is the suggestion). What is pre-selected, refreshed, capped and withdrawn is decided in
-`argilla_queue`.
-`pull` takes submitted responses, resolves several annotators by majority and stores one label row per
+`submit` (a round's hand-out, or `review push`) sends pending queries as records (record id = example id, so
+pushing again updates instead of duplicating), most uncertain first, with the model's prediction as the
+suggestion when it is sure enough and the LLM's answer, when there is one, beside it: Argilla keeps one
+suggestion per question (before there is a model, the LLM's answer is the suggestion). What is pre-selected,
+shown, refreshed, capped and withdrawn is decided in `argilla_queue`.
+`collect` takes submitted responses, resolves several annotators by majority and returns one label per
 annotator who voted for the winner, as `human:<username>`. Drafts and discarded responses are ignored; ties
-stay pending and are reported.
+stay pending and are reported. The labeler writes nothing to the store: the round (synthloop.round) or the
+review commands (synthloop.review) store what it returns.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import re
 import time
 import warnings
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, ClassVar
 
-from synthloop.errors import SynthloopError, Unavailable
+from synthloop.errors import SynthloopError
 from synthloop.labelers import argilla_queue
-from synthloop.labelers.argilla_queue import Guess, Pick, preselect, remember_model
+from synthloop.labelers.argilla_queue import Guess, Pick, hints, model_meta, preselect, question_description
+from synthloop.labelers.argilla_sdk import DEFAULT_URL, DOWN_FOR, QUESTION, ArgillaUnreachable, retryable, sdk
 from synthloop.labelers.base import Collected, Submitted
+from synthloop.labelers.context import LabelContext
 from synthloop.store import NewLabel, Query, QueryStatus
 
+if TYPE_CHECKING:
+    from synthloop.models import TextClassifier
+
 log = logging.getLogger("synthloop.argilla")
-
-DEFAULT_URL = "http://localhost:6900"
-QUESTION = "label"
-DOWN_FOR = 60.0  # seconds a failed server gets one try per call instead of the retries
-
-
-class ArgillaUnreachable(Unavailable):
-    """The server did not answer, even after the retries. A round carries on without it (the loop never waits
-    for humans); `review push` and `review pull` stop with this error."""
-
-    def __init__(self, url: str, what: str, tries: int, cause: str):
-        self.summary = f"Argilla at {url} did not answer ({what}) after {tries} {'try' if tries == 1 else 'tries'}: {cause}"
-        super().__init__(f"{self.summary}. Is the server up (`make argilla`)? Run the command again once it is; "
-                         "nothing is stored or pushed twice.")
 
 
 @dataclass
@@ -60,96 +52,33 @@ class PullResult:
     rechecked: int = 0  # label rows from the `-recheck` dataset
 
 
-def _sdk():
-    try:
-        import argilla as rg
-        from argilla.records import _dataset_records
-    except ImportError:
-        raise SynthloopError("the argilla SDK is not installed: pip install 'synthloop[argilla]'") from None
-    # The SDK draws a tqdm bar per log() call and warns on every lookup that finds nothing; synthloop
-    # pushes in chunks under its own progress bar and treats "not found" as "create it".
-    if not getattr(_dataset_records, "_synthloop_quiet", False):
-        import functools
-
-        import tqdm
-
-        _dataset_records.tqdm = functools.partial(tqdm.tqdm, disable=True)
-        _dataset_records._synthloop_quiet = True
-        logging.getLogger("argilla.sdk").setLevel(logging.ERROR)
-    return rg
-
-
-def _retryable(err: Exception) -> bool:
-    import httpx
-    from argilla._exceptions import ArgillaAPIError  # the SDK's documented error types live here
-
-    if isinstance(err, httpx.TransportError):
-        return True
-    # Some SDK errors carry status_code=None (no HTTP response at all): not a server error.
-    return isinstance(err, ArgillaAPIError) and (getattr(err, "status_code", None) or 0) >= 500
-
-
-def _md(text) -> str:
-    """User text (label names and descriptions, an LLM's answer) as literal Markdown."""
-    return re.sub(r"([\\`*_\[\]<>|~])", r"\\\1", str(text))
-
-
-def hints(query: Query, guess: Guess | None, pick: Pick | None = None, min_confidence: float = 0.0,
-          labels: Sequence = ()) -> str:
-    """Markdown shown beside the text: Argilla keeps one suggestion per question, so the LLM's answer
-    (when the router sent the example on) is shown here and in the metadata; so is a guess too unsure to
-    be pre-selected, and the labels' short descriptions (the UI hides the question's behind an icon and
-    the guidelines in a collapsed panel)."""
-    lines = []
-    if guess is not None:
-        unsure = "" if pick is not None else f" — not pre-selected (below {min_confidence:.2f})"
-        lines.append(f"**Model:** {_md(guess.label)} ({guess.confidence:.2f}){unsure}")
-    llm = (query.meta or {}).get("llm")
-    if llm:
-        answer = llm.get("label") or "no answer"
-        conf = "" if llm.get("confidence") is None else f" ({llm['confidence']:.2f}, {llm.get('confidence_from', '')})"
-        lines.append(f"**LLM {_md(llm.get('model', ''))}:** {_md(answer)}{conf}")
-    lines = lines or ["No suggestion yet."]
-    if labels:
-        lines.append("")
-        lines += [f"- **{_md(label.name)}**: {_md(label.description)}" if label.description
-                  else f"- **{_md(label.name)}**" for label in labels]
-    return "  \n".join(lines)
-
-
-def question_description(task) -> str:
-    """Shown under the question, where the reviewer looks (the guidelines panel starts collapsed)."""
-    return "; ".join(f"{label.name}: {label.description}" if label.description else label.name
-                     for label in task.labels) + \
-        ". A pre-selected label is the model's guess when it is sure enough; check it before you submit."
-
-
 class ArgillaLabeler:
     """The `argilla` labeler: `submit` pushes, `collect` pulls whatever reviewers have submitted."""
 
     name = "argilla"
     # Errors a round logs and goes on from: the queries stay pending for the next round or `review push`.
-    defers_on = (ArgillaUnreachable,)
+    defers_on: ClassVar[tuple[type[BaseException], ...]] = (ArgillaUnreachable,)
 
-    def __init__(self, project, dataset_suffix: str = ""):
-        self.project = project
-        self.cfg = project.config.argilla
+    def __init__(self, ctx: LabelContext, dataset_suffix: str = ""):
+        self.ctx = ctx
+        self.task = ctx.task
+        self.cfg = ctx.config.argilla
         self.url = self.cfg.api_url or os.environ.get(self.cfg.api_url_env) or DEFAULT_URL
-        self.dataset_name = (self.cfg.dataset or project.task.name) + dataset_suffix
+        self.dataset_name = (self.cfg.dataset or self.task.name) + dataset_suffix
         self.ties: list[str] = []
         self.waiting = 0
         self._client = None
         self._dataset = None
-        self._model = None
-        self._guesses: dict[str, Guess | None] = {}
+        self._model: TextClassifier | None = None
+        self.guesses: dict[str, Guess | None] = {}  # the current model's, by example id, as assess() made them
 
     # connection ---------------------------------------------------------------------------------
-    def _call(self, what: str, fn: Callable, *args, **kwargs):
+    def call(self, what: str, fn: Callable, *args, **kwargs):
         """Retry transient failures (connection refused or reset, 5xx) with growing waits, then fail clearly.
         A server that failed every retry in the last minute gets one try: a round that finds Argilla down
         then waits through the retries once, not at each of its hand-out and collect steps."""
         wait = self.cfg.retry_wait
-        down = self.project.unreachable
+        down = self.ctx.unreachable
         retries = 0 if time.time() - down.get(self.url, -1e9) < DOWN_FOR else self.cfg.retries
         for attempt in range(retries + 1):
             try:
@@ -159,7 +88,7 @@ class ArgillaLabeler:
                 down.pop(self.url, None)
                 return result
             except Exception as err:  # noqa: BLE001 - sorted into retryable and not below
-                if not _retryable(err):
+                if not retryable(err):
                     from argilla._exceptions import ArgillaError
 
                     if isinstance(err, ArgillaError) and what != "connect":
@@ -175,7 +104,7 @@ class ArgillaLabeler:
     @property
     def client(self):
         if self._client is None:
-            rg = _sdk()
+            rg = sdk()
             from argilla._exceptions import ArgillaError
 
             key = os.environ.get(self.cfg.api_key_env)
@@ -183,7 +112,7 @@ class ArgillaLabeler:
                 raise SynthloopError(f"set ${self.cfg.api_key_env} to the Argilla API key of an owner or admin "
                                      "(the local server's default is argilla.apikey)")
             try:
-                self._client = self._call("connect", rg.Argilla, api_url=self.url, api_key=key,
+                self._client = self.call("connect", rg.Argilla, api_url=self.url, api_key=key,
                                           timeout=int(self.cfg.timeout), retries=2)
             except ArgillaError as err:
                 raise SynthloopError(f"cannot use Argilla at {self.url}: {err} — check ${self.cfg.api_key_env} "
@@ -192,8 +121,8 @@ class ArgillaLabeler:
 
     # setup --------------------------------------------------------------------------------------
     def settings(self):
-        rg = _sdk()
-        task = self.project.task
+        rg = sdk()
+        task = self.task
         guidelines = task.description + "\n\n" + "\n".join(
             f"- **{label.name}**: {label.description}" for label in task.labels)
         return rg.Settings(
@@ -212,50 +141,50 @@ class ArgillaLabeler:
         )
 
     def existing_dataset(self):
-        return self._call("dataset", self.client.datasets, self.dataset_name, workspace=self.cfg.workspace)
+        return self.call("dataset", self.client.datasets, self.dataset_name, workspace=self.cfg.workspace)
 
     def ensure_dataset(self):
         """The workspace, its annotators and the dataset, each made only if missing."""
         if self._dataset is not None:
             return self._dataset
-        rg = _sdk()
+        rg = sdk()
         client = self.client
-        workspace = self._call("workspace", client.workspaces, self.cfg.workspace)
+        workspace = self.call("workspace", client.workspaces, self.cfg.workspace)
         if workspace is None:
-            workspace = self._call("create workspace", rg.Workspace(name=self.cfg.workspace, client=client).create)
-        members = {u.username for u in self._call("list users", lambda: list(workspace.users))}
+            workspace = self.call("create workspace", rg.Workspace(name=self.cfg.workspace, client=client).create)
+        members = {u.username for u in self.call("list users", lambda: list(workspace.users))}
         for username in self.cfg.annotators:
             if username in members:
                 continue
-            user = self._call("user", client.users, username)
+            user = self.call("user", client.users, username)
             if user is None:
                 password = os.environ.get("ARGILLA_ANNOTATOR_PASSWORD")
                 if not password:
                     raise SynthloopError(f"Argilla user {username!r} does not exist: create it, or set "
                                          "$ARGILLA_ANNOTATOR_PASSWORD (8+ characters) to let synthloop create it")
-                user = self._call("create user", rg.User(username=username, password=password, role="annotator",
+                user = self.call("create user", rg.User(username=username, password=password, role="annotator",
                                                          client=client).create)
-            self._call("add user", workspace.add_user, user)
-        dataset = self._call("dataset", client.datasets, self.dataset_name, workspace=self.cfg.workspace)
+            self.call("add user", workspace.add_user, user)
+        dataset = self.call("dataset", client.datasets, self.dataset_name, workspace=self.cfg.workspace)
         if dataset is None:
-            dataset = self._call("create dataset", rg.Dataset(name=self.dataset_name, workspace=workspace,
+            dataset = self.call("create dataset", rg.Dataset(name=self.dataset_name, workspace=workspace,
                                                               settings=self.settings(), client=client).create)
         labels = list(dataset.settings.questions[QUESTION].labels)
-        if sorted(labels) != sorted(self.project.task.label_names):
+        if sorted(labels) != sorted(self.task.label_names):
             raise SynthloopError(
                 f"Argilla dataset {self.dataset_name!r} has labels {labels}, the task has "
-                f"{self.project.task.label_names}; set [argilla] dataset to a new name in synthloop.toml")
+                f"{self.task.label_names}; set [argilla] dataset to a new name in synthloop.toml")
         self._dataset = dataset
         return dataset
 
     # push ---------------------------------------------------------------------------------------
-    def use_model(self, model) -> None:
+    def use_model(self, model: TextClassifier) -> None:
         """Guess with this model (a round's, just trained) instead of loading the latest."""
         self._model = model
 
-    def _current_model(self):
-        if self._model is None and self.project.store.latest_model() is not None:
-            _, self._model = self.project.load_model()
+    def _current_model(self) -> TextClassifier | None:
+        if self._model is None and self.ctx.store.latest_model() is not None:
+            _, self._model = self.ctx.load_model(None)
         return self._model
 
     def predictions(self, texts: list[str]) -> list[tuple[str, float] | None]:
@@ -274,7 +203,7 @@ class ArgillaLabeler:
         if model is None or not queries:
             return {q.example_id: None for q in queries}
         proba = model.predict_proba([q.text for q in queries])
-        out = {}
+        out: dict[str, Guess | None] = {}
         for strategy in {q.strategy for q in queries}:
             rows = [k for k, q in enumerate(queries) if q.strategy == strategy]
             # The measure the query's score was stored with (synthloop.measures), so a refresh keeps its meaning.
@@ -282,22 +211,22 @@ class ArgillaLabeler:
             for k, value in zip(rows, values):
                 p = proba[k]
                 out[queries[k].example_id] = Guess(str(model.classes_[int(p.argmax())]), float(p.max()), float(value))
-        self._guesses.update(out)
+        self.guesses.update(out)
         return out
 
     def pick(self, guess: Guess | None, llm: dict) -> Pick | None:
-        return preselect(guess, llm, self.project.task.label_names, self.cfg.suggest_min_confidence,
-                         self.project.config.llm.model)
+        return preselect(guess, llm, self.task.label_names, self.cfg.suggest_min_confidence,
+                         self.ctx.config.llm.model)
 
     def records(self, queries: Sequence[Query]) -> list:
-        rg = _sdk()
-        origins = self.project.store.origins([q.example_id for q in queries])
-        missing = [q for q in queries if q.example_id not in self._guesses]
+        rg = sdk()
+        origins = self.ctx.store.origins([q.example_id for q in queries])
+        missing = [q for q in queries if q.example_id not in self.guesses]
         if missing:
             self.assess(missing)
         out = []
         for query in queries:
-            guess = self._guesses.get(query.example_id)
+            guess = self.guesses.get(query.example_id)
             llm = (query.meta or {}).get("llm") or {}
             uncertainty = guess.uncertainty if guess is not None else query.score
             # Three digits: the UI shows metadata as stored, and 0.4987654321 reads worse than 0.499.
@@ -313,7 +242,7 @@ class ArgillaLabeler:
             out.append(rg.Record(id=query.example_id,
                                  fields={"text": query.text,
                                          "hints": hints(query, guess, pick, self.cfg.suggest_min_confidence,
-                                                        self.project.task.labels)},
+                                                        self.task.labels)},
                                  metadata={k: v for k, v in metadata.items() if v is not None},
                                  suggestions=suggestions))
         return out
@@ -335,8 +264,9 @@ class ArgillaLabeler:
         """Push in chunks, most uncertain first; `on_pushed` hears each chunk's ids once Argilla took it (`review
         push` marks them submitted there and then). Pushing again updates the records (record id = example id).
         Under `[argilla] max_pending`, records already waiting count first and new ones only fill the room left:
-        the rest stay pending (not pushed) for a later round or `review push`."""
-        store = self.project.store
+        the rest stay pending (not pushed) for a later round or `review push`. The Submitted it returns names the
+        model whose guesses the records show, for the store (argilla_queue.pushed_with)."""
+        store = self.ctx.store
         queries = list(queries)
         asked = {q.example_id for q in queries}
         again = [q for q in queries if q.submitted_at is not None]
@@ -357,12 +287,12 @@ class ArgillaLabeler:
 
         self.log(again + new, self.records, pushed, on_chunk)
         argilla_queue.drop_stale_suggestions(self, again, waiting)
-        if done:
-            remember_model(store, self.dataset_name, self._model_version())
-        return Submitted(done)
+        if not done:
+            return Submitted()
+        return Submitted(done, model_meta(self.dataset_name, self._model_version()))
 
     def _model_version(self) -> int | None:
-        latest = self.project.store.latest_model()
+        latest = self.ctx.store.latest_model()
         return None if latest is None else latest["version"]
 
     def log(self, items: list, to_records: Callable, pushed: Callable | None = None,
@@ -375,7 +305,7 @@ class ArgillaLabeler:
             chunk = items[start:start + self.cfg.chunk_size]
             records = to_records(chunk)
             try:
-                self._call("push", dataset.records.log, records, batch_size=len(records))
+                self.call("push", dataset.records.log, records, batch_size=len(records))
             except SynthloopError as err:
                 err.args = (f"{err} Pushed {done} of {len(items)} records before it failed.",)
                 raise  # the same type: a round goes on after ArgillaUnreachable, not after a refusal
@@ -389,11 +319,11 @@ class ArgillaLabeler:
     # pull ---------------------------------------------------------------------------------------
     def responses(self) -> dict[str, list[tuple[str, str]]]:
         """example id -> [(username, label)] of submitted responses."""
-        rg = _sdk()
+        rg = sdk()
         dataset = self.ensure_dataset()
-        users = {str(u.id): u.username for u in self._call("list users", lambda: list(self.client.users))}
+        users = {str(u.id): u.username for u in self.call("list users", lambda: list(self.client.users))}
         query = rg.Query(filter=rg.Filter(("response.status", "==", "submitted")))
-        records = self._call("pull", lambda: list(dataset.records(query=query, with_responses=True)))
+        records = self.call("pull", lambda: list(dataset.records(query=query, with_responses=True)))
         out: dict[str, list[tuple[str, str]]] = {}
         for record in records:
             for response in record.responses[QUESTION] or []:
@@ -403,8 +333,7 @@ class ArgillaLabeler:
         return out
 
     def collect(self) -> Collected:
-        store = self.project.store
-        pending = {q.example_id for q in store.queries(status="pending", routed_to=self.name, submitted=True)}
+        pending = {q.example_id for q in self.ctx.store.queries(status="pending", routed_to=self.name, submitted=True)}
         if not pending:
             return Collected()
         responses = {eid: votes for eid, votes in self.responses().items() if eid in pending}
@@ -412,7 +341,7 @@ class ArgillaLabeler:
 
     def resolve_all(self, responses: dict[str, list[tuple[str, str]]]) -> list[NewLabel]:
         """Majority per record; one label row per annotator who voted for the winner."""
-        known = set(self.project.task.label_names)
+        known = set(self.task.label_names)
         self.ties, self.waiting = [], 0
         labels = []
         for example_id, votes in sorted(responses.items()):
@@ -433,9 +362,9 @@ class ArgillaLabeler:
 
     def progress(self) -> dict:
         dataset = self.ensure_dataset()
-        progress = self._call("progress", dataset.progress, with_users_distribution=True)
-        workspace = self._call("workspace", self.client.workspaces, self.cfg.workspace)
-        members = [u.username for u in self._call("list users", lambda: list(workspace.users))
+        progress = self.call("progress", dataset.progress, with_users_distribution=True)
+        workspace = self.call("workspace", self.client.workspaces, self.cfg.workspace)
+        members = [u.username for u in self.call("list users", lambda: list(workspace.users))
                    if str(getattr(u.role, "value", u.role)) == "annotator"]
         return {"dataset": self.dataset_name, "workspace": self.cfg.workspace, "url": self.url, **progress,
                 "annotators": per_annotator(progress.get("pending", 0), progress.get("users") or {}, members)}
@@ -461,41 +390,3 @@ def resolve(votes: Sequence[str]) -> str | None:
     if not ranked or (len(ranked) > 1 and ranked[0][1] == ranked[1][1]):
         return None
     return ranked[0][0]
-
-
-def push(project, reroute: bool = False, on_chunk=None) -> PushResult:
-    """Push every pending query routed to Argilla (or, with reroute, every pending query)."""
-    from synthloop.labelers.argilla_queue import tend
-
-    labeler = ArgillaLabeler(project)
-    store = project.store
-    if reroute:
-        store.reroute([q.example_id for q in store.queries(status="pending")], labeler.name)
-    latest = store.latest_model()
-    if latest is not None:  # waiting records a newer model has not refreshed yet: refreshed (or withdrawn) first
-        version, model = project.load_model()
-        tend(project, version, model, strict=True)
-        labeler.use_model(model)
-    pending = store.queries(status="pending", routed_to=labeler.name)
-    # Each chunk is marked submitted once Argilla took it, so a push that fails midway keeps what went out.
-    pushed = labeler.submit(pending, on_chunk=on_chunk, on_pushed=store.mark_submitted) if pending else Submitted()
-    return PushResult(len(pushed.ids), labeler.dataset_name, labeler.url)
-
-
-def pull(project, rechecks: bool = True) -> PullResult:
-    """Labels for pending queries, plus (with rechecks) the answers in the `-recheck` dataset."""
-    labeler = ArgillaLabeler(project)
-    collected = labeler.collect()
-    added = project.store.apply(collected, project.store.current_round())
-    result = PullResult(added, len({x.example_id for x in collected.labels}), labeler.ties, labeler.waiting)
-    if rechecks:
-        from synthloop.labelers.recheck import pull_rechecked
-
-        result.rechecked = pull_rechecked(project).added
-    return result
-
-
-def status(project) -> dict:
-    store = project.store
-    waiting = len(store.queries(status="pending", routed_to=ArgillaLabeler.name))
-    return {**ArgillaLabeler(project).progress(), "pending_in_store": waiting}

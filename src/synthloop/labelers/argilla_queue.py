@@ -11,14 +11,28 @@
   the most uncertain first, and withdraws the records no longer worth a person's time: answered by another
   path (labeled by the LLM, the oracle, an import or a re-check; rerouted) or now predicted with at least
   `[argilla] withdraw_confidence`. A record someone has started (any response, a draft too) stays.
+
+Nothing here writes to the store: what a push or a tend means for it (queries withdrawn, the model the records
+show) goes back to the caller, which stores it through the store's transition methods (synthloop.review.tend,
+synthloop.round.hand_out).
 """
 
 from __future__ import annotations
 
 import logging
+import re
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
-from synthloop.store import QueryStatus
+from synthloop.config import ArgillaConfig
+from synthloop.labelers.argilla_sdk import QUESTION, ArgillaUnreachable, sdk
+from synthloop.store import Query, QueryStatus, Store
+from synthloop.task import TaskSpec
+
+if TYPE_CHECKING:  # the labeler calls in here for its policy; at run time the labeler is passed in
+    from synthloop.labelers.argilla import ArgillaLabeler
+    from synthloop.models import TextClassifier
 
 log = logging.getLogger("synthloop.argilla")
 
@@ -42,7 +56,7 @@ class Waiting:
 
     started: bool  # someone answered it (a draft, a discard, or fewer submissions than min_submitted)
     suggestion_id: str | None  # the server id of its pre-selected suggestion, if it has one
-    record: object  # the SDK's record, which deletes by the server's own id
+    record: Any  # the SDK's record, which deletes by the server's own id
 
 
 @dataclass(frozen=True)
@@ -54,7 +68,8 @@ class Pick:
     agent: str
 
 
-def preselect(guess: Guess | None, llm: dict, labels, min_confidence: float, llm_model: str) -> Pick | None:
+def preselect(guess: Guess | None, llm: dict, labels: Sequence[str], min_confidence: float,
+              llm_model: str) -> Pick | None:
     """The model's guess; before there is a model, the LLM's answer; either only when at least
     `min_confidence` sure. An LLM answer without a confidence is not pre-selected."""
     if guess is not None:
@@ -67,13 +82,48 @@ def preselect(guess: Guess | None, llm: dict, labels, min_confidence: float, llm
     return None
 
 
-def room(project, n: int, routed_to: str) -> int:
+def _md(text) -> str:
+    """User text (label names and descriptions, an LLM's answer) as literal Markdown."""
+    return re.sub(r"([\\`*_\[\]<>|~])", r"\\\1", str(text))
+
+
+def hints(query: Query, guess: Guess | None, pick: Pick | None = None, min_confidence: float = 0.0,
+          labels: Sequence = ()) -> str:
+    """Markdown shown beside the text: Argilla keeps one suggestion per question, so the LLM's answer
+    (when the router sent the example on) is shown here and in the metadata; so is a guess too unsure to
+    be pre-selected, and the labels' short descriptions (the UI hides the question's behind an icon and
+    the guidelines in a collapsed panel)."""
+    lines = []
+    if guess is not None:
+        unsure = "" if pick is not None else f" — not pre-selected (below {min_confidence:.2f})"
+        lines.append(f"**Model:** {_md(guess.label)} ({guess.confidence:.2f}){unsure}")
+    llm = (query.meta or {}).get("llm")
+    if llm:
+        answer = llm.get("label") or "no answer"
+        conf = "" if llm.get("confidence") is None else f" ({llm['confidence']:.2f}, {llm.get('confidence_from', '')})"
+        lines.append(f"**LLM {_md(llm.get('model', ''))}:** {_md(answer)}{conf}")
+    lines = lines or ["No suggestion yet."]
+    if labels:
+        lines.append("")
+        lines += [f"- **{_md(label.name)}**: {_md(label.description)}" if label.description
+                  else f"- **{_md(label.name)}**" for label in labels]
+    return "  \n".join(lines)
+
+
+def question_description(task: TaskSpec) -> str:
+    """Shown under the question, where the reviewer looks (the guidelines panel starts collapsed)."""
+    return "; ".join(f"{label.name}: {label.description}" if label.description else label.name
+                     for label in task.labels) + \
+        ". A pre-selected label is the model's guess when it is sure enough; check it before you submit."
+
+
+def room(store: Store, cfg: ArgillaConfig, n: int, routed_to: str) -> int:
     """How many new queries a round may route to Argilla: all `n` without a cap, else what fits under
     `[argilla] max_pending` beside the queries already waiting (pushed or not)."""
-    cap = project.config.argilla.max_pending
+    cap = cfg.max_pending
     if routed_to != NAME or cap is None:
         return n
-    waiting = sum(len(project.store.queries(status=s, routed_to=NAME)) for s in LIVE)
+    waiting = sum(len(store.queries(status=s, routed_to=NAME)) for s in LIVE)
     return max(0, min(n, cap - waiting))
 
 
@@ -81,31 +131,39 @@ def _model_key(dataset: str) -> str:
     return f"argilla:model:{dataset}"
 
 
-def pushed_with(store, dataset: str) -> int | None:
+def pushed_with(store: Store, dataset: str) -> int | None:
     """The model version whose guesses the dataset's waiting records show; None before any push."""
     value = store.get_meta(_model_key(dataset))
     return None if value is None else value.get("version")
 
 
-def remember_model(store, dataset: str, version: int | None) -> None:
-    store.set_meta(_model_key(dataset), {"version": version})
+def model_meta(dataset: str, version: int | None) -> dict[str, dict]:
+    """The fact that the dataset's waiting records now show this model's guesses, as the store keeps it (with
+    the queries a push marks submitted, or with a tend's withdrawals)."""
+    return {_model_key(dataset): {"version": version}}
 
 
 @dataclass
 class TendResult:
+    """What tending the queue did in Argilla, and the fact the store keeps from it (`meta`, which the caller
+    applies through Store.apply: the model the waiting records now show)."""
+
     refreshed: int = 0
     withdrawn: dict[str, int] = field(default_factory=dict)  # reason -> records taken out of the queue
     unreachable: str | None = None  # the error summary when Argilla did not answer
+    meta: dict[str, dict] = field(default_factory=dict)
 
 
-def tend(project, version: int, model, strict: bool = False) -> TendResult | None:
+def tend(labeler: ArgillaLabeler, version: int, model: TextClassifier,
+         withdraw: Callable[[dict[str, dict]], None], strict: bool = False) -> TendResult | None:
     """After a retrain: withdraw what is no longer worth a review, refresh what still waits. Nothing to do
     (None) when nothing was ever pushed or the waiting records already show this model's guesses. Argilla
-    down: logged (raised when strict), and the next round or push tries again."""
-    from synthloop.labelers.argilla import ArgillaLabeler, ArgillaUnreachable
+    down: logged (raised when strict), and the next round or push tries again.
 
-    labeler = ArgillaLabeler(project)
-    store = project.store
+    Writes nothing to the store itself: the queries whose records it deleted go to `withdraw` ({example id:
+    why}; the caller's Store.withdraw) as soon as the records are gone, so a refresh that fails afterwards
+    cannot leave them pending; the result's `meta` is for the caller to apply once all went well."""
+    store = labeler.ctx.store
     if not store.get_meta(_model_key(labeler.dataset_name)) or pushed_with(store, labeler.dataset_name) == version:
         return None
     labeler.use_model(model)
@@ -120,14 +178,14 @@ def tend(project, version: int, model, strict: bool = False) -> TendResult | Non
         guesses = labeler.assess(mine)
         sure = {eid: g.confidence for eid, g in guesses.items() if g is not None}
         confident = []
-        if project.config.argilla.max_pending is not None:
-            bar = project.config.argilla.withdraw_confidence
+        if labeler.cfg.max_pending is not None:
+            bar = labeler.cfg.withdraw_confidence
             confident = [q for q in mine if not waiting[q.example_id].started and q.example_id in sure
                          and sure[q.example_id] >= bar]
         delete_records(labeler, [waiting[eid].record for eid in answered + [q.example_id for q in confident]])
         if confident:
-            store.withdraw({q.example_id: {"reason": "confident", "model_version": version,
-                                           "confidence": round(sure[q.example_id], 3)} for q in confident})
+            withdraw({q.example_id: {"reason": "confident", "model_version": version,
+                                     "confidence": round(sure[q.example_id], 3)} for q in confident})
         result.withdrawn = {k: v for k, v in (("answered", len(answered)), ("confident", len(confident))) if v}
         gone = {q.example_id for q in confident}
         keep = [q for q in mine if q.example_id not in gone]
@@ -140,7 +198,7 @@ def tend(project, version: int, model, strict: bool = False) -> TendResult | Non
         log.warning("%s; the records waiting for reviewers keep their older suggestions until a later round",
                     err.summary)
         return result
-    remember_model(store, labeler.dataset_name, version)
+    result.meta = model_meta(labeler.dataset_name, version)
     if result.withdrawn or result.refreshed:
         log.info("review queue: %d records refreshed with model v%s, withdrawn %s", result.refreshed, version,
                  result.withdrawn or "none")
@@ -149,11 +207,9 @@ def tend(project, version: int, model, strict: bool = False) -> TendResult | Non
 
 # Talking to Argilla about what waits ------------------------------------------------------------------
 
-def waiting_records(labeler) -> dict[str, Waiting]:
+def waiting_records(labeler: ArgillaLabeler) -> dict[str, Waiting]:
     """The dataset's records no annotator has completed, by example id."""
-    from synthloop.labelers.argilla import QUESTION, _sdk
-
-    rg = _sdk()
+    rg = sdk()
     dataset = labeler.ensure_dataset()
     query = rg.Query(filter=rg.Filter([("status", "==", "pending")]))
 
@@ -165,23 +221,24 @@ def waiting_records(labeler) -> dict[str, Waiting]:
             out[str(record.id)] = Waiting(started, None if suggestion is None else str(suggestion.id), record)
         return out
 
-    return labeler._call("list records", fetch)
+    return labeler.call("list records", fetch)
 
 
-def delete_records(labeler, records: list) -> int:
-    """Delete records fetched by waiting_records (the SDK deletes by the server's own record id)."""
+def delete_records(labeler: ArgillaLabeler, records: list) -> int:
+    """Delete records fetched by waiting_records (the SDK deletes by the server's own record id): an Argilla
+    action only; what it means for the queries is the caller's to store."""
     if records:
-        labeler._call("withdraw", labeler.ensure_dataset().records.delete, list(records))
+        labeler.call("withdraw", labeler.ensure_dataset().records.delete, list(records))
     return len(records)
 
 
-def drop_stale_suggestions(labeler, queries, waiting: dict[str, Waiting]) -> int:
+def drop_stale_suggestions(labeler: ArgillaLabeler, queries: Sequence[Query], waiting: dict[str, Waiting]) -> int:
     """Logging a record keeps a suggestion it is not given: one whose guess fell below the pre-selection bar
     is deleted here (the SDK has no call for it; this is the server's REST endpoint for it)."""
     stale = [waiting[q.example_id].suggestion_id for q in queries
              if q.example_id in waiting and waiting[q.example_id].suggestion_id
-             and labeler.pick(labeler._guesses.get(q.example_id), (q.meta or {}).get("llm") or {}) is None]
+             and labeler.pick(labeler.guesses.get(q.example_id), (q.meta or {}).get("llm") or {}) is None]
     http = labeler.client.http_client
     for sid in stale:
-        labeler._call("delete suggestion", lambda s=sid: http.delete(f"/api/v1/suggestions/{s}").raise_for_status())
+        labeler.call("delete suggestion", lambda s=sid: http.delete(f"/api/v1/suggestions/{s}").raise_for_status())
     return len(stale)

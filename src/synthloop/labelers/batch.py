@@ -16,10 +16,12 @@ import dataclasses
 import logging
 import time
 from collections.abc import Sequence
+from typing import ClassVar
 
 import openai
 
 from synthloop.labelers.base import Collected, Submitted
+from synthloop.labelers.context import LabelContext
 from synthloop.labelers.llm import MAX_ANSWER_TOKENS, answer_model, estimated_cost, few_shot_examples, labeling_messages, outcome_of
 from synthloop.llm.batch import batch_results, submit_batch
 from synthloop.llm.pricing import BATCH_DISCOUNT
@@ -38,28 +40,28 @@ def jobs(store, states: Sequence[str] = (JobStatus.OPEN, JobStatus.ANSWERED)) ->
 
 class BatchLabeler:
     name = "llm-batch"
-    defers_on = ()
+    defers_on: ClassVar[tuple[type[BaseException], ...]] = ()
 
-    def __init__(self, project):
-        self.project = project
+    def __init__(self, ctx: LabelContext):
+        self.ctx = ctx
 
     # submit -------------------------------------------------------------------------------------
     def submit(self, queries: Sequence[Query]) -> Submitted:
         """One job for every pending query of this labeler not already in a job: tonight's, plus those an
         earlier night's budget left out (oldest first). Never submits a query twice."""
-        store = self.project.store
+        store = self.ctx.store
         in_job = {eid for job in jobs(store).values() for eid in job.example_ids}
         candidates = {q.id: q for q in store.queries(status="pending", routed_to=self.name)}
         candidates.update({q.id: q for q in queries if q.status == "pending"})
         todo = [candidates[k] for k in sorted(candidates) if candidates[k].example_id not in in_job]
         if not todo:
             return Submitted()
-        task, cfg = self.project.task, self.project.config.llm
-        shots = few_shot_examples(self.project, cfg.few_shot)
-        messages = [labeling_messages(task, q.text, shots, cfg.abstain, self.project.config.limits.max_text_chars)
+        task, cfg = self.ctx.task, self.ctx.config.llm
+        shots = few_shot_examples(store, task, cfg.few_shot)
+        messages = [labeling_messages(task, q.text, shots, cfg.abstain, self.ctx.config.limits.max_text_chars)
                     for q in todo]
-        costs = [estimated_cost(self.project, m) * BATCH_DISCOUNT for m in messages]
-        budget = self.project.budget
+        costs = [estimated_cost(cfg, m) * BATCH_DISCOUNT for m in messages]
+        budget = self.ctx.budget
         # A batch is paid when it finishes, but committed now: tonight's budget bounds it, at its estimate.
         fit = budget.affordable(costs)
         todo, messages, costs = todo[:fit], messages[:fit], costs[:fit]
@@ -67,7 +69,7 @@ class BatchLabeler:
             log.info("llm-batch: the budget left ($%.4f) does not cover one more query; the rest stay pending",
                      budget.left)
             return Submitted()
-        client = self.project.llm_client()
+        client = self.ctx.llm_client()
         batch_id = submit_batch(client, [(q.example_id, m) for q, m in zip(todo, messages)], answer_model(task, cfg.abstain),
                                 metadata={"synthloop": "llm-batch"}, temperature=cfg.label_temperature,
                                 logprobs=cfg.logprobs, max_tokens=MAX_ANSWER_TOKENS)
@@ -82,7 +84,7 @@ class BatchLabeler:
     def collect(self) -> Collected:
         """Labels from every job that has finished; a job still running (or an API that does not answer
         now) is left for the next call. Never waits."""
-        store = self.project.store
+        store = self.ctx.store
         pending = {q.example_id for q in store.queries(status="pending", routed_to=self.name)}
         out = Collected()
         for batch_id, job in jobs(store).items():
@@ -94,7 +96,7 @@ class BatchLabeler:
         return out
 
     def _client(self, model: str):
-        client = self.project.llm_client()
+        client = self.ctx.llm_client()
         if client.model == model:
             return client
         # The project's model changed since the job went out: its answers are priced as the model that gave them.
@@ -103,11 +105,11 @@ class BatchLabeler:
         return other
 
     def _collect_job(self, batch_id: str, job: Job, waiting: list[str]) -> Collected:
-        store, model = self.project.store, job.model or self.project.llm_client().model
+        store, model = self.ctx.store, job.model or self.ctx.llm_client().model
         client = self._client(model)
         try:
             batch = client.sdk.batches.retrieve(batch_id)
-            results = batch_results(client, batch, answer_model(self.project.task, self.project.config.llm.abstain))
+            results = batch_results(client, batch, answer_model(self.ctx.task, self.ctx.config.llm.abstain))
         except (openai.APIConnectionError, openai.APITimeoutError, openai.RateLimitError, openai.InternalServerError) as err:
             log.warning("llm-batch: cannot reach the Batch API for %s now (%s); trying again next run", batch_id,
                         type(err).__name__)

@@ -6,15 +6,20 @@ import logging
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from pydantic import BaseModel, Field, create_model
 
+from synthloop.config import LLMConfig
 from synthloop.labelers.base import Collected, Submitted
+from synthloop.labelers.context import LabelContext
 from synthloop.llm.quoting import DATA_RULE, quote
-from synthloop.store import NewLabel, Query, source_rank
+from synthloop.store import NewLabel, Query, Store, source_rank
 from synthloop.task import TaskSpec
 from synthloop.textcap import DEFAULT_MAX_TEXT_CHARS
+
+if TYPE_CHECKING:
+    from synthloop.llm.client import Result
 
 log = logging.getLogger(__name__)
 
@@ -23,7 +28,8 @@ ABSTAIN = "abstain"
 
 def answer_model(task: TaskSpec, abstain: bool = True) -> type[BaseModel]:
     labels = tuple(task.label_names) + ((ABSTAIN,) if abstain else ())
-    return create_model("LabelAnswer", label=(Literal[labels], ...),
+    choice: Any = Literal[labels]  # a Literal of the task's labels, made at run time
+    return create_model("LabelAnswer", label=(choice, ...),
                         confidence=(float, Field(ge=0.0, le=1.0)))
 
 
@@ -38,15 +44,15 @@ class Outcome:
     transient: bool = False  # the server did not answer: the query may be asked again
 
 
-def few_shot_examples(project, per_class: int) -> list[tuple[str, str]]:
+def few_shot_examples(store: Store, task: TaskSpec, per_class: int) -> list[tuple[str, str]]:
     """Balanced shots: real labels first (deterministic, so prompts stay cacheable), then the task's examples."""
     if per_class <= 0:
         return []
-    by_class: dict[str, list[str]] = {lab: [] for lab in project.task.label_names}
-    for _, text, label, source in project.store.training_set():
-        if source_rank(source) < source_rank("llm") and len(by_class.get(label, [])) < per_class:
-            by_class[label].append(text)
-    for text, label in project.task.examples():
+    by_class: dict[str, list[str]] = {lab: [] for lab in task.label_names}
+    for row in store.training_set():
+        if source_rank(row.source) < source_rank("llm") and len(by_class.get(row.label, [])) < per_class:
+            by_class[row.label].append(row.text)
+    for text, label in task.examples():
         if len(by_class[label]) < per_class:
             by_class[label].append(text)
     return [(text, label) for label, texts in by_class.items() for text in texts]
@@ -93,41 +99,43 @@ def logprob_confidence(logprobs, label: str) -> float | None:
 MAX_ANSWER_TOKENS = 60  # a label and a confidence; also the bound the budget guard relies on
 
 
-def estimated_cost(project, messages: list[dict]) -> float:
+def estimated_cost(cfg: LLMConfig, messages: list[dict]) -> float:
     """An upper estimate of one labeling call: ~3 characters a token in, the answer cap out."""
     from synthloop.llm.pricing import cost_usd
 
     chars = sum(len(m["content"]) for m in messages)
-    return cost_usd(project.config.llm.model, chars // 3 + 20, MAX_ANSWER_TOKENS, prices=project.config.llm.prices)
+    return cost_usd(cfg.model, chars // 3 + 20, MAX_ANSWER_TOKENS, prices=cfg.prices)
 
 
-def label_texts(project, texts: Sequence[str], purpose: str = "label", round_: int | None = None) -> list[Outcome]:
+def label_texts(ctx: LabelContext, texts: Sequence[str], purpose: str = "label",
+                round_: int | None = None) -> list[Outcome]:
     """Label texts with the project's LLM; every call's usage goes to the store."""
-    client = project.llm_client()
-    cfg = project.config.llm
-    schema = answer_model(project.task, cfg.abstain)
-    shots = few_shot_examples(project, cfg.few_shot)
-    cap = project.config.limits.max_text_chars
-    requests = [labeling_messages(project.task, text, shots, cfg.abstain, cap) for text in texts]
+    client = ctx.llm_client()
+    cfg = ctx.config.llm
+    schema = answer_model(ctx.task, cfg.abstain)
+    shots = few_shot_examples(ctx.store, ctx.task, cfg.few_shot)
+    cap = ctx.config.limits.max_text_chars
+    requests = [labeling_messages(ctx.task, text, shots, cfg.abstain, cap) for text in texts]
     results = client.complete_json_many(requests, schema, temperature=cfg.label_temperature, logprobs=cfg.logprobs,
-                                        max_tokens=MAX_ANSWER_TOKENS, on_result=project.usage_recorder(purpose, round_))
+                                        max_tokens=MAX_ANSWER_TOKENS, on_result=ctx.usage_recorder(purpose, round_))
     return [outcome_of(result) for result in results]
 
 
-def outcome_of(result) -> Outcome:
+def outcome_of(result: Result) -> Outcome:
     """What one answer (an llm.client Result, from a direct call or a Batch API job) means: a label with its
     confidence, an abstention, or a failure."""
     cost = result.usage.cost if result.usage else 0.0
     if result.value is None:
         return Outcome(None, None, None, False, result.error or "invalid answer", cost,
                        transient=result.transient)
-    label = result.value.label
+    answer: Any = result.value  # an answer_model instance: its fields are made at run time
+    label = answer.label
     if label == ABSTAIN:
         return Outcome(None, None, None, True, None, cost)
     confidence = logprob_confidence(result.logprobs, label)
     source = "logprobs"
     if confidence is None:
-        confidence, source = result.value.confidence, "self-reported"
+        confidence, source = answer.confidence, "self-reported"
     return Outcome(label, confidence, source, False, None, cost)
 
 
@@ -136,10 +144,10 @@ class LLMLabeler:
     cached in the store, so a run killed midway pays nothing again for what it already asked."""
 
     name = "llm"
-    defers_on = ()
+    defers_on: ClassVar[tuple[type[BaseException], ...]] = ()
 
-    def __init__(self, project):
-        self.project = project
+    def __init__(self, ctx: LabelContext):
+        self.ctx = ctx
 
     def submit(self, queries: Sequence[Query]) -> Submitted:
         return Submitted([q.example_id for q in queries])
@@ -147,28 +155,27 @@ class LLMLabeler:
     def affordable(self, pending: list[Query]) -> list[Query]:
         """The first queries whose estimated cost fits what is left of the budget (nightly's $ cap); the
         rest stay pending for the next run."""
-        budget = self.project.budget
+        budget, cfg = self.ctx.budget, self.ctx.config.llm
         if not budget.capped or not pending:
             return pending
-        shots = few_shot_examples(self.project, self.project.config.llm.few_shot)
-        abstain = self.project.config.llm.abstain
-        cap = self.project.config.limits.max_text_chars
-        costs = [estimated_cost(self.project, labeling_messages(self.project.task, q.text, shots, abstain, cap))
+        shots = few_shot_examples(self.ctx.store, self.ctx.task, cfg.few_shot)
+        cap = self.ctx.config.limits.max_text_chars
+        costs = [estimated_cost(cfg, labeling_messages(self.ctx.task, q.text, shots, cfg.abstain, cap))
                  for q in pending]
         return pending[:budget.affordable(costs)]
 
     def answer(self, pending: list[Query]) -> list[Outcome]:
-        outcomes = label_texts(self.project, [q.text for q in pending], round_=self.project.store.current_round())
-        self.project.budget.spend(sum(o.cost for o in outcomes))
+        outcomes = label_texts(self.ctx, [q.text for q in pending], round_=self.ctx.store.current_round())
+        self.ctx.budget.spend(sum(o.cost for o in outcomes))
         return outcomes
 
     def to_label(self, query: Query, outcome: Outcome) -> NewLabel:
-        return NewLabel(query.example_id, outcome.label, f"llm:{self.project.config.llm.model}", outcome.confidence,
+        assert outcome.label is not None, "only an answer with a label becomes one"
+        return NewLabel(query.example_id, outcome.label, f"llm:{self.ctx.config.llm.model}", outcome.confidence,
                         outcome.cost, meta={"confidence_from": outcome.confidence_from})
 
     def collect(self) -> Collected:
-        store = self.project.store
-        pending = self.affordable(store.queries(status="pending", routed_to=self.name, submitted=True))
+        pending = self.affordable(self.ctx.store.queries(status="pending", routed_to=self.name, submitted=True))
         if not pending:
             return Collected()
         return self.outcomes(pending, self.answer(pending))
@@ -177,7 +184,7 @@ class LLMLabeler:
         """What the answers mean for their queries: a label, an abstention (skipped), a failure (with the error
         as its reason), or no answer from the server (asked again, up to [llm] max_unanswered times)."""
         out = Collected()
-        limit = self.project.config.llm.max_unanswered
+        limit = self.ctx.config.llm.max_unanswered
         for query, outcome in zip(pending, answers):
             if outcome.label is not None:
                 out.labels.append(self.to_label(query, outcome))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import ClassVar
 
 from synthloop.labelers.base import Collected, Submitted
 from synthloop.store import NewLabel, Query, Store
@@ -10,7 +11,7 @@ from synthloop.store import NewLabel, Query, Store
 
 class OracleLabeler:
     name = "oracle"
-    defers_on = ()
+    defers_on: ClassVar[tuple[type[BaseException], ...]] = ()
 
     def __init__(self, store: Store):
         self.store = store

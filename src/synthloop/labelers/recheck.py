@@ -2,27 +2,35 @@
 quality check, cleanlab's ranking) go to a separate Argilla dataset, `<dataset>-recheck`, with the stored
 label as the suggestion. What reviewers submit there is stored as `human:<username>`; among labels of the
 same rank the newest wins, so a reviewer's correction replaces the label it re-checked.
+
+This module talks to Argilla only; `synthloop.review` picks the labels to re-check and stores the answers.
 """
 
 from __future__ import annotations
 
-from synthloop.errors import SynthloopError
-from synthloop.labelers.argilla import QUESTION, ArgillaLabeler, PullResult, PushResult, _sdk
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from synthloop.labelers.argilla import ArgillaLabeler, PushResult
+from synthloop.labelers.argilla_sdk import QUESTION, sdk
+from synthloop.labelers.context import LabelContext
+from synthloop.store import NewLabel
 
 SUFFIX = "-recheck"
 
 
-def push_suspicious(project, n: int = 20, on_chunk=None) -> PushResult:
-    from synthloop.report import label_quality
+@dataclass
+class Rechecked:
+    """What reviewers submitted in the re-check dataset, resolved by majority (not stored yet)."""
 
-    if project.store.latest_model() is None:
-        raise SynthloopError("no model yet: run `synthloop train` or a round first")
-    _, model = project.load_model()
-    quality = label_quality(project, model)
-    rows = quality["suspicious"][:n]
-    if not rows:
-        raise SynthloopError(quality.get("note") or "no real labels to re-check yet")
-    rg = _sdk()
+    labels: list[NewLabel] = field(default_factory=list)
+    ties: list[str] = field(default_factory=list)
+    waiting: int = 0
+
+
+def push(ctx: LabelContext, rows: list[dict], on_chunk: Callable[[int, int], None] | None = None) -> PushResult:
+    """Send label-quality rows (report.label_quality's `suspicious`) as records, the stored label suggested."""
+    rg = sdk()
 
     def to_records(chunk: list[dict]) -> list:
         return [rg.Record(
@@ -35,15 +43,14 @@ def push_suspicious(project, n: int = 20, on_chunk=None) -> PushResult:
             suggestions=[rg.Suggestion(question_name=QUESTION, value=row["given"], agent="stored-label")],
         ) for row in chunk]
 
-    labeler = ArgillaLabeler(project, dataset_suffix=SUFFIX)
+    labeler = ArgillaLabeler(ctx, dataset_suffix=SUFFIX)
     pushed = labeler.log(rows, to_records, on_chunk=on_chunk)
     return PushResult(pushed, labeler.dataset_name, labeler.url)
 
 
-def pull_rechecked(project) -> PullResult:
-    labeler = ArgillaLabeler(project, dataset_suffix=SUFFIX)
+def collect(ctx: LabelContext) -> Rechecked:
+    labeler = ArgillaLabeler(ctx, dataset_suffix=SUFFIX)
     if labeler.existing_dataset() is None:
-        return PullResult(0, 0)
+        return Rechecked()
     labels = labeler.resolve_all(labeler.responses())
-    added = project.store.record_labels(labels, project.store.current_round())
-    return PullResult(added, len({x.example_id for x in labels}), labeler.ties, labeler.waiting)
+    return Rechecked(labels, labeler.ties, labeler.waiting)

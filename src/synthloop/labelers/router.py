@@ -11,8 +11,10 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import ClassVar
 
 from synthloop.labelers.base import Collected, Submitted
+from synthloop.labelers.context import LabelContext
 from synthloop.labelers.llm import LLMLabeler, Outcome
 from synthloop.store import Query
 
@@ -38,11 +40,11 @@ def decide(outcome: Outcome, prediction: tuple[str, float] | None, llm_min_confi
 
 class HybridLabeler:
     name = "hybrid"
-    defers_on = ()
+    defers_on: ClassVar[tuple[type[BaseException], ...]] = ()
 
-    def __init__(self, project):
-        self.project = project
-        self.llm = LLMLabeler(project)
+    def __init__(self, ctx: LabelContext):
+        self.ctx = ctx
+        self.llm = LLMLabeler(ctx)
         self.routed: dict[str, int] = {}  # reason -> count, for the last collect
 
     def submit(self, queries: Sequence[Query]) -> Submitted:
@@ -53,14 +55,13 @@ class HybridLabeler:
         answer beside them (the round reroutes them and pushes them out)."""
         from synthloop.labelers.argilla import ArgillaLabeler
 
-        store = self.project.store
-        pending = self.llm.affordable(store.queries(status="pending", routed_to=self.name, submitted=True))
+        pending = self.llm.affordable(self.ctx.store.queries(status="pending", routed_to=self.name, submitted=True))
         if not pending:
             return Collected()
-        humans = ArgillaLabeler(self.project)
+        humans = ArgillaLabeler(self.ctx)
         predictions = humans.predictions([q.text for q in pending])
-        cfg = self.project.config.router
-        model_name = self.project.config.llm.model
+        cfg = self.ctx.config.router
+        model_name = self.ctx.config.llm.model
         out = Collected()
         self.routed = {}
         for query, outcome, prediction in zip(pending, self.llm.answer(pending), predictions):
