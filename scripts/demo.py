@@ -111,7 +111,7 @@ def main() -> None:
 NEXT_STEPS = [
     "open the report above in a browser: the learning curve, the costs, the synthetic data",
     "your own task: .venv/bin/synthloop init myproj --task examples/sms_spam/task.toml, then",
-    "  cd myproj && ../.venv/bin/synthloop import POOL.csv && ../.venv/bin/synthloop round  (see README: CLI)",
+    "  cd myproj && ../.venv/bin/synthloop import POOL.csv && ../.venv/bin/synthloop round  (see docs/cli.md)",
     "a better local LLM: .venv/bin/synthloop llm install qwen-1.5b && .venv/bin/synthloop llm serve --model qwen-1.5b",
     "the test suite: make test",
 ]

@@ -16,6 +16,7 @@ was written. Library warnings go to the same log, not to the terminal.
 from __future__ import annotations
 
 import functools
+import importlib
 import inspect
 import logging
 import tempfile
@@ -25,13 +26,17 @@ import warnings
 from pathlib import Path
 from typing import Annotated
 
-import click
 import typer
 from rich.markup import escape
 
 from synthloop.config import STATE_DIR
 from synthloop.console import console
 from synthloop.errors import EXIT_FAILED, SynthloopError, exit_code, explain
+
+# The click whose ClickException typer raises: recent typer vendors it (typer._click) and no longer installs click,
+# older typer uses click itself (and its typer.Exit is click's Exit). `import click` broke the CLI in a venv that
+# nothing else had pulled click into (make demo's).
+click_exceptions = importlib.import_module(typer.BadParameter.__module__)
 
 err = console(stderr=True)
 WaitOpt = Annotated[float, typer.Option("--wait", min=0, help="Seconds to wait for another synthloop command "
@@ -91,7 +96,7 @@ def cli_command(writes: str | None = None):
                         with project_lock(Path(project or ".") / STATE_DIR, writes, wait):
                             return fn(*args, **kwargs)
                     return fn(*args, **kwargs)
-                except (typer.Exit, typer.Abort, click.exceptions.ClickException, click.exceptions.Exit):
+                except (typer.Exit, typer.Abort, click_exceptions.ClickException):
                     raise
                 except KeyboardInterrupt:
                     err.print("[yellow]interrupted:[/] what was stored so far is kept; run the command again to resume")
