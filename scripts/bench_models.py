@@ -25,7 +25,9 @@ from synthloop.models import HybridFeaturizer, TextClassifier, label_prompts
 
 BUDGETS = [0, 25, 50, 100, 200, 500]
 TASK_WEIGHT = 0.5  # ModelConfig.synthetic_weight: task examples weigh this much against a real label
-COLD_START = "synthloop.coldstart:cold_start"
+# Each seed draws this share of the pool (its own random subset, the same for every model and strategy), so
+# the deterministic strategies (margin, entropy, cold-start) also vary by seed and 3 seeds are 3 runs.
+POOL_FRAC = 0.9
 
 # Named model configurations. "features": which cached matrices; the rest are TextClassifier parameters.
 CONFIGS: dict[str, dict] = {
@@ -128,7 +130,8 @@ def evaluate(y_true, y_pred) -> dict:
             "macro_f1": float(f1_score(y_true, y_pred, average="macro", labels=sorted(set(y_true)), zero_division=0))}
 
 
-def run(data: dict, feats, cfg: dict, strategy: str, seed: int, budget: int = 500, batch: int = 25) -> dict:
+def run(data: dict, feats, cfg: dict, strategy, seed: int, budget: int = 500, batch: int = 25,
+        pool_frac: float = POOL_FRAC) -> dict:
     featurizer, X = feats
     n_pool, n_test = len(data["pool_text"]), len(data["test_text"])
     X_pool, X_test = X[:n_pool], X[n_pool:n_pool + n_test]
@@ -138,10 +141,14 @@ def run(data: dict, feats, cfg: dict, strategy: str, seed: int, budget: int = 50
     task_rows = [(t, lab) for t, lab in data["spec"].examples()] if cfg.get("task_rows", True) else []
     X_task = featurizer.transform([t for t, _ in task_rows]) if task_rows else None
     rng = np.random.default_rng(seed)
+    allowed = np.ones(n_pool, dtype=bool)
+    if pool_frac < 1:  # the seed's share of the pool; its own generator, so every strategy gets the same share
+        allowed[:] = False
+        allowed[np.random.default_rng(10_000 + seed).choice(n_pool, round(pool_frac * n_pool), replace=False)] = True
     labeled: list[int] = []
     if cfg.get("start_per_class"):
         for lab in labels:
-            idx = np.flatnonzero(data["pool_y"] == lab)
+            idx = np.flatnonzero((data["pool_y"] == lab) & allowed)
             labeled += list(rng.choice(idx, min(cfg["start_per_class"], len(idx)), replace=False))
     curve, started, cpu0 = [], time.perf_counter(), _cpu()
     rounds = 0
@@ -169,7 +176,7 @@ def run(data: dict, feats, cfg: dict, strategy: str, seed: int, budget: int = 50
             break
         # Steps of `batch`, aligned to multiples of it (plain-tfidf starts at 2 per class).
         k = min(batch - n % batch, budget - n)
-        mask = np.ones(n_pool, dtype=bool)
+        mask = allowed.copy()
         mask[labeled] = False
         rest = np.flatnonzero(mask)
         if model is None or strategy == "random":
@@ -181,7 +188,8 @@ def run(data: dict, feats, cfg: dict, strategy: str, seed: int, budget: int = 50
                 picked, _ = active.select(strategy, model, X_pool[rest], k, seed=seed + rounds)
         labeled += list(rest[picked])
         rounds += 1
-    return {"dataset": data["name"], "config": None, "strategy": strategy, "seed": seed, "curve": curve,
+    return {"dataset": data["name"], "config": None, "strategy": strategy, "seed": seed, "pool_frac": pool_frac,
+            "pool": int(allowed.sum()), "test": n_test, "curve": curve,
             "seconds": round(time.perf_counter() - started, 2), "cpu_seconds": round(_cpu() - cpu0, 2)}
 
 
@@ -190,12 +198,27 @@ def _cpu() -> float:
     return r.ru_utime + r.ru_stime
 
 
+def _plain_margin(classifier, X, n, seed=0):
+    return active.margin(classifier, X, n)
+
+
 def _strategies():
     from functools import partial
 
     from synthloop import coldstart as cs
 
-    return {"margin": "margin", "entropy": "entropy", "random": "random", "cold-start": COLD_START,
+    # "cold-start" is the product's strategy by name (synthloop.active, seeded as the loop seeds it).
+    return {"margin": "margin", "entropy": "entropy", "random": "random", "cold-start": "cold-start",
+            # The previous default: central picks until 2 labels per class (no bound in batches), then margin.
+            "cold-start-v1": partial(cs.cold_start, batches=None, then=_plain_margin),
+            # The bounded phase, then plain margin: the bound's effect alone.
+            "cold-start-bounded": partial(cs.cold_start, then=_plain_margin),
+            # Diverse margin over more candidates: 50 * n most uncertain (the default clusters 10 * n).
+            "cold-start-b50": partial(cs.cold_start, then=partial(cs.diverse_margin, beta=50)),
+            # Diverse margin over the pool / (1 + labels / n) most uncertain, at least 10 * n.
+            "cold-start-widen": partial(cs.cold_start, then=partial(cs.diverse_margin, widen=True)),
+            # Diverse margin from the first batch on (no central-pick phase).
+            "diverse-margin": cs.diverse_margin,
             "cold-start-unc": partial(cs.cold_start, pick="uncertain"),
             "mix": cs.margin_and_random,
             "cold-start-mix": partial(cs.cold_start, then=cs.margin_and_random),
@@ -213,13 +236,14 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=1)
     parser.add_argument("--budget", type=int, default=500)
     parser.add_argument("--batch", type=int, default=25)
+    parser.add_argument("--pool-frac", type=float, default=POOL_FRAC, help="share of the pool each seed draws")
     parser.add_argument("--out", type=Path, required=True, help="JSON lines file the runs are appended to")
     args = parser.parse_args()
     done = set()
     if args.out.exists():
         for line in args.out.read_text().splitlines():
             r = json.loads(line)
-            done.add((r["dataset"], r["config"], r["strategy"], r["seed"], r["budget"]))
+            done.add((r["dataset"], r["config"], r["strategy"], r["seed"], r["budget"], r.get("pool_frac", 1.0)))
     for name in args.datasets:
         data = bf.load(name)
         for config in args.configs:
@@ -229,9 +253,9 @@ def main() -> None:
                 if config == "plain-tfidf" and strategy != "margin":
                     continue  # the baseline script uses margin only
                 for seed in range(args.seeds):
-                    if (name, config, strategy, seed, args.budget) in done:
+                    if (name, config, strategy, seed, args.budget, args.pool_frac) in done:
                         continue
-                    r = run(data, feats, cfg, STRATEGY_NAMES[strategy], seed, args.budget, args.batch)
+                    r = run(data, feats, cfg, STRATEGY_NAMES[strategy], seed, args.budget, args.batch, args.pool_frac)
                     r.update(config=config, strategy=strategy, budget=args.budget, batch=args.batch, load=os.getloadavg())
                     with args.out.open("a") as fh:
                         fh.write(json.dumps(r) + "\n")

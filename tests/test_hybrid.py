@@ -117,7 +117,7 @@ def test_tfidf_without_labels_is_refused_as_before():
             ["one text", "another text"], ["a", "a"])
 
 
-def test_cold_start_spreads_picks_then_hands_over_to_margin(sms, embedding_packages, store_dir):
+def test_cold_start_spreads_picks_then_hands_over_to_diverse_margin(sms, embedding_packages, store_dir):
     from synthloop import active
     from synthloop.coldstart import cold_start
 
@@ -146,7 +146,28 @@ def test_cold_start_spreads_picks_then_hands_over_to_margin(sms, embedding_packa
     model.fit([texts[i] for i in rows], list(pool.label.iloc[rows]))  # 2 real labels per class: phase over
     X = model.transform(texts)  # the refit made a new featurizer: the pool's rows under it
     again, _ = cold_start(active.FittedView(model), X, 10)
-    np.testing.assert_array_equal(np.sort(again), np.sort(active.select("margin", model, X, 10)[0]))
+    # Phase over: diverse margin, the most uncertain text of each of 10 clusters among the 100 most uncertain.
+    top100 = active.select("margin", model, X, 100)[0]
+    assert set(again.tolist()) <= set(top100.tolist()) and len(set(again.tolist())) == 10
+    emb = model.featurizer_.embedding_block(X)
+    clusters, _ = kmeans(emb[top100], 10, 0)
+    position = {int(i): p for p, i in enumerate(top100)}
+    assert len({int(clusters[position[int(i)]]) for i in again}) == 10
+    assert top100[0] in again  # the most uncertain text of all leads its cluster
+
+
+def test_cold_start_phase_is_bounded_in_batches():
+    """77 classes at 2 labels each would be 154 labels of central picks: the phase also ends after 2 batches."""
+    from types import SimpleNamespace
+
+    from synthloop.coldstart import phase_done
+
+    counts = {f"c{i}": (1 if i < 20 else 0) for i in range(77)}
+    assert not phase_done(SimpleNamespace(real_counts_=counts), n=25)  # 20 labels < 2 batches of 25
+    counts.update({f"c{i}": 1 for i in range(50)})
+    assert phase_done(SimpleNamespace(real_counts_=counts), n=25)  # 50 labels: 2 batches
+    assert not phase_done(SimpleNamespace(real_counts_=counts), n=25, batches=None)  # unbounded: needs 2 each
+    assert phase_done(SimpleNamespace(real_counts_={"a": 2, "b": 3}), n=25)  # 2 per class: done at once
 
 
 def test_project_round_zero_without_examples_is_zero_shot(tmp_path, small_pool, embedding_packages):

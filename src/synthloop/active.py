@@ -66,11 +66,11 @@ def random_sampling(classifier, X, n: int, seed: int = 0):
     return rng.choice(X.shape[0], size=n, replace=False), None
 
 
-def cold_start(classifier, X, n: int):
-    """Diverse picks until every class has a few real labels, then margin (synthloop.coldstart)."""
+def cold_start(classifier, X, n: int, seed: int = 0):
+    """Diverse picks until every class has a few real labels, then diverse margin (synthloop.coldstart)."""
     from synthloop.coldstart import cold_start as pick
 
-    return pick(classifier, X, n)
+    return pick(classifier, X, n, seed=seed)
 
 
 STRATEGIES: dict[str, Callable] = {
@@ -122,7 +122,7 @@ def select(strategy: str, model, X, n: int, X_training=None, seed: int = 0) -> t
         return np.array([], dtype=int), None
     func = get_strategy(strategy)
     view = FittedView(model, X_training)
-    result = func(view, X, n, seed=seed) if func is random_sampling else func(view, X, n)
+    result = func(view, X, n, seed=seed) if func in (random_sampling, cold_start) else func(view, X, n)
     indices, scores = result if isinstance(result, tuple) else (result, None)
     indices = np.asarray(indices, dtype=int).ravel()
     return indices, (None if scores is None else np.asarray(scores, dtype=float).ravel())

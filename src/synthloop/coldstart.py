@@ -1,9 +1,14 @@
-"""Cold start: diverse first queries until every class has a few real labels, then margin.
+"""Cold start: diverse first queries until every class has a few real labels, then diverse margin.
 
 Uncertainty sampling on a model trained on a handful of labels picks outliers the model knows nothing about;
-spreading the first batches over the pool (k-means on the sentence embeddings, one pick per cluster) finds
-the classes and the typical texts first. Within a cluster the pick is the text the current model (zero-shot
-at first) is least sure of, so the phase is still informed by the labels' names and descriptions.
+spreading the first batches over the pool (k-means on the sentence embeddings, the most central text per
+cluster) finds the classes and the typical texts first. The phase is bounded in batches as well as in labels
+per class: on 77 classes, "2 labels each" would take more than 500 labels of central picks, which fall behind
+margin and random long before that (benchmarks/al.md).
+
+After the phase, a batch is the most uncertain text of each k-means cluster among the most uncertain texts
+(Zhdanov 2019, "diverse mini-batch active learning"): plain margin fills a batch of 25 with near-duplicates
+of one confusion; one per cluster spreads it over the confusions the model has.
 """
 
 from __future__ import annotations
@@ -12,21 +17,26 @@ from typing import Any
 
 import numpy as np
 
-from synthloop.measures import ranked_by, uncertainty
+from synthloop.measures import ranked_by, top_k, uncertainty
 
 margin = ranked_by("margin")  # what follows the diversity phase (the same strategy as active.margin)
 
-# Real labels each class needs before the diversity phase ends.
+# Real labels each class needs before the diversity phase ends ...
 LABELS_PER_CLASS = 2
+# ... or this many batches' worth of real labels, whichever comes first.
+PHASE_BATCHES = 2
+# Diverse margin clusters the BETA * n most uncertain texts into n clusters.
+BETA = 10
 # k-means runs on at most this many candidates (a random sample of a larger pool): its cost stays flat.
 MAX_CANDIDATES = 20_000
 
 
-def phase_done(model, k: int = LABELS_PER_CLASS) -> bool:
+def phase_done(model, k: int = LABELS_PER_CLASS, n: int = 0, batches: float | None = PHASE_BATCHES) -> bool:
+    """Whether every class has k real labels, or (with batches) the model has batches * n real labels."""
     counts = getattr(model, "real_counts_", None)
     if not counts:
         return False
-    return min(counts.values()) >= k
+    return min(counts.values()) >= k or (batches is not None and sum(counts.values()) >= batches * n)
 
 
 def kmeans(points, k: int, seed: int = 0, iterations: int = 10) -> tuple[np.ndarray, np.ndarray]:
@@ -64,16 +74,16 @@ def kmeans(points, k: int, seed: int = 0, iterations: int = 10) -> tuple[np.ndar
 
 
 def cold_start(classifier, X, n: int, k: int = LABELS_PER_CLASS, seed: int = 0, pick: str = "central",
-               then=None):
+               then=None, batches: float | None = PHASE_BATCHES):
     """A modAL-style strategy: `(learner, X, n) -> (indices, scores)`; the learner wraps a fitted TextClassifier.
 
-    While some class has fewer than k real labels: k-means with n clusters over the pool's embeddings, and per
-    cluster the text nearest its centre (pick="central") or the one the model is least sure of ("uncertain").
-    Afterwards `then` (margin by default)."""
+    While some class has fewer than k real labels (and fewer than batches * n real labels in all): k-means with
+    n clusters over the pool's embeddings, and per cluster the text nearest its centre (pick="central") or the
+    one the model is least sure of ("uncertain"). Afterwards `then(classifier, X, n, seed=...)` (diverse
+    margin by default)."""
     model = getattr(classifier, "model", classifier)
-    then = then or margin
-    if phase_done(model, k) or X.shape[0] <= n:
-        return then(classifier, X, n)
+    if phase_done(model, k, n, batches) or X.shape[0] <= n:
+        return (then or diverse_margin)(classifier, X, n, seed=seed)
     rng = np.random.default_rng(seed)
     candidates = np.arange(X.shape[0])
     if len(candidates) > MAX_CANDIDATES:
@@ -97,6 +107,33 @@ def cold_start(classifier, X, n: int, k: int = LABELS_PER_CLASS, seed: int = 0, 
         picked += list(rest[np.argsort(-scores[rest], kind="stable")[:n - len(picked)]])
     chosen = np.asarray(picked, dtype=int)
     return candidates[chosen], scores[chosen]
+
+
+def diverse_margin(classifier, X, n: int, seed: int = 0, beta: int = BETA, widen: bool = False):
+    """The most uncertain (margin) text of each of n k-means clusters over the beta * n most uncertain texts;
+    clusters on the sentence embeddings (a model without them: its own features). With widen, the candidates
+    are at least the pool / (1 + real labels / n): a model that has seen few batches is trusted less, so its
+    batch is spread over more of the pool."""
+    scores = uncertainty("margin", classifier.predict_proba(X))
+    if X.shape[0] <= n or beta <= 1:
+        return margin(classifier, X, n)
+    model = getattr(classifier, "model", classifier)
+    m = beta * n
+    if widen:
+        labels = sum((getattr(model, "real_counts_", None) or {}).values())
+        m = max(m, X.shape[0] * n // (labels + n))
+    top, top_scores, _ = top_k(np.arange(X.shape[0]), scores, m)
+    from synthloop.models import embedding_rows
+
+    points = embedding_rows(model.featurizer_, X[top])
+    clusters, _ = kmeans(X[top] if points is None else points, n, seed)
+    picked = [members[np.argmax(top_scores[members])] for c in range(n)
+              if len(members := np.flatnonzero(clusters == c))]
+    if len(picked) < n:  # empty clusters: the most uncertain of the rest (top is sorted, most uncertain first)
+        picked += [i for i in range(len(top)) if i not in set(picked)][:n - len(picked)]
+    chosen = np.asarray(picked, dtype=int)
+    order = np.lexsort((top[chosen], -top_scores[chosen]))  # most uncertain first, as margin returns them
+    return top[chosen][order], top_scores[chosen][order]
 
 
 def margin_and_random(classifier, X, n: int, seed: int = 0, share: float = 0.5):
