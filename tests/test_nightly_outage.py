@@ -87,6 +87,19 @@ def test_an_outage_is_a_field_a_warning_once_and_an_exit_status_if_asked(night):
     assert len(rows) == 2 and all(" done " in row for row in rows)
 
 
+def test_a_round_during_an_outage_says_so_beside_its_table(night):
+    root, env = night
+    shown = cli(root, "round", env=env)
+    assert shown.returncode == 0, shown.stderr  # a round never waits for reviewers
+    lines = shown.stdout.splitlines()
+    assert [line for line in lines if line.startswith("outage:")] == [
+        f"outage: {CLOSED} did not answer: 10 queries not pushed, 0 pushed ones whose labels wait on the server"]
+    assert shown.stderr.count("did not answer (connect)") == 1 and "Traceback" not in shown.stderr
+    again = cli(root, "round", "--json", env=env)
+    assert again.returncode == 0, again.stderr
+    assert json.loads(again.stdout)["outage"] == {"unreachable": [CLOSED], "not_pushed": 20, "labels_waiting": 0}
+
+
 def test_the_report_says_when_labels_arrived_after_training():
     from synthloop.nightly_report import model_line
 

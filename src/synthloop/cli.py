@@ -168,14 +168,17 @@ def round_(labeler: Annotated[str | None,
                               typer.Option(help="Route this round's queries to this labeler (oracle, llm, argilla, hybrid).")] = None,
            project: ProjectOpt = Path("."), as_json: JsonOpt = False):
     """One full round: collect labels, train, evaluate, top up minority classes, select, route."""
-    from synthloop.nightly_report import run_logging
+    from synthloop.nightly_report import outage, outage_line, run_logging
 
     proj = _open(project)
     # Warnings (e.g. Argilla down: queried is not pushed) come once each, after the table, not mid-spinner.
     with run_logging(None, stderr=io.StringIO()) as warned, err.status("running a round"):
         result = proj.round(labeler=labeler)
-    if not _emit(asdict(result), as_json):
+    down = outage(proj)  # a server that did not answer: the table alone would look like a normal round
+    if not _emit({**asdict(result), "outage": down}, as_json):
         out.print(_round_table([result]))
+        if down:
+            out.print(f"outage: {escape(outage_line(down))}", highlight=False)
     for warning in warned:
         err.print(f"[yellow]warning:[/] {escape(warning)}", highlight=False, soft_wrap=True)
 

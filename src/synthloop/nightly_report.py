@@ -88,6 +88,12 @@ def outage(project) -> dict | None:
             "labels_waiting": len(store.queries(status="pending", routed_to="argilla", submitted=True))}
 
 
+def outage_line(out: dict) -> str:
+    """An outage as a person reads it (the nightly report, `synthloop round`)."""
+    return (f"{', '.join(out['unreachable'])} did not answer: {_plural(out['not_pushed'], 'query', 'queries')} not "
+            f"pushed, {out['labels_waiting']} pushed ones whose labels wait on the server")
+
+
 def rounded(value, digits: int = 4):
     """Figures as a person reads them: 0.8682, not 0.8681541582150102."""
     if isinstance(value, float):
@@ -138,8 +144,7 @@ def report_lines(summary: dict) -> list[tuple[str, str]]:
                                    f"${batch['estimated_cost']:.4f}); {_plural(batch['open_jobs'], 'job')} running")))
     rows.append(("test accuracy", f"{accuracy} (macro-F1 {macro})"))  # the model row says what it was trained on
     if out:
-        rows.append(("outage", (f"{', '.join(out['unreachable'])} did not answer: {out['not_pushed']} queries not "
-                                f"pushed, {out['labels_waiting']} pushed ones whose labels wait on the server")))
+        rows.append(("outage", outage_line(out)))
     for warning in summary.get("warnings") or []:
         rows.append(("warning", warning))
     rows.append(("seconds", f"{summary['seconds']:.1f}"))
