@@ -135,13 +135,13 @@ def child_small_text(template: str) -> dict:
     from synthloop.models import make_featurizer
 
     project = Project(template)
-    labeled = project.store.training_set()  # (id, text, label, source)
+    labeled = project.store.training_set()
     ids, texts = project.store.unlabeled_pool()
-    gold = dict(project.store.engine.connect().exec_driver_sql("SELECT id, gold FROM examples WHERE gold IS NOT NULL").all())
+    gold = project.store.gold_for(ids)
     project.close()
-    all_ids = [r[0] for r in labeled] + ids
-    all_texts = [r[1] for r in labeled] + texts
-    y_true = np.array([0 if (r[2] if i < len(labeled) else gold[all_ids[i]]) == "a" else 1
+    all_ids = [r.example_id for r in labeled] + ids
+    all_texts = [r.text for r in labeled] + texts
+    y_true = np.array([0 if (r.label if i < len(labeled) else gold[all_ids[i]]) == "a" else 1
                        for i, r in enumerate(labeled + [None] * len(ids))])
     rounds = []
     start = _clock()
