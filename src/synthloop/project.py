@@ -26,6 +26,7 @@ from synthloop.round import RoundResult, check_choices, close_round, run_round
 from synthloop.selection import Cached, InMemory, Scorer, Streamed
 from synthloop.store import NewLabel, QueryStatus, Store
 from synthloop.task import TaskSpec, load_task
+from synthloop.textcap import count_over
 
 # Whole-pool feature matrices are kept in memory between rounds of one process only up to this size.
 FEATURE_CACHE_MAX_ROWS = 200_000
@@ -44,6 +45,7 @@ class ImportResult:
     labels_added: int
     other_split: int  # texts already stored in the other split, left where they are
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (line, reason) of rows left out (skip_invalid)
+    over_max_chars: int = 0  # texts longer than [limits] max_text_chars: stored whole, seen capped
 
 
 class _StoreCache:
@@ -134,6 +136,7 @@ class Project:
         # is what the store held before this import, never a row an earlier batch added.
         stored = self.store.existing_ids(batch.ids)
         rows, new_labels = [], []
+        result.over_max_chars += count_over(batch.texts, self.config.limits.max_text_chars)
         for eid, text, label in zip(batch.ids, batch.texts, batch.labels):
             if stored.get(eid, split) != split:
                 result.other_split += 1
