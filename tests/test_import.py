@@ -51,6 +51,18 @@ def test_test_split_needs_labels_and_keeps_them_hidden(project, example_dir):
     assert project.store.training_set() == []
 
 
+def binary_parquet() -> bytes:
+    """A Parquet file whose text column holds bytes, not strings (used to be reported as "empty text")."""
+    import io
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    out = io.BytesIO()
+    pq.write_table(pa.table({"text": [b"abc", b"\xff\xfe"]}), out)
+    return out.getvalue()
+
+
 def write(tmp_path, name, content: bytes):
     path = tmp_path / name
     path.write_bytes(content)
@@ -72,6 +84,9 @@ def write(tmp_path, name, content: bytes):
     ("conflict.csv", b"text,label\nwin cash,spam\nhello,ham\nwin cash,ham\n", {"label_col": "label"},
      r"1 text\(s\) appear with two different labels \(line 2, line 4\)"),
     ("odd.xlsx", b"whatever", {}, "unsupported file type"),
+    ("ragged.csv", b"text,label\nhello,ham\nwin,spam,extra,more\n", {"label_col": "label"},
+     r"could not be read as csv.*Expected 2 fields in line 3, saw 4"),
+    ("binary.parquet", binary_parquet(), {}, r"row 1: the text is binary data, not a string; row 2: the text is binary"),
     ("broken.jsonl", b'{"text": "a"}\n{"text": \n', {}, "could not be read as jsonl"),
 ])
 def test_bad_input_is_refused_and_store_untouched(project, example_dir, tmp_path, name, content, kwargs, message):

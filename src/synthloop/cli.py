@@ -113,6 +113,10 @@ def import_(file: Annotated[Path, typer.Argument(help="CSV, TSV, JSONL or Parque
         other = "pool" if split == "test" else "test split"
         out.print(f"{result.other_split} of these texts are already in the {other}: the stored copy wins, so they "
                   f"stay in the {other} and are not added to the {split}", markup=False)
+    if result.over_max_chars:
+        cap = proj.config.limits.max_text_chars
+        out.print(f"{result.over_max_chars} text(s) are longer than [limits] max_text_chars ({cap:,} characters): "
+                  f"they are stored whole, and the model and LLM prompts see their first {cap:,} characters", markup=False)
     if result.skipped:
         err.print(f"skipped {len(result.skipped)} invalid row(s), listed in {data['skipped_file']}:", markup=False)
         for where, why in result.skipped[:20]:

@@ -7,8 +7,9 @@ fix. `Unavailable` and `Locked` say "nothing was wrong with what you asked; try 
 from __future__ import annotations
 
 # sysexits.h codes a scheduler can act on: 69 (EX_UNAVAILABLE) "a server did not answer, retry later",
-# 75 (EX_TEMPFAIL) "another run is at work, nothing was done".
-EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_UNAVAILABLE, EXIT_LOCKED = 0, 1, 2, 69, 75
+# 74 (EX_IOERR) "the disk is full: free space, then run again", 75 (EX_TEMPFAIL) "another run is at work, nothing
+# was done".
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_UNAVAILABLE, EXIT_IOERR, EXIT_LOCKED = 0, 1, 2, 69, 74, 75
 
 
 class SynthloopError(ValueError):
@@ -27,6 +28,13 @@ class Unavailable(SynthloopError):
 
     exit_code = EXIT_UNAVAILABLE
     label = "unavailable"
+
+
+class DiskFull(SynthloopError):
+    """The disk (or the database's space) ran out mid-command; the store rolled the unfinished step back (exit 74).
+    Not the input's fault, so not 2: a scheduler can tell "free space, then rerun" from "fix the command"."""
+
+    exit_code = EXIT_IOERR
 
 
 class Locked(SynthloopError):
@@ -70,18 +78,43 @@ def exit_code(error: BaseException) -> int:
     return EXIT_FAILED
 
 
+# SQLite's "disk I/O error"s that say a write or a file's growth failed: on a full disk, opening the store fails with
+# SQLITE_IOERR_SHMSIZE (its -shm file cannot grow) before any SQLITE_FULL. The store's content is untouched by
+# them; "damaged" is for what reading it finds (not a database, malformed, a short read).
+SQLITE_WRITE_ERRORS = frozenset({"SQLITE_IOERR_SHMSIZE", "SQLITE_IOERR_SHMMAP", "SQLITE_IOERR_WRITE",
+                                 "SQLITE_IOERR_FSYNC", "SQLITE_IOERR_TRUNCATE", "SQLITE_IOERR_DIR_FSYNC"})
+
+
+def _disk_full(error: BaseException | None) -> bool:
+    """ENOSPC (a file write), SQLITE_FULL or PostgreSQL's "No space left on device", raised or wrapped."""
+    import errno
+
+    for _ in range(4):  # the error, and what it was raised from or while handling (a library's wrapping)
+        if error is None:
+            return False
+        inner = getattr(error, "orig", None) or error
+        text = str(inner).lower()
+        if isinstance(inner, OSError) and inner.errno == errno.ENOSPC or any(
+                s in text for s in ("database or disk is full", "no space left on device")):
+            return True
+        error = error.__cause__ or error.__context__
+    return False
+
+
 def explain(error: BaseException) -> SynthloopError | None:
     """A user error for what the machine or the files did (disk full, a damaged store, a read-only folder),
     with the fix; None for anything else. SQLite rolls the interrupted transaction back, so the store is as
     the last finished step left it."""
-    import errno
     import sqlite3
 
     inner = getattr(error, "orig", None) or error  # SQLAlchemy wraps the sqlite3 error
     text = str(inner).lower()
-    if isinstance(inner, OSError) and inner.errno == errno.ENOSPC or "database or disk is full" in text:
-        return SynthloopError("the disk is full. Nothing stored is lost: the store keeps every finished step and "
-                              "dropped the unfinished one. Free some space and run the command again")
+    sqlite_error = getattr(inner, "sqlite_errorname", None)
+    write_failed = sqlite_error in SQLITE_WRITE_ERRORS
+    if _disk_full(error) or write_failed:
+        why = f" (or would not take a write: {sqlite_error})" if write_failed else ""
+        return DiskFull(f"the disk is full{why}. Nothing stored is lost: the store keeps every finished step and "
+                        "dropped the unfinished one. Free some space and run the command again")
     if isinstance(inner, sqlite3.DatabaseError) and any(
             s in text for s in ("not a database", "malformed", "disk i/o error", "unsupported file format")):
         return SynthloopError(f"the store (.synthloop/store.db) is damaged ({inner}); restore it from a backup "

@@ -26,6 +26,7 @@ from synthloop.round import RoundResult, check_choices, close_round, collect, ha
 from synthloop.selection import Scorer
 from synthloop.store import NewLabel, Query, QueryStatus, Store
 from synthloop.task import TaskSpec, load_task
+from synthloop.textcap import count_over
 from synthloop.training import Trainer
 
 if TYPE_CHECKING:
@@ -42,6 +43,7 @@ class ImportResult:
     labels_added: int
     other_split: int  # texts already stored in the other split, left where they are
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (line, reason) of rows left out (skip_invalid)
+    over_max_chars: int = 0  # texts longer than [limits] max_text_chars: stored whole, seen capped
 
 
 class _StoreCache:
@@ -131,6 +133,7 @@ class Project:
         # is what the store held before this import, never a row an earlier batch added.
         stored = self.store.existing_ids(batch.ids)
         rows, new_labels = [], []
+        result.over_max_chars += count_over(batch.texts, self.config.limits.max_text_chars)
         for eid, text, label in zip(batch.ids, batch.texts, batch.labels):
             if stored.get(eid, split) != split:
                 result.other_split += 1
