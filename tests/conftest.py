@@ -105,10 +105,23 @@ def pg_url(pg_server) -> str:
     return pg_server.create_database()
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
+# Which tests the `db` fixture runs on PostgreSQL too: the store's own tests (every dialect-sensitive query),
+# and the tests marked `both_stores` (a representative few of the loop and kill tests: the same code paths on
+# the other store, without running every loop test twice). The rest of the `db` tests run on SQLite.
+BOTH_STORES_MODULES = {"test_store"}
+
+
+def pytest_generate_tests(metafunc):
+    if "db" in metafunc.fixturenames:
+        both = metafunc.module.__name__ in BOTH_STORES_MODULES or metafunc.definition.get_closest_marker("both_stores")
+        metafunc.parametrize("db", ["sqlite", "postgresql"] if both else ["sqlite"], indirect=True)
+
+
+@pytest.fixture
 def db(request, monkeypatch) -> str | None:
-    """Run a test on both stores: None for SQLite in the project folder, else a fresh PostgreSQL database's
-    URL, also set as $SYNTHLOOP_DB_URL so every Project and `synthloop` subprocess the test makes uses it."""
+    """The store a test runs on: None for SQLite in the project folder, else a fresh PostgreSQL database's
+    URL, also set as $SYNTHLOOP_DB_URL so every Project and `synthloop` subprocess the test makes uses it.
+    See pytest_generate_tests for which tests get both."""
     if request.param == "sqlite":
         monkeypatch.delenv("SYNTHLOOP_DB_URL", raising=False)
         return None

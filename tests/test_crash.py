@@ -49,7 +49,7 @@ def check_invariants(root, batch):
 
 
 @pytest.fixture
-def proj(tmp_path, small_pool, db):  # db: on SQLite and on PostgreSQL
+def proj(tmp_path, small_pool, db):  # db: SQLite; PostgreSQL too for the loop killed at every step
     return project_after_one_round(tmp_path / "p", small_pool)
 
 
@@ -72,6 +72,7 @@ def test_kill_9_at_each_step_then_resume(proj, step):
     assert check_invariants(proj, 10) == (2, 20)
 
 
+@pytest.mark.both_stores
 def test_kill_9_during_a_loop_at_every_step_of_different_rounds(proj):
     """A loop killed at each step in turn, each kill landing in a later round than the last: the runs
     resume one another's rounds, and the store ends whole."""

@@ -196,3 +196,44 @@ def test_project_round_zero_without_examples_is_zero_shot(tmp_path, small_pool, 
     assert len(stored) == n  # the second round embedded nothing new
     again.close()
     stored.close()
+
+
+def test_a_copied_project_embeds_into_its_own_store_even_after_the_original_is_gone(tmp_path, small_pool, embedding_packages):
+    """Model files name the embedding store relative to their project: a copy never writes into (or needs) the
+    folder the model was trained in."""
+    import shutil
+
+    texts = ["WIN a free cruise, text GO now", "see you at lunch?"]
+    proj = Project.init(tmp_path / "orig", small_pool / "task.toml", model={"name": "hybrid-lr"}, loop={"batch_size": 10})
+    proj.import_file(small_pool / "pool.csv", label_col="label", gold=True)
+    proj.import_file(small_pool / "test.csv", label_col="label", split="test")
+    proj.round()
+    expected = proj.predict(texts)
+    proj.close()
+    shutil.copytree(tmp_path / "orig", tmp_path / "copy")
+    kind = "use-multilingual-256-normalized"
+    original = EmbeddingStore(tmp_path / "orig" / ".synthloop" / "features", kind)
+    n_original = len(original)
+    original.close()
+
+    copy = Project(tmp_path / "copy")
+    try:
+        _, model = copy.load_model()
+        own = str(tmp_path / "copy" / ".synthloop" / "features")
+        assert model.feature_dir == own and model.featurizer_.store == own
+        [new] = copy.predict(["a text neither project has seen"])
+        original = EmbeddingStore(tmp_path / "orig" / ".synthloop" / "features", kind)
+        assert len(original) == n_original  # the original's store is untouched
+        original.close()
+        shutil.rmtree(tmp_path / "orig")
+        rows = copy.predict(texts)
+        assert [r["label"] for r in rows] == [r["label"] for r in expected]
+        for row, before in zip(rows, expected):
+            assert row["probabilities"] == pytest.approx(before["probabilities"], abs=1e-6)
+        stored = EmbeddingStore(own, kind)
+        n = len(stored)
+        copy.predict(["one more text, embedded into the copy's store"])
+        assert len(stored) == n + 1 and not (tmp_path / "orig").exists()
+        stored.close()
+    finally:
+        copy.close()

@@ -5,7 +5,8 @@ from synthloop import Project, SynthloopError, simulate
 
 @pytest.fixture(autouse=True)
 def _on_both_stores(db):
-    """Every test here runs on SQLite and on a real PostgreSQL server (the db fixture sets the URL)."""
+    """Every test here runs on SQLite; those marked both_stores on a real PostgreSQL server too (the db fixture
+    sets the URL)."""
 
 
 def load(project, data):
@@ -13,6 +14,7 @@ def load(project, data):
     project.import_file(data / "test.csv", label_col="label", split="test")
 
 
+@pytest.mark.both_stores
 def test_round_zero_trains_on_task_examples_then_rounds_add_labels(project, small_pool):
     load(project, small_pool)
     first = project.round()
@@ -42,6 +44,7 @@ def test_loop_stops_when_pool_is_exhausted(project, small_pool, tmp_path):
     assert len(project.store.queries()) == len(project.store.training_set())
 
 
+@pytest.mark.both_stores
 def test_query_then_label_by_steps(project, small_pool):
     load(project, small_pool)
     result = project.round(route=False)
@@ -66,6 +69,7 @@ def test_label_with_unknown_labeler_changes_nothing(project, small_pool):
     assert {q.routed_to for q in project.store.queries()} == {"oracle"}
 
 
+@pytest.mark.both_stores
 def test_predict_status_export(project, small_pool, tmp_path):
     load(project, small_pool)
     project.loop(2)
@@ -82,6 +86,7 @@ def test_predict_status_export(project, small_pool, tmp_path):
         project.export(tmp_path / "out.xls")
 
 
+@pytest.mark.both_stores
 def test_after_a_loop_the_last_labels_are_in_the_model_and_its_metrics(project, small_pool):
     load(project, small_pool)
     results = project.loop(3)

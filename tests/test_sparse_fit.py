@@ -54,3 +54,24 @@ def test_text_classifier_trains_on_used_columns_and_scores_any_text():
     proba = model.predict_proba(["cash prize win", "a text with words no label used"])
     assert proba.shape == (2, 3) and np.allclose(proba.sum(axis=1), 1)
     assert model.predict(["cash prize win call now"])[0] == "spam"
+
+
+def test_a_model_saved_with_a_column_slice_loads_and_scores_the_same(tmp_path):
+    """Models saved before 2026-12-01 kept coefficients for the used columns only, plus `used_columns_`; loading
+    one widens it to the full width, the way fits are stored now."""
+    from synthloop.models import load_model, save_model
+    from synthloop.sparse_fit import linear_parts
+
+    texts, y = _data()
+    for calibrate in (False, True):
+        model = TextClassifier(labels=["spam", "ham", "other"], name="hashing-lr", calibrate=calibrate).fit(texts, y)
+        expected = model.predict_proba(["cash prize win", "a text with words no label used"])
+        used = np.unique(sp.csr_matrix(model.transform(texts)).indices)
+        for part in linear_parts(model.clf_):  # as the old fit left it
+            part.coef_, part.n_features_in_ = part.coef_[:, used], len(used)
+        model.clf_.n_features_in_, model.used_columns_ = len(used), used
+        save_model(model, tmp_path / f"old-{calibrate}.joblib")
+        loaded = load_model(tmp_path / f"old-{calibrate}.joblib")
+        assert not hasattr(loaded, "used_columns_") and loaded.clf_.n_features_in_ == 2**20
+        np.testing.assert_allclose(loaded.predict_proba(["cash prize win", "a text with words no label used"]), expected,
+                                   rtol=0, atol=1e-12)

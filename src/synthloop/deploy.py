@@ -60,11 +60,9 @@ class LoadedModel:
 
     def predict(self, texts: list[str]) -> list[dict]:
         """One row per text, the shape `Project.predict` returns."""
-        proba = self.predict_proba(texts)
-        labels = [str(c) for c in self.model.classes_]
-        return [{"text": text, "label": labels[int(p.argmax())], "probability": float(p.max()),
-                 "probabilities": dict(zip(labels, map(float, p))), "model_version": self.version}
-                for text, p in zip(texts, proba)]
+        from synthloop.models import prediction_rows
+
+        return prediction_rows(texts, self.predict_proba(texts), self.model.classes_, self.version)
 
 
 def _sha256(data: bytes) -> str:

@@ -8,6 +8,7 @@ benchmarks/al.md holds the measurements behind each choice.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import os
 from collections.abc import Sequence
@@ -24,6 +25,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import StratifiedKFold
 from sklearn.pipeline import FeatureUnion
 
+from synthloop.config import STATE_DIR
 from synthloop.errors import SynthloopError
 from synthloop.textcap import TextCap, cap_texts
 
@@ -230,8 +232,6 @@ class TextClassifier(ClassifierMixin, BaseEstimator):
             self._refuse(present)
         if X is None:
             X = self.featurizer_.transform(list(texts))
-        # Full-width coefficients from synthloop.sparse_fit (fitted on the used columns): scoring needs no slice.
-        self.used_columns_ = None
         base = LogisticRegression(C=self.C, max_iter=2000, class_weight=self.class_weight)
         _, counts = np.unique(y, return_counts=True)
         folds = min(3, int(counts.min()))
@@ -290,8 +290,7 @@ class TextClassifier(ClassifierMixin, BaseEstimator):
         clf = self.clf_
         if clf is None:
             return self.zero_shot_proba(X)
-        used = getattr(self, "used_columns_", None)
-        raw = clf.predict_proba(sp.csr_matrix(X)[:, used] if used is not None else X)
+        raw = clf.predict_proba(X)  # full-width coefficients (synthloop.sparse_fit): any featurizer row scores as it is
         proba = np.zeros((raw.shape[0], len(self.classes_)))
         known = self.columns_ >= 0
         proba[:, known] = raw[:, self.columns_[known]]
@@ -307,21 +306,70 @@ class TextClassifier(ClassifierMixin, BaseEstimator):
     def predict(self, texts) -> np.ndarray:
         return self.classes_[self.predict_proba(texts).argmax(axis=1)]
 
+    def predict_rows(self, texts: list[str], version: int) -> list[dict]:
+        """`prediction_rows` for these texts under this model (saved as `version`)."""
+        return prediction_rows(texts, self.predict_proba(texts), self.classes_, version)
+
+
+def prediction_rows(texts: Sequence[str], proba, classes, version: int) -> list[dict]:
+    """What a prediction is, wherever it is made (Project.predict, `synthloop predict`, the server): per text,
+    its label, that label's probability, every label's, and the model version."""
+    labels = [str(c) for c in classes]
+    return [{"text": text, "label": labels[int(p.argmax())], "probability": float(p.max()),
+             "probabilities": dict(zip(labels, map(float, p))), "model_version": version}
+            for text, p in zip(texts, proba)]
+
+
+# A project keeps its embedding store in STATE_DIR/features, beside STATE_DIR/models. Model files name it
+# relative to the state dir they are in, so a copied or moved project (or another machine's folder on a shared
+# store) uses its own store, never the folder it was trained in.
+FEATURES = "features"
+
+
+def _saved_store(store: str | None, state_dir: Path) -> str | None:
+    if store and Path(store).resolve() == (state_dir / FEATURES).resolve():
+        return FEATURES
+    return store
+
+
+def _loaded_store(store: str | None, state_dir: Path) -> str | None:
+    if not store:
+        return store
+    where = Path(store)
+    if not where.is_absolute():
+        return str(state_dir / where)
+    if where.parts[-2:] == (STATE_DIR, FEATURES) and state_dir.name == STATE_DIR:
+        return str(state_dir / FEATURES)  # saved with an absolute path by synthloop before 2026-12-02
+    return store
+
+
+def _with_store(obj, attr: str, store: str | None):
+    """A shallow copy of obj with another store path, for writing: the live object may be in use elsewhere."""
+    if getattr(obj, attr, None) == store:
+        return obj
+    obj = copy.copy(obj)
+    setattr(obj, attr, store)
+    return obj
+
 
 def save_model(model: TextClassifier, path: Path) -> None:
     """Write the classifier, and its featurizer once beside it: versions that share a featurizer share
     the file. Temporary file plus rename, so a crash never leaves a half-written model."""
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    state_dir = path.parent.parent
     featurizer = model.featurizer_
     key = getattr(model, "featurizer_key_", None) or str(id(featurizer))
     name = f"featurizer-{hashlib.sha1(key.encode()).hexdigest()[:16]}.joblib"
     if not (path.parent / name).exists():
-        _atomic_dump(featurizer, path.parent / name)
-    model.featurizer_, model.featurizer_file_ = None, name
-    try:
-        _atomic_dump(model, path)
-    finally:
-        model.featurizer_ = featurizer
+        _atomic_dump(_with_store(featurizer, "store", _saved_store(getattr(featurizer, "store", None), state_dir)),
+                     path.parent / name)
+    model.featurizer_file_ = name
+    saved = _with_store(model, "feature_dir", _saved_store(model.feature_dir, state_dir))
+    if saved is model:
+        saved = copy.copy(model)
+    saved.featurizer_ = None
+    _atomic_dump(saved, path)
 
 
 def _atomic_dump(obj, path: Path) -> None:
@@ -332,7 +380,10 @@ def _atomic_dump(obj, path: Path) -> None:
 
 @lru_cache(maxsize=4)
 def _load_featurizer(path: Path):
-    return joblib.load(path)
+    featurizer = joblib.load(path)
+    if getattr(featurizer, "store", None):
+        featurizer.store = _loaded_store(featurizer.store, Path(path).parent.parent)
+    return featurizer
 
 
 def load_model(path: str | Path) -> TextClassifier:
@@ -344,6 +395,12 @@ def load_model(path: str | Path) -> TextClassifier:
     except Exception as err:  # noqa: BLE001 - truncated or overwritten: pickle says so in many ways
         raise SynthloopError(f"model file {path} is damaged ({type(err).__name__}); run `synthloop train` to make a "
                              "new version from the labels in the store") from None
+    model.feature_dir = _loaded_store(getattr(model, "feature_dir", None), path.parent.parent)
     if model.featurizer_ is None:
         model.featurizer_ = _load_featurizer(path.parent / model.featurizer_file_)
+    used = vars(model).pop("used_columns_", None)
+    if used is not None:  # saved before 2026-12-01, fitted on a column slice: widen it once, as fits are now
+        from synthloop.sparse_fit import widen
+
+        widen(model.clf_, used, model.transform(["a"]).shape[1])
     return model

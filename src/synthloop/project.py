@@ -340,13 +340,7 @@ class Project:
     # reading ------------------------------------------------------------------------------------
     def predict(self, texts: list[str]) -> list[dict]:
         version, model = self.load_model()
-        proba = model.predict_proba(texts)
-        labels = list(model.classes_)
-        return [
-            {"text": text, "label": labels[int(p.argmax())], "probability": float(p.max()),
-             "probabilities": dict(zip(labels, map(float, p))), "model_version": version}
-            for text, p in zip(texts, proba)
-        ]
+        return model.predict_rows(texts, version)
 
     def status(self, measure_latency: bool = True) -> dict:
         """What the project holds, and what it cost (synthloop.status)."""

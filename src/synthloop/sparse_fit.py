@@ -34,6 +34,12 @@ def fit_used_columns(estimator, X, y, sample_weight=None):
     if len(used) > 0.5 * width:
         return estimator.fit(X, y, sample_weight=sample_weight)
     estimator.fit(X[:, used], y, sample_weight=sample_weight)
+    return widen(estimator, used, width)
+
+
+def widen(estimator, used, width: int):
+    """An estimator fitted on columns `used` of a `width`-column matrix, made to score the full width: its
+    coefficients written back into zeros (the unused columns' coefficients are zero at the optimum)."""
     for part in linear_parts(estimator):
         full = np.zeros((part.coef_.shape[0], width), dtype=part.coef_.dtype)
         full[:, used] = part.coef_
