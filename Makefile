@@ -77,7 +77,7 @@ argilla: argilla-install
 	argilla_setup/.venv/bin/python argilla_setup/launch.py $(ARGILLA_ARGS)
 
 demo: $(DEMO_STAMP) $(LLM_STAMP)
-	@echo "== make demo: running scripts/demo.py"
+	@echo "== make demo: running scripts/demo.py (its first start compiles the modules it imports: 44-78 s measured at load 11-16)"
 	$(PY) scripts/demo.py
 
 # The installs run side by side: they mostly wait on downloads.
