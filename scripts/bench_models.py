@@ -213,10 +213,12 @@ def _strategies():
             "cold-start-v1": partial(cs.cold_start, batches=None, then=_plain_margin),
             # The bounded phase, then plain margin: the bound's effect alone.
             "cold-start-bounded": partial(cs.cold_start, then=_plain_margin),
-            # Diverse margin over more candidates: 50 * n most uncertain (the default clusters 10 * n).
-            "cold-start-b50": partial(cs.cold_start, then=partial(cs.diverse_margin, beta=50)),
-            # Diverse margin over the pool / (1 + labels / n) most uncertain, at least 10 * n.
-            "cold-start-widen": partial(cs.cold_start, then=partial(cs.diverse_margin, widen=True)),
+            # Diverse margin over a fixed 10 * n (b10) or 50 * n (b50) most uncertain; the default widens it to
+            # the pool / (1 + batches of labels) while that is more.
+            "cold-start-b10": partial(cs.cold_start, then=partial(cs.diverse_margin, widen=False)),
+            "cold-start-b50": partial(cs.cold_start, then=partial(cs.diverse_margin, beta=50, widen=False)),
+            # Widened diverse margin from the first batch on: at 0 labels it clusters the whole pool.
+            "widen-only": partial(cs.diverse_margin, widen=True),
             # Diverse margin from the first batch on (no central-pick phase).
             "diverse-margin": cs.diverse_margin,
             "cold-start-unc": partial(cs.cold_start, pick="uncertain"),

@@ -119,7 +119,7 @@ def test_tfidf_without_labels_is_refused_as_before():
 
 def test_cold_start_spreads_picks_then_hands_over_to_diverse_margin(sms, embedding_packages, store_dir):
     from synthloop import active
-    from synthloop.coldstart import cold_start
+    from synthloop.coldstart import cold_start, diverse_margin
 
     spec, pool, _ = sms
     texts = list(pool.text)
@@ -146,14 +146,19 @@ def test_cold_start_spreads_picks_then_hands_over_to_diverse_margin(sms, embeddi
     model.fit([texts[i] for i in rows], list(pool.label.iloc[rows]))  # 2 real labels per class: phase over
     X = model.transform(texts)  # the refit made a new featurizer: the pool's rows under it
     again, _ = cold_start(active.FittedView(model), X, 10)
-    # Phase over: diverse margin, the most uncertain text of each of 10 clusters among the 100 most uncertain.
-    top100 = active.select("margin", model, X, 100)[0]
-    assert set(again.tolist()) <= set(top100.tolist()) and len(set(again.tolist())) == 10
+    # Phase over: diverse margin, the most uncertain text of each of 10 clusters among the most uncertain,
+    # which are (4 real labels, batches of 10) the pool * 10 / 14 most uncertain, as that is more than 10 * 10.
+    m = len(texts) * 10 // 14
+    top = active.select("margin", model, X, m)[0]
+    assert set(again.tolist()) <= set(top.tolist()) and len(set(again.tolist())) == 10
     emb = model.featurizer_.embedding_block(X)
-    clusters, _ = kmeans(emb[top100], 10, 0)
-    position = {int(i): p for p, i in enumerate(top100)}
+    clusters, _ = kmeans(emb[top], 10, 0)
+    position = {int(i): p for p, i in enumerate(top)}
     assert len({int(clusters[position[int(i)]]) for i in again}) == 10
-    assert top100[0] in again  # the most uncertain text of all leads its cluster
+    assert top[0] in again  # the most uncertain text of all leads its cluster
+    # Without widening, the candidates are the 10 * 10 most uncertain.
+    narrow, _ = diverse_margin(active.FittedView(model), X, 10, widen=False)
+    assert set(narrow.tolist()) <= set(active.select("margin", model, X, 100)[0].tolist())
 
 
 def test_cold_start_phase_is_bounded_in_batches():
