@@ -168,7 +168,7 @@ def markdown(summary: dict, rows: list[dict], meta: dict, datasets: list[str]) -
         "(MiniLM was not re-run: see below). `plain-tfidf` = the issue's 60-line script (word 1-2 + char_wb 2-5, "
         "min_df 2, sublinear, LogisticRegression(C=10) uncalibrated, 2 random labels per class to start, margin; its "
         "start labels count in the budget, so it has no point below 2 per class). Strategies: margin, entropy, random, "
-        "cold-start (the default, `synthloop.coldstart`: k-means on the embeddings, the most central text per "
+        "cold-start (the default, `synthloop.learn.coldstart`: k-means on the embeddings, the most central text per "
         "cluster, until every class has 2 real labels or 2 batches of labels are in; then diverse margin: the "
         "most uncertain text of each of 25 k-means clusters over the 250 most uncertain), cold-start-v1 (the "
         "previous default: central picks until 2 labels per class, however long that takes, then plain margin)."),

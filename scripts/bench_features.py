@@ -37,7 +37,7 @@ def dataset_dir(name: str) -> Path:
 
 def label_texts(spec) -> tuple[list[str], list[str]]:
     """Texts that describe each label, for zero-shot prototypes: the name, name + description, examples."""
-    from synthloop.models import label_prompts
+    from synthloop.learn.models import label_prompts
 
     texts, labels = [], []
     for label, prompts in label_prompts(spec).items():
@@ -69,7 +69,7 @@ def featurize(data: dict, featurizer: str):
 
     texts = data["pool_text"] + data["test_text"] + data["label_text"]
     if featurizer == "tfidf":
-        from synthloop.models import make_featurizer
+        from synthloop.learn.models import make_featurizer
 
         vec = make_featurizer("tfidf-lr").fit(data["pool_text"])
         return sp.csr_matrix(vec.transform(texts), dtype=np.float32)
@@ -79,7 +79,7 @@ def featurize(data: dict, featurizer: str):
                             ("c", TfidfVectorizer(analyzer="char_wb", ngram_range=(2, 5), min_df=2, sublinear_tf=True))])
         vec.fit(data["pool_text"])
         return sp.csr_matrix(vec.transform(texts), dtype=np.float32)
-    from synthloop.embed import SentenceEmbedder
+    from synthloop.learn.embed import SentenceEmbedder
 
     model = {"minilm": "all-MiniLM-L6-v2", "use": "use-multilingual"}[featurizer]
     return SentenceEmbedder(model=model).transform(texts)

@@ -2,7 +2,7 @@
 
 Each dataset is featurized once (scripts/bench_features.py, cached under .cache/bench/); every loop then
 trains synthloop's own TextClassifier on rows of the cached matrices and selects with synthloop's own
-strategies (synthloop.active.select), so the figures are the product's, without re-featurizing per run.
+strategies (synthloop.learn.active.select), so the figures are the product's, without re-featurizing per run.
 
     python scripts/bench_models.py --configs default tfidf-lr --strategies margin random --seeds 1
 """
@@ -20,8 +20,9 @@ import bench_features as bf
 import numpy as np
 import scipy.sparse as sp
 
-from synthloop import SynthloopError, active
-from synthloop.models import HybridFeaturizer, TextClassifier, label_prompts
+from synthloop import SynthloopError
+from synthloop.learn import active
+from synthloop.learn.models import HybridFeaturizer, TextClassifier, label_prompts
 
 BUDGETS = [0, 25, 50, 100, 200, 500]
 TASK_WEIGHT = 0.5  # ModelConfig.synthetic_weight: task examples weigh this much against a real label
@@ -205,9 +206,9 @@ def _plain_margin(classifier, X, n, seed=0):
 def _strategies():
     from functools import partial
 
-    from synthloop import coldstart as cs
+    from synthloop.learn import coldstart as cs
 
-    # "cold-start" is the product's strategy by name (synthloop.active, seeded as the loop seeds it).
+    # "cold-start" is the product's strategy by name (synthloop.learn.active, seeded as the loop seeds it).
     return {"margin": "margin", "entropy": "entropy", "random": "random", "cold-start": "cold-start",
             # The previous default: central picks until 2 labels per class (no bound in batches), then margin.
             "cold-start-v1": partial(cs.cold_start, batches=None, then=_plain_margin),

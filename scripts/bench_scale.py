@@ -132,7 +132,7 @@ def child_small_text(template: str) -> dict:
     from small_text import BreakingTies, PoolBasedActiveLearner, SklearnClassifierFactory, SklearnDataset
 
     from synthloop import Project
-    from synthloop.models import make_featurizer
+    from synthloop.learn.models import make_featurizer
 
     project = Project(template)
     labeled = project.store.training_set()
@@ -172,8 +172,8 @@ def child_formats(template: str, work: str) -> dict:
     import scipy.sparse as sp
 
     from synthloop import Project
-    from synthloop.feature_rows import FeatureRows
-    from synthloop.models import make_featurizer
+    from synthloop.learn.feature_rows import FeatureRows
+    from synthloop.learn.models import make_featurizer
 
     project = Project(template)
     ids, texts = project.store.unlabeled_pool()
@@ -335,7 +335,7 @@ def bench_cli(reps: int, work: Path, results: dict) -> None:
         rounds.append(per)
         if rep == 0:
             results["predict"] = child("predict", str(folder))
-    imports = [run_measured([env_python, "-c", "import synthloop.cli"], json_out=False) for _ in range(reps)]
+    imports = [run_measured([env_python, "-c", "import synthloop.cli.main"], json_out=False) for _ in range(reps)]
     results["cli"] = {
         "pool": "examples/sms_spam (2,000 pool texts, 500 test), tfidf-lr, batch 25, oracle",
         "runs": rounds,
@@ -440,7 +440,7 @@ def markdown(results: dict) -> str:
             f"`synthloop round` on {cli['pool']}, a new process per round, {len(cli['runs'])} fresh projects × "
             f"{len(cli['runs'][0])} rounds: first round (fits TF-IDF, stores the rows) {_mm(cli['first_round_wall'])} wall, "
             f"{_mm(cli['first_round_cpu'])} CPU; later rounds (load the featurizer, read the rows) "
-            f"{_mm(cli['later_round_wall'])} wall, {_mm(cli['later_round_cpu'])} CPU. `python -c 'import synthloop.cli'`: "
+            f"{_mm(cli['later_round_wall'])} wall, {_mm(cli['later_round_cpu'])} CPU. `python -c 'import synthloop.cli.main'`: "
             f"{_mm(cli['import_cli_wall'])} wall, {_mm(cli['import_cli_cpu'])} CPU.",
             "",
             f"Predictions in a running process (tfidf-lr, calibrated, from that project): 1k texts in one call "
@@ -451,7 +451,7 @@ def markdown(results: dict) -> str:
     return "\n".join(lines + targets(results))
 
 
-GPT4O_SECONDS = 0.75  # synthloop.impact's assumed GPT-4o request latency (0.5-1 s, not measured here)
+GPT4O_SECONDS = 0.75  # synthloop.report.impact's assumed GPT-4o request latency (0.5-1 s, not measured here)
 
 
 def targets(results: dict) -> list[str]:
@@ -473,14 +473,14 @@ def targets(results: dict) -> list[str]:
         out.append(f"- `synthloop round` on the 2k example pool < 1.5 s wall on an idle machine: **not measurable here** (no idle "
                    f"machine: {cli['later_round_wall']['median']} s wall at the load above); its CPU seconds, "
                    f"{cli['later_round_cpu']['min']}-{cli['later_round_cpu']['median']} s (min-median), already exceed 1.5; "
-                   f"importing `synthloop.cli` alone takes {cli['import_cli_cpu']['median']} s CPU (median).")
-        out.append(f"- `import synthloop.cli` < 0.5 s: **not met** on this code ({cli['import_cli_cpu']['median']} s CPU, "
+                   f"importing `synthloop.cli.main` alone takes {cli['import_cli_cpu']['median']} s CPU (median).")
+        out.append(f"- `import synthloop.cli.main` < 0.5 s: **not met** on this code ({cli['import_cli_cpu']['median']} s CPU, "
                    f"{cli['import_cli_wall']['median']} s wall, median).")
         p = results["predict"]
         out.append(f"- Single prediction >= 100x below GPT-4o's latency: **{'met' if GPT4O_SECONDS * 1000 / p['single_ms_median'] >= 100 else 'not met'}** "
                    f"by the median ({p['single_ms_median']:.1f} ms: {GPT4O_SECONDS * 1000 / p['single_ms_median']:.0f}x below "
                    f"{GPT4O_SECONDS} s; by the fastest call, {p['single_ms_min']:.1f} ms, {GPT4O_SECONDS * 1000 / p['single_ms_min']:.0f}x). "
-                   f"The GPT-4o figure is synthloop.impact's assumption (a typical 0.5-1 s request), not a measurement.")
+                   f"The GPT-4o figure is synthloop.report.impact's assumption (a typical 0.5-1 s request), not a measurement.")
     out.append("- embed-lr CLI rounds 1 and 2, predict through the CLI: **not measured** by this run.")
     return out + [""]
 

@@ -217,7 +217,7 @@ def summarize(reps: list[dict], keys: tuple[str, ...]) -> dict:
 
 
 def bench_model(model: str, work: Path, args) -> dict:
-    from synthloop.impact import counterfactual
+    from synthloop.report.impact import counterfactual
 
     proj = make_project(work, model)
     gpt4o = counterfactual(proj, None, 0.0)
@@ -260,7 +260,7 @@ def markdown(result: dict) -> str:
                      f"{b['p50_ms']['median']:.1f} | {b['p99_ms']['median']:.1f} | {b['texts_per_s']['median']:,.0f} | "
                      f"{c['requests_per_s']['median']:,.0f} | {cpu_per_1k:.2f} | {g} | "
                      f"{1000 * g / s['p50_ms']['median']:,.0f}× |")
-    lines += ["", "GPT-4o per request: the report's figure (`synthloop.impact.GPT4O_SECONDS_PER_REQUEST`), an assumed "
+    lines += ["", "GPT-4o per request: the report's figure (`synthloop.report.impact.GPT4O_SECONDS_PER_REQUEST`), an assumed "
               "typical latency, not measured here; "
               f"${result['models'][0]['gpt4o']['usd_per_request']:.6f} per request for this task's prompt (same module).", ""]
     swaps = [(r["model"], p) for r in result["models"] for p in r.get("swap", [])]
@@ -328,7 +328,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="bench-serve-") as tmp:
         for model in args.models.split(","):
             if model == "embed-lr":
-                from synthloop.embed import EmbeddingBackendError, packaged_files
+                from synthloop.learn.embed import EmbeddingBackendError, packaged_files
 
                 try:
                     packaged_files()

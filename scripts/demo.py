@@ -24,7 +24,7 @@ from rich.table import Table
 from synthloop import Project, simulate
 from synthloop.llm.pricing import cost_usd
 from synthloop.llm.serve import LOCAL_MODEL_NAME, start_local_server
-from synthloop.report import build_report
+from synthloop.report.project_report import build_report
 
 ROOT = Path(__file__).resolve().parent.parent
 HERE = ROOT / "examples" / "sms_spam"

@@ -30,9 +30,9 @@ from pathlib import Path
 import pandas as pd
 
 from synthloop import Project
-from synthloop.impact import GPT4O_SECONDS_PER_REQUEST
 from synthloop.llm.pricing import cost_usd, price
 from synthloop.llm.serve import LOCAL_MODEL_NAME
+from synthloop.report.impact import GPT4O_SECONDS_PER_REQUEST
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench_synthetic  # a sibling script, not a package
@@ -65,7 +65,7 @@ def active_learning(dataset: str, source: Path, work: Path | None = None, checkp
     project.config.loop = project.config.loop.model_copy(update={"strategy": "margin", "batch_size": batch, "labeler": "oracle"})
     budget, points = checkpoints[-1], []
     try:
-        while True:  # as synthloop.simulate does: a round scores the labels it starts with, then queries more
+        while True:  # as synthloop.loop.simulate does: a round scores the labels it starts with, then queries more
             remaining = budget - project.n_real_labels()
             result = project.round(query=remaining > 0, n=min(batch, max(remaining, 0)))
             if result.n_labels in (0, *checkpoints):
@@ -266,7 +266,7 @@ def markdown(result: dict) -> str:
                      "(4 requests in flight); $ from the returned token counts at list price.")
     seconds = gpt4o_seconds_per_request(result)
     lines.append(f"- **GPT-4o latency** (the ≈ figure) is an estimate, not a measurement: {seconds} s per request "
-                 "(`synthloop.impact.GPT4O_SECONDS_PER_REQUEST`, the middle of the 0.5–1 s a short single completion "
+                 "(`synthloop.report.impact.GPT4O_SECONDS_PER_REQUEST`, the middle of the 0.5–1 s a short single completion "
                  f"typically takes end to end) × 1,000 requests sent one after another = {1000 * seconds:,.0f} s; "
                  "requests in parallel cut the wall time, not the $.")
     if not result["openai"]:

@@ -2,8 +2,8 @@ import numpy as np
 import pytest
 
 from synthloop import SynthloopError
-from synthloop.active import STRATEGIES, select
-from synthloop.models import TextClassifier
+from synthloop.learn.active import STRATEGIES, select
+from synthloop.learn.models import TextClassifier
 
 TEXTS = [f"win cash prize {i}" for i in range(30)] + [f"see you at dinner {i}" for i in range(30)]
 LABELS = ["spam"] * 30 + ["ham"] * 30
@@ -56,7 +56,7 @@ def test_unknown_strategy(fitted):
 
 
 def test_stabilizing_predictions_counts_agreeing_rounds():
-    from synthloop.active import stabilizing_predictions
+    from synthloop.learn.active import stabilizing_predictions
 
     first = stabilizing_predictions(None, ["a", "b"], [])
     assert first["kappa"] is None and not first["should_stop"]

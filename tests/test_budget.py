@@ -1,6 +1,6 @@
 """The Budget object: the one check-and-subtract of spending limits (nightly --max-cost)."""
 
-from synthloop.budget import Budget
+from synthloop.loop.budget import Budget
 
 
 def test_a_cap_admits_the_first_costs_that_fit_and_spending_takes_them_off():

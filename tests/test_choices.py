@@ -12,8 +12,8 @@ import pytest
 from helpers import EXAMPLE
 
 from synthloop import Project
-from synthloop.active import get_strategy
 from synthloop.errors import SynthloopError, UnknownChoice
+from synthloop.learn.active import get_strategy
 
 CHOICES = "cold-start, least-confident, margin, entropy, ranked-batch, random"
 
@@ -45,7 +45,7 @@ def stored(root) -> tuple[int, int]:
 
 
 @pytest.mark.parametrize("name", ["os.system", "os:system", "subprocess.call", "builtins.eval", "os", "nothere.pick",
-                                  "synthloop.active.STRATEGIES", ".margin", "margin."])
+                                  "synthloop.learn.active.STRATEGIES", ".margin", "margin."])
 def test_a_name_that_is_no_strategy_is_refused_before_it_is_called(name):
     with pytest.raises(UnknownChoice, match=CHOICES) as raised:
         get_strategy(name)
@@ -53,10 +53,10 @@ def test_a_name_that_is_no_strategy_is_refused_before_it_is_called(name):
 
 
 def test_a_function_of_your_own_is_still_a_strategy():
-    from synthloop import active
+    from synthloop.learn import active
 
-    assert get_strategy("synthloop.active:margin") is active.margin
-    assert get_strategy("synthloop.active.random_sampling") is active.random_sampling
+    assert get_strategy("synthloop.learn.active:margin") is active.margin
+    assert get_strategy("synthloop.learn.active.random_sampling") is active.random_sampling
 
 
 def test_query_strategy_os_system_exits_2_naming_the_choices_and_stores_nothing(imported):

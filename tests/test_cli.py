@@ -212,7 +212,7 @@ def test_a_bug_prints_one_line_and_where_the_traceback_is(tmp_path, small_pool):
 
 
 def test_report_markdown_escapes_html_and_links_in_user_text():
-    from synthloop.plots import to_markdown
+    from synthloop.report.plots import to_markdown
 
     evil = ["<script>alert(1)</script>", '<img src=x onerror="alert(2)">', "[click](javascript:alert(3))"]
     md = to_markdown([("h2", evil[0]), ("p", f"label {evil[1]} in `synthloop round`"),

@@ -41,7 +41,7 @@ def _cap(dbapi_connection, _):
     cursor.execute(f"PRAGMA max_page_count = {limit}")
     cursor.close()
 
-from synthloop.cli import app
+from synthloop.cli.main import app
 app(sys.argv[2:], prog_name="synthloop")
 """
 

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from sklearn.base import clone
 
-from synthloop.embed import EmbeddingBackendError, SentenceEmbedder, packaged_files
+from synthloop.learn.embed import EmbeddingBackendError, SentenceEmbedder, packaged_files
 
 PAIR = ["A man is playing guitar.", "Someone plays a guitar.", "The stock market fell today."]
 
@@ -123,7 +123,7 @@ def test_other_models_go_to_sentence_transformers(monkeypatch):
 
 
 def test_use_multilingual_embeds_raw_strings():
-    from synthloop.embed import use_file
+    from synthloop.learn.embed import use_file
 
     try:
         use_file()
@@ -141,7 +141,7 @@ def test_use_multilingual_embeds_raw_strings():
 
 
 def test_thread_count_follows_the_environment(monkeypatch):
-    from synthloop.embed import onnx_threads
+    from synthloop.learn.embed import onnx_threads
 
     monkeypatch.setenv("SYNTHLOOP_EMBED_THREADS", "3")
     assert onnx_threads() == 3

@@ -1,4 +1,4 @@
-"""Feature rows on disk (synthloop.feature_rows): computed once per featurizer version, read by later rounds
+"""Feature rows on disk (synthloop.learn.feature_rows): computed once per featurizer version, read by later rounds
 and later processes, extended for new pool rows, and the fitted featurizer reused across CLI processes."""
 
 import os
@@ -10,8 +10,8 @@ import scipy.sparse as sp
 
 from synthloop import Project
 from synthloop.data import example_id
-from synthloop.feature_rows import ROWS_DIR, FeatureRows, featurizer_version
-from synthloop.models import TextClassifier, make_featurizer
+from synthloop.learn.feature_rows import ROWS_DIR, FeatureRows, featurizer_version
+from synthloop.learn.models import TextClassifier, make_featurizer
 
 TEXTS = [f"message {i} about {'prizes' if i % 3 else 'meetings'} number {i * 7 % 11}" for i in range(230)]
 

@@ -5,14 +5,14 @@ import pandas as pd
 import pytest
 
 from synthloop import Project, SynthloopError
-from synthloop.features import EmbeddingStore
-from synthloop.models import TextClassifier, label_prompts, load_model, save_model
+from synthloop.learn.features import EmbeddingStore
+from synthloop.learn.models import TextClassifier, label_prompts, load_model, save_model
 from synthloop.task import load_task
 
 
 @pytest.fixture(scope="module")
 def embedding_packages():
-    from synthloop.embed import EmbeddingBackendError, use_file
+    from synthloop.learn.embed import EmbeddingBackendError, use_file
 
     try:
         use_file()
@@ -118,8 +118,8 @@ def test_tfidf_without_labels_is_refused_as_before():
 
 
 def test_cold_start_spreads_picks_then_hands_over_to_diverse_margin(sms, embedding_packages, store_dir):
-    from synthloop import active
-    from synthloop.coldstart import cold_start, diverse_margin
+    from synthloop.learn import active
+    from synthloop.learn.coldstart import cold_start, diverse_margin
 
     spec, pool, _ = sms
     texts = list(pool.text)
@@ -130,7 +130,7 @@ def test_cold_start_spreads_picks_then_hands_over_to_diverse_margin(sms, embeddi
     picked, scores = cold_start(view, X, 10)
     assert len(set(picked.tolist())) == 10 and scores.shape == (10,)
     # One pick per k-means cluster, the most central one: typical texts, not the outliers margin finds.
-    from synthloop.coldstart import kmeans
+    from synthloop.learn.coldstart import kmeans
 
     emb = model.featurizer_.embedding_block(X)
     clusters, _ = kmeans(emb, 10, 0)
@@ -165,7 +165,7 @@ def test_cold_start_phase_is_bounded_in_batches():
     """77 classes at 2 labels each would be 154 labels of central picks: the phase also ends after 2 batches."""
     from types import SimpleNamespace
 
-    from synthloop.coldstart import phase_done
+    from synthloop.learn.coldstart import phase_done
 
     counts = {f"c{i}": (1 if i < 20 else 0) for i in range(77)}
     assert not phase_done(SimpleNamespace(real_counts_=counts), n=25)  # 20 labels < 2 batches of 25

@@ -104,7 +104,7 @@ def test_two_loops_that_wait_make_all_their_rounds(proj):
 
 
 def test_the_lock_file_names_nobody_once_the_holder_is_done(proj):
-    from synthloop.lock import holder, project_lock
+    from synthloop.loop.lock import holder, project_lock
 
     with project_lock(proj / ".synthloop", "test"):
         info = holder(proj / ".synthloop" / "lock")

@@ -3,7 +3,7 @@ import pandas as pd
 import pytest
 
 from synthloop import SynthloopError
-from synthloop.models import TextClassifier, load_model, save_model
+from synthloop.learn.models import TextClassifier, load_model, save_model
 
 
 @pytest.fixture(scope="module")

@@ -15,7 +15,7 @@ from llm_servers import FaultServer, completion
 
 from synthloop import Project, SynthloopError
 from synthloop.llm.quoting import unquote
-from synthloop.nightly import run_nightly
+from synthloop.loop.nightly import run_nightly
 
 
 @pytest.fixture
@@ -38,7 +38,7 @@ def new_count(project, texts) -> int:
 
 
 def test_second_run_only_does_new_work(nightly_project, monkeypatch):
-    from synthloop import selection
+    from synthloop.learn import selection
 
     project, incoming = nightly_project
     expected = new_count(project, pd.read_csv(incoming / "day1.csv").text)
@@ -86,7 +86,7 @@ def test_second_run_only_does_new_work(nightly_project, monkeypatch):
 def test_dry_run_changes_nothing(nightly_project):
     from typer.testing import CliRunner
 
-    from synthloop.cli import app
+    from synthloop.cli.main import app
 
     project, incoming = nightly_project
     before = project.store.count_examples()
@@ -188,7 +188,7 @@ def llm_server(nightly_project, monkeypatch):
 
 
 def test_max_labels_caps_what_goes_out_tonight_leftovers_included(nightly_project, llm_server):
-    from synthloop.nightly import HELD
+    from synthloop.loop.nightly import HELD
 
     project, _ = nightly_project
     night1 = run_nightly(project, None, max_labels=10, max_cost=0, labeler="llm")  # nothing fits: all left over
@@ -211,7 +211,7 @@ def test_max_labels_caps_what_goes_out_tonight_leftovers_included(nightly_projec
 
 
 def test_the_budget_covers_the_night_across_a_failed_run(nightly_project, batch_server, monkeypatch):
-    import synthloop.nightly as nightly_module
+    import synthloop.loop.nightly as nightly_module
     from synthloop.labelers.llm import estimated_cost, few_shot_examples, labeling_messages
     from synthloop.llm.pricing import BATCH_DISCOUNT
 
@@ -272,8 +272,8 @@ def test_exit_status_tells_a_server_down_from_bad_input():
     import openai
 
     from synthloop.labelers.argilla import ArgillaUnreachable
-    from synthloop.nightly import Locked, Unavailable, exit_status
-    from synthloop.scale import RayUnreachable
+    from synthloop.learn.scale_ray import RayUnreachable
+    from synthloop.loop.nightly import Locked, Unavailable, exit_status
 
     def raised_while(handling: Exception, error: Exception) -> Exception:
         try:
@@ -321,7 +321,7 @@ def test_cli_exits_69_when_the_llm_is_down_and_records_the_failed_run(nightly_pr
 def test_cli_exits_1_on_an_unexpected_error_with_the_traceback_in_the_log(nightly_project, monkeypatch):
     from typer.testing import CliRunner
 
-    from synthloop.cli import app
+    from synthloop.cli.main import app
 
     project, incoming = nightly_project
 
@@ -357,7 +357,7 @@ def test_cli_twice_in_a_row_the_second_run_only_does_new_work(nightly_project):
     reopened.close()
 
 
-# Scoring through synthloop.scale: --engine local | ray ------------------------------------------------
+# Scoring through synthloop.learn.scale: --engine local | ray ------------------------------------------------
 
 def twin_of(project, folder) -> Project:
     """An exact copy of the project, store included, to run the same night twice."""
@@ -372,8 +372,8 @@ def picks(project) -> list[tuple[str, float]]:
 
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")  # Ray Data's own, about its DataContext defaults
 def test_engines_local_and_ray_select_the_same_ids(nightly_project, ray_cluster, monkeypatch, tmp_path):
-    import synthloop.training as training_module
-    from synthloop import measures
+    import synthloop.loop.training as training_module
+    from synthloop.learn import measures
 
     project, incoming = nightly_project
     monkeypatch.setattr(training_module, "SCORE_CHUNK_SIZE", 64)  # several chunks: several workers' results merged
@@ -413,7 +413,7 @@ def test_engines_local_and_ray_select_the_same_ids(nightly_project, ray_cluster,
 def test_bad_engine_options_are_refused_before_any_work(nightly_project):
     from typer.testing import CliRunner
 
-    from synthloop.cli import app
+    from synthloop.cli.main import app
 
     project, incoming = nightly_project
     cases = [(["--engine", "spark"], "unknown engine 'spark'; choose --engine local"),

@@ -101,7 +101,7 @@ def test_a_round_during_an_outage_says_so_beside_its_table(night):
 
 
 def test_the_report_says_when_labels_arrived_after_training():
-    from synthloop.nightly_report import model_line
+    from synthloop.report.nightly_report import model_line
 
     # An oracle answers while routing, after the model was trained: "18 collected" beside a model trained on 0.
     first = {"retrained": True, "model_version": 1, "labels_collected": 18, "labels_total": 18,

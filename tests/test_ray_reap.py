@@ -20,7 +20,7 @@ if importlib.util.find_spec("ray") is None:
 if not Path("/proc").is_dir():
     pytest.skip("reaping reads /proc (Linux)", allow_module_level=True)
 
-from synthloop.ray_local import NOTE, marked
+from synthloop.learn.ray_local import NOTE, marked
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -9,7 +9,7 @@ import pytest
 from threadpoolctl import threadpool_limits
 
 from synthloop import Project, SynthloopError
-from synthloop.report import build_report, measure_model_latency
+from synthloop.report.project_report import build_report, measure_model_latency
 from synthloop.store import NewLabel
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -51,7 +51,7 @@ def built(tmp_path_factory):
     project.store.update_round(1, counts={**project.store.round(1)["counts"], "synthetic_added": {"spam": 6}})
     with pytest.MonkeyPatch.context() as mp:
         # The same measurement on fewer calls (the defaults are 200 single calls and a batch of 1,000).
-        mp.setattr("synthloop.report.measure_model_latency", functools.partial(measure_model_latency, singles=50, batch=300))
+        mp.setattr("synthloop.report.project_report.measure_model_latency", functools.partial(measure_model_latency, singles=50, batch=300))
         report = build_report(project, baselines={"random": RANDOM})
     yield project, report, spam
     project.close()
@@ -158,7 +158,7 @@ def test_label_quality_flags_planted_labels_and_compares_llm_with_human(built):
 
 
 def test_label_quality_without_cleanlab_falls_back_to_disagreements(built, monkeypatch):
-    from synthloop.report import label_quality
+    from synthloop.report.project_report import label_quality
 
     project = built[0]
     monkeypatch.setitem(__import__("sys").modules, "cleanlab.filter", None)  # makes the import fail
@@ -199,9 +199,9 @@ def test_cli_report_json(built, tmp_path, monkeypatch):
     from typer import Typer
     from typer.testing import CliRunner
 
-    from synthloop.cli_report import report as report_command
+    from synthloop.cli.report import report as report_command
 
-    monkeypatch.setattr("synthloop.report._co2_start", lambda country: "turned off in this test")
+    monkeypatch.setattr("synthloop.report.project_report._co2_start", lambda country: "turned off in this test")
     app = Typer()
     app.command()(report_command)
     result = CliRunner().invoke(app, ["--project", str(built[0].root), "--out", str(tmp_path), "--json", "--no-latency"])

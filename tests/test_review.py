@@ -100,7 +100,7 @@ def label_rows(project) -> list[tuple]:
 
 # ------------------------------------------------------------------------------------------------------ push
 def test_round_pushes_records_with_suggestions_and_metadata_once(proj, argilla_env):
-    from synthloop import active
+    from synthloop.learn import active
 
     proj.config.argilla.suggest_min_confidence = 0.0  # every guess pre-selected (test_review_queue.py: the bar)
     result = proj.round()
@@ -299,7 +299,7 @@ def test_review_status_reports_progress_per_annotator(proj, argilla_env):
 
 
 def test_recheck_sends_doubtful_labels_and_a_correction_replaces_them(proj, argilla_env):
-    from synthloop.review import push_suspicious
+    from synthloop.loop.review import push_suspicious
     from synthloop.store import NewLabel
 
     proj.round(labeler="oracle", n=60)
@@ -317,7 +317,7 @@ def test_recheck_sends_doubtful_labels_and_a_correction_replaces_them(proj, argi
     assert result.pushed == 10 and result.dataset.endswith("-recheck")
     client = rg.Argilla(api_url=argilla_env.url, api_key=argilla_env.api_key)
     records = {str(r.id): r for r in client.datasets(result.dataset, workspace="synthloop").records(with_suggestions=True)}
-    from synthloop.report import label_quality
+    from synthloop.report.project_report import label_quality
 
     assert set(records) == {row["id"] for row in label_quality(proj, proj.load_model()[1])["suspicious"][:10]}
     caught = sorted(set(planted) & set(records))
@@ -444,7 +444,7 @@ def test_hybrid_stops_on_a_refusal_and_the_queries_wait_for_reviewers(proj, argi
 
 # ----------------------------------------------------------------------------------------------- nightly
 def test_two_nights_route_to_argilla_and_collect_what_reviewers_submitted(proj, argilla_env):
-    from synthloop.nightly import run_nightly
+    from synthloop.loop.nightly import run_nightly
 
     first = run_nightly(proj, labeler="argilla", max_labels=10)
     assert first["queried"] == 10 and first["labels_collected"] == 0
@@ -464,7 +464,7 @@ def test_two_nights_route_to_argilla_and_collect_what_reviewers_submitted(proj, 
 
 
 def test_a_night_whose_cap_the_leftovers_fill_still_pushes_them(proj, argilla_env, monkeypatch):
-    from synthloop.nightly import run_nightly
+    from synthloop.loop.nightly import run_nightly
 
     proj.config.argilla.retries = 0
     monkeypatch.setenv("ARGILLA_API_URL", CLOSED)

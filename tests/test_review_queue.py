@@ -22,8 +22,9 @@ from test_review import (  # noqa: F401 - fixtures
     server_ids,
 )
 
-from synthloop import active, review
 from synthloop.labelers import argilla_queue
+from synthloop.learn import active
+from synthloop.loop import review
 from synthloop.store import NewLabel
 
 
@@ -199,7 +200,7 @@ def test_tending_the_queue_stores_nothing_itself(tmp_path, small_pool, argilla_e
     assert argilla_queue.pushed_with(project.store, dataset) == shown
     assert result.meta == argilla_queue.model_meta(dataset, version)
 
-    project.store.withdraw(withdrawn)  # what the round does with it (synthloop.review.tend)
+    project.store.withdraw(withdrawn)  # what the round does with it (synthloop.loop.review.tend)
     project.store.apply(Collected(meta=result.meta), None)
     assert len(project.store.queries(status=argilla_queue.WITHDRAWN)) == 10
     assert argilla_queue.pushed_with(project.store, dataset) == version

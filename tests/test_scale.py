@@ -1,4 +1,4 @@
-"""Streaming pool scoring (synthloop.scale): exact top-k against brute force, flat memory, and Ray."""
+"""Streaming pool scoring (synthloop.learn.scale): exact top-k against brute force, flat memory, and Ray."""
 
 from __future__ import annotations
 
@@ -18,10 +18,10 @@ from helpers import skip_or_fail
 from modAL.uncertainty import classifier_entropy, classifier_margin, classifier_uncertainty
 
 from synthloop import SynthloopError
-from synthloop.active import FittedView, select
 from synthloop.data import example_id
-from synthloop.models import TextClassifier
-from synthloop.scale import ranked_batch_candidates, score_pool
+from synthloop.learn.active import FittedView, select
+from synthloop.learn.models import TextClassifier
+from synthloop.learn.scale import ranked_batch_candidates, score_pool
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "sms_spam"
 # modAL's measures on the registry's scale (higher = less sure, in [0, 1]); the model has two classes.
@@ -92,10 +92,10 @@ def test_local_engine_equals_brute_force_on_parquet(model, pool, strategy):
 
 @pytest.mark.parametrize("inline_rows", [0, 6000, 10**9])
 def test_local_engine_equals_brute_force_on_csv_with_id_column_and_workers(model, pool, inline_rows, monkeypatch):
-    import synthloop.scale
+    import synthloop.learn.scale
 
     # Workers from the first chunk, after two chunks scored in this process, or no workers at all (a small pool).
-    monkeypatch.setattr(synthloop.scale, "INLINE_ROWS", inline_rows)
+    monkeypatch.setattr(synthloop.learn.scale, "INLINE_ROWS", inline_rows)
     ids = [str(7 * i) for i in range(len(pool["texts"]))]
     expected = brute_force(model, pool["texts"], ids, "margin", 40)
     assert_same(score_pool(model, pool["csv"], k=40, chunk_size=3000, n_jobs=2, id_col="uid"), expected)
@@ -145,7 +145,7 @@ def test_ranked_batch_returns_k_distinct_ids_from_the_most_uncertain(model, pool
 
 MEASURE_RSS = """
 import resource, sys, joblib
-from synthloop.scale import score_pool
+from synthloop.learn.scale import score_pool
 model = joblib.load(sys.argv[1])
 for path in sys.argv[2:]:
     score_pool(model, path, k=100, chunk_size=10_000, n_jobs=1)
@@ -214,7 +214,7 @@ def test_ray_engine_on_a_two_node_cluster_selects_the_local_engine_ids(model, po
 
 LOCAL_RAY = """
 import json, sys, joblib, ray
-from synthloop.scale import score_pool
+from synthloop.learn.scale import score_pool
 model = joblib.load(sys.argv[1])
 picks = score_pool(model, sys.argv[2], k=20, chunk_size=5000, engine="ray", n_jobs=1)
 print(json.dumps({"picks": picks, "still_up": ray.is_initialized()}))

@@ -13,7 +13,7 @@ from sklearn.metrics import accuracy_score, f1_score
 from threadpoolctl import threadpool_limits
 
 from synthloop import Project
-from synthloop.impact import GPT4O_SECONDS_PER_REQUEST
+from synthloop.report.impact import GPT4O_SECONDS_PER_REQUEST
 from synthloop.synth import synthetic_labels
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -58,7 +58,7 @@ def test_each_column_says_what_it_counts(seed_table, committed):
     assert local[1] == f"{spam['accuracy']:.3f} (abstained {spam['abstained']}/{spam['n']})" == "0.020 (abstained 90/100)"
     assert local[2] == "0.450" and local[3] == "0.250"  # no abstentions there, so no note
     assert "of the 10 it answered (answers: spam 10), 0.200 were right" in md
-    # Every row has $ and latency per 1k; GPT-4o's latency is the assumption from synthloop.impact, marked.
+    # Every row has $ and latency per 1k; GPT-4o's latency is the assumption from synthloop.report.impact, marked.
     gpt4o = table_line(md, "GPT-4o, published")
     assert gpt4o[-1] == f"≈{1000 * GPT4O_SECONDS_PER_REQUEST:,.0f} s est., sequential" == "≈750 s est., sequential"
     assert "estimate, not a measurement" in md

@@ -1,4 +1,4 @@
-"""Every selection path (in memory, cached scores, streamed through synthloop.scale) picks the same examples
+"""Every selection path (in memory, cached scores, streamed through synthloop.learn.scale) picks the same examples
 and stores the same score for them, on the measure registry's one scale (higher = less sure, in [0, 1])."""
 
 from __future__ import annotations
@@ -8,8 +8,9 @@ import shutil
 import numpy as np
 import pytest
 
-from synthloop import Project, measures, selection
-from synthloop.scale import score_pool
+from synthloop import Project
+from synthloop.learn import measures, selection
+from synthloop.learn.scale import score_pool
 
 STRATEGIES = ("least-confident", "margin", "entropy", "ranked-batch")
 

@@ -25,7 +25,7 @@ for _module in ("starlette", "uvicorn", "skops"):
         skip_or_fail(f"{_module} is not installed: pip install 'synthloop[serve]' to run the serve tests")
 
 from synthloop import Project  # noqa: E402
-from synthloop.deploy import ModelFileError, export_model, load_export  # noqa: E402
+from synthloop.serve.deploy import ModelFileError, export_model, load_export  # noqa: E402
 
 TOKEN = "s3cret-token-for-tests"
 TEXTS = ["WINNER! Claim your free prize now, call 0800 123 456", "are we still on for lunch tomorrow?",
@@ -285,7 +285,7 @@ def test_a_tampered_export_is_refused(trained, tmp_path):
 @pytest.mark.parametrize("name", ["hashing-lr", "embed-lr", "hybrid-lr"])
 def test_export_round_trip_of_the_other_models(name, tmp_path):
     if name == "embed-lr":
-        from synthloop.embed import EmbeddingBackendError, packaged_files
+        from synthloop.learn.embed import EmbeddingBackendError, packaged_files
 
         try:
             packaged_files()
@@ -335,8 +335,8 @@ def test_bad_command_lines_are_one_line_errors(trained, tmp_path):
 @pytest.mark.parametrize("calibrate", [True, False])
 def test_the_servers_direct_route_gives_the_models_probabilities(name, calibrate):
     """Three classes seen and a fourth task label never seen (an all-zero column), calibrated or not."""
-    from synthloop.fastpath import fast_predict_proba
-    from synthloop.models import TextClassifier
+    from synthloop.learn.models import TextClassifier
+    from synthloop.serve.fastpath import fast_predict_proba
 
     rng = np.random.default_rng(0)
     words = {"fruit": "apple banana juice pear", "sport": "goal match team score", "vote": "party election law poll"}

@@ -1,4 +1,4 @@
-"""Fitting on the columns the labeled rows use gives the model a full-width fit gives (synthloop.sparse_fit)."""
+"""Fitting on the columns the labeled rows use gives the model a full-width fit gives (synthloop.learn.sparse_fit)."""
 
 import numpy as np
 import scipy.sparse as sp
@@ -7,8 +7,8 @@ from sklearn.calibration import CalibratedClassifierCV
 from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import StratifiedKFold
 
-from synthloop.models import TextClassifier, make_featurizer
-from synthloop.sparse_fit import fit_used_columns
+from synthloop.learn.models import TextClassifier, make_featurizer
+from synthloop.learn.sparse_fit import fit_used_columns
 
 WORDS = "cash prize win call now meeting lunch tomorrow office report free offer claim see you later".split()
 
@@ -59,8 +59,8 @@ def test_text_classifier_trains_on_used_columns_and_scores_any_text():
 def test_a_model_saved_with_a_column_slice_loads_and_scores_the_same(tmp_path):
     """Models saved before 2026-12-01 kept coefficients for the used columns only, plus `used_columns_`; loading
     one widens it to the full width, the way fits are stored now."""
-    from synthloop.models import load_model, save_model
-    from synthloop.sparse_fit import linear_parts
+    from synthloop.learn.models import load_model, save_model
+    from synthloop.learn.sparse_fit import linear_parts
 
     texts, y = _data()
     for calibrate in (False, True):

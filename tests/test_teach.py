@@ -19,12 +19,13 @@ import numpy as np
 import pytest
 from helpers import skip_or_fail
 
-from synthloop import Project, active
+from synthloop import Project
+from synthloop.learn import active
 
 if importlib.util.find_spec("textual") is None:
     skip_or_fail("Textual is not installed: pip install 'synthloop[teach]' (make test installs it)")
-from synthloop.teach import TeachSession, key_map  # noqa: E402
-from synthloop.teach_app import TeachApp  # noqa: E402
+from synthloop.cli.teach_app import TeachApp  # noqa: E402
+from synthloop.loop.teach import TeachSession, key_map  # noqa: E402
 
 DEADLINE = 180  # seconds; generous: two shared cores under several engineers' tests
 

@@ -15,7 +15,7 @@ import pytest
 from helpers import EXAMPLE
 
 from synthloop import Project, SynthloopError
-from synthloop.feature_rows import FeatureRows
+from synthloop.learn.feature_rows import FeatureRows
 from synthloop.llm.quoting import CLOSE, OPEN
 from synthloop.textcap import DEFAULT_MAX_TEXT_CHARS
 

@@ -6,17 +6,17 @@ import importlib
 from typing import TYPE_CHECKING
 
 from synthloop.errors import SynthloopError
-from synthloop.simulate import simulate
+from synthloop.loop.simulate import simulate
 from synthloop.task import Label, TaskSpec, load_task
 
 if TYPE_CHECKING:
-    from synthloop.project import Project
+    from synthloop.loop.project import Project
 
 __all__ = ["Project", "TaskSpec", "Label", "load_task", "simulate", "SynthloopError"]
 __version__ = "0.1.0"
 
-# Imported on first use, so that `synthloop --help` and `import synthloop.cli` do not load scikit-learn.
-_LAZY = {"Project": "synthloop.project"}
+# Imported on first use, so that `synthloop --help` and `import synthloop.cli.main` do not load scikit-learn.
+_LAZY = {"Project": "synthloop.loop.project"}
 
 
 def __getattr__(name: str):

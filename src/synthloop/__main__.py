@@ -1,3 +1,3 @@
-from synthloop.cli import app
+from synthloop.cli.main import app
 
 app(prog_name="synthloop")

@@ -7,8 +7,8 @@ suggestion per question (before there is a model, the LLM's answer is the sugges
 shown, refreshed, capped and withdrawn is decided in `argilla_queue`.
 `collect` takes submitted responses, resolves several annotators by majority and returns one label per
 annotator who voted for the winner, as `human:<username>`. Drafts and discarded responses are ignored; ties
-stay pending and are reported. The labeler writes nothing to the store: the round (synthloop.round) or the
-review commands (synthloop.review) store what it returns.
+stay pending and are reported. The labeler writes nothing to the store: the round (synthloop.loop.round) or the
+review commands (synthloop.loop.review) store what it returns.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ from synthloop.labelers.context import LabelContext
 from synthloop.store import NewLabel, Query, QueryStatus
 
 if TYPE_CHECKING:
-    from synthloop.models import TextClassifier
+    from synthloop.learn.models import TextClassifier
 
 log = logging.getLogger("synthloop.argilla")
 
@@ -197,7 +197,7 @@ class ArgillaLabeler:
     def assess(self, queries: Sequence[Query]) -> dict[str, Guess | None]:
         """The current model's guess and uncertainty (the query's own measure) for each query; None
         before there is a model."""
-        from synthloop.measures import measure_of, uncertainty
+        from synthloop.learn.measures import measure_of, uncertainty
 
         model = self._current_model()
         if model is None or not queries:
@@ -206,7 +206,7 @@ class ArgillaLabeler:
         out: dict[str, Guess | None] = {}
         for strategy in {q.strategy for q in queries}:
             rows = [k for k, q in enumerate(queries) if q.strategy == strategy]
-            # The measure the query's score was stored with (synthloop.measures), so a refresh keeps its meaning.
+            # The measure the query's score was stored with (synthloop.learn.measures), so a refresh keeps its meaning.
             values = uncertainty(measure_of(strategy), proba[rows])
             for k, value in zip(rows, values):
                 p = proba[k]

@@ -13,8 +13,8 @@
   `[argilla] withdraw_confidence`. A record someone has started (any response, a draft too) stays.
 
 Nothing here writes to the store: what a push or a tend means for it (queries withdrawn, the model the records
-show) goes back to the caller, which stores it through the store's transition methods (synthloop.review.tend,
-synthloop.round.hand_out).
+show) goes back to the caller, which stores it through the store's transition methods (synthloop.loop.review.tend,
+synthloop.loop.round.hand_out).
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ from synthloop.task import TaskSpec
 
 if TYPE_CHECKING:  # the labeler calls in here for its policy; at run time the labeler is passed in
     from synthloop.labelers.argilla import ArgillaLabeler
-    from synthloop.models import TextClassifier
+    from synthloop.learn.models import TextClassifier
 
 log = logging.getLogger("synthloop.argilla")
 

@@ -9,14 +9,14 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from synthloop.budget import Budget
 from synthloop.config import Config
+from synthloop.loop.budget import Budget
 from synthloop.store import Store
 from synthloop.task import TaskSpec
 
 if TYPE_CHECKING:
+    from synthloop.learn.models import TextClassifier
     from synthloop.llm.client import LLMClient, Result
-    from synthloop.models import TextClassifier
 
 
 @dataclass

@@ -3,7 +3,7 @@ quality check, cleanlab's ranking) go to a separate Argilla dataset, `<dataset>-
 label as the suggestion. What reviewers submit there is stored as `human:<username>`; among labels of the
 same rank the newest wins, so a reviewer's correction replaces the label it re-checked.
 
-This module talks to Argilla only; `synthloop.review` picks the labels to re-check and stores the answers.
+This module talks to Argilla only; `synthloop.loop.review` picks the labels to re-check and stores the answers.
 """
 
 from __future__ import annotations

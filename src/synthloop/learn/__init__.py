@@ -1,0 +1,1 @@
+"""Learning: featurizers, models, the uncertainty measures, strategies and selection, the feature stores."""

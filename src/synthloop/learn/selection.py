@@ -1,0 +1,195 @@
+"""Choosing the next batch to label: one entry point, `select`, over a pluggable scorer.
+
+A scorer answers one question, "the k unlabeled examples most uncertain under this measure", in its own way:
+`InMemory` scores the whole pool at once, `Cached` keeps per-example scores in the store and re-scores only
+what a new model changes, `Streamed` reads the pool from the store in chunks and scores them through
+synthloop.learn.scale (every core, or a Ray cluster). The values are the measure registry's (synthloop.learn.measures),
+so every scorer stores the same score for the same example and model.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+from synthloop.errors import SynthloopError
+from synthloop.learn import active
+from synthloop.learn.measures import measure_of, top_k, uncertainty
+
+# Cached scoring: when the model changes, the previous model's most uncertain examples are re-scored, plus a
+# random slice of the rest so that no example keeps a stale score forever.
+RESCORE_TOP = 2000
+RESCORE_SLICE = 10_000
+
+Pool = tuple[list[str], list[str]]  # (ids, texts), ids in ascending order
+Features = Callable[[object, list[str], list[str]], object]  # (model, ids, texts) -> feature rows
+
+
+@dataclass
+class Candidates:
+    ids: list[str]
+    scores: list[float]
+    texts: list[str] | None = None
+
+
+class Scorer(Protocol):
+    scored: int  # examples scored by the last call (the rest were cached)
+
+    def check(self, strategy: str) -> None:
+        """Refuse a strategy this scorer cannot serve, before anything is selected."""
+
+    def top(self, model, measure: str, k: int, with_texts: bool = False) -> Candidates:
+        """The k unlabeled examples with the highest uncertainty, best first (score desc, id asc)."""
+
+    def features(self, model, ids: list[str], texts: list[str]):
+        """Feature rows of the given examples, as the model sees them."""
+
+    def whole_pool(self, model) -> tuple[list[str], Any]:  # feature rows: sparse or dense, as the model makes them
+        """Every unlabeled id and its feature rows, for strategies that look at the whole pool at once."""
+
+
+def select(scorer: Scorer, model, strategy: str, n: int, training: Callable[[], Pool] | None = None,
+           seed: int = 0) -> list[tuple[str, float]]:
+    """The n examples to label next as (id, score), score = the strategy's measure (higher = less sure)."""
+    if strategy == "cold-start" and not isinstance(scorer, InMemory):
+        # Its diversity phase needs the whole pool at once: scored piece by piece (cached, streamed), it is margin.
+        strategy = "margin"
+    scorer.check(strategy)
+    if n <= 0:
+        return []
+    if strategy in active.POINTWISE:
+        best = scorer.top(model, strategy, n)
+        return list(zip(best.ids, best.scores))
+    if strategy == "ranked-batch":
+        best = scorer.top(model, "least-confident", active.ranked_batch_candidates(n), with_texts=True)
+        if not best.ids:
+            return []
+        assert best.texts is not None  # asked for with_texts=True
+        t_ids, t_texts = training() if training else ([], [])
+        X_training = scorer.features(model, t_ids, t_texts) if t_ids else None
+        view = active.FittedView(model, X_training)
+        picked = active.ranked_batch_among(view, scorer.features(model, best.ids, best.texts), n)
+        return [(best.ids[i], best.scores[i]) for i in picked]
+    # random, or a modAL function given by path: it sees the whole pool; its picks are scored by the default measure
+    ids, X = scorer.whole_pool(model)
+    if not ids:
+        return []
+    picked, _ = active.select(strategy, model, X, n, seed=seed)
+    scores = uncertainty(measure_of(strategy), model.predict_proba_features(X[picked]))
+    return [(ids[i], float(s)) for i, s in zip(picked, scores)]
+
+
+class InMemory:
+    """The whole unlabeled pool featurized and scored at once."""
+
+    def __init__(self, pool: Callable[[], Pool], features: Features):
+        self._pool, self._features = pool, features
+        self._loaded: Pool | None = None
+        self.scored = 0
+
+    def pool(self) -> Pool:
+        if self._loaded is None:
+            self._loaded = self._pool()
+        return self._loaded
+
+    def check(self, strategy: str) -> None:
+        active.get_strategy(strategy)
+
+    def features(self, model, ids, texts):
+        return self._features(model, list(ids), list(texts))
+
+    def whole_pool(self, model):
+        ids, texts = self.pool()
+        self.scored = len(ids)
+        return ids, (self.features(model, ids, texts) if ids else None)
+
+    def top(self, model, measure, k, with_texts=False) -> Candidates:
+        ids, texts = self.pool()
+        self.scored = len(ids)
+        if not ids:
+            return Candidates([], [], [] if with_texts else None)
+        scores = uncertainty(measure, model.predict_proba_features(self.features(model, ids, texts)))
+        return _candidates(*top_k(np.asarray(ids, dtype=str), scores, k,
+                                  np.asarray(texts, dtype=object) if with_texts else None))
+
+
+class Cached(InMemory):
+    """Scores kept in the store per (example, model version, measure): only examples never scored are scored,
+    plus (when the model changed) the previous model's most uncertain ones and a random slice; the rest keep
+    their cached score."""
+
+    def __init__(self, pool: Callable[[], Pool], features: Features, store, model_version: int):
+        super().__init__(pool, features)
+        self.store, self.version = store, model_version
+
+    def top(self, model, measure, k, with_texts=False) -> Candidates:
+        ids, texts = self.pool()
+        current = self.store.cached_scores(self.version, measure)
+        ever = self.store.scored_ids(measure)
+        unlabeled = set(ids)
+        todo = {i for i in ids if i not in ever}
+        last = self.store.latest_scored_version(measure)
+        if last is not None and last != self.version:
+            old = self.store.cached_scores(last, measure)
+            ranked = sorted((i for i in old if i in unlabeled), key=lambda i: (-old[i], i))
+            todo |= set(ranked[:RESCORE_TOP])
+            stale = sorted(unlabeled - todo - set(current))
+            todo |= set(random.Random(self.version).sample(stale, min(RESCORE_SLICE, len(stale))))
+        todo -= set(current)
+        position = {eid: i for i, eid in enumerate(ids)}
+        if todo:
+            todo_ids = sorted(todo, key=position.__getitem__)
+            X = self.features(model, todo_ids, [texts[position[i]] for i in todo_ids])
+            new = dict(zip(todo_ids, map(float, uncertainty(measure, model.predict_proba_features(X)))))
+            self.store.save_scores(self.version, measure, new)
+            current.update(new)
+        self.scored = len(todo)
+        known = [i for i in ids if i in current]
+        picked = _candidates(*top_k(np.asarray(known, dtype=str), np.array([current[i] for i in known], dtype=float), k))
+        if with_texts:
+            picked.texts = [texts[position[i]] for i in picked.ids]
+        return picked
+
+
+class Streamed:
+    """The pool read in chunks and scored through synthloop.learn.scale: memory bounded by the chunk size."""
+
+    def __init__(self, chunks: Callable[[], Iterable[Pool]], engine: str = "local", address: str | None = None,
+                 chunk_size: int = 50_000, ray_notes: Path | None = None):
+        self.chunks, self.engine, self.address, self.chunk_size = chunks, engine, address, chunk_size
+        self.ray_notes = ray_notes  # where a local Ray started for this is noted (synthloop.learn.ray_local)
+        self.scored = 0
+
+    def check(self, strategy: str) -> None:
+        from synthloop.learn.scale import check_streamable
+
+        check_streamable(strategy, self.engine)
+
+    def features(self, model, ids, texts):
+        return model.transform(list(texts))
+
+    def whole_pool(self, model):
+        raise SynthloopError("this strategy needs the whole pool in memory; run it without --engine")
+
+    def top(self, model, measure, k, with_texts=False) -> Candidates:
+        from synthloop.learn.scale import most_uncertain
+
+        self.scored = 0
+
+        def counted() -> Iterator[Pool]:
+            for ids, texts in self.chunks():
+                self.scored += len(ids)
+                yield ids, texts
+
+        best = most_uncertain(model, counted(), measure, k, engine=self.engine, address=self.address,
+                              chunk_size=self.chunk_size, with_texts=with_texts, ray_notes=self.ray_notes)
+        return _candidates(best.ids, best.scores, best.texts)
+
+
+def _candidates(ids, scores, texts=None) -> Candidates:
+    return Candidates([str(i) for i in ids], [float(s) for s in scores], None if texts is None else list(texts))

@@ -1,0 +1,1 @@
+"""Serving: the exported model format, the HTTP server and its fast path."""

@@ -1,0 +1,39 @@
+"""Models saved before synthloop's modules moved into packages pickled `synthloop.models.TextClassifier`; they
+still load (and predict the same)."""
+
+from __future__ import annotations
+
+import sys
+
+import joblib
+
+from synthloop import old_paths
+from synthloop.learn import models
+from synthloop.learn.models import TextClassifier, load_model
+
+
+def test_a_model_saved_under_the_old_module_path_loads(tmp_path, monkeypatch):
+    texts = ["win a prize now", "free cash offer", "see you at lunch", "meeting moved to noon"] * 3
+    labels = ["spam", "spam", "ham", "ham"] * 3
+    model = TextClassifier(labels=["ham", "spam"], name="tfidf-lr").fit(texts, labels)
+    path = tmp_path / "models" / "v0001.joblib"
+    path.parent.mkdir()
+    # Written as an old version wrote it: the class's module is the old path, which resolves while dumping.
+    monkeypatch.setattr(TextClassifier, "__module__", "synthloop.models")
+    monkeypatch.setitem(sys.modules, "synthloop.models", models)
+    featurizer_class = type(model.featurizer_)
+    if featurizer_class.__module__ == models.__name__:
+        monkeypatch.setattr(featurizer_class, "__module__", "synthloop.models")
+    joblib.dump(model, path)
+    monkeypatch.undo()
+    assert b"synthloop.models" in path.read_bytes() and b"synthloop.learn.models" not in path.read_bytes()
+    sys.modules.pop("synthloop.models", None)  # a fresh process: the old path is not importable by itself
+
+    loaded = load_model(path)
+    assert type(loaded) is TextClassifier
+    assert list(loaded.predict(["free prize cash", "lunch at noon"])) == list(model.predict(["free prize cash", "lunch at noon"]))
+
+
+def test_old_type_names_stay_trusted_for_exports():
+    names = old_paths.with_old_names(frozenset({"synthloop.learn.models.TextClassifier", "sklearn.x.Y"}))
+    assert names == {"synthloop.learn.models.TextClassifier", "synthloop.models.TextClassifier", "sklearn.x.Y"}
