@@ -90,7 +90,7 @@ def format_validation_error(err: ValidationError, source: str, prefix: str = "",
 def parse_task(data: dict, source: str = "task") -> TaskSpec:
     """Validate a parsed TOML document whose [task] table holds the task."""
     if "task" not in data:
-        raise SynthloopError(f"{source} has no [task] table; see the task format in the README")
+        raise SynthloopError(f"{source} has no [task] table; see the task format in docs/cli.md (The task format)")
     try:
         return TaskSpec.model_validate(data["task"])
     except ValidationError as err:
