@@ -71,7 +71,7 @@ def test_clone(embedder):
     embedder.transform(PAIR[:1])
     copy = clone(SentenceEmbedder(batch_size=8, max_length=128, normalize=False))
     assert copy.get_params() == {"model": "all-MiniLM-L6-v2", "batch_size": 8, "max_length": 128, "normalize": False,
-                                "store": None}
+                                "store": None, "max_chars": None}
     assert clone(embedder).get_params() == embedder.get_params()
 
 

@@ -119,3 +119,15 @@ def test_a_cap_below_100_is_refused_as_a_config_error(tmp_path):
     with pytest.raises(SynthloopError, match="max_text_chars"):
         Project.init(tmp_path / "p", EXAMPLE / "task.toml", limits={"max_text_chars": 5})
     assert not (tmp_path / "p" / "synthloop.toml").exists()
+
+
+def test_rows_made_under_another_cap_are_never_reused():
+    from synthloop.feature_rows import featurizer_version
+    from synthloop.models import TextClassifier
+
+    texts = ["hello there", "win a prize now"]
+    versions = {featurizer_version(TextClassifier(name=name, max_chars=cap), texts)
+                for name in ("tfidf-lr", "hybrid-lr", "hashing-lr") for cap in (None, 300, 10_000)}
+    assert len(versions) == 9
+    assert featurizer_version(TextClassifier(name="tfidf-lr", max_chars=300), texts) == featurizer_version(
+        TextClassifier(name="tfidf-lr", max_chars=300, C=1.0), texts)  # the classifier's settings do not count
