@@ -122,8 +122,8 @@ def test_a_cap_below_100_is_refused_as_a_config_error(tmp_path):
 
 
 def test_rows_made_under_another_cap_are_never_reused():
-    from synthloop.feature_rows import featurizer_version
-    from synthloop.models import TextClassifier
+    from synthloop.learn.feature_rows import featurizer_version
+    from synthloop.learn.models import TextClassifier
 
     texts = ["hello there", "win a prize now"]
     versions = {featurizer_version(TextClassifier(name=name, max_chars=cap), texts)
