@@ -28,7 +28,7 @@ class ModelConfig(_Section):
 
 
 class LoopConfig(_Section):
-    strategy: str = "cold-start"  # diverse picks until every class has 2 real labels, then margin
+    strategy: str = "cold-start"  # central picks until every class has 2 real labels or 2 batches are in, then diverse margin
     batch_size: int = Field(25, ge=1)
     labeler: str = "oracle"
     seed: int = 0

@@ -75,6 +75,8 @@ def exit_code(error: BaseException) -> int:
         # Only the error this one was raised from or while handling: the SDKs' own wrapping, one level deep.
         inner = error.__cause__ or error.__context__
         return EXIT_UNAVAILABLE if isinstance(inner, network) else EXIT_USAGE
+    if _disk_full(error):  # a store or file write the disk refused: "free space, then rerun", not a bug
+        return DiskFull.exit_code
     return EXIT_FAILED
 
 
