@@ -261,6 +261,8 @@ def main() -> None:
     runs = [r for r in load_runs(args.runs) if r["budget"] == args.budget and r["dataset"] in args.datasets
             and (r["config"], r["strategy"]) in BASELINES and r.get("pool_frac", 1.0) == args.pool_frac
             and r["seed"] < args.seeds]
+    # One run per seed: a run repeated (a worker that outlived a stopped run) counts once, the last one.
+    runs = list({(r["dataset"], r["config"], r["strategy"], r["seed"]): r for r in runs}.values())
     summary = summarize(runs)
     datasets = [d for d in args.datasets if d in summary]
     rows = targets(summary, datasets)

@@ -57,7 +57,7 @@ MEASURES: dict[str, Callable[[_Proba], np.ndarray]] = {
 DEFAULT_MEASURE = "least-confident"
 
 
-# Strategies scored by another's measure: cold-start is margin once its diversity phase is over.
+# Strategies scored by another's measure: cold-start ranks by margin (diverse margin) once its central-pick phase is over.
 ALIASES = {"cold-start": "margin"}
 
 

@@ -57,7 +57,8 @@ def select(scorer: Scorer, model, strategy: str, n: int, training: Callable[[], 
            seed: int = 0) -> list[tuple[str, float]]:
     """The n examples to label next as (id, score), score = the strategy's measure (higher = less sure)."""
     if strategy == "cold-start" and not isinstance(scorer, InMemory):
-        # Its diversity phase needs the whole pool at once: scored piece by piece (cached, streamed), it is margin.
+        # Its k-means (central picks, then diverse margin) needs the whole pool at once: scored piece by piece
+        # (cached, streamed), it is margin.
         strategy = "margin"
     scorer.check(strategy)
     if n <= 0:
