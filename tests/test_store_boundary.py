@@ -11,7 +11,7 @@ SRC = Path(synthloop.__file__).parent
 DATABASE_LIBRARIES = {"sqlalchemy", "sqlite3", "psycopg", "psycopg2"}
 # Not the project's store: the embedding cache is one SQLite file per embedding model, shared by projects and
 # `predict` (features.EmbeddingStore); errors turns a damaged or read-only SQLite file into a one-line message.
-OUTSIDE_THE_STORE = {"features.py", "errors.py"}
+OUTSIDE_THE_STORE = {"learn/features.py", "errors.py"}
 
 
 def imported_roots(path: Path) -> set[str]:

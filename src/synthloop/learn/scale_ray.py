@@ -9,7 +9,7 @@ from pathlib import Path
 import joblib
 
 from synthloop.errors import SynthloopError, Unavailable
-from synthloop.learn.scale import FILE_KINDS, TopK, batch_columns, csv_options, score_chunk
+from synthloop.learn.pool_chunks import FILE_KINDS, TopK, batch_columns, csv_options, score_chunk
 
 
 class RayUnreachable(Unavailable):
