@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import functools
 import inspect
 import re
 import shutil
@@ -172,6 +173,7 @@ def _spawning_names(module) -> set[str]:
     return _spawning[module.__name__]
 
 
+@functools.cache  # a fixture is asked about once per test that uses it
 def _starts_a_process(fn) -> bool:
     fn = inspect.unwrap(fn)
     text = _source(fn)

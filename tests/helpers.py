@@ -34,12 +34,12 @@ def wait_for(condition, timeout: float = 120.0, what: str = "condition", every: 
     raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
 
 
-def project_after_one_round(root: Path, data: Path) -> Path:
+def project_after_one_round(root: Path, data: Path, model: str | None = None) -> Path:
     """A project in `root` on the small SMS data (see conftest's small_pool), gold pool and test imported, one
-    round done; closed, so subprocesses can use it."""
+    round done; closed, so subprocesses can use it. `model`: a model name instead of the default."""
     from synthloop import Project
 
-    Project.init(root, data / "task.toml", loop={"batch_size": 10}).close()
+    Project.init(root, data / "task.toml", loop={"batch_size": 10}, **({"model": {"name": model}} if model else {})).close()
     project = Project(root)
     project.import_file(data / "pool.csv", label_col="label", gold=True)
     project.import_file(data / "test.csv", label_col="label", split="test")

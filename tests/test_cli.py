@@ -9,6 +9,9 @@ import pytest
 
 from synthloop import simulate
 
+# For tests of the CLI itself, not of the model: tfidf-lr embeds nothing (test_commands_end_to_end runs the default).
+TFIDF = ("--model", "tfidf-lr")
+
 
 def run(*args, cwd, check=True):
     proc = subprocess.run([sys.executable, "-m", "synthloop", *map(str, args)], cwd=cwd, capture_output=True, text=True)
@@ -89,7 +92,7 @@ def test_simulate_prints_the_json_contract(tmp_path, small_pool):
 
 def test_simulate_report_has_the_strategy_and_the_random_baseline(tmp_path, small_pool):
     base = ["simulate", "--task", small_pool / "task.toml", "--pool", small_pool / "pool.csv", "--test", small_pool / "test.csv",
-            "--strategy", "margin", "--batch", "10", "--seed", "3"]
+            "--strategy", "margin", "--batch", "10", "--seed", "3", *TFIDF]
     args = [*base, "--budget", "20"]
     result = json.loads(run(*args, "--report", tmp_path / "rep", "--json", cwd=tmp_path).stdout)
     assert set(result) == {"curve", "seconds", "baselines", "report"}
@@ -107,7 +110,7 @@ def test_simulate_report_has_the_strategy_and_the_random_baseline(tmp_path, smal
     assert "random: labels" in paths["md"].read_text() and "random: labels" in paths["html"].read_text()
     # The baseline is the plain random simulation with the same seed, not a different draw.
     plain = simulate(small_pool / "task.toml", small_pool / "pool.csv", small_pool / "test.csv", strategy="random",
-                     budget=20, batch=10, seed=3)
+                     model="tfidf-lr", budget=20, batch=10, seed=3)
     assert plain["curve"] == result["baselines"]["random"]
 
     # `--report` without a folder writes ./simulation-report; a folder without --report is refused.
@@ -123,7 +126,7 @@ MARKUP_TEXTS = ["[/bold] win a prize", "[link=http://evil.example]click here[/li
 def test_user_text_is_printed_as_text_never_as_markup(tmp_path, small_pool):
     import csv
 
-    run("init", "p", "--task", small_pool / "task.toml", "--batch-size", "5", cwd=tmp_path)
+    run("init", "p", "--task", small_pool / "task.toml", *TFIDF, "--batch-size", "5", cwd=tmp_path)
     proj = tmp_path / "p"
     pool = tmp_path / "markup.csv"
     with open(pool, "w", newline="") as f:
@@ -145,7 +148,7 @@ def test_user_text_is_printed_as_text_never_as_markup(tmp_path, small_pool):
 
 
 def test_predict_takes_texts_a_file_or_stdin_and_refuses_a_bare_file_name(tmp_path, small_pool):
-    run("init", "p", "--task", small_pool / "task.toml", cwd=tmp_path)
+    run("init", "p", "--task", small_pool / "task.toml", *TFIDF, cwd=tmp_path)
     proj = tmp_path / "p"
     run("import", small_pool / "pool.csv", "--label-col", "label", cwd=proj)
     run("train", cwd=proj)
@@ -164,7 +167,7 @@ def test_predict_takes_texts_a_file_or_stdin_and_refuses_a_bare_file_name(tmp_pa
 def test_bad_values_and_damaged_files_are_one_line_and_exit_2(tmp_path, small_pool):
     proc = run("init", "p0", "--task", small_pool / "task.toml", "--batch-size", "0", cwd=tmp_path, check=False)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
-    run("init", "p", "--task", small_pool / "task.toml", "--batch-size", "5", cwd=tmp_path)
+    run("init", "p", "--task", small_pool / "task.toml", *TFIDF, "--batch-size", "5", cwd=tmp_path)
     proj = tmp_path / "p"
     run("import", small_pool / "pool.csv", "--label-col", "label", cwd=proj)
     run("round", cwd=proj)
@@ -197,7 +200,7 @@ def test_bad_values_and_damaged_files_are_one_line_and_exit_2(tmp_path, small_po
 
 def test_a_bug_prints_one_line_and_where_the_traceback_is(tmp_path, small_pool):
     (tmp_path / "buggy_strategy.py").write_text("def pick(classifier, X, n_instances=1, **kw):\n    return 1 / 0\n")
-    run("init", "p", "--task", small_pool / "task.toml", cwd=tmp_path)
+    run("init", "p", "--task", small_pool / "task.toml", *TFIDF, cwd=tmp_path)
     proj = tmp_path / "p"
     run("import", small_pool / "pool.csv", "--label-col", "label", "--gold", cwd=proj)
     env = {**__import__("os").environ}
@@ -227,7 +230,7 @@ def test_library_warnings_go_to_the_log_not_the_terminal(tmp_path, small_pool):
         "import warnings\n\ndef pick(classifier, X, n_instances=1, **kw):\n"
         "    warnings.warn('the number of unique classes is greater than 50%', UserWarning)\n"
         "    return list(range(n_instances))\n")
-    run("init", "p", "--task", small_pool / "task.toml", "--batch-size", "3", cwd=tmp_path)
+    run("init", "p", "--task", small_pool / "task.toml", *TFIDF, "--batch-size", "3", cwd=tmp_path)
     proj = tmp_path / "p"
     run("import", small_pool / "pool.csv", "--label-col", "label", "--gold", cwd=proj)
     env = {**__import__("os").environ}

@@ -53,12 +53,20 @@ def proj(tmp_path, small_pool, db):  # db: SQLite; PostgreSQL too for the loop k
     return project_after_one_round(tmp_path / "p", small_pool)
 
 
+@pytest.fixture
+def tfidf_proj(tmp_path, small_pool, db):
+    """The same on tfidf-lr, which embeds nothing: a kill at one step tests the round's resume, which is the same
+    for every model; the loop test below kills the default model (and its embedding store) at every step."""
+    return project_after_one_round(tmp_path / "p", small_pool, model="tfidf-lr")
+
+
 # Every step boundary of a round (project.round and its checkpoint() calls), in order.
 STEPS = ["collected", "model-stored", "trained", "augmented", "selected", "routed"]
 
 
 @pytest.mark.parametrize("step", STEPS)
-def test_kill_9_at_each_step_then_resume(proj, step):
+def test_kill_9_at_each_step_then_resume(tfidf_proj, step):
+    proj = tfidf_proj
     proc = start(["round"], proj, env={"SYNTHLOOP_PAUSE_AT": step})
     line = proc.stdout.readline()
     assert line.startswith(f"PAUSED {step} 1"), line + proc.stderr.read()
