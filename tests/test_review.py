@@ -25,15 +25,12 @@ if _reason:
 import argilla as rg  # noqa: E402
 import httpx  # noqa: E402
 
-from synthloop import (  # noqa: E402
-    Project,
-    SynthloopError,
-    review,  # noqa: E402
-)
+from synthloop import Project, SynthloopError  # noqa: E402
 from synthloop.labelers.argilla_sdk import ArgillaUnreachable, retryable  # noqa: E402
 from synthloop.labelers.llm import Outcome  # noqa: E402
 from synthloop.labelers.router import decide  # noqa: E402
 from synthloop.llm.quoting import unquote  # noqa: E402
+from synthloop.loop import review  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = ROOT / "examples" / "sms_spam"
