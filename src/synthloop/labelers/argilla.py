@@ -248,8 +248,10 @@ class ArgillaLabeler:
         return out
 
     def queue_order(self, queries: Sequence[Query]) -> list[Query]:
-        """Most uncertain first (the current model's measure, else the score at selection): Argilla shows
-        records in the order they were first pushed."""
+        """Most uncertain first (the current model's measure, else the score at selection). Argilla 2.8 shows
+        each annotator their pending records in a random order seeded by the user's id, so this order decides
+        which records go out under `max_pending`, not the order a reviewer sees them in; reviewers sort by
+        the `uncertainty` metadata for that (docs/review.md)."""
         guesses = self.assess(list(queries))
 
         def key(q: Query):
