@@ -104,7 +104,7 @@ def test_the_setting_is_honoured_by_the_model_the_feature_rows_and_the_prompt(tm
         project.config.llm.base_url, project.config.llm.model = server.base_url, "gpt-4o-mini"
         project.config.llm.response_format, project.config.llm.max_retries = "json_object_schema", 0
         server.reset(("content", '{"label": "ham", "confidence": 0.9}'))
-        label_texts(project, [text])
+        label_texts(project.label_context(), [text])
         last = server.requests[-1]["body"]["messages"][-1]["content"]
         quoted = last[len(OPEN):last.index(CLOSE)]
         assert quoted == text[:cap]  # the prompt carries the first `cap` characters, and says it was cut
