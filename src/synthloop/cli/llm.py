@@ -22,7 +22,9 @@ MODEL_HELP = "qwen-1.5b, qwen-0.5b, smollm2 (the default, installed by `make llm
 def serve(model: Annotated[str, typer.Option("--model", "-m", help=MODEL_HELP)] = "smollm2",
           port: Annotated[int, typer.Option(help="Port on 127.0.0.1 (0 picks a free one).")] = 8080,
           threads: Annotated[int, typer.Option(min=1, help="CPU threads; more than 1 is slower on a busy machine.")] = 1):
-    """Serve a local LLM on 127.0.0.1 with an OpenAI-compatible API until Ctrl-C."""
+    """Serve a local LLM on 127.0.0.1 with an OpenAI-compatible API until Ctrl-C (or SIGTERM)."""
+    import signal
+
     from synthloop.llm.models import resolve
     from synthloop.llm.serve import start_local_server
 
@@ -33,6 +35,13 @@ def serve(model: Annotated[str, typer.Option("--model", "-m", help=MODEL_HELP)] 
         server = start_local_server(port=port, model_path=path, model_name=name, n_threads=threads, timeout=300)
     out.print(f"serving {name} at {server.base_url}\n"
               f"use it: export OPENAI_BASE_URL={server.base_url}  and set [llm] model = \"{name}\"", highlight=False)
+    def stop(signum, frame):
+        raise KeyboardInterrupt
+
+    # Set here, not inherited: a shell starting us in the background hands SIGINT down ignored (then Ctrl-C or
+    # `kill -INT` did nothing), and a process manager stops a service with SIGTERM.
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, stop)
     try:
         server.process.wait()
     except KeyboardInterrupt:
