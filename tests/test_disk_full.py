@@ -189,12 +189,11 @@ def test_a_full_file_system_during_import_and_round(project_dir, tmp_path):
 
 
 def test_a_nightly_run_record_gives_a_full_disk_its_own_exit_status():
-    """nightly stores the exit status of a failed run through the same mapping (synthloop.errors.exit_code): a
-    full disk is 74 there too, raised bare (ENOSPC) or wrapped by a library, never 1 ("a bug")."""
+    """nightly records a failed run through the CLI's own mapping (synthloop.errors.failure): a full disk is 74
+    there too, raised bare (ENOSPC) or wrapped by a library, with the disk-full message, never 1 ("a bug")."""
     import errno
 
-    from synthloop.errors import EXIT_FAILED, EXIT_IOERR, exit_code
-    from synthloop.loop.nightly import exit_status
+    from synthloop.errors import EXIT_FAILED, EXIT_IOERR, DiskFull, failure
 
     full = OSError(errno.ENOSPC, "No space left on device")
     try:
@@ -203,5 +202,6 @@ def test_a_nightly_run_record_gives_a_full_disk_its_own_exit_status():
         except OSError as inner:
             raise RuntimeError("write failed") from inner
     except RuntimeError as wrapped:
-        assert exit_status(wrapped) == exit_code(full) == EXIT_IOERR == 74
-    assert exit_code(RuntimeError("something else")) == EXIT_FAILED
+        error, status = failure(wrapped)
+        assert status == EXIT_IOERR == 74 and isinstance(error, DiskFull) and "disk is full" in str(error)
+    assert failure(RuntimeError("something else"))[1] == EXIT_FAILED

@@ -75,8 +75,6 @@ def exit_code(error: BaseException) -> int:
         # Only the error this one was raised from or while handling: the SDKs' own wrapping, one level deep.
         inner = error.__cause__ or error.__context__
         return EXIT_UNAVAILABLE if isinstance(inner, network) else EXIT_USAGE
-    if _disk_full(error):  # a store or file write the disk refused: "free space, then rerun", not a bug
-        return DiskFull.exit_code
     return EXIT_FAILED
 
 
@@ -101,6 +99,13 @@ def _disk_full(error: BaseException | None) -> bool:
             return True
         error = error.__cause__ or error.__context__
     return False
+
+
+def failure(raised: BaseException) -> tuple[BaseException, int]:
+    """What ended a command, as the user should read it (a machine error explained, see `explain`), and its
+    exit status: the CLI's error handler and nightly's run record both ask this."""
+    error = explain(raised) or raised
+    return error, exit_code(error)
 
 
 def explain(error: BaseException) -> SynthloopError | None:

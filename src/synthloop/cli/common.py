@@ -31,7 +31,7 @@ from rich.markup import escape
 
 from synthloop.config import STATE_DIR
 from synthloop.console import console
-from synthloop.errors import EXIT_FAILED, SynthloopError, exit_code, explain
+from synthloop.errors import EXIT_FAILED, SynthloopError, failure
 
 # The click whose ClickException typer raises: recent typer vendors it (typer._click) and no longer installs click,
 # older typer uses click itself (and its typer.Exit is click's Exit). `import click` broke the CLI in a venv that
@@ -102,8 +102,7 @@ def cli_command(writes: str | None = None):
                     err.print("[yellow]interrupted:[/] what was stored so far is kept; run the command again to resume")
                     raise typer.Exit(130) from None
                 except Exception as raised:  # noqa: BLE001 - the one place that turns errors into exit statuses
-                    error = explain(raised) or raised
-                    status = exit_code(error)
+                    error, status = failure(raised)
                     if status == EXIT_FAILED:
                         where = _write_log(project, traceback.format_exc())  # the one that was raised
                         err.print(f"[bold red]failed:[/] {escape(type(error).__name__)}: {escape(str(error))} "

@@ -16,7 +16,18 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from synthloop.checkpoint import checkpoint
-from synthloop.errors import EXIT_FAILED, EXIT_LOCKED, EXIT_OK, EXIT_UNAVAILABLE, EXIT_USAGE, Locked, SynthloopError, Unavailable, exit_code  # noqa: F401
+from synthloop.errors import (  # noqa: F401
+    EXIT_FAILED,
+    EXIT_LOCKED,
+    EXIT_OK,
+    EXIT_UNAVAILABLE,
+    EXIT_USAGE,
+    Locked,
+    SynthloopError,
+    Unavailable,
+    exit_code,
+    failure,
+)
 from synthloop.learn import ray_local
 from synthloop.loop.budget import Budget
 from synthloop.loop.lock import project_lock
@@ -250,8 +261,8 @@ def run_nightly(project, pool: str | None = None, dry_run: bool = False, max_lab
             write_report(project, summary)  # before "done": a night whose report is missing did not finish
             checkpoint("reported", summary["round"])
         except Exception as err:
-            status = exit_status(err)
-            project.store.finish_run(run_id, "failed", {"error": str(err), "exit_status": status})
+            error, status = failure(err)  # a full disk is 74 here too, as the CLI reports it
+            project.store.finish_run(run_id, "failed", {"error": str(error), "exit_status": status})
             log.exception("run %s failed (exit status %d)", run_id, status)
             raise
         project.store.finish_run(run_id, "done", summary)
