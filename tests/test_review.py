@@ -184,7 +184,7 @@ def test_rounds_go_on_while_argilla_is_down_and_catch_up_once_it_is_back(proj, a
     monkeypatch.setenv("ARGILLA_API_URL", CLOSED)
     with caplog.at_level(logging.WARNING, logger="synthloop"):
         first = proj.round()
-    assert first.queried == 10 and proj.store.round(first.number)["status"] == "done"
+    assert first.queried == 10 and proj.store.round(first.number).status == "done"
     assert all(q.status == "pending" and q.submitted_at is None for q in proj.store.queries())
     assert _warnings(caplog) == [f"Argilla at {CLOSED} did not answer (connect) after 2 tries: ConnectError; "
                                  "10 queries stay pending and go out with the next round or `synthloop review push`"]
@@ -204,7 +204,7 @@ def test_rounds_go_on_while_argilla_is_down_and_catch_up_once_it_is_back(proj, a
     caplog.clear()
     with caplog.at_level(logging.WARNING, logger="synthloop"):
         third = proj.round()
-    assert third.labels_collected == 0 and proj.store.round(third.number)["status"] == "done"
+    assert third.labels_collected == 0 and proj.store.round(third.number).status == "done"
     assert f"Argilla at {CLOSED} did not answer (connect) after 2 tries: ConnectError; its labels wait for a " \
            "later round or `synthloop review pull`" in _warnings(caplog)
     # The step that found it down waited through the retries; the round's later steps tried once each.

@@ -29,7 +29,7 @@ def scorers(project, number):
     pool = project.store.unlabeled_pool
     return {
         "in memory": selection.InMemory(pool, project.trainer.model_features),
-        "cached": selection.Cached(pool, project.trainer.model_features, project.store, project.store.round(number)["model_version"]),
+        "cached": selection.Cached(pool, project.trainer.model_features, project.store, project.store.round(number).model_version),
         "streamed": selection.Streamed(lambda: project.store.unlabeled_pool_chunks(37), "local", chunk_size=37),
         "project default": project.scorer(number),
         "project incremental": project.scorer(number, incremental=True),

@@ -213,7 +213,7 @@ def generate(per_class: Annotated[int, typer.Option("--per-class", min=0, help="
 def _llm_calls(proj: Project) -> tuple[int, int]:
     """LLM calls recorded so far, and how many of them failed (cache hits included: they are answers too)."""
     usage = proj.store.llm_usage()
-    return sum(u["calls"] for u in usage), sum(u["failed"] or 0 for u in usage)
+    return sum(u.calls for u in usage), sum(u.failed or 0 for u in usage)
 
 
 app.add_typer(llm_app, name="llm")

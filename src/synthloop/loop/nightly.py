@@ -63,7 +63,7 @@ def new_files(project, pattern: str) -> list[Path]:
     for path in pool_files(pattern):
         stat = path.stat()
         seen = project.store.pool_file(str(path))
-        if seen is None or seen["size"] != stat.st_size or seen["mtime"] != stat.st_mtime:
+        if seen is None or seen.size != stat.st_size or seen.mtime != stat.st_mtime:
             fresh.append(path)
     return fresh
 
@@ -142,10 +142,10 @@ def night_started_at(store, now: float | None = None) -> float:
     budget again. With no unfinished run before it, a run's night starts with it (`now`)."""
     start = None
     for run in store.runs("nightly"):
-        if run["status"] == "done":
+        if run.status == "done":
             start = None
         elif start is None:
-            start = run["started_at"]
+            start = run.started_at
     return start if start is not None else (time.time() if now is None else now)
 
 
@@ -174,7 +174,7 @@ def _tonights_round(store) -> int:
     rounds = store.rounds()
     if not rounds:
         return 0
-    return rounds[-1]["number"] + (rounds[-1]["status"] == "done")
+    return rounds[-1].number + (rounds[-1].status == "done")
 
 
 def leftovers(project, labeler: str, round_: int) -> list:
@@ -326,7 +326,7 @@ def _run(project, run_id, pool, labeler, max_labels, max_cost, text_col, id_col,
         # Real labels stored when the run ended: those beyond the model's n_labels train the next run's model.
         "labels_total": project.n_real_labels(),
         # Labels that arrived during the round (a Batch API job, a reviewer) retrain too.
-        "retrained": latest is None or result.model_version != latest["version"],
+        "retrained": latest is None or result.model_version != latest.version,
         "model_version": result.model_version, "round": result.number, "queried": result.queried,
         "carried_over": len(handout.carried), "held_back": len(handout.held),
         "scored": project.last_scored, "engine": engine or "memory",

@@ -289,9 +289,9 @@ class Project:
         number = self.store.current_round()
         added = collect(ctx, number)
         info = None if number is None else self.store.round(number)
-        if number is not None and info and info["status"] != "done" and info["model_version"] is not None \
+        if number is not None and info and info.status != "done" and info.model_version is not None \
                 and self.store.queries(round_=number):
-            close_round(self, number, dict(info["timings"] or {}), added)
+            close_round(self, number, dict(info.timings or {}), added)
         return added
 
     def requeue(self, failed: bool = False, skipped: bool = False, labeler: str | None = None) -> dict:

@@ -4,21 +4,23 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from synthloop.store import ModelRow, RoundRow, as_dicts
+
 if TYPE_CHECKING:
     from synthloop.loop.project import Project
 
 
-def metrics_summary(last_round: dict | None, model: dict | None) -> dict | None:
+def metrics_summary(last_round: RoundRow | None, model: ModelRow | None) -> dict | None:
     """The newest metrics and what they cover: the latest model's own (trained on every label after a loop),
     else those of the last round that has them; n_labels says how many real labels that model saw."""
     keys = ("n_labels", "accuracy", "macro_f1")
-    if model and model["metrics"]:
-        return {"round": last_round["number"] if last_round else None, "model_version": model["version"],
-                **{k: model["metrics"].get(k) for k in keys}}
-    if last_round is None:
+    if model and model.metrics:
+        return {"round": last_round.number if last_round else None, "model_version": model.version,
+                **{k: model.metrics.get(k) for k in keys}}
+    if last_round is None or not last_round.metrics:
         return None
-    return {"round": last_round["number"], "model_version": last_round["model_version"],
-            **{k: last_round["metrics"].get(k) for k in keys}}
+    return {"round": last_round.number, "model_version": last_round.model_version,
+            **{k: last_round.metrics.get(k) for k in keys}}
 
 
 def project_status(project: Project, measure_latency: bool = True) -> dict:
@@ -33,7 +35,7 @@ def project_status(project: Project, measure_latency: bool = True) -> dict:
     for source, label, n in store.label_counts():
         by_source.setdefault(source, {})[label] = n
     rounds = store.rounds()
-    last = next((r for r in reversed(rounds) if r["metrics"]), None)
+    last = next((r for r in reversed(rounds) if r.metrics), None)
     model = store.latest_model()
     return {
         "project": str(project.root),
@@ -42,9 +44,9 @@ def project_status(project: Project, measure_latency: bool = True) -> dict:
         "labels": by_source,
         "queries": store.query_counts(),
         "query_reasons": store.query_reasons(),
-        "llm": store.llm_usage(),
+        "llm": as_dicts(store.llm_usage()),
         "rounds": len(rounds),
-        "model_version": model["version"] if model else None,
+        "model_version": model.version if model else None,
         "last_metrics": metrics_summary(last, model),
         "impact": status_impact(project, measure=measure_latency),
         "runs": recent_runs(store, 5),  # the nightly job's last runs, a failed one too

@@ -13,6 +13,7 @@ import numpy as np
 
 from synthloop.errors import SynthloopError
 from synthloop.llm.pricing import cost_usd
+from synthloop.store import LLMUsage, as_dicts
 
 # Nobody has measured GPT-4o for this project: a typical single short-completion request takes
 # 0.5-1 s end to end, so the counterfactual uses the middle of that range and says so.
@@ -25,12 +26,12 @@ STATUS_SINGLE_CALLS = 50
 LATENCY_META_KEY = "inference_latency:v{version}"
 
 
-def llm_totals(usage: list[dict]) -> dict:
+def llm_totals(usage: list[LLMUsage]) -> dict:
     """Calls, tokens and $ per purpose (summed over models), and the totals, from store.llm_usage()."""
     by_purpose: dict[str, dict] = defaultdict(lambda: {"calls": 0, "prompt_tokens": 0, "completion_tokens": 0, "cost": 0.0})
     for row in usage:
         for key in ("calls", "prompt_tokens", "completion_tokens", "cost"):
-            by_purpose[row["purpose"]][key] += row[key] or 0
+            by_purpose[row.purpose][key] += getattr(row, key) or 0
     return {"by_purpose": dict(by_purpose), "total_cost": sum(v["cost"] for v in by_purpose.values()),
             "total_tokens": sum(v["prompt_tokens"] + v["completion_tokens"] for v in by_purpose.values())}
 
@@ -70,12 +71,12 @@ def model_latency(project, refresh: bool = False) -> dict:
     row = project.store.latest_model()
     if row is None:
         raise SynthloopError("no model yet; run `synthloop train` or `synthloop round` first")
-    key = LATENCY_META_KEY.format(version=row["version"])
+    key = LATENCY_META_KEY.format(version=row.version)
     cached = project.store.get_meta(key)
     # A number measured on another machine (a copied project) says nothing about this one.
     if cached and not refresh and cached.get("host") == _machine():
         return {**cached, "cached": True}
-    version, model = project.load_model(row["version"])
+    version, model = project.load_model(row.version)
     # One BLAS thread, as in the report: single predictions gain nothing from more, and on a busy machine
     # OpenBLAS's spinning threads make them many times slower.
     with threadpool_limits(1):
@@ -131,7 +132,7 @@ def status_impact(project, measure: bool = True) -> dict:
     else:
         note = "not measured"
     return {"llm_spent_usd": spent["total_cost"], "llm_tokens": spent["total_tokens"], "llm_by_purpose": spent["by_purpose"],
-            "llm_by_round": project.store.llm_usage_by_round(),
+            "llm_by_round": as_dicts(project.store.llm_usage_by_round()),
             "compact_model": latency, "compact_model_note": note,
             "counterfactual": counterfactual(project, latency, spent["total_cost"]),
             "co2": last_co2(project)}

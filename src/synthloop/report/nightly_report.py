@@ -184,11 +184,11 @@ def recent_runs(store, n: int = 10) -> list[dict]:
     """The last n nightly runs, newest last, as rows for `status` and `report`."""
     rows = []
     for run in store.runs("nightly")[-n:]:
-        s = run.get("summary") or {}
-        rows.append({"run": run["id"], "status": run["status"], "started_at": run["started_at"],
+        s = run.summary or {}
+        rows.append({"run": run.id, "status": run.status, "started_at": run.started_at,
                      # A finished run's own figure (its summary's), so the report and the run's summary agree.
                      "seconds": s.get("seconds") if s.get("seconds") is not None else (
-                         None if not run.get("finished_at") else round(run["finished_at"] - run["started_at"], 1)),
+                         None if not run.finished_at else round(run.finished_at - run.started_at, 1)),
                      "round": s.get("round"), "queried": s.get("queried"), "labels_collected": s.get("labels_collected"),
                      "outage": bool(s.get("outage")), "error": s.get("error"), "exit_status": s.get("exit_status")})
     return rows

@@ -20,6 +20,7 @@ from synthloop.errors import SynthloopError
 from synthloop.report import plots
 from synthloop.report.impact import counterfactual, llm_totals, measure_model_latency
 from synthloop.report.nightly_report import recent_runs
+from synthloop.store import RoundRow, as_dicts
 
 SUSPICIOUS_MAX = 50
 REVIEW_TOP = 10  # the lowest-scored labels shown even when none is flagged
@@ -44,9 +45,9 @@ def build_report(project, out_dir: str | Path | None = None, baselines: dict[str
                              "existing folder)")
     out.mkdir(parents=True, exist_ok=True)
 
-    scored = [r for r in rounds if (r["metrics"] or {}).get("accuracy") is not None]
-    curve = [{"round": r["number"], "labels": r["metrics"].get("n_labels", 0), "accuracy": r["metrics"]["accuracy"],
-              "macro_f1": r["metrics"]["macro_f1"]} for r in scored]
+    scored = [r for r in rounds if (r.metrics or {}).get("accuracy") is not None]
+    curve = [{"round": r.number, "labels": r.metrics.get("n_labels", 0), "accuracy": r.metrics["accuracy"],
+              "macro_f1": r.metrics["macro_f1"]} for r in scored]
     tracker = _co2_start(country_iso_code) if measure_co2 else "turned off"
     # One BLAS thread: these small fits and single predictions gain nothing from more, and on a busy
     # machine OpenBLAS's spinning threads make them tens of times slower.
@@ -62,14 +63,14 @@ def build_report(project, out_dir: str | Path | None = None, baselines: dict[str
         "generated_at": time.strftime("%Y-%m-%d %H:%M:%S"), "rounds": len(rounds),
         "curve": curve, "summary": _summary(curve, baselines), "baselines": baselines,
         "per_class_f1": {"labels": [p["labels"] for p in curve],
-                         "f1": {lab: [r["metrics"].get("per_class", {}).get(lab, {}).get("f1") for r in scored]
+                         "f1": {lab: [r.metrics.get("per_class", {}).get(lab, {}).get("f1") for r in scored]
                                 for lab in project.task.label_names}},
-        "latest": None if not scored else {"round": scored[-1]["number"], "per_class": scored[-1]["metrics"]["per_class"],
-                                           "confusion": scored[-1]["metrics"]["confusion"]},
+        "latest": None if not scored else {"round": scored[-1].number, "per_class": scored[-1].metrics["per_class"],
+                                           "confusion": scored[-1].metrics["confusion"]},
         "labels_by_source": _labels_by_source(project),
         "per_round": _per_round(project, rounds),
         "synthetic_added": _synthetic_added(project, rounds),
-        "monitor": [_monitor_row(r) for r in rounds if r["metrics"] and (r["metrics"].get("pool") or r["metrics"].get("stopping"))],
+        "monitor": [_monitor_row(r) for r in rounds if r.metrics and (r.metrics.get("pool") or r.metrics.get("stopping"))],
         "llm": llm, "label_quality": quality, "latency": latency, "co2": co2,
         "runs": recent_runs(project.store, 20),  # the nightly job's, newest last
     }
@@ -107,9 +108,10 @@ def _summary(curve: list[dict], baselines: dict[str, list[dict]]) -> dict:
     return out
 
 
-def _monitor_row(r: dict) -> dict:
-    pool, stop = r["metrics"].get("pool") or {}, r["metrics"].get("stopping") or {}
-    return {"round": r["number"], "labels": r["metrics"].get("n_labels", 0), "mean_margin": pool.get("mean_margin"),
+def _monitor_row(r: RoundRow) -> dict:
+    m = r.metrics or {}  # the report keeps the rounds that have metrics
+    pool, stop = m.get("pool") or {}, m.get("stopping") or {}
+    return {"round": r.number, "labels": m.get("n_labels", 0), "mean_margin": pool.get("mean_margin"),
             "mean_entropy": pool.get("mean_entropy"), "pool_n": pool.get("n"), "kappa": stop.get("kappa"),
             "stable_rounds": stop.get("stable_rounds"), "kappa_threshold": stop.get("threshold"),
             "window": stop.get("window"), "should_stop": stop.get("should_stop")}
@@ -122,26 +124,26 @@ def _labels_by_source(project) -> dict[str, dict[str, int]]:
     return out
 
 
-def _round_of(label_round: int | None, created_at: float, rounds: list[dict]) -> int:
+def _round_of(label_round: int | None, created_at: float, rounds: list[RoundRow]) -> int:
     """The round a label arrived in. Imports, `synthloop generate` and the top-up store labels without a
     round: those belong to the first round that finished after them (round 0 trains on an import made
     before it); anything stored after the last round finished is counted in the last one."""
     if label_round is not None:
         return label_round
     for r in rounds:
-        if r["finished_at"] is None or created_at <= r["finished_at"]:
-            return r["number"]
-    return rounds[-1]["number"]
+        if r.finished_at is None or created_at <= r.finished_at:
+            return r.number
+    return rounds[-1].number
 
 
 def _add(counts: dict[str, dict[str, int]], source: str, label: str, n: int = 1) -> None:
     counts.setdefault(source, {})[label] = counts.get(source, {}).get(label, 0) + n
 
 
-def _labels_per_round(project, rounds: list[dict]) -> dict[int, dict]:
+def _labels_per_round(project, rounds: list[RoundRow]) -> dict[int, dict]:
     """Per round: labels by source and class that arrived in it, and all stored by its end (the latest
     round's total is every label stored now, the same as labels_by_source)."""
-    added: dict[int, dict[str, dict[str, int]]] = {r["number"]: {} for r in rounds}
+    added: dict[int, dict[str, dict[str, int]]] = {r.number: {} for r in rounds}
     for event in project.store.label_history():
         _add(added.setdefault(_round_of(event.round, event.created_at, rounds), {}), event.source, event.label)
     out: dict = {}
@@ -158,24 +160,24 @@ def _sorted(counts: dict[str, dict[str, int]]) -> dict[str, dict[str, int]]:
     return {src: dict(sorted(c.items())) for src, c in sorted(counts.items())}
 
 
-def _per_round(project, rounds: list[dict]) -> list[dict]:
+def _per_round(project, rounds: list[RoundRow]) -> list[dict]:
     """Every round's test scores and confusion matrix (None where it was not scored) and its labels."""
     by_round = _labels_per_round(project, rounds)
     out = []
     for r in rounds:
-        m = r["metrics"] or {}
-        labels = by_round.get(r["number"], {"added": {}, "total": {}})
-        out.append({"round": r["number"], "labels": m.get("n_labels", 0), "accuracy": m.get("accuracy"),
+        m = r.metrics or {}
+        labels = by_round.get(r.number, {"added": {}, "total": {}})
+        out.append({"round": r.number, "labels": m.get("n_labels", 0), "accuracy": m.get("accuracy"),
                     "macro_f1": m.get("macro_f1"), "per_class": m.get("per_class"), "confusion": m.get("confusion"),
                     "labels_added": labels["added"], "labels_total": labels["total"]})
     return out
 
 
-def _synthetic_added(project, rounds: list[dict]) -> list[dict]:
+def _synthetic_added(project, rounds: list[RoundRow]) -> list[dict]:
     """Synthetic examples per class: per round from the top-up counts the round recorded, and under round
     None the stored synthetic labels those do not account for (`synthloop generate`, the seed data)."""
-    per_round = [{"round": r["number"], **(r["counts"] or {}).get("synthetic_added", {})}
-                 for r in rounds if (r["counts"] or {}).get("synthetic_added")]
+    per_round = [{"round": r.number, **(r.counts or {}).get("synthetic_added", {})}
+                 for r in rounds if (r.counts or {}).get("synthetic_added")]
     stored: dict[str, int] = defaultdict(int)
     for source, label, n in project.store.label_counts():
         if source.startswith("synthetic"):
@@ -185,15 +187,15 @@ def _synthetic_added(project, rounds: list[dict]) -> list[dict]:
     return ([{"round": None, **outside}] if outside else []) + per_round
 
 
-def _llm_spend(project, rounds: list[dict]) -> dict:
+def _llm_spend(project, rounds: list[RoundRow]) -> dict:
     usage = project.store.llm_usage()
     totals = llm_totals(usage)
     per_round = []
     for r in rounds:
-        spent = project.store.llm_usage(round_=r["number"])
-        per_round.append({"round": r["number"], **{p: sum(x["cost"] or 0 for x in spent if x["purpose"] == p)
+        spent = project.store.llm_usage(round_=r.number)
+        per_round.append({"round": r.number, **{p: sum(x.cost or 0 for x in spent if x.purpose == p)
                                                     for p in totals["by_purpose"]}})
-    return {"usage": usage, "per_round": per_round, **totals}
+    return {"usage": as_dicts(usage), "per_round": per_round, **totals}
 
 
 # label quality ----------------------------------------------------------------------------------
@@ -314,7 +316,7 @@ def _co2_start(country: str):
         return f"codecarbon could not measure here: {type(err).__name__}"
 
 
-def _co2_stop(tracker, rounds: list[dict]) -> dict:
+def _co2_stop(tracker, rounds: list[RoundRow]) -> dict:
     if isinstance(tracker, str):
         return {"estimate": True, "note": tracker}
     try:
@@ -326,7 +328,7 @@ def _co2_stop(tracker, rounds: list[dict]) -> dict:
         return {"estimate": True, "note": "codecarbon recorded no energy here"}
     watts = 3_600_000 * d.energy_consumed / d.duration
     kg_per_kwh = d.emissions / d.energy_consumed
-    train_s = sum((r["timings"] or {}).get("train", 0.0) for r in rounds)
+    train_s = sum((r.timings or {}).get("train", 0.0) for r in rounds)
     return {"estimate": True, "country": d.country_iso_code, "cpu_model": d.cpu_model,
             "measured_seconds": d.duration, "measured_kwh": d.energy_consumed, "measured_kg_co2": d.emissions,
             "average_watts": watts, "kg_co2_per_kwh": kg_per_kwh, "training_seconds": train_s,
