@@ -82,7 +82,7 @@ def main() -> None:
         status.update(step("writing the report"))
         try:
             label = f"make demo ({LOCAL_MODEL_NAME}, {args.budget} labels; its temporary project is gone)"
-            paths = build_report(project, out_dir=args.report_dir, baselines={"random": random_curve},
+            paths = build_report(project.report_context(), out_dir=args.report_dir, baselines={"random": random_curve},
                                  project_label=label)["paths"]
         finally:
             project.close()

@@ -56,7 +56,7 @@ def built(tmp_path_factory):
     with pytest.MonkeyPatch.context() as mp:
         # The same measurement on fewer calls (the defaults are 200 single calls and a batch of 1,000).
         mp.setattr("synthloop.report.project_report.measure_model_latency", functools.partial(measure_model_latency, singles=50, batch=300))
-        report = build_report(project, baselines={"random": RANDOM})
+        report = build_report(project.report_context(), baselines={"random": RANDOM})
     yield project, report, spam
     project.close()
 
@@ -167,7 +167,7 @@ def test_label_quality_without_cleanlab_falls_back_to_disagreements(built, monke
     project = built[0]
     monkeypatch.setitem(__import__("sys").modules, "cleanlab.filter", None)  # makes the import fail
     with threadpool_limits(1):
-        quality = label_quality(project, project.load_model()[1])
+        quality = label_quality(project.store, project.config, project.new_model, project.load_model()[1])
     assert "install cleanlab" in quality["method"] and len(quality["suspicious"]) >= 10
     disagree = [x for x in quality["suspicious"] if x["given"] != x["predicted"]]
     assert all(x["flagged"] for x in disagree) and quality["n_flagged"] == len(disagree)
@@ -196,7 +196,7 @@ def test_cost_latency_and_savings(built):
 
 def test_no_rounds_is_an_error_that_names_the_fix(project):
     with pytest.raises(SynthloopError, match="synthloop round"):
-        build_report(project)
+        build_report(project.report_context())
 
 
 def test_cli_report_json(built, tmp_path, monkeypatch):

@@ -316,7 +316,8 @@ def test_recheck_sends_doubtful_labels_and_a_correction_replaces_them(proj, argi
     records = {str(r.id): r for r in client.datasets(result.dataset, workspace="synthloop").records(with_suggestions=True)}
     from synthloop.report.project_report import label_quality
 
-    assert set(records) == {row["id"] for row in label_quality(proj, proj.load_model()[1])["suspicious"][:10]}
+    quality = label_quality(proj.store, proj.config, proj.new_model, proj.load_model()[1])
+    assert set(records) == {row["id"] for row in quality["suspicious"][:10]}
     caught = sorted(set(planted) & set(records))
     assert caught, (planted, sorted(records))
     eid = caught[0]

@@ -157,7 +157,7 @@ def round_(labeler: Annotated[str | None,
     # Warnings (e.g. Argilla down: queried is not pushed) come once each, after the table, not mid-spinner.
     with run_logging(None, stderr=io.StringIO()) as warned, err.status("running a round"):
         result = proj.round(labeler=labeler)
-    down = outage(proj)  # a server that did not answer: the table alone would look like a normal round
+    down = outage(proj.store, proj.unreachable)  # a server that did not answer: the table alone would look like a normal round
     if not emit({**asdict(result), "outage": down}, as_json):
         out.print(_round_table([result]))
         if down:

@@ -25,6 +25,7 @@ from synthloop.learn.selection import Scorer
 from synthloop.loop.budget import Budget
 from synthloop.loop.round import RoundResult, check_choices, close_round, collect, hand_out, hand_out_all, route_round, run_round
 from synthloop.loop.training import Trainer
+from synthloop.report.context import ReportContext
 from synthloop.store import NewLabel, Query, QueryStatus, Store
 from synthloop.task import TaskSpec, load_task
 from synthloop.textcap import count_over
@@ -184,6 +185,10 @@ class Project:
     def label_context(self) -> LabelContext:
         """What labelers and generation use (synthloop.labelers.context): a round makes one and shares it."""
         return LabelContext(self.store, self.config, self.llm_client, self.load_model, self.budget, self.unreachable)
+
+    def report_context(self) -> ReportContext:
+        """What the reports and `status`'s cost and impact read (synthloop.report.context)."""
+        return ReportContext(self.root, self.store, self.config, self.load_model, self.new_model)
 
     def generate(self, per_class: int | dict[str, int], round_: int | None = None,
                  consistency_filter: bool | None = None) -> GenerationReport:

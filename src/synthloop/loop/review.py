@@ -75,7 +75,7 @@ def push_suspicious(project: Project, n: int = 20,
     if ctx.store.latest_model() is None:
         raise SynthloopError("no model yet: run `synthloop train` or a round first")
     _, model = ctx.load_model(None)
-    quality = label_quality(project, model)
+    quality = label_quality(ctx.store, ctx.config, project.new_model, model)
     rows = quality["suspicious"][:n]
     if not rows:
         raise SynthloopError(quality.get("note") or "no real labels to re-check yet")

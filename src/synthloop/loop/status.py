@@ -48,6 +48,6 @@ def project_status(project: Project, measure_latency: bool = True) -> dict:
         "rounds": len(rounds),
         "model_version": model.version if model else None,
         "last_metrics": metrics_summary(last, model),
-        "impact": status_impact(project, measure=measure_latency),
+        "impact": status_impact(project.report_context(), measure=measure_latency),
         "runs": recent_runs(store, 5),  # the nightly job's last runs, a failed one too
     }
