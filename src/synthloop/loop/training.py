@@ -14,7 +14,8 @@ from synthloop.config import STATE_DIR, Config
 from synthloop.errors import SynthloopError
 from synthloop.learn import active, feature_rows
 from synthloop.learn.metrics import evaluate
-from synthloop.learn.models import DEFAULT_EMBED_MODEL, TextClassifier, featurizer_needs_fit, load_model, model_options, save_model
+from synthloop.learn.model_files import load_model, save_model
+from synthloop.learn.models import DEFAULT_EMBED_MODEL, TextClassifier, featurizer_needs_fit, model_options
 from synthloop.learn.selection import Cached, InMemory, Scorer, Streamed
 from synthloop.store import Store, shared_models
 from synthloop.task import TaskSpec
