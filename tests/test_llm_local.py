@@ -3,8 +3,11 @@
 The model is tiny: these tests check structure (valid JSON, labels in the enum, costs counted), not quality.
 """
 
+import math
+import re
 from typing import Literal
 
+import pytest
 from pydantic import BaseModel
 
 from synthloop.llm.client import LLMClient
@@ -41,7 +44,18 @@ def test_logprobs_give_the_labeler_a_confidence(local_llm):
     assert all(isinstance(t["token"], str) and t["logprob"] <= 0 for t in result.logprobs)
     # The label's own tokens are among those the server reports, so the confidence comes from them.
     confidence = logprob_confidence(result.logprobs, result.value.label)
-    assert confidence is not None and 0 < confidence <= 1
+    # The probability of exactly the tokens that spell the label's value (found here by the JSON around it), not of
+    # the whole answer: the product of those tokens' probabilities.
+    content = "".join(t["token"] for t in result.logprobs)
+    value = re.search(r'"label"\s*:\s*"(' + re.escape(result.value.label) + ')"', content)
+    assert value is not None, content
+    spans, pos = [], 0
+    for t in result.logprobs:
+        spans.append((pos, pos + len(t["token"]), t["logprob"]))
+        pos += len(t["token"])
+    label_lps = [lp for start, end, lp in spans if start < value.end(1) and end > value.start(1)]
+    assert label_lps and len(label_lps) < len(result.logprobs)
+    assert confidence == pytest.approx(math.exp(sum(label_lps)))
 
 
 def test_the_server_answers_to_its_alias(local_llm):

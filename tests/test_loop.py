@@ -1,3 +1,4 @@
+import numpy as np
 import pytest
 
 from synthloop import Project, SynthloopError, simulate
@@ -141,9 +142,21 @@ def test_rounds_record_pool_uncertainty_and_stopping_state(project, small_pool):
     project.loop(3)
     rounds = project.store.rounds()
     assert rounds[0].metrics["stopping"]["kappa"] is None
-    for info in rounds:
-        pool = info.metrics["pool"]
-        assert pool["n"] > 0 and 0.5 <= pool["mean_confidence"] <= 1 and pool["mean_entropy"] >= 0
+    # Each round measured the pool before selecting: every pool example less those earlier rounds queried.
+    n_pool = project.store.count_examples()[("pool", "pool")]
+    queried = [len(project.store.queries(round_=r.number)) for r in rounds]
+    assert [r.metrics["pool"]["n"] for r in rounds] == [n_pool - sum(queried[:k]) for k in range(len(rounds))]
+    # The last round's figures, recomputed with its model's own predict on that pool: now's unlabeled examples
+    # plus what that round queried (labeled since), in id order as the monitor reads them.
+    last = rounds[-1]
+    ids, texts = project.store.unlabeled_pool()
+    at_monitor = sorted([*zip(ids, texts), *((q.example_id, q.text) for q in project.store.queries(round_=last.number))])
+    proba = project.load_model(last.model_version)[1].predict_proba([t for _, t in at_monitor])
+    top2 = np.sort(proba, axis=1)[:, -2:]
+    pool = last.metrics["pool"]
+    assert pool["mean_confidence"] == pytest.approx(float(proba.max(axis=1).mean()))
+    assert pool["mean_margin"] == pytest.approx(float((top2[:, 1] - top2[:, 0]).mean()))  # modAL's: top minus second
+    assert pool["mean_entropy"] == pytest.approx(float(-(proba * np.log(np.clip(proba, 1e-12, None))).sum(axis=1).mean()))
     # The stored kappa is the agreement of rounds 1 and 2's models on the stop set, recomputed here.
     from sklearn.metrics import cohen_kappa_score
 

@@ -110,12 +110,15 @@ def test_round_pushes_records_with_suggestions_and_metadata_once(proj, argilla_e
     assert sorted(str(r.id) for r in records) == sorted(q.example_id for q in queries)
     by_id = {q.example_id: q for q in queries}
     _, model = proj.load_model()
-    margin = dict(zip(by_id, active.uncertainty("margin", model.predict_proba([q.text for q in queries]))))
+    proba = model.predict_proba([q.text for q in queries])
+    margin = dict(zip(by_id, active.uncertainty("margin", proba)))
+    guess = {eid: (str(model.classes_[p.argmax()]), float(p.max())) for eid, p in zip(by_id, proba)}
     for record in records:
         query = by_id[str(record.id)]
         assert record.fields["text"] == query.text
         suggestion = record.suggestions["label"]
-        assert suggestion.value in ("ham", "spam") and 0.5 <= suggestion.score <= 1.0
+        label, confidence = guess[query.example_id]  # the model's own guess, and its probability as the score
+        assert suggestion.value == label and suggestion.score == pytest.approx(confidence, rel=1e-6)
         assert suggestion.agent == "synthloop-model"
         assert "**Model:**" in record.fields["hints"]
         assert record.metadata["round"] == 0 and record.metadata["strategy"] == "margin"
