@@ -10,21 +10,17 @@ import hashlib
 import os
 from functools import lru_cache
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import joblib
 
 from synthloop import old_paths
 from synthloop.config import STATE_DIR
 from synthloop.errors import SynthloopError
+from synthloop.learn.models import FEATURES, TextClassifier
 
-if TYPE_CHECKING:
-    from synthloop.learn.models import TextClassifier
-
-# A project keeps its embedding store in STATE_DIR/features, beside STATE_DIR/models. Model files name it
-# relative to the state dir they are in, so a copied or moved project (or another machine's folder on a shared
-# store) uses its own store, never the folder it was trained in.
-FEATURES = "features"
+# Model files name the embedding store (STATE_DIR/features) relative to the state dir they are in, so a copied or
+# moved project (or another machine's folder on a shared store) uses its own store, never the folder it was
+# trained in.
 
 
 def _saved_store(store: str | None, state_dir: Path) -> str | None:

@@ -22,7 +22,6 @@ from sklearn.model_selection import StratifiedKFold
 from sklearn.pipeline import FeatureUnion
 
 from synthloop.errors import SynthloopError
-from synthloop.learn.model_files import FEATURES, load_model, save_model  # noqa: F401 - the documented import path
 from synthloop.textcap import TextCap, cap_texts
 
 MODEL_NAMES = ("hybrid-lr", "tfidf-lr", "hashing-lr", "embed-lr")
@@ -145,6 +144,11 @@ def label_prompts(spec) -> dict[str, list[str]]:
         texts = [name] + ([f"{name}: {label.description.strip()}"] if label.description.strip() else [])
         prompts[label.name] = texts + [t for t in label.examples if t.strip()]
     return prompts
+
+
+# A project keeps its embedding store in STATE_DIR/features, beside STATE_DIR/models (learn.model_files saves a
+# model naming it relative to that state dir).
+FEATURES = "features"
 
 
 def model_options(task, state_dir) -> dict:

@@ -351,4 +351,4 @@ class Project:
         """What the project holds, and what it cost (synthloop.loop.status)."""
         from synthloop.loop.status import project_status
 
-        return project_status(self, measure_latency)
+        return project_status(self.report_context(), measure_latency)

@@ -5,7 +5,7 @@ labeler, on demand. The labelers talk to Argilla and return what happened; this 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from synthloop.errors import SynthloopError
 from synthloop.labelers import argilla_queue, recheck
@@ -16,7 +16,14 @@ from synthloop.store import Collected, QueryStatus
 
 if TYPE_CHECKING:
     from synthloop.learn.models import TextClassifier
-    from synthloop.loop.project import Project
+
+
+class Project(Protocol):
+    """What these commands use of a project (synthloop.loop.project.Project has both)."""
+
+    def label_context(self) -> LabelContext: ...
+
+    def new_model(self) -> TextClassifier: ...
 
 
 def tend(ctx: LabelContext, version: int, model: TextClassifier,

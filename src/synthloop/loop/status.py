@@ -2,12 +2,8 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
+from synthloop.report.context import ReportContext
 from synthloop.store import ModelRow, RoundRow, as_dicts
-
-if TYPE_CHECKING:
-    from synthloop.loop.project import Project
 
 
 def metrics_summary(last_round: RoundRow | None, model: ModelRow | None) -> dict | None:
@@ -23,13 +19,13 @@ def metrics_summary(last_round: RoundRow | None, model: ModelRow | None) -> dict
             **{k: last_round.metrics.get(k) for k in keys}}
 
 
-def project_status(project: Project, measure_latency: bool = True) -> dict:
+def project_status(ctx: ReportContext, measure_latency: bool = True) -> dict:
     """What the project holds, and what it cost: LLM spend, the latest model's latency on this machine
     (measured once per model version, then read from the store) and GPT-4o per request instead."""
     from synthloop.report.impact import status_impact
     from synthloop.report.nightly_report import recent_runs
 
-    store = project.store
+    store = ctx.store
     counts = store.count_examples()
     by_source: dict[str, dict[str, int]] = {}
     for source, label, n in store.label_counts():
@@ -38,8 +34,8 @@ def project_status(project: Project, measure_latency: bool = True) -> dict:
     last = next((r for r in reversed(rounds) if r.metrics), None)
     model = store.latest_model()
     return {
-        "project": str(project.root),
-        "task": project.task.name,
+        "project": str(ctx.root),
+        "task": ctx.task.name,
         "examples": {f"{split}/{origin}": n for (split, origin), n in sorted(counts.items())},
         "labels": by_source,
         "queries": store.query_counts(),
@@ -48,6 +44,6 @@ def project_status(project: Project, measure_latency: bool = True) -> dict:
         "rounds": len(rounds),
         "model_version": model.version if model else None,
         "last_metrics": metrics_summary(last, model),
-        "impact": status_impact(project.report_context(), measure=measure_latency),
+        "impact": status_impact(ctx, measure=measure_latency),
         "runs": recent_runs(store, 5),  # the nightly job's last runs, a failed one too
     }
