@@ -118,7 +118,7 @@ def child_synthloop(template: str, work: str) -> dict:
         result = project.round()
         timing = _since(start)
         picks = sorted(q.example_id for q in project.store.queries(round_=result.number))
-        rounds.append({**timing, "picks": picks, "timings": project.store.round(result.number)["timings"],
+        rounds.append({**timing, "picks": picks, "timings": project.store.round(result.number).timings,
                        "featurized": getattr(project.trainer.row_store, "featurized", None)})
         project.close()
     rows_dir = Path(work) / ".synthloop" / "feature_rows"

@@ -220,7 +220,7 @@ def bench_model(model: str, work: Path, args) -> dict:
     from synthloop.report.impact import counterfactual
 
     proj = make_project(work, model)
-    gpt4o = counterfactual(proj, None, 0.0)
+    gpt4o = counterfactual(proj.store, proj.config, None, 0.0)
     proj.close()
     texts = pd.read_csv(EXAMPLE / "test.csv").text.tolist()
     server = Server(work / model, work / f"{model}.log")

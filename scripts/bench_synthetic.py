@@ -21,6 +21,7 @@ import os
 import platform
 import time
 from collections import Counter
+from dataclasses import asdict
 from pathlib import Path
 
 import pandas as pd
@@ -95,7 +96,7 @@ def seed_stage(project: Project, n: int, local: bool) -> dict:
 
 
 def generate_calls(project: Project) -> int:
-    return sum(u["calls"] for u in project.store.llm_usage() if u["purpose"] == "generate")
+    return sum(u.calls for u in project.store.llm_usage() if u.purpose == "generate")
 
 
 def test_sample(dataset: str, n: int) -> pd.DataFrame:
@@ -112,7 +113,7 @@ def label_stage(project: Project, dataset: str, n: int, local: bool) -> dict:
     start = time.perf_counter()
     outcomes = label_texts(project.label_context(), list(test.text))
     seconds = time.perf_counter() - start
-    usage = next((u for u in project.store.llm_usage() if u["purpose"] == "label"), {})
+    usage = next((asdict(u) for u in project.store.llm_usage() if u.purpose == "label"), {})
     answered = [(o.label, gold) for o, gold in zip(outcomes, test.label) if o.label is not None]
     correct = sum(a == g for a, g in answered)
     return {

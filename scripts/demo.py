@@ -73,7 +73,7 @@ def main() -> None:
             status.update(step(f"4/4 round {len(rows)}: {labels} real labels"
                                + (" (the top-up may ask the LLM for more)" if labels else "")))
             result = project.round(query=labels < args.budget, n=min(args.batch, args.budget - labels))
-            added = project.store.round(result.number)["counts"].get("synthetic_added", {})
+            added = (project.store.round(result.number).counts or {}).get("synthetic_added", {})
             rows.append((result, added))
             if labels >= args.budget:
                 break
@@ -82,7 +82,7 @@ def main() -> None:
         status.update(step("writing the report"))
         try:
             label = f"make demo ({LOCAL_MODEL_NAME}, {args.budget} labels; its temporary project is gone)"
-            paths = build_report(project, out_dir=args.report_dir, baselines={"random": random_curve},
+            paths = build_report(project.report_context(), out_dir=args.report_dir, baselines={"random": random_curve},
                                  project_label=label)["paths"]
         finally:
             project.close()
@@ -96,8 +96,8 @@ def main() -> None:
         table.add_row(str(result.number), str(result.n_labels), f"{m['accuracy']:.3f}", f"{m['macro_f1']:.3f}",
                       ", ".join(f"{k} +{v}" for k, v in added.items()) or "-", f"{other:.3f}")
     console.print(table)
-    calls = sum(u["calls"] for u in usage)
-    tokens_in, tokens_out = sum(u["prompt_tokens"] for u in usage), sum(u["completion_tokens"] for u in usage)
+    calls = sum(u.calls for u in usage)
+    tokens_in, tokens_out = sum(u.prompt_tokens for u in usage), sum(u.completion_tokens for u in usage)
     console.print(f"local LLM: {calls} calls, {tokens_in + tokens_out} tokens, $0 "
                   f"(the same tokens at GPT-4o's list price: ${cost_usd('gpt-4o', tokens_in, tokens_out):.3f})")
     console.print("GPT-4o zero-shot on SMS spam (published): 0.95 accuracy")

@@ -33,11 +33,11 @@ def check_invariants(root, batch):
         assert q.status == "labeled" and q.example_id in labeled, f"label lost for {q}"
     assert len(labeled) == len(queries)
     rounds = store.rounds()
-    assert [r["number"] for r in rounds] == list(range(len(rounds)))
-    assert all(r["status"] == "done" for r in rounds)
-    missing = [r["number"] for r in rounds if not r["metrics"] or r["metrics"].get("accuracy") is None]
+    assert [r.number for r in rounds] == list(range(len(rounds)))
+    assert all(r.status == "done" for r in rounds)
+    missing = [r.number for r in rounds if not r.metrics or r.metrics.get("accuracy") is None]
     assert not missing, f"rounds without metrics: {missing}"
-    assert all(r["model_version"] is not None for r in rounds)
+    assert all(r.model_version is not None for r in rounds)
     project.close()
     status = subprocess.run([sys.executable, "-m", "synthloop", "status", "--json", "--no-latency"], cwd=root,
                             capture_output=True, text=True)

@@ -87,7 +87,7 @@ def test_a_reopened_project_reuses_its_featurizer_and_rows(project, small_pool):
     assert sorted((project.state_dir / "models").glob("featurizer-*")) == featurizers
     assert list((project.state_dir / ROWS_DIR).iterdir()) == [version_dir]
     assert again.trainer.row_store.featurized == 0 and again.trainer.row_store.size() == stored
-    assert again.load_model()[1].featurizer_key_ == Project(project.root).load_model(first["version"])[1].featurizer_key_
+    assert again.load_model()[1].featurizer_key_ == Project(project.root).load_model(first.version)[1].featurizer_key_
     again.close()
 
 

@@ -6,7 +6,8 @@ import pytest
 
 from synthloop import Project, SynthloopError
 from synthloop.learn.features import EmbeddingStore
-from synthloop.learn.models import TextClassifier, label_prompts, load_model, save_model
+from synthloop.learn.model_files import load_model, save_model
+from synthloop.learn.models import TextClassifier, label_prompts
 from synthloop.task import load_task
 
 

@@ -130,8 +130,8 @@ def test_bad_answers_store_no_label(fault_project, server, script, status):
     assert fault_project.store.training_set() == []
     assert fault_project.store.query_counts() == {status: 10}
     usage = fault_project.store.llm_usage()
-    assert usage[0]["purpose"] == "label" and usage[0]["calls"] == 10
-    assert usage[0]["failed"] == (0 if status == "skipped" else 10)  # every call that gave no answer is recorded
+    assert usage[0].purpose == "label" and usage[0].calls == 10
+    assert usage[0].failed == (0 if status == "skipped" else 10)  # every call that gave no answer is recorded
     if script[0][0] in ("500", "503", "429", "hang"):
         assert len(server.requests) == 20  # each query: one try and the SDK's one retry (max_retries = 1)
 
@@ -291,7 +291,7 @@ def test_usage_is_stored_per_request_as_it_completes_so_a_killed_run_counted_it(
             reader = Project(tmp_path / "p")
             usage = reader.store.llm_usage()
             reader.close()
-            calls = usage[0]["calls"] if usage else 0
+            calls = usage[0].calls if usage else 0
             if calls >= 3 and len(server.requests) >= 4:
                 break
             time.sleep(0.2)
@@ -302,7 +302,7 @@ def test_usage_is_stored_per_request_as_it_completes_so_a_killed_run_counted_it(
         server.reset(answer)
     after = Project(tmp_path / "p")
     usage = after.store.llm_usage()
-    assert usage[0]["calls"] == 3 and usage[0]["cost"] > 0 and usage[0]["failed"] == 0
+    assert usage[0].calls == 3 and usage[0].cost > 0 and usage[0].failed == 0
     after.close()
 
 

@@ -3,8 +3,11 @@
 The model is tiny: these tests check structure (valid JSON, labels in the enum, costs counted), not quality.
 """
 
+import math
+import re
 from typing import Literal
 
+import pytest
 from pydantic import BaseModel
 
 from synthloop.llm.client import LLMClient
@@ -41,7 +44,18 @@ def test_logprobs_give_the_labeler_a_confidence(local_llm):
     assert all(isinstance(t["token"], str) and t["logprob"] <= 0 for t in result.logprobs)
     # The label's own tokens are among those the server reports, so the confidence comes from them.
     confidence = logprob_confidence(result.logprobs, result.value.label)
-    assert confidence is not None and 0 < confidence <= 1
+    # The probability of exactly the tokens that spell the label's value (found here by the JSON around it), not of
+    # the whole answer: the product of those tokens' probabilities.
+    content = "".join(t["token"] for t in result.logprobs)
+    value = re.search(r'"label"\s*:\s*"(' + re.escape(result.value.label) + ')"', content)
+    assert value is not None, content
+    spans, pos = [], 0
+    for t in result.logprobs:
+        spans.append((pos, pos + len(t["token"]), t["logprob"]))
+        pos += len(t["token"])
+    label_lps = [lp for start, end, lp in spans if start < value.end(1) and end > value.start(1)]
+    assert label_lps and len(label_lps) < len(result.logprobs)
+    assert confidence == pytest.approx(math.exp(sum(label_lps)))
 
 
 def test_the_server_answers_to_its_alias(local_llm):
@@ -72,7 +86,7 @@ def test_llm_labeler_round_stores_enum_labels_with_costs(llm_project):
     assert len(rows) == statuses["labeled"]
     assert all(r[2] in ("ham", "spam") and r[3] == f"llm:{LOCAL_MODEL_NAME}" for r in rows)
     [usage] = llm_project.store.llm_usage()
-    assert usage["purpose"] == "label" and usage["calls"] == 10 and usage["prompt_tokens"] > 0 and usage["cost"] == 0
+    assert usage.purpose == "label" and usage.calls == 10 and usage.prompt_tokens > 0 and usage.cost == 0
 
 
 def test_generate_stores_filtered_synthetic_examples(llm_project):
@@ -85,8 +99,8 @@ def test_generate_stores_filtered_synthetic_examples(llm_project):
     synthetic = [r for r in llm_project.store.training_set() if r[3].startswith("synthetic:")]
     assert len(synthetic) == sum(report.added.values())
     assert all(8 <= len(r[1]) <= 120 for r in synthetic)
-    usage = {u["purpose"]: u for u in llm_project.store.llm_usage()}
-    assert usage["generate"]["calls"] >= 2 and usage["generate"]["completion_tokens"] > 0
+    usage = {u.purpose: u for u in llm_project.store.llm_usage()}
+    assert usage["generate"].calls >= 2 and usage["generate"].completion_tokens > 0
     # Synthetic texts never become queries: they are not part of the pool to label.
     ids = {r[0] for r in synthetic}
     assert not ids & set(llm_project.store.unlabeled_pool()[0])
@@ -101,7 +115,7 @@ def test_minority_topup_records_what_it_added(llm_project):
     llm_project.config.synth.topup_max_per_round = 4
     llm_project.config.synth.per_call, llm_project.config.synth.max_chars = 2, 120
     result = llm_project.round()
-    added = llm_project.store.round(result.number)["counts"].get("synthetic_added", {})
+    added = llm_project.store.round(result.number).counts.get("synthetic_added", {})
     assert set(added) == {"spam"} and 0 < added["spam"] <= 4
 
 
@@ -111,8 +125,8 @@ def test_consistency_filter_relabels_every_kept_text_once(llm_project):
     llm_project.config.synth.per_call, llm_project.config.synth.max_chars = 2, 120
     report = llm_project.generate(3, consistency_filter=True)
     kept, dropped = sum(report.added.values()), report.dropped["label disagreement"]
-    usage = {u["purpose"]: u for u in llm_project.store.llm_usage()}
-    assert usage["filter"]["calls"] == kept + dropped > 0
+    usage = {u.purpose: u for u in llm_project.store.llm_usage()}
+    assert usage["filter"].calls == kept + dropped > 0
     synthetic = [r for r in llm_project.store.training_set() if r[3].startswith("synthetic:")]
     assert len(synthetic) == kept == llm_project.store.count_examples().get(("pool", "synthetic"), 0)
 
@@ -121,4 +135,4 @@ def test_consistency_filter_is_off_by_default(llm_project):
     llm_project.config.synth.per_call, llm_project.config.synth.max_chars = 2, 120
     report = llm_project.generate({"spam": 2})
     assert "label disagreement" not in report.dropped
-    assert "filter" not in {u["purpose"] for u in llm_project.store.llm_usage()}
+    assert "filter" not in {u.purpose for u in llm_project.store.llm_usage()}

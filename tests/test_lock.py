@@ -74,7 +74,7 @@ def test_the_lock_of_a_killed_holder_is_taken_over_by_a_waiting_run(proj):
     out, err = waiting.communicate(timeout=600)
     assert waiting.returncode == 0, err
     assert json.loads(out)["number"] == 1 and json.loads(out)["resumed"] is True
-    assert [r["status"] for r in rounds_of(proj)] == ["done", "done"]
+    assert [r.status for r in rounds_of(proj)] == ["done", "done"]
 
 
 def test_round_beside_round_gives_two_rounds_or_one_clear_refusal(proj):
@@ -87,7 +87,7 @@ def test_round_beside_round_gives_two_rounds_or_one_clear_refusal(proj):
             assert "another synthloop run holds" in err and "`synthloop round`" in err
     rounds = rounds_of(proj)
     assert len(rounds) == 1 + codes.count(0)  # round 0 from the fixture, one per run that got the lock
-    assert all(r["status"] == "done" and r["metrics"] for r in rounds)
+    assert all(r.status == "done" and r.metrics for r in rounds)
     assert len({json.loads(out)["number"] for p, out, _ in results if p.returncode == 0}) == codes.count(0)
 
 
@@ -100,7 +100,7 @@ def test_two_loops_that_wait_make_all_their_rounds(proj):
         numbers += [r["number"] for r in json.loads(out)]
     assert sorted(numbers) == [1, 2, 3, 4, 5, 6]
     rounds = rounds_of(proj)
-    assert len(rounds) == 7 and all(r["status"] == "done" and r["metrics"] for r in rounds)
+    assert len(rounds) == 7 and all(r.status == "done" and r.metrics for r in rounds)
 
 
 def test_the_lock_file_names_nobody_once_the_holder_is_done(proj):

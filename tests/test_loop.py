@@ -1,3 +1,4 @@
+import numpy as np
 import pytest
 
 from synthloop import Project, SynthloopError, simulate
@@ -31,7 +32,7 @@ def test_round_zero_trains_on_task_examples_then_rounds_add_labels(project, smal
     assert len(labels) == 20 and {r[3] for r in labels} == {"oracle"}
     assert project.store.query_counts() == {"labeled": 20}
     info = project.store.round(1)
-    assert info["status"] == "done" and {"train", "evaluate", "select", "route"} <= set(info["timings"])
+    assert info.status == "done" and {"train", "evaluate", "select", "route"} <= set(info.timings)
 
 
 def test_loop_stops_when_pool_is_exhausted(project, small_pool, tmp_path):
@@ -49,13 +50,13 @@ def test_query_then_label_by_steps(project, small_pool):
     load(project, small_pool)
     result = project.round(route=False)
     assert result.queried == 10 and project.store.query_counts() == {"pending": 10}
-    assert project.store.round(0)["status"] == "open"
+    assert project.store.round(0).status == "open"
     again = project.round(route=False)  # resumes the open round, selects nothing new
     assert again.number == 0 and project.store.query_counts() == {"pending": 10}
     assert project.label() == 10
     assert project.store.query_counts() == {"labeled": 10}
     closed = project.store.round(0)  # label() closed the round: its queries are out and back
-    assert closed["status"] == "done" and closed["counts"]["queried"] == 10 and closed["counts"]["labels_collected"] == 10
+    assert closed.status == "done" and closed.counts["queried"] == 10 and closed.counts["labels_collected"] == 10
     following = project.round()  # so the next round trains on those labels and selects anew
     assert following.number == 1 and following.n_labels == 10 and following.queried == 10
     assert following.model_version == 2 and project.store.query_counts() == {"labeled": 20}
@@ -92,13 +93,13 @@ def test_after_a_loop_the_last_labels_are_in_the_model_and_its_metrics(project, 
     results = project.loop(3)
     assert [r.n_labels for r in results] == [0, 10, 20]  # each round's model: the labels before it
     latest = project.store.latest_model()
-    assert latest["round"] is None and latest["metrics"]["n_labels"] == 30 == project.n_real_labels()
-    assert latest["n_train"] == len(project.training_data()[0]) and not project.training_changed()
-    assert latest["metrics"]["n_test"] == results[-1].metrics["n_test"]
+    assert latest.round is None and latest.metrics["n_labels"] == 30 == project.n_real_labels()
+    assert latest.n_train == len(project.training_data()[0]) and not project.training_changed()
+    assert latest.metrics["n_test"] == results[-1].metrics["n_test"]
     status = project.status()["last_metrics"]
-    assert status == {"round": 2, "model_version": latest["version"],
-                      **{k: latest["metrics"][k] for k in ("n_labels", "accuracy", "macro_f1")}}
-    assert project.loop(0) == [] and project.store.latest_model()["version"] == latest["version"]
+    assert status == {"round": 2, "model_version": latest.version,
+                      **{k: latest.metrics[k] for k in ("n_labels", "accuracy", "macro_f1")}}
+    assert project.loop(0) == [] and project.store.latest_model().version == latest.version
     after = project.round()  # the next round trains its own model, as every round does, and reports it
     assert after.number == 3 and after.n_labels == 30 and project.status()["last_metrics"]["model_version"] == after.model_version
 
@@ -107,7 +108,7 @@ def test_project_reopens_from_disk(project, small_pool):
     load(project, small_pool)
     project.round()
     again = Project(project.root)
-    assert again.round().number == 1 and again.store.latest_model()["version"] == 2
+    assert again.round().number == 1 and again.store.latest_model().version == 2
 
 
 def test_init_refuses_existing_project(project, example_dir):
@@ -140,17 +141,29 @@ def test_rounds_record_pool_uncertainty_and_stopping_state(project, small_pool):
     load(project, small_pool)
     project.loop(3)
     rounds = project.store.rounds()
-    assert rounds[0]["metrics"]["stopping"]["kappa"] is None
-    for info in rounds:
-        pool = info["metrics"]["pool"]
-        assert pool["n"] > 0 and 0.5 <= pool["mean_confidence"] <= 1 and pool["mean_entropy"] >= 0
+    assert rounds[0].metrics["stopping"]["kappa"] is None
+    # Each round measured the pool before selecting: every pool example less those earlier rounds queried.
+    n_pool = project.store.count_examples()[("pool", "pool")]
+    queried = [len(project.store.queries(round_=r.number)) for r in rounds]
+    assert [r.metrics["pool"]["n"] for r in rounds] == [n_pool - sum(queried[:k]) for k in range(len(rounds))]
+    # The last round's figures, recomputed with its model's own predict on that pool: now's unlabeled examples
+    # plus what that round queried (labeled since), in id order as the monitor reads them.
+    last = rounds[-1]
+    ids, texts = project.store.unlabeled_pool()
+    at_monitor = sorted([*zip(ids, texts), *((q.example_id, q.text) for q in project.store.queries(round_=last.number))])
+    proba = project.load_model(last.model_version)[1].predict_proba([t for _, t in at_monitor])
+    top2 = np.sort(proba, axis=1)[:, -2:]
+    pool = last.metrics["pool"]
+    assert pool["mean_confidence"] == pytest.approx(float(proba.max(axis=1).mean()))
+    assert pool["mean_margin"] == pytest.approx(float((top2[:, 1] - top2[:, 0]).mean()))  # modAL's: top minus second
+    assert pool["mean_entropy"] == pytest.approx(float(-(proba * np.log(np.clip(proba, 1e-12, None))).sum(axis=1).mean()))
     # The stored kappa is the agreement of rounds 1 and 2's models on the stop set, recomputed here.
     from sklearn.metrics import cohen_kappa_score
 
     _, stop_texts = project.store.stop_set(project.config.loop.stop_set_size)
-    before, after = (project.load_model(rounds[k]["model_version"])[1].predict(stop_texts) for k in (1, 2))
+    before, after = (project.load_model(rounds[k].model_version)[1].predict(stop_texts) for k in (1, 2))
     expected = 1.0 if list(before) == list(after) else cohen_kappa_score(before, after)
-    assert rounds[2]["metrics"]["stopping"]["kappa"] == pytest.approx(expected)
+    assert rounds[2].metrics["stopping"]["kappa"] == pytest.approx(expected)
 
 
 def test_loop_until_stable_stops_early(project, small_pool):

@@ -3,7 +3,8 @@ import pandas as pd
 import pytest
 
 from synthloop import SynthloopError
-from synthloop.learn.models import TextClassifier, load_model, save_model
+from synthloop.learn.model_files import load_model, save_model
+from synthloop.learn.models import TextClassifier
 
 
 @pytest.fixture(scope="module")

@@ -78,7 +78,7 @@ def test_second_run_only_does_new_work(nightly_project, monkeypatch):
     finally:
         server.stop()
     runs = project.store.runs("nightly")
-    assert [r["status"] for r in runs] == ["done"] * 4
+    assert [r.status for r in runs] == ["done"] * 4
     assert (project.state_dir / "reports" / "nightly-0004.md").read_text().startswith("# Nightly run 4")
     assert "run 4 done" in (project.state_dir / "logs" / "nightly.log").read_text()
 
@@ -129,7 +129,7 @@ def test_lock_then_kill_9_then_rerun(nightly_project, step):
     reopened = Project(root)
     queries = reopened.store.queries()
     assert len(queries) == len({q.example_id for q in queries}) and {q.status for q in queries} <= {"labeled", "skipped"}
-    assert [r["status"] for r in reopened.store.runs("nightly")] == ["killed", "done"]
+    assert [r.status for r in reopened.store.runs("nightly")] == ["killed", "done"]
     assert reopened.store.pool_file(str((incoming / "day1.csv").resolve())) is not None
     if step == "reported":  # the killed night had finished its round: the re-run is a night of its own
         assert summary["round"] == 1 and len(queries) == 20
@@ -232,7 +232,7 @@ def test_the_budget_covers_the_night_across_a_failed_run(nightly_project, batch_
     committed = project.store.jobs("llm-batch")[job["id"]].estimated_cost
     allowed = len(custom_ids(server, job["id"]))
     assert 3 <= allowed < 10 and committed <= budget
-    assert [(r["status"], r["summary"]["exit_status"]) for r in project.store.runs("nightly")] == [("failed", 1)]
+    assert [(r.status, r.summary["exit_status"]) for r in project.store.runs("nightly")] == [("failed", 1)]
 
     # The re-run is the same night: it gets what is left, which covers no more query, not the budget again.
     again = run_nightly(project, None, max_labels=10, max_cost=budget, labeler="llm-batch")
@@ -246,7 +246,7 @@ def test_the_budget_covers_the_night_across_a_failed_run(nightly_project, batch_
     assert 3 <= night2["batch"]["submitted"] < 10 and len(server.batches) == 2
     assert night2["night_cost"] == pytest.approx(night2["batch"]["estimated_cost"], abs=1e-6)
     assert 0 < night2["night_cost"] <= budget
-    assert [r["status"] for r in project.store.runs("nightly")] == ["failed", "done", "done"]
+    assert [r.status for r in project.store.runs("nightly")] == ["failed", "done", "done"]
 
 
 def test_topup_waits_when_the_night_budget_is_spent(nightly_project, monkeypatch):
@@ -309,7 +309,7 @@ def test_cli_exits_69_when_the_llm_is_down_and_records_the_failed_run(nightly_pr
     assert f"unavailable: the LLM API at http://127.0.0.1:{port}/v1 does not answer" in " ".join(err.split())
     reopened = Project(project.root)
     (run,) = reopened.store.runs("nightly")
-    assert run["status"] == "failed" and run["summary"]["exit_status"] == 69 and "does not answer" in run["summary"]["error"]
+    assert run.status == "failed" and run.summary["exit_status"] == 69 and "does not answer" in run.summary["error"]
     # Before anything was done: no file imported, no query marked failed.
     assert reopened.store.pool_file(str((incoming / "day1.csv").resolve())) is None and reopened.store.queries() == []
     text = log.read_text()
@@ -332,7 +332,7 @@ def test_cli_exits_1_on_an_unexpected_error_with_the_traceback_in_the_log(nightl
     result = CliRunner().invoke(app, ["nightly", "--project", str(project.root), "--pool", str(incoming)])
     assert result.exit_code == 1 and "failed: ZeroDivisionError: a bug" in result.output + (result.stderr or "")
     (run,) = project.store.runs("nightly")
-    assert run["status"] == "failed" and run["summary"] == {"error": "a bug", "exit_status": 1}
+    assert run.status == "failed" and run.summary == {"error": "a bug", "exit_status": 1}
     text = (project.state_dir / "logs" / "nightly.log").read_text()
     assert "run 1 failed (exit status 1)" in text and "Traceback" in text and "broken_round" in text
 
@@ -352,7 +352,7 @@ def test_cli_twice_in_a_row_the_second_run_only_does_new_work(nightly_project):
     reopened = Project(project.root)
     queries = reopened.store.queries()
     assert len(queries) == len({q.example_id for q in queries}) == 20  # nothing asked twice
-    assert [r["status"] for r in reopened.store.runs("nightly")] == ["done", "done"]
+    assert [r.status for r in reopened.store.runs("nightly")] == ["done", "done"]
     assert (reopened.state_dir / "reports" / "nightly-0002.json").is_file()
     reopened.close()
 
@@ -517,8 +517,8 @@ def test_batch_route_night_one_submits_night_two_collects(nightly_project, batch
     half = cost_usd("gpt-4o", 20, 5) / 2  # the fault server's usage per answer, at batch price
     labels = [r for r in project.store.training_set() if r.source == "llm:gpt-4o"]
     assert len(labels) == 8 and {r.label for r in labels} == {"spam"}
-    usage = {(u["purpose"], u["model"]): u for u in project.store.llm_usage()}
-    assert usage[("label-batch", "gpt-4o")]["calls"] == 10 and usage[("label-batch", "gpt-4o")]["failed"] == 1
+    usage = {(u.purpose, u.model): u for u in project.store.llm_usage()}
+    assert usage[("label-batch", "gpt-4o")].calls == 10 and usage[("label-batch", "gpt-4o")].failed == 1
     assert night2["llm_cost"] == pytest.approx(10 * half)
     states = {k: j.status for k, j in jobs(project.store, states=("open", "answered", "done")).items()}
     assert states == {"batch-0": "done", "batch-1": "open"}
@@ -586,7 +586,7 @@ def test_batch_answers_count_once_and_a_lost_job_is_sent_again(nightly_project, 
     assert [label.example_id for label in again.labels] == [label.example_id for label in first.labels]
     assert len(again.llm_calls) == 6 and project.store.llm_usage() == []
     assert project.store.apply(again, 0) == 6
-    assert [u["calls"] for u in project.store.llm_usage()] == [6]
+    assert [u.calls for u in project.store.llm_usage()] == [6]
     done = labeler.collect()
     assert done.labels == [] and [(j.external_id, j.status) for j in done.jobs] == [("batch-0", "done")]
     project.store.apply(done, 0)

@@ -9,7 +9,8 @@ import joblib
 
 from synthloop import old_paths
 from synthloop.learn import models
-from synthloop.learn.models import TextClassifier, load_model
+from synthloop.learn.model_files import load_model
+from synthloop.learn.models import TextClassifier
 
 
 def test_a_model_saved_under_the_old_module_path_loads(tmp_path, monkeypatch):

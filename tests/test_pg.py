@@ -54,9 +54,9 @@ def check_shared_store(root: Path, n_rounds: int) -> Store:
     project = Project(root)
     store = project.store
     rounds = store.rounds()
-    assert [r["number"] for r in rounds] == list(range(n_rounds)) and {r["status"] for r in rounds} == {"done"}
+    assert [r.number for r in rounds] == list(range(n_rounds)) and {r.status for r in rounds} == {"done"}
     for before, after in zip(rounds, rounds[1:]):
-        assert after["started_at"] >= before["finished_at"], "two rounds ran at the same time"
+        assert after.started_at >= before.finished_at, "two rounds ran at the same time"
     queries = store.queries()
     assert len(queries) == len({q.example_id for q in queries}) == BATCH * n_rounds
     assert {q.round: sum(1 for x in queries if x.round == q.round) for q in queries} == dict.fromkeys(range(n_rounds), BATCH)
@@ -65,10 +65,10 @@ def check_shared_store(root: Path, n_rounds: int) -> Store:
     labeled = sorted(q.example_id for q in queries if q.status == "labeled")
     assert labeled and sorted(eid for eid, _, _, src in store.training_set() if src == "oracle") == labeled
     assert sum(n for src, _, n in store.label_counts() if src == "oracle") == len(labeled), "a label stored twice"
-    versions = [r["model_version"] for r in rounds]
+    versions = [r.model_version for r in rounds]
     # A loop ends with a model of every label (its own version, no round), trained under the writer lock too.
     latest = store.latest_model()
-    assert len(set(versions)) == n_rounds and (latest["version"] == n_rounds or latest["round"] is None)
+    assert len(set(versions)) == n_rounds and (latest.version == n_rounds or latest.round is None)
     return store
 
 
@@ -104,8 +104,8 @@ def test_two_machines_run_nightly_at_the_same_time(tmp_path, small_pool, example
     after = sum(store.count_examples().values())
     assert sum(s["imported"] for s in summaries) == after - before > 100, "an overlapping row was counted twice"
     assert all(s["imported"] > 0 for s in summaries)
-    assert [r["status"] for r in store.runs("nightly")] == ["done", "done"], "one night marked the other's run killed"
-    ids = [r["id"] for r in store.runs("nightly")]
+    assert [r.status for r in store.runs("nightly")] == ["done", "done"], "one night marked the other's run killed"
+    ids = [r.id for r in store.runs("nightly")]
     assert sorted(s["run"] for s in summaries) == sorted(ids)
 
 

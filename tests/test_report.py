@@ -52,11 +52,11 @@ def built(tmp_path_factory):
                                      "cost": 0.003, "round": None}] * 4
                                    + [{**call, "purpose": "label", "prompt_tokens": 300, "completion_tokens": 15,
                                        "cost": 0.0009, "round": 1}] * 10)
-    project.store.update_round(1, counts={**project.store.round(1)["counts"], "synthetic_added": {"spam": 6}})
+    project.store.update_round(1, counts={**project.store.round(1).counts, "synthetic_added": {"spam": 6}})
     with pytest.MonkeyPatch.context() as mp:
         # The same measurement on fewer calls (the defaults are 200 single calls and a batch of 1,000).
         mp.setattr("synthloop.report.project_report.measure_model_latency", functools.partial(measure_model_latency, singles=50, batch=300))
-        report = build_report(project, baselines={"random": RANDOM})
+        report = build_report(project.report_context(), baselines={"random": RANDOM})
     yield project, report, spam
     project.close()
 
@@ -72,9 +72,9 @@ def test_report_files_and_learning_curve(built):
     # predict (not the loop's cached features), and counted by hand.
     texts, gold = project.store.test_set()
     rounds = project.store.rounds()
-    assert [p["round"] for p in on_disk["curve"]] == [r["number"] for r in rounds] == [0, 1, 2]
+    assert [p["round"] for p in on_disk["curve"]] == [r.number for r in rounds] == [0, 1, 2]
     for point, info in zip(on_disk["curve"], rounds):
-        _, model = project.load_model(info["model_version"])
+        _, model = project.load_model(info.model_version)
         pred = list(model.predict(texts))
         f1 = []
         for label in project.task.label_names:
@@ -91,13 +91,13 @@ def test_report_files_and_learning_curve(built):
 def test_monitor_has_the_stopping_criterion_per_round(built):
     project, report, _ = built
     monitor = report["monitor"]
-    assert [r["round"] for r in monitor] == [r["number"] for r in project.store.rounds()]
+    assert [r["round"] for r in monitor] == [r.number for r in project.store.rounds()]
     # The first model has none before it to agree with; every later one has a kappa against the one before.
     assert monitor[0]["kappa"] is None and monitor[0]["stable_rounds"] == 0
     # Each kappa is the agreement of that round's model with the one before on the fixed stop set, computed
     # here by hand from the two models' predictions.
     _, stop_texts = project.store.stop_set(project.config.loop.stop_set_size)
-    versions = [r["model_version"] for r in project.store.rounds()]
+    versions = [r.model_version for r in project.store.rounds()]
     preds = [list(project.load_model(v)[1].predict(stop_texts)) for v in versions]
     for r, before, now in zip(monitor[1:], preds, preds[1:]):
         observed = sum(a == b for a, b in zip(before, now)) / len(now)
@@ -109,7 +109,7 @@ def test_monitor_has_the_stopping_criterion_per_round(built):
         assert r["stable_rounds"] == stable and r["should_stop"] is (stable >= r["window"])
     assert all(r["kappa_threshold"] == project.config.loop.stop_kappa and r["window"] == project.config.loop.stop_window
                for r in monitor)
-    stored = [r["metrics"]["stopping"] for r in project.store.rounds()]
+    stored = [r.metrics["stopping"] for r in project.store.rounds()]
     assert [(r["kappa"], r["should_stop"]) for r in monitor] == [(s["kappa"], s["should_stop"]) for s in stored]
 
 
@@ -118,7 +118,7 @@ def test_every_round_has_its_confusion_matrix_and_labels(built):
     per_round = report["per_round"]
     assert [r["round"] for r in per_round] == [0, 1, 2]
     for r, stored in zip(per_round, project.store.rounds()):
-        assert r["confusion"] == stored["metrics"]["confusion"] and r["confusion"]["labels"] == ["ham", "spam"]
+        assert r["confusion"] == stored.metrics["confusion"] and r["confusion"]["labels"] == ["ham", "spam"]
         assert sum(map(sum, r["confusion"]["matrix"])) == len(project.store.test_set()[0])  # the whole test split
     assert per_round[-1]["confusion"] == report["latest"]["confusion"]
     assert len({json.dumps(r["confusion"]) for r in per_round}) > 1  # the rounds' models differ
@@ -167,7 +167,7 @@ def test_label_quality_without_cleanlab_falls_back_to_disagreements(built, monke
     project = built[0]
     monkeypatch.setitem(__import__("sys").modules, "cleanlab.filter", None)  # makes the import fail
     with threadpool_limits(1):
-        quality = label_quality(project, project.load_model()[1])
+        quality = label_quality(project.store, project.config, project.new_model, project.load_model()[1])
     assert "install cleanlab" in quality["method"] and len(quality["suspicious"]) >= 10
     disagree = [x for x in quality["suspicious"] if x["given"] != x["predicted"]]
     assert all(x["flagged"] for x in disagree) and quality["n_flagged"] == len(disagree)
@@ -196,7 +196,7 @@ def test_cost_latency_and_savings(built):
 
 def test_no_rounds_is_an_error_that_names_the_fix(project):
     with pytest.raises(SynthloopError, match="synthloop round"):
-        build_report(project)
+        build_report(project.report_context())
 
 
 def test_cli_report_json(built, tmp_path, monkeypatch):

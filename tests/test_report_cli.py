@@ -88,7 +88,7 @@ def test_report_on_an_llm_project_shows_cost_by_purpose_sources_and_synthetic(ll
     project, server, generated = llm_project
     assert generated.added == {"ham": 5, "spam": 5}
     calls = {k: sum(kind_of(r["body"]) == k for r in server.requests) for k in ("generate", "label")}
-    topups = [r["counts"].get("synthetic_added", {}) for r in project.store.rounds()]
+    topups = [r.counts.get("synthetic_added", {}) for r in project.store.rounds()]
     labeled = sum(q.status == "labeled" for q in project.store.queries())
 
     report = run_report(project.root)
@@ -112,8 +112,8 @@ def test_report_on_an_llm_project_shows_cost_by_purpose_sources_and_synthetic(ll
 
     # Synthetic added per class: `generate` (outside any round's top-up), then each round's top-up.
     assert report["synthetic_added"][0] == {"round": None, "ham": 5, "spam": 5}
-    assert report["synthetic_added"][1:] == [{"round": r["number"], **r["counts"]["synthetic_added"]}
-                                             for r in project.store.rounds() if r["counts"].get("synthetic_added")]
+    assert report["synthetic_added"][1:] == [{"round": r.number, **r.counts["synthetic_added"]}
+                                             for r in project.store.rounds() if r.counts.get("synthetic_added")]
     assert any(topups), "spam is far under 45% of the first real labels: the top-up should have run"
 
     # Every round's confusion matrix and labels; the latest round's total is every label stored.

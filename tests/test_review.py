@@ -110,12 +110,15 @@ def test_round_pushes_records_with_suggestions_and_metadata_once(proj, argilla_e
     assert sorted(str(r.id) for r in records) == sorted(q.example_id for q in queries)
     by_id = {q.example_id: q for q in queries}
     _, model = proj.load_model()
-    margin = dict(zip(by_id, active.uncertainty("margin", model.predict_proba([q.text for q in queries]))))
+    proba = model.predict_proba([q.text for q in queries])
+    margin = dict(zip(by_id, active.uncertainty("margin", proba)))
+    guess = {eid: (str(model.classes_[p.argmax()]), float(p.max())) for eid, p in zip(by_id, proba)}
     for record in records:
         query = by_id[str(record.id)]
         assert record.fields["text"] == query.text
         suggestion = record.suggestions["label"]
-        assert suggestion.value in ("ham", "spam") and 0.5 <= suggestion.score <= 1.0
+        label, confidence = guess[query.example_id]  # the model's own guess, and its probability as the score
+        assert suggestion.value == label and suggestion.score == pytest.approx(confidence, rel=1e-6)
         assert suggestion.agent == "synthloop-model"
         assert "**Model:**" in record.fields["hints"]
         assert record.metadata["round"] == 0 and record.metadata["strategy"] == "margin"
@@ -184,7 +187,7 @@ def test_rounds_go_on_while_argilla_is_down_and_catch_up_once_it_is_back(proj, a
     monkeypatch.setenv("ARGILLA_API_URL", CLOSED)
     with caplog.at_level(logging.WARNING, logger="synthloop"):
         first = proj.round()
-    assert first.queried == 10 and proj.store.round(first.number)["status"] == "done"
+    assert first.queried == 10 and proj.store.round(first.number).status == "done"
     assert all(q.status == "pending" and q.submitted_at is None for q in proj.store.queries())
     assert _warnings(caplog) == [f"Argilla at {CLOSED} did not answer (connect) after 2 tries: ConnectError; "
                                  "10 queries stay pending and go out with the next round or `synthloop review push`"]
@@ -204,7 +207,7 @@ def test_rounds_go_on_while_argilla_is_down_and_catch_up_once_it_is_back(proj, a
     caplog.clear()
     with caplog.at_level(logging.WARNING, logger="synthloop"):
         third = proj.round()
-    assert third.labels_collected == 0 and proj.store.round(third.number)["status"] == "done"
+    assert third.labels_collected == 0 and proj.store.round(third.number).status == "done"
     assert f"Argilla at {CLOSED} did not answer (connect) after 2 tries: ConnectError; its labels wait for a " \
            "later round or `synthloop review pull`" in _warnings(caplog)
     # The step that found it down waited through the retries; the round's later steps tried once each.
@@ -316,7 +319,8 @@ def test_recheck_sends_doubtful_labels_and_a_correction_replaces_them(proj, argi
     records = {str(r.id): r for r in client.datasets(result.dataset, workspace="synthloop").records(with_suggestions=True)}
     from synthloop.report.project_report import label_quality
 
-    assert set(records) == {row["id"] for row in label_quality(proj, proj.load_model()[1])["suspicious"][:10]}
+    quality = label_quality(proj.store, proj.config, proj.new_model, proj.load_model()[1])
+    assert set(records) == {row["id"] for row in quality["suspicious"][:10]}
     caught = sorted(set(planted) & set(records))
     assert caught, (planted, sorted(records))
     eid = caught[0]

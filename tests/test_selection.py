@@ -29,7 +29,7 @@ def scorers(project, number):
     pool = project.store.unlabeled_pool
     return {
         "in memory": selection.InMemory(pool, project.trainer.model_features),
-        "cached": selection.Cached(pool, project.trainer.model_features, project.store, project.store.round(number)["model_version"]),
+        "cached": selection.Cached(pool, project.trainer.model_features, project.store, project.store.round(number).model_version),
         "streamed": selection.Streamed(lambda: project.store.unlabeled_pool_chunks(37), "local", chunk_size=37),
         "project default": project.scorer(number),
         "project incremental": project.scorer(number, incremental=True),
@@ -54,9 +54,14 @@ def test_every_path_picks_the_same_examples_with_the_same_scores(trained, strate
     # The scores are the measure's, recomputed here from the model's probabilities.
     ids, texts = project.store.unlabeled_pool()
     measure = measures.measure_of(strategy)
-    values = dict(zip(ids, measures.uncertainty(measure, model.predict_proba(texts))))
+    proba = model.predict_proba(texts)
+    values = dict(zip(ids, measures.uncertainty(measure, proba)))
     assert [s for _, s in expected] == pytest.approx([values[i] for i, _ in expected], abs=1e-9)
-    assert all(0.0 <= s <= 1.0 for _, s in expected)
+    # And the registry's scale from first principles (higher = less sure, 0 = certain, 1 = a uniform guess).
+    top = np.sort(proba, axis=1)
+    by_hand = {"least-confident": 1 - top[:, -1], "margin": 1 - (top[:, -1] - top[:, -2]),
+               "entropy": -(proba * np.log(np.clip(proba, 1e-300, None))).sum(axis=1) / np.log(proba.shape[1])}[measure]
+    assert [values[i] for i in ids] == pytest.approx(list(by_hand), abs=1e-9)
     if strategy != "ranked-batch":  # the most uncertain first; nothing left behind is more uncertain
         scores = [s for _, s in expected]
         assert scores == sorted(scores, reverse=True)

@@ -59,7 +59,7 @@ def test_text_classifier_trains_on_used_columns_and_scores_any_text():
 def test_a_model_saved_with_a_column_slice_loads_and_scores_the_same(tmp_path):
     """Models saved before 2026-12-01 kept coefficients for the used columns only, plus `used_columns_`; loading
     one widens it to the full width, the way fits are stored now."""
-    from synthloop.learn.models import load_model, save_model
+    from synthloop.learn.model_files import load_model, save_model
     from synthloop.learn.sparse_fit import linear_parts
 
     texts, y = _data()

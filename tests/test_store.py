@@ -9,7 +9,25 @@ import math
 import pytest
 import sqlalchemy as sa
 
-from synthloop.store import Collected, Job, JobStatus, NewLabel, Store
+from synthloop.store import (
+    Collected,
+    Job,
+    JobStatus,
+    LLMUsage,
+    ModelRow,
+    NewLabel,
+    PoolFileRow,
+    RoundRow,
+    RoundUsage,
+    RunRow,
+    Store,
+    TrainingRow,
+    as_dicts,
+    models,
+    pool_files,
+    rounds,
+    runs,
+)
 
 
 @pytest.fixture
@@ -41,7 +59,7 @@ def test_json_without_nan_and_float_timestamps_round_trip(store):
     metrics = {"accuracy": 0.75, "kappa": math.nan, "nested": {"inf": math.inf, "list": [1.5, -math.inf, "x"]}}
     store.update_round(0, metrics=metrics)
     # PostgreSQL's json type refuses NaN and Infinity; both stores keep null instead, so both read the same.
-    assert store.round(0)["metrics"] == {"accuracy": 0.75, "kappa": None, "nested": {"inf": None, "list": [1.5, None, "x"]}}
+    assert store.round(0).metrics == {"accuracy": 0.75, "kappa": None, "nested": {"inf": None, "list": [1.5, None, "x"]}}
     store.add_examples(rows("a"))
     stamp = 1_764_633_600.123456  # sub-millisecond: a REAL/float4 column would lose it
     store.add_examples([{**rows("b")[0], "created_at": stamp, "meta": {"unicode": "naïve \u0000 ok"}}])
@@ -69,7 +87,7 @@ def test_pool_file_upsert_keeps_one_row_and_big_sizes(store):
     store.record_pool_file("/data/pool.csv", 5 * 2**30, 1.5, 10, 10)  # 5 GiB: beyond a 32-bit INTEGER
     store.record_pool_file("/data/pool.csv", 6 * 2**30, 2.5, 12, 2)
     got = store.pool_file("/data/pool.csv")
-    assert (got["size"], got["mtime"], got["rows"], got["added"]) == (6 * 2**30, 2.5, 12, 2)
+    assert (got.size, got.mtime, got.rows, got.added) == (6 * 2**30, 2.5, 12, 2)
 
 
 def test_run_ids_autoincrement_and_meta_upsert(store):
@@ -78,7 +96,7 @@ def test_run_ids_autoincrement_and_meta_upsert(store):
     store.set_meta("k", {"a": 2})
     store.record_llm_calls([{"purpose": "label", "model": "m", "cost": 0.25, "round": 0}], {"job:x": {"state": "done"}})
     assert store.get_meta("k") == {"a": 2} and store.meta_with_prefix("job:") == {"job:x": {"state": "done"}}
-    assert store.llm_usage()[0]["cost"] == 0.25 and store.llm_cost_since(0) == 0.25
+    assert store.llm_usage()[0].cost == 0.25 and store.llm_cost_since(0) == 0.25
 
 
 def test_files_keep_their_first_content(store):
@@ -173,3 +191,45 @@ def test_label_history_and_example_labels_are_typed_rows_of_every_stored_label(s
                                                          ("b", "text b", "ham", "human:x"),
                                                          ("b", "text b", "spam", "llm:m")]
     assert [r.source for r in store.training_set()] == ["import", "human:x"]  # the best source only, for training
+
+
+def test_rounds_models_runs_pool_files_and_usage_are_typed_rows_in_column_order(store):
+    number, _ = store.open_round()
+    store.add_model(1, number, "tfidf-lr", "models/v0001.joblib", 12)
+    store.update_round(number, metrics={"accuracy": 0.5}, counts={"queried": 3}, timings={"train": 1.0})
+    run = store.start_run("nightly")
+    store.finish_run(run, "done", {"round": number})
+    store.record_pool_file("/data/day1.csv", 100, 1.5, 10, 9)
+    call = {"purpose": "label", "model": "m", "prompt_tokens": 10, "completion_tokens": 2, "cost": 0.5, "latency": 0.25,
+            "cached": False, "ok": True, "round": number}
+    store.record_llm_calls([call, {**call, "prompt_tokens": 0, "completion_tokens": 0, "cost": 0.25, "latency": 0.0,
+                                   "cached": True, "ok": False, "round": None}])
+    got = {"round": store.round(number), "rounds": store.rounds()[0], "model": store.model(1),
+           "latest": store.latest_model(), "run": store.runs("nightly")[0], "pool": store.pool_file("/data/day1.csv"),
+           "usage": store.llm_usage()[0], "by_round": store.llm_usage_by_round()[0]}
+    kinds = {"round": RoundRow, "rounds": RoundRow, "model": ModelRow, "latest": ModelRow, "run": RunRow,
+             "pool": PoolFileRow, "usage": LLMUsage, "by_round": RoundUsage}
+    assert {k: type(v) for k, v in got.items()} == kinds
+    # The JSON outputs (status --json, report.json) show a row as its dict: one key per column, in column order.
+    tables = {RoundRow: rounds, ModelRow: models, RunRow: runs, PoolFileRow: pool_files}
+    for key in ("round", "model", "run", "pool"):
+        assert list(dataclasses.asdict(got[key])) == [c.name for c in tables[kinds[key]].columns], key
+    assert got["round"] == got["rounds"] and got["model"] == got["latest"]
+    assert (got["round"].model_version, got["round"].metrics, got["round"].counts, got["round"].status) == (
+        1, {"accuracy": 0.5}, {"queried": 3}, "open")
+    assert (got["model"].round, got["model"].name, got["model"].n_train) == (number, "tfidf-lr", 12)
+    assert (got["run"].id, got["run"].status, got["run"].summary) == (run, "done", {"round": number})
+    assert got["run"].finished_at >= got["run"].started_at
+    assert as_dicts(store.llm_usage()) == [{"purpose": "label", "model": "m", "calls": 2, "cached": 1, "failed": 1,
+                                            "prompt_tokens": 10, "completion_tokens": 2, "cost": 0.75, "latency": 0.25}]
+    assert as_dicts(store.llm_usage_by_round()) == [
+        {"round": None, "calls": 1, "prompt_tokens": 0, "completion_tokens": 0, "cost": 0.25, "latency": 0.0},
+        {"round": number, "calls": 1, "prompt_tokens": 10, "completion_tokens": 2, "cost": 0.5, "latency": 0.25}]
+    assert store.round(number + 1) is None and store.model(2) is None and store.pool_file("/elsewhere") is None
+
+
+def test_the_export_is_the_training_sets_real_labels(store):
+    store.add_examples(rows("a", "b", "c"))
+    store.record_labels([NewLabel("a", "spam", "human:x"), NewLabel("b", "ham", "synthetic:m"),
+                         NewLabel("c", "ham", "llm:m")], round_=0)
+    assert store.labeled_export() == [TrainingRow("a", "text a", "spam", "human:x"), TrainingRow("c", "text c", "ham", "llm:m")]

@@ -109,7 +109,7 @@ def test_generate_stores_synthetic_examples_with_their_provenance(synth_project,
     assert prompts and all(re.search(r"Sub-topic: (ham|spam) topic \d\.", p) for p in prompts)
     # Attributed to the round its data feeds (round 0: no round has run yet).
     [by_round] = synth_project.store.llm_usage_by_round()
-    assert by_round["round"] == 0 and by_round["calls"] == len(server.requests)
+    assert by_round.round == 0 and by_round.calls == len(server.requests)
 
 
 def test_filters_drop_empty_short_and_duplicate_texts(synth_project, server):
@@ -151,8 +151,8 @@ def test_consistency_filter_drops_texts_the_labeler_puts_elsewhere(synth_project
     assert report.added == {"spam": 2}
     numbers = sorted(writer.made[r[1]] for r in stored_synthetic(synth_project))
     assert numbers == [1, 3]
-    usage = {u["purpose"]: u for u in synth_project.store.llm_usage()}
-    assert usage["filter"]["calls"] == 4 and usage["generate"]["calls"] == 2
+    usage = {u.purpose: u for u in synth_project.store.llm_usage()}
+    assert usage["filter"].calls == 4 and usage["generate"].calls == 2
 
 
 def test_round_zero_trains_on_synthetic_data_down_weighted(synth_project, server):
@@ -164,7 +164,7 @@ def test_round_zero_trains_on_synthetic_data_down_weighted(synth_project, server
     synthetic = {r[0] for r in stored_synthetic(synth_project)}
     assert synthetic and all(w == 0.25 for i, w in zip(ids, weights) if i in synthetic or i.startswith("task:"))
     result = synth_project.round()
-    assert result.number == 0 and synth_project.store.latest_model()["n_train"] == len(ids)
+    assert result.number == 0 and synth_project.store.latest_model().n_train == len(ids)
     from synthloop.store import NewLabel
 
     eid = synth_project.store.unlabeled_pool()[0][0]
@@ -205,14 +205,14 @@ def test_a_resumed_round_tops_up_only_what_is_left_of_its_cap(synth_project, ser
     ids, _ = synth_project.store.unlabeled_pool()
     synth_project.store.record_labels([NewLabel(i, "ham", "human:t") for i in ids[:20]], None)
     first = synth_project.round(route=False)  # what `synthloop query` does: the round stays open
-    assert synth_project.store.round(first.number)["counts"]["synthetic_added"] == {"spam": 2}
+    assert synth_project.store.round(first.number).counts["synthetic_added"] == {"spam": 2}
     calls = server.requests[:]
     again = synth_project.round()  # `synthloop round` resumes it: spam has had its 2 this round
     assert again.number == first.number and server.requests == calls
-    assert synth_project.store.round(first.number)["counts"]["synthetic_added"] == {"spam": 2}
+    assert synth_project.store.round(first.number).counts["synthetic_added"] == {"spam": 2}
     assert sum(1 for r in stored_synthetic(synth_project) if r[2] == "spam") == 2
     nxt = synth_project.round()  # a new round has a cap of its own
-    assert synth_project.store.round(nxt.number)["counts"]["synthetic_added"] == {"spam": 2}
+    assert synth_project.store.round(nxt.number).counts["synthetic_added"] == {"spam": 2}
 
 
 def test_a_negative_count_is_refused_before_any_request(synth_project, server):

@@ -110,7 +110,7 @@ def test_keys_answer_accept_skip_undo_and_quit(teach_project):
 def test_retrain_after_n_answers_reranks_and_shows_the_score(teach_project, monkeypatch):
     session = TeachSession(teach_project, user="bob", retrain_every=3)
     session.start()
-    assert teach_project.store.latest_model()["version"] == 1
+    assert teach_project.store.latest_model().version == 1
     # The real training, held back until the test has used the screen while it runs (else it may be over first).
     gate, train = threading.Event(), teach_project.train
     monkeypatch.setattr(teach_project, "train", lambda *a, **k: gate.wait(DEADLINE) and train(*a, **k))
@@ -140,8 +140,8 @@ def test_retrain_after_n_answers_reranks_and_shows_the_score(teach_project, monk
 
     asyncio.run(drive())
     latest = teach_project.store.latest_model()
-    assert latest["version"] == 2
-    assert latest["n_train"] == 4 + len(teach_project.task.examples())  # trained on the four answers
+    assert latest.version == 2
+    assert latest.n_train == 4 + len(teach_project.task.examples())  # trained on the four answers
     _, model = teach_project.load_model(2)
     assert session.metrics == teach_project.evaluate(model)
     # The rest of the queue is ranked by the new model's uncertainty.

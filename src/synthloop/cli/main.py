@@ -157,7 +157,7 @@ def round_(labeler: Annotated[str | None,
     # Warnings (e.g. Argilla down: queried is not pushed) come once each, after the table, not mid-spinner.
     with run_logging(None, stderr=io.StringIO()) as warned, err.status("running a round"):
         result = proj.round(labeler=labeler)
-    down = outage(proj)  # a server that did not answer: the table alone would look like a normal round
+    down = outage(proj.store, proj.unreachable)  # a server that did not answer: the table alone would look like a normal round
     if not emit({**asdict(result), "outage": down}, as_json):
         out.print(_round_table([result]))
         if down:
@@ -213,7 +213,7 @@ def generate(per_class: Annotated[int, typer.Option("--per-class", min=0, help="
 def _llm_calls(proj: Project) -> tuple[int, int]:
     """LLM calls recorded so far, and how many of them failed (cache hits included: they are answers too)."""
     usage = proj.store.llm_usage()
-    return sum(u["calls"] for u in usage), sum(u["failed"] or 0 for u in usage)
+    return sum(u.calls for u in usage), sum(u.failed or 0 for u in usage)
 
 
 app.add_typer(llm_app, name="llm")

@@ -23,7 +23,7 @@ def report(project: Annotated[Path, typer.Option("--project", "-p", help="Projec
 
     proj = Project(project)
     try:
-        data = build_report(proj, out_dir=out, measure_latency=not no_latency)
+        data = build_report(proj.report_context(), out_dir=out, measure_latency=not no_latency)
     finally:
         proj.close()
     if as_json:

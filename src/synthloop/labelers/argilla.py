@@ -295,7 +295,7 @@ class ArgillaLabeler:
 
     def _model_version(self) -> int | None:
         latest = self.ctx.store.latest_model()
-        return None if latest is None else latest["version"]
+        return None if latest is None else latest.version
 
     def log(self, items: list, to_records: Callable, pushed: Callable | None = None,
             on_chunk: Callable[[int, int], None] | None = None) -> int:

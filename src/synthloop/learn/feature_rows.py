@@ -27,6 +27,8 @@ from pathlib import Path
 import numpy as np
 import scipy.sparse as sp
 
+from synthloop.learn.model_files import featurizer_file, load_featurizer
+
 ROWS_DIR = "feature_rows"
 CHUNK_ROWS = 50_000
 KEY_BYTES = 16  # store ids are 16 hex characters (synthloop.data.example_id); other ids are hashed to that
@@ -53,20 +55,13 @@ def featurizer_version(model, fit_texts: Sequence[str]) -> str:
     return f"{model.name}:{params.get('embed_model')}:{digest}:{texts_key(fit_texts)}"
 
 
-def featurizer_file(key: str) -> str:
-    # The name save_model gives a featurizer beside the models (synthloop.learn.models.save_model).
-    return f"featurizer-{hashlib.sha1(key.encode()).hexdigest()[:16]}.joblib"
-
-
 def fitted_featurizer(models_dir: Path, key: str):
     """The featurizer of version `key` saved by an earlier process, or None when there is none to reuse."""
-    from synthloop.learn.models import _load_featurizer
-
     path = Path(models_dir) / featurizer_file(key)
     if not path.is_file():
         return None
     try:
-        return _load_featurizer(path)
+        return load_featurizer(path)
     except Exception:  # a file from another scikit-learn, or damaged: fitting again is always correct
         return None
 

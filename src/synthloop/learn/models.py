@@ -1,4 +1,4 @@
-"""Compact models: a featurizer plus a logistic regression, saved as one file per version.
+"""Compact models: a featurizer plus a logistic regression, saved as one file per version (learn.model_files).
 
 `hybrid-lr` (the default) puts TF-IDF (word and character n-grams) and a sentence embedding side by side in
 one sparse matrix; with the task's label names, descriptions and examples embedded as prototypes it also
@@ -8,14 +8,10 @@ benchmarks/al.md holds the measurements behind each choice.
 
 from __future__ import annotations
 
-import copy
 import hashlib
-import os
 from collections.abc import Sequence
-from functools import lru_cache
 from pathlib import Path
 
-import joblib
 import numpy as np
 import scipy.sparse as sp
 from sklearn.base import BaseEstimator, ClassifierMixin, TransformerMixin, clone
@@ -25,8 +21,6 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import StratifiedKFold
 from sklearn.pipeline import FeatureUnion
 
-from synthloop import old_paths
-from synthloop.config import STATE_DIR
 from synthloop.errors import SynthloopError
 from synthloop.textcap import TextCap, cap_texts
 
@@ -152,9 +146,14 @@ def label_prompts(spec) -> dict[str, list[str]]:
     return prompts
 
 
+# A project keeps its embedding store in STATE_DIR/features, beside STATE_DIR/models (learn.model_files saves a
+# model naming it relative to that state dir).
+FEATURES = "features"
+
+
 def model_options(task, state_dir) -> dict:
     """What a project's models get beyond ModelConfig: the label prompts (zero-shot) and the feature store."""
-    return {"prompts": label_prompts(task), "feature_dir": str(Path(state_dir) / "features")}
+    return {"prompts": label_prompts(task), "feature_dir": str(Path(state_dir) / FEATURES)}
 
 
 def texts_key(texts: Sequence[str]) -> str:
@@ -319,91 +318,3 @@ def prediction_rows(texts: Sequence[str], proba, classes, version: int) -> list[
     return [{"text": text, "label": labels[int(p.argmax())], "probability": float(p.max()),
              "probabilities": dict(zip(labels, map(float, p))), "model_version": version}
             for text, p in zip(texts, proba)]
-
-
-# A project keeps its embedding store in STATE_DIR/features, beside STATE_DIR/models. Model files name it
-# relative to the state dir they are in, so a copied or moved project (or another machine's folder on a shared
-# store) uses its own store, never the folder it was trained in.
-FEATURES = "features"
-
-
-def _saved_store(store: str | None, state_dir: Path) -> str | None:
-    if store and Path(store).resolve() == (state_dir / FEATURES).resolve():
-        return FEATURES
-    return store
-
-
-def _loaded_store(store: str | None, state_dir: Path) -> str | None:
-    if not store:
-        return store
-    where = Path(store)
-    if not where.is_absolute():
-        return str(state_dir / where)
-    if where.parts[-2:] == (STATE_DIR, FEATURES) and state_dir.name == STATE_DIR:
-        return str(state_dir / FEATURES)  # saved with an absolute path by synthloop before 2026-12-02
-    return store
-
-
-def _with_store(obj, attr: str, store: str | None):
-    """A shallow copy of obj with another store path, for writing: the live object may be in use elsewhere."""
-    if getattr(obj, attr, None) == store:
-        return obj
-    obj = copy.copy(obj)
-    setattr(obj, attr, store)
-    return obj
-
-
-def save_model(model: TextClassifier, path: Path) -> None:
-    """Write the classifier, and its featurizer once beside it: versions that share a featurizer share
-    the file. Temporary file plus rename, so a crash never leaves a half-written model."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    state_dir = path.parent.parent
-    featurizer = model.featurizer_
-    key = getattr(model, "featurizer_key_", None) or str(id(featurizer))
-    name = f"featurizer-{hashlib.sha1(key.encode()).hexdigest()[:16]}.joblib"
-    if not (path.parent / name).exists():
-        _atomic_dump(_with_store(featurizer, "store", _saved_store(getattr(featurizer, "store", None), state_dir)),
-                     path.parent / name)
-    model.featurizer_file_ = name
-    saved = _with_store(model, "feature_dir", _saved_store(model.feature_dir, state_dir))
-    if saved is model:
-        saved = copy.copy(model)
-    saved.featurizer_ = None
-    _atomic_dump(saved, path)
-
-
-def _atomic_dump(obj, path: Path) -> None:
-    tmp = path.with_suffix(".tmp")
-    joblib.dump(obj, tmp)
-    os.replace(tmp, path)
-
-
-@lru_cache(maxsize=4)
-def _load_featurizer(path: Path):
-    old_paths.install()
-    featurizer = joblib.load(path)
-    if getattr(featurizer, "store", None):
-        featurizer.store = _loaded_store(featurizer.store, Path(path).parent.parent)
-    return featurizer
-
-
-def load_model(path: str | Path) -> TextClassifier:
-    path = Path(path)
-    if not path.is_file():
-        raise SynthloopError(f"model file {path} is missing; run `synthloop train` to make a new version")
-    old_paths.install()
-    try:
-        model = joblib.load(path)
-    except Exception as err:  # noqa: BLE001 - truncated or overwritten: pickle says so in many ways
-        raise SynthloopError(f"model file {path} is damaged ({type(err).__name__}); run `synthloop train` to make a "
-                             "new version from the labels in the store") from None
-    model.feature_dir = _loaded_store(getattr(model, "feature_dir", None), path.parent.parent)
-    if model.featurizer_ is None:
-        model.featurizer_ = _load_featurizer(path.parent / model.featurizer_file_)
-    used = vars(model).pop("used_columns_", None)
-    if used is not None:  # saved before 2026-12-01, fitted on a column slice: widen it once, as fits are now
-        from synthloop.learn.sparse_fit import widen
-
-        widen(model.clf_, used, model.transform(["a"]).shape[1])
-    return model

@@ -124,7 +124,9 @@ class Cached(InMemory):
     plus (when the model changed) the previous model's most uncertain ones and a random slice; the rest keep
     their cached score."""
 
-    def __init__(self, pool: Callable[[], Pool], features: Features, store, model_version: int):
+    def __init__(self, pool: Callable[[], Pool], features: Features, store, model_version: int | None):
+        # model_version is the round's stored model; None when a caller selects in a round that stored none
+        # yet (Project.select with a model of its own), as it always could: its scores are kept under None.
         super().__init__(pool, features)
         self.store, self.version = store, model_version
 

@@ -1,5 +1,8 @@
 """The unattended nightly job: new pool files -> collect labels -> (re)train -> evaluate -> top up ->
-score what changed -> select -> route, under a lock, within label and $ budgets, with a run record."""
+score what changed -> select -> route, under a lock, within label and $ budgets, with a run record.
+
+The run drives the project's round through the `Project` façade (import, round, hand out); the checks and the
+night's plan get only the store and settings they read."""
 
 from __future__ import annotations
 
@@ -13,9 +16,11 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 from synthloop.checkpoint import checkpoint
+from synthloop.config import Config
 from synthloop.errors import (  # noqa: F401
     EXIT_FAILED,
     EXIT_LOCKED,
@@ -32,7 +37,10 @@ from synthloop.learn import ray_local
 from synthloop.loop.budget import Budget
 from synthloop.loop.lock import project_lock
 from synthloop.report.nightly_report import outage, rounded, run_logging, write_report
-from synthloop.store import QueryStatus
+from synthloop.store import Query, QueryStatus, Store
+
+if TYPE_CHECKING:
+    from synthloop.loop.project import Project
 
 POOL_SUFFIXES = (".csv", ".tsv", ".jsonl", ".ndjson", ".parquet", ".pq")
 ENGINES = ("local", "ray")
@@ -57,13 +65,13 @@ def pool_files(pattern: str) -> list[Path]:
     return [p.resolve() for p in found if p.is_file()]
 
 
-def new_files(project, pattern: str) -> list[Path]:
+def new_files(store: Store, pattern: str) -> list[Path]:
     """Files not seen before, or changed since (size or modification time)."""
     fresh = []
     for path in pool_files(pattern):
         stat = path.stat()
-        seen = project.store.pool_file(str(path))
-        if seen is None or seen["size"] != stat.st_size or seen["mtime"] != stat.st_mtime:
+        seen = store.pool_file(str(path))
+        if seen is None or seen.size != stat.st_size or seen.mtime != stat.st_mtime:
             fresh.append(path)
     return fresh
 
@@ -77,7 +85,7 @@ def _logger() -> logging.Logger:
     return log
 
 
-def check_options(project, labeler: str, engine: str | None, address: str | None, max_labels: int | None = None,
+def check_options(config: Config, labeler: str, engine: str | None, address: str | None, max_labels: int | None = None,
                   max_cost: float | None = None) -> None:
     """Refuse bad options before anything is done, each with the fix: a scheduler gets exit status 2 at once,
     not a failure after an hour of importing and training."""
@@ -99,7 +107,7 @@ def check_options(project, labeler: str, engine: str | None, address: str | None
         raise SynthloopError(f"--address is for --engine ray; --engine {engine} scores on this machine (drop --address)")
     from synthloop.learn import scale
 
-    strategy = project.config.loop.strategy
+    strategy = config.loop.strategy
     if strategy not in scale.STRATEGIES:
         raise SynthloopError(f"strategy {strategy!r} cannot be streamed by --engine; set [loop] strategy in "
                              f"synthloop.toml to one of {', '.join(scale.STRATEGIES)}, or leave --engine out")
@@ -111,16 +119,16 @@ def check_options(project, labeler: str, engine: str | None, address: str | None
             scale_ray.check_ray_address(address)
 
 
-def _needs_llm(project, labeler: str) -> bool:
+def _needs_llm(store: Store, labeler: str) -> bool:
     # Tonight's labeler, or leftovers that the LLM answers when it collects, whoever labels tonight.
-    return labeler in LLM_LABELERS or any(project.store.queries(status="pending", routed_to=name, submitted=True)
+    return labeler in LLM_LABELERS or any(store.queries(status="pending", routed_to=name, submitted=True)
                                           for name in ("llm", "hybrid"))
 
 
-def check_llm_reachable(project, timeout: float = 10.0) -> None:
+def check_llm_reachable(config: Config, timeout: float = 10.0) -> None:
     """Fail the run at once when nothing listens at the LLM API's address: the LLM labeler would otherwise
     mark every query of the night failed, one connection error at a time."""
-    cfg = project.config.llm
+    cfg = config.llm
     url = cfg.base_url or os.environ.get(cfg.base_url_env) or "https://api.openai.com/v1"  # the SDK's default
     parts = urlsplit(url)
     if not parts.hostname:
@@ -136,27 +144,27 @@ def check_llm_reachable(project, timeout: float = 10.0) -> None:
 
 # Tonight's budgets ---------------------------------------------------------------------------------------
 
-def night_started_at(store, now: float | None = None) -> float:
+def night_started_at(store: Store, now: float | None = None) -> float:
     """When tonight began: the start of the first run after the last one that finished. A run that was killed
     or failed, and every run after it until one finishes, are one night, so a re-run does not get the night's
     budget again. With no unfinished run before it, a run's night starts with it (`now`)."""
     start = None
     for run in store.runs("nightly"):
-        if run["status"] == "done":
+        if run.status == "done":
             start = None
         elif start is None:
-            start = run["started_at"]
+            start = run.started_at
     return start if start is not None else (time.time() if now is None else now)
 
 
-def night_spend(project, since: float) -> float:
+def night_spend(store: Store, since: float) -> float:
     """$ the night has spent or committed since `since`: LLM calls (labeling, top-up generation) at their
     recorded cost, Batch API jobs at their estimate when submitted (their real cost, recorded when a later
     night collects them, was that night's commitment, not this one's)."""
     from synthloop.labelers.batch import PURPOSE, jobs
 
-    spent = project.store.llm_cost_since(since, exclude_purposes=(PURPOSE,))
-    submitted = jobs(project.store, states=("open", "answered", "done", "lost")).values()
+    spent = store.llm_cost_since(since, exclude_purposes=(PURPOSE,))
+    submitted = jobs(store, states=("open", "answered", "done", "lost")).values()
     return spent + sum(job.estimated_cost for job in submitted if job.created_at >= since)
 
 
@@ -166,26 +174,26 @@ class Handout:
     takes up again; with --max-labels, together at most that many."""
 
     select: int
-    carried: list = field(default_factory=list)  # leftovers handed out again tonight, oldest first
-    held: list = field(default_factory=list)  # leftovers beyond the cap: they wait for the next night
+    carried: list[Query] = field(default_factory=list)  # leftovers handed out again tonight, oldest first
+    held: list[Query] = field(default_factory=list)  # leftovers beyond the cap: they wait for the next night
 
 
-def _tonights_round(store) -> int:
+def _tonights_round(store: Store) -> int:
     rounds = store.rounds()
     if not rounds:
         return 0
-    return rounds[-1]["number"] + (rounds[-1]["status"] == "done")
+    return rounds[-1].number + (rounds[-1].status == "done")
 
 
-def leftovers(project, labeler: str, round_: int) -> list:
+def leftovers(store: Store, labeler: str, round_: int) -> list[Query]:
     """Pending queries of rounds before `round_` that tonight's run hands to a labeler again: those the LLM,
     hybrid or oracle labeler answers when it collects, those the Batch labeler sends in tonight's job (with
     --labeler llm-batch), and those never pushed to Argilla (pushed with tonight's, by argilla or hybrid)."""
     from synthloop.labelers.batch import jobs
 
-    in_job = {eid for job in jobs(project.store).values() for eid in job.example_ids}
+    in_job = {eid for job in jobs(store).values() for eid in job.example_ids}
     out = []
-    for q in project.store.queries():
+    for q in store.queries():
         if q.status not in (QueryStatus.PENDING, HELD) or q.round >= round_:
             continue
         if (q.routed_to in ("llm", "hybrid", "oracle") and q.submitted_at is not None
@@ -195,27 +203,26 @@ def leftovers(project, labeler: str, round_: int) -> list:
     return out
 
 
-def plan_handout(project, labeler: str, max_labels: int | None) -> Handout:
+def plan_handout(store: Store, config: Config, labeler: str, max_labels: int | None) -> Handout:
     """--max-labels N: N queries at most go out tonight, leftovers first, and the selection fills the rest.
     Without it: a selection of [loop] batch_size, and every leftover. A round a killed run left open already
     has its selection, which counts first."""
-    store = project.store
     round_ = _tonights_round(store)
-    carried = leftovers(project, labeler, round_)
+    carried = leftovers(store, labeler, round_)
     if max_labels is None:
-        return Handout(project.config.loop.batch_size, carried)
+        return Handout(config.loop.batch_size, carried)
     selected = len(store.queries(round_=round_))
     room = max(0, max_labels - selected)
     kept = carried[:room]
     return Handout(0 if selected else room - len(kept), kept, carried[room:])
 
 
-def release_held(store) -> int:
+def release_held(store: Store) -> int:
     return len(store.release_held())
 
 
 @contextmanager
-def holding(store, queries):
+def holding(store: Store, queries: list[Query]):
     """Leftovers beyond tonight's cap, out of every labeler's sight (they ask for pending queries) until the
     run ends. A run killed meanwhile leaves them held; the next run releases them before anything else."""
     store.hold([q.example_id for q in queries])
@@ -227,7 +234,7 @@ def holding(store, queries):
 
 # The run ----------------------------------------------------------------------------------------------
 
-def run_nightly(project, pool: str | None = None, dry_run: bool = False, max_labels: int | None = None,
+def run_nightly(project: Project, pool: str | None = None, dry_run: bool = False, max_labels: int | None = None,
                 max_cost: float | None = None, labeler: str | None = None, text_col: str = "text",
                 id_col: str | None = None, log_file: Path | None = None, engine: str | None = None,
                 address: str | None = None) -> dict:
@@ -239,7 +246,7 @@ def run_nightly(project, pool: str | None = None, dry_run: bool = False, max_lab
     scored); "local" or "ray" streams the whole unlabeled pool from the store through synthloop.learn.scale
     (every core, or the Ray cluster at `address`), for pools too big for that."""
     labeler = labeler or project.config.loop.labeler
-    check_options(project, labeler, engine, address, max_labels, max_cost)
+    check_options(project.config, labeler, engine, address, max_labels, max_cost)
     if pool:
         pool_files(pool)  # a --pool that names nothing is refused now, with the fix
     log_file = log_file if log_file is not None else project.state_dir / "logs" / "nightly.log"
@@ -256,9 +263,9 @@ def run_nightly(project, pool: str | None = None, dry_run: bool = False, max_lab
         log.info("run %s started", run_id)
         try:
             summary = _run(project, run_id, pool, labeler, max_labels, max_cost, text_col, id_col, engine, address, log)
-            summary["outage"] = outage(project)  # None, or the servers down and what waits on them
+            summary["outage"] = outage(project.store, project.unreachable)  # None, or the servers down and what waits
             summary["warnings"] = list(warned)  # each once, as in the log
-            write_report(project, summary)  # before "done": a night whose report is missing did not finish
+            write_report(project.state_dir, summary)  # before "done": a night whose report is missing did not finish
             checkpoint("reported", summary["round"])
         except Exception as err:
             error, status = failure(err)  # a full disk is 74 here too, as the CLI reports it
@@ -270,18 +277,19 @@ def run_nightly(project, pool: str | None = None, dry_run: bool = False, max_lab
         return summary
 
 
-def _plan(project, pool, labeler, max_labels, max_cost, engine, address) -> dict:
-    files = new_files(project, pool) if pool else []
-    handout = plan_handout(project, labeler, max_labels)
-    left = None if max_cost is None else max(0.0, max_cost - night_spend(project, night_started_at(project.store)))
-    return {"new_files": [str(f) for f in files], "pending_queries": project.store.query_counts().get("pending", 0),
+def _plan(project: Project, pool, labeler, max_labels, max_cost, engine, address) -> dict:
+    store = project.store
+    files = new_files(store, pool) if pool else []
+    handout = plan_handout(store, project.config, labeler, max_labels)
+    left = None if max_cost is None else max(0.0, max_cost - night_spend(store, night_started_at(store)))
+    return {"new_files": [str(f) for f in files], "pending_queries": store.query_counts().get("pending", 0),
             "retrain": project.training_changed(), "select": handout.select,
             "carried_over": len(handout.carried), "held_back": len(handout.held), "labeler": labeler,
             "max_cost": max_cost, "budget_left": left, "engine": engine, "address": address}
 
 
-def _import_new(project, pool, text_col, id_col, log) -> tuple[int, int]:
-    files = new_files(project, pool) if pool else []
+def _import_new(project: Project, pool, text_col, id_col, log) -> tuple[int, int]:
+    files = new_files(project.store, pool) if pool else []
     imported = 0
     for path in files:
         result = project.import_file(path, text_col=text_col, id_col=id_col, split="pool")
@@ -293,51 +301,52 @@ def _import_new(project, pool, text_col, id_col, log) -> tuple[int, int]:
     return len(files), imported
 
 
-def _run(project, run_id, pool, labeler, max_labels, max_cost, text_col, id_col, engine, address, log) -> dict:
+def _run(project: Project, run_id, pool, labeler, max_labels, max_cost, text_col, id_col, engine, address, log) -> dict:
     start = time.perf_counter()  # before the import below: it loads the openai SDK, a second or two of the run
     from synthloop.labelers.batch import jobs as batch_jobs
 
-    if _needs_llm(project, labeler):
-        check_llm_reachable(project)
+    store = project.store
+    if _needs_llm(store, labeler):
+        check_llm_reachable(project.config)
     n_files, imported = _import_new(project, pool, text_col, id_col, log)
-    night = night_started_at(project.store)
-    spent_before = night_spend(project, night)
+    night = night_started_at(store)
+    spent_before = night_spend(store, night)
     project.budget = Budget(None if max_cost is None else max_cost - spent_before)
     project.last_scored = 0
     run_cost_from = time.time()
-    handout = plan_handout(project, labeler, max_labels)
+    handout = plan_handout(store, project.config, labeler, max_labels)
     log.info("tonight: select %d, %d leftovers handed out again, %d held back (--max-labels %s); $ left %s",
              handout.select, len(handout.carried), len(handout.held), max_labels, project.budget.left)
     retrain = project.training_changed()
-    latest = project.store.latest_model()
-    jobs_before = set(batch_jobs(project.store, states=("open", "answered", "done")))
-    with holding(project.store, handout.held):
+    latest = store.latest_model()
+    jobs_before = set(batch_jobs(store, states=("open", "answered", "done")))
+    with holding(store, handout.held):
         result = project.round(n=handout.select, labeler=labeler, incremental=True, retrain=retrain, engine=engine,
                                address=address)
         if labeler == "llm-batch" and handout.carried:
             # With no new selection the round hands nothing to the Batch labeler: the leftovers go out here.
             project.hand_out(labeler, [])
-    new_jobs = [job for key, job in batch_jobs(project.store, states=("open", "answered", "done")).items()
+    new_jobs = [job for key, job in batch_jobs(store, states=("open", "answered", "done")).items()
                 if key not in jobs_before]
-    night_cost = night_spend(project, night)
+    night_cost = night_spend(store, night)
     return {
         "run": run_id, "status": "done", "new_files": n_files, "imported": imported,
         "labels_collected": result.labels_collected,
         # Real labels stored when the run ended: those beyond the model's n_labels train the next run's model.
         "labels_total": project.n_real_labels(),
         # Labels that arrived during the round (a Batch API job, a reviewer) retrain too.
-        "retrained": latest is None or result.model_version != latest["version"],
+        "retrained": latest is None or result.model_version != latest.version,
         "model_version": result.model_version, "round": result.number, "queried": result.queried,
         "carried_over": len(handout.carried), "held_back": len(handout.held),
         "scored": project.last_scored, "engine": engine or "memory",
-        "labeler": labeler, "llm_cost": round(project.store.llm_cost_since(run_cost_from), 6),
+        "labeler": labeler, "llm_cost": round(store.llm_cost_since(run_cost_from), 6),
         "night_cost": round(night_cost, 6),
         "budget_left": None if max_cost is None else round(max(0.0, max_cost - night_cost), 6),
-        "pending": project.store.query_counts().get("pending", 0),
+        "pending": store.query_counts().get("pending", 0),
         # Submitted tonight, paid when the job ends: counted against tonight's budget at this estimate.
         "batch": {"submitted": sum(len(j.example_ids) for j in new_jobs),
                   "estimated_cost": round(sum(j.estimated_cost for j in new_jobs), 6),
-                  "open_jobs": len(batch_jobs(project.store, states=("open",)))},
+                  "open_jobs": len(batch_jobs(store, states=("open",)))},
         "metrics": rounded({k: (result.metrics or {}).get(k) for k in ("n_labels", "accuracy", "macro_f1")}),
         "seconds": round(time.perf_counter() - start, 2),
     }

@@ -25,6 +25,7 @@ from synthloop.learn.selection import Scorer
 from synthloop.loop.budget import Budget
 from synthloop.loop.round import RoundResult, check_choices, close_round, collect, hand_out, hand_out_all, route_round, run_round
 from synthloop.loop.training import Trainer
+from synthloop.report.context import ReportContext
 from synthloop.store import NewLabel, Query, QueryStatus, Store
 from synthloop.task import TaskSpec, load_task
 from synthloop.textcap import count_over
@@ -185,6 +186,10 @@ class Project:
         """What labelers and generation use (synthloop.labelers.context): a round makes one and shares it."""
         return LabelContext(self.store, self.config, self.llm_client, self.load_model, self.budget, self.unreachable)
 
+    def report_context(self) -> ReportContext:
+        """What the reports and `status`'s cost and impact read (synthloop.report.context)."""
+        return ReportContext(self.root, self.store, self.config, self.load_model, self.new_model)
+
     def generate(self, per_class: int | dict[str, int], round_: int | None = None,
                  consistency_filter: bool | None = None) -> GenerationReport:
         from synthloop.synth import generate
@@ -289,9 +294,9 @@ class Project:
         number = self.store.current_round()
         added = collect(ctx, number)
         info = None if number is None else self.store.round(number)
-        if number is not None and info and info["status"] != "done" and info["model_version"] is not None \
+        if number is not None and info and info.status != "done" and info.model_version is not None \
                 and self.store.queries(round_=number):
-            close_round(self, number, dict(info["timings"] or {}), added)
+            close_round(self, number, dict(info.timings or {}), added)
         return added
 
     def requeue(self, failed: bool = False, skipped: bool = False, labeler: str | None = None) -> dict:
@@ -346,4 +351,4 @@ class Project:
         """What the project holds, and what it cost (synthloop.loop.status)."""
         from synthloop.loop.status import project_status
 
-        return project_status(self, measure_latency)
+        return project_status(self.report_context(), measure_latency)

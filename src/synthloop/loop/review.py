@@ -5,7 +5,7 @@ labeler, on demand. The labelers talk to Argilla and return what happened; this 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from synthloop.errors import SynthloopError
 from synthloop.labelers import argilla_queue, recheck
@@ -16,7 +16,14 @@ from synthloop.store import Collected, QueryStatus
 
 if TYPE_CHECKING:
     from synthloop.learn.models import TextClassifier
-    from synthloop.loop.project import Project
+
+
+class Project(Protocol):
+    """What these commands use of a project (synthloop.loop.project.Project has both)."""
+
+    def label_context(self) -> LabelContext: ...
+
+    def new_model(self) -> TextClassifier: ...
 
 
 def tend(ctx: LabelContext, version: int, model: TextClassifier,
@@ -75,7 +82,7 @@ def push_suspicious(project: Project, n: int = 20,
     if ctx.store.latest_model() is None:
         raise SynthloopError("no model yet: run `synthloop train` or a round first")
     _, model = ctx.load_model(None)
-    quality = label_quality(project, model)
+    quality = label_quality(ctx.store, ctx.config, project.new_model, model)
     rows = quality["suspicious"][:n]
     if not rows:
         raise SynthloopError(quality.get("note") or "no real labels to re-check yet")

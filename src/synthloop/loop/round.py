@@ -18,7 +18,7 @@ from synthloop.errors import SynthloopError
 from synthloop.labelers import get_labeler
 from synthloop.labelers.context import LabelContext
 from synthloop.learn import active
-from synthloop.store import Query, QueryStatus, Store
+from synthloop.store import Query, QueryStatus, RoundRow, Store
 
 if TYPE_CHECKING:
     from synthloop.learn.models import TextClassifier
@@ -88,26 +88,26 @@ def run_round(project: Project, query: bool = True, n: int | None = None, strate
     start = time.perf_counter()
     number, resumed = store.open_round()
     info = _row(store, number)
-    timings = dict(info["timings"] or {})
+    timings = dict(info.timings or {})
 
     t = time.perf_counter()
     collected = collect(ctx, number)
     timings["collect"] = time.perf_counter() - t
     checkpoint("collected", number)
 
-    if info["model_version"] is None and not retrain and not project.training_changed():
+    if info.model_version is None and not retrain and not project.training_changed():
         last = store.latest_model()
         assert last is not None  # training_changed() is False only when there is a model
-        store.update_round(number, model_version=last["version"], metrics=project.last_metrics())
+        store.update_round(number, model_version=last.version, metrics=project.last_metrics())
         info = _row(store, number)
-    if info["model_version"] is None:
+    if info.model_version is None:
         t = time.perf_counter()
         version, model = project.train(number)
         timings["train"] = time.perf_counter() - t
         checkpoint("model-stored", number)
     else:
-        version, model = project.load_model(info["model_version"])
-    if not info["metrics"]:  # also a resumed round whose run was killed between storing the model and scoring it
+        version, model = project.load_model(info.model_version)
+    if not info.metrics:  # also a resumed round whose run was killed between storing the model and scoring it
         t = time.perf_counter()
         metrics = project.evaluate(model)
         metrics = {"n_labels": project.n_real_labels(), **(metrics or {}), **project.monitor(number, model)}
@@ -122,7 +122,7 @@ def run_round(project: Project, query: bool = True, n: int | None = None, strate
         topup(ctx, number)
         added = store.synthetic_added(number)
         if added:
-            counts = dict(_row(store, number)["counts"] or {})
+            counts = dict(_row(store, number).counts or {})
             store.update_round(number, counts={**counts, "synthetic_added": dict(sorted(added.items()))})
         timings["topup"] = time.perf_counter() - t
     checkpoint("augmented", number)
@@ -206,7 +206,7 @@ def close_round(project: Project, number: int, timings: dict, collected: int) ->
     """Mark a round done, with its counts: its queries are out, and the next round trains on what came back."""
     store = project.store
     info = _row(store, number)
-    counts = {**(info["counts"] or {}), "queried": len(store.queries(round_=number)),
+    counts = {**(info.counts or {}), "queried": len(store.queries(round_=number)),
               "labels_collected": collected,
               "labels_total": project.n_real_labels()}
     store.update_round(number, status="done", finished_at=time.time(), timings=timings, counts=counts)
@@ -214,11 +214,11 @@ def close_round(project: Project, number: int, timings: dict, collected: int) ->
 
 def _result(project: Project, number: int, resumed: bool, version: int, collected: int, start: float) -> RoundResult:
     info = _row(project.store, number)
-    return RoundResult(number, resumed, version, (info["metrics"] or {}).get("n_labels", 0), info["metrics"],
+    return RoundResult(number, resumed, version, (info.metrics or {}).get("n_labels", 0), info.metrics,
                        len(project.store.queries(round_=number)), collected, time.perf_counter() - start)
 
 
-def _row(store: Store, number: int) -> dict:
+def _row(store: Store, number: int) -> RoundRow:
     """A round's stored row: it exists from `open_round` on, so a missing one is a bug, not a user error."""
     info = store.round(number)
     if info is None:

@@ -52,8 +52,8 @@ def simulate(task: TaskSpec | str | Path, pool: str | Path, test: str | Path, st
 
             label = (f"simulation of {strategy} vs {BASELINE} sampling ({model}, {budget} labels in batches of {batch}, "
                      f"seed {seed}; its temporary project is gone)")
-            data = build_report(project, out_dir=report_dir, baselines={BASELINE: baseline}, measure_latency=measure_latency,
-                                project_label=label)
+            data = build_report(project.report_context(), out_dir=report_dir, baselines={BASELINE: baseline},
+                                measure_latency=measure_latency, project_label=label)
         finally:
             project.close()
     return {"curve": curve, "seconds": round(time.perf_counter() - start, 3), "baselines": {BASELINE: baseline},

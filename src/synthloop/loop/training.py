@@ -14,7 +14,8 @@ from synthloop.config import STATE_DIR, Config
 from synthloop.errors import SynthloopError
 from synthloop.learn import active, feature_rows
 from synthloop.learn.metrics import evaluate
-from synthloop.learn.models import DEFAULT_EMBED_MODEL, TextClassifier, featurizer_needs_fit, load_model, model_options, save_model
+from synthloop.learn.model_files import load_model, save_model
+from synthloop.learn.models import DEFAULT_EMBED_MODEL, TextClassifier, featurizer_needs_fit, model_options
 from synthloop.learn.selection import Cached, InMemory, Scorer, Streamed
 from synthloop.store import Store, shared_models
 from synthloop.task import TaskSpec
@@ -143,21 +144,21 @@ class Trainer:
     def training_changed(self) -> bool:
         """Whether the labeled set differs from what the latest model was trained on."""
         last = self.store.latest_model()
-        return last is None or last["n_train"] != len(self.training_data()[0])
+        return last is None or last.n_train != len(self.training_data()[0])
 
     def last_metrics(self) -> dict | None:
         """The newest metrics: the latest model's own (after a loop), else the last round's that has them."""
         latest = self.store.latest_model()
-        if latest and latest["metrics"]:  # a refresh after the last round: the newest figures
-            return latest["metrics"]
-        return next((r["metrics"] for r in reversed(self.store.rounds()) if r["metrics"]), None)
+        if latest and latest.metrics:  # a refresh after the last round: the newest figures
+            return latest.metrics
+        return next((r.metrics for r in reversed(self.store.rounds()) if r.metrics), None)
 
     def load_model(self, version: int | None = None) -> tuple[int, TextClassifier]:
         row = self.store.latest_model() if version is None else self.store.model(version)
         if row is None:
             raise SynthloopError("no model yet; run `synthloop train` or `synthloop round` first")
-        shared_models.restore(self.store, self.root, self.root / row["path"])
-        return row["version"], load_model(self.root / row["path"])
+        shared_models.restore(self.store, self.root, self.root / row.path)
+        return row.version, load_model(self.root / row.path)
 
     def evaluate(self, model: TextClassifier) -> dict | None:
         texts, gold = self.store.test_set()
@@ -179,11 +180,11 @@ class Trainer:
         current = list(model.classes_[model.predict_proba_features(X_stop).argmax(axis=1)]) if stop_ids else []
         previous, history = None, []
         for info in self.store.rounds():
-            if info["number"] < round_ and info["metrics"]:
-                history.append((info["metrics"].get("stopping") or {}).get("kappa"))
+            if info.number < round_ and info.metrics:
+                history.append((info.metrics.get("stopping") or {}).get("kappa"))
         before = self.store.round(round_ - 1) if round_ > 0 else None
-        if before and before["model_version"] and stop_ids:
-            _, prev_model = self.load_model(before["model_version"])
+        if before and before.model_version and stop_ids:
+            _, prev_model = self.load_model(before.model_version)
             if getattr(prev_model, "featurizer_key_", None) == key:  # same features: reuse the rows computed above
                 previous = list(prev_model.classes_[prev_model.predict_proba_features(X_stop).argmax(axis=1)])
             else:
@@ -213,7 +214,7 @@ class Trainer:
             info = self.store.round(round_)
             if info is None:  # a round scores its pool after open_round stored it: a bug, not a user error
                 raise RuntimeError(f"round {round_} is not in the store")
-            return Cached(pool, self.model_features, self.store, info["model_version"])
+            return Cached(pool, self.model_features, self.store, info.model_version)
         return InMemory(pool, self.model_features)
 
     def model_features(self, model: Any, ids: list[str], texts: list[str]) -> Any:

@@ -13,8 +13,11 @@ import html
 import json
 import logging
 import sys
+from collections.abc import Mapping
 from contextlib import contextmanager
 from pathlib import Path
+
+from synthloop.store import Store
 
 FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
@@ -76,13 +79,13 @@ def run_logging(log_file: Path | None, stderr=None):
         root.handlers[:] = saved[2]
 
 
-def outage(project) -> dict | None:
-    """Servers that still failed every retry when the run ended, with what waits on them: queries for
-    reviewers not pushed, and pushed ones whose labels may be waiting on the server. None: no outage."""
-    down = sorted(project.unreachable)  # server URL -> when it last failed every retry (LabelContext)
+def outage(store: Store, unreachable: Mapping[str, float]) -> dict | None:
+    """Servers that still failed every retry when the run ended (`unreachable`: server URL -> when it last failed
+    every retry, LabelContext's), with what waits on them: queries for reviewers not pushed, and pushed ones whose
+    labels may be waiting on the server. None: no outage."""
+    down = sorted(unreachable)
     if not down:
         return None
-    store = project.store
     return {"unreachable": down,
             "not_pushed": len(store.queries(status="pending", routed_to="argilla", submitted=False)),
             "labels_waiting": len(store.queries(status="pending", routed_to="argilla", submitted=True))}
@@ -158,9 +161,9 @@ def _leftovers(summary: dict) -> str:
     return f"; {_plural(carried, 'leftover')} handed out again, {held} held back"
 
 
-def write_report(project, summary: dict) -> Path:
-    """`.synthloop/reports/nightly-NNNN.md`, `.html` and `.json`; returns the Markdown's path."""
-    reports = project.state_dir / "reports"
+def write_report(state_dir: Path, summary: dict) -> Path:
+    """`.synthloop/reports/nightly-NNNN.md`, `.html` and `.json` under the project's state_dir; returns the Markdown's path."""
+    reports = state_dir / "reports"
     reports.mkdir(parents=True, exist_ok=True)
     rows = report_lines(summary)
     stem = reports / f"nightly-{summary['run']:04d}"
@@ -180,15 +183,15 @@ def _md(text: str) -> str:
     return text.replace("\\", "\\\\").replace("*", "\\*").replace("_", "\\_").replace("<", "&lt;")
 
 
-def recent_runs(store, n: int = 10) -> list[dict]:
+def recent_runs(store: Store, n: int = 10) -> list[dict]:
     """The last n nightly runs, newest last, as rows for `status` and `report`."""
     rows = []
     for run in store.runs("nightly")[-n:]:
-        s = run.get("summary") or {}
-        rows.append({"run": run["id"], "status": run["status"], "started_at": run["started_at"],
+        s = run.summary or {}
+        rows.append({"run": run.id, "status": run.status, "started_at": run.started_at,
                      # A finished run's own figure (its summary's), so the report and the run's summary agree.
                      "seconds": s.get("seconds") if s.get("seconds") is not None else (
-                         None if not run.get("finished_at") else round(run["finished_at"] - run["started_at"], 1)),
+                         None if not run.finished_at else round(run.finished_at - run.started_at, 1)),
                      "round": s.get("round"), "queried": s.get("queried"), "labels_collected": s.get("labels_collected"),
                      "outage": bool(s.get("outage")), "error": s.get("error"), "exit_status": s.get("exit_status")})
     return rows

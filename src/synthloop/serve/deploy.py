@@ -103,7 +103,7 @@ def _embedding_files(model) -> dict | None:
 
 
 def _round_metrics(project, version: int) -> dict | None:
-    return next((r["metrics"] for r in reversed(project.store.rounds()) if r["model_version"] == version), None)
+    return next((r.metrics for r in reversed(project.store.rounds()) if r.model_version == version), None)
 
 
 def _project_info(project, version: int, model, evaluate: bool = False) -> dict:
@@ -113,8 +113,8 @@ def _project_info(project, version: int, model, evaluate: bool = False) -> dict:
     metrics = _round_metrics(project, version)
     if metrics is None and evaluate:
         metrics = project.evaluate(model)
-    return {"task": project.task.name, "labels": [str(c) for c in model.classes_], "model": row["name"],
-            "version": version, "n_train": row["n_train"], "metrics": metrics, "created": row["created_at"]}
+    return {"task": project.task.name, "labels": [str(c) for c in model.classes_], "model": row.name,
+            "version": version, "n_train": row.n_train, "metrics": metrics, "created": row.created_at}
 
 
 def export_model(project, out_dir: str | Path, version: int | None = None) -> dict:
@@ -270,7 +270,7 @@ class ProjectSource:
         if self.pinned is not None:
             return self.pinned
         row = self.project.store.latest_model()
-        return row["version"] if row else None
+        return row.version if row else None
 
     def load(self, version: int | None) -> LoadedModel:
         if version is None:
@@ -278,7 +278,7 @@ class ProjectSource:
         if self.project.store.model(version) is None:
             latest = self.project.store.latest_model()
             raise SynthloopError(f"{self.project.root} has no model version {version}; "
-                                 + (f"the latest is {latest['version']}" if latest else "run `synthloop train` first"))
+                                 + (f"the latest is {latest.version}" if latest else "run `synthloop train` first"))
         version, model = self.project.load_model(version)
         info = _project_info(self.project, version, model)
         return LoadedModel.ready(model, version, {**{k: v for k, v in info.items() if k != "version"}, "source": "project"})

@@ -26,10 +26,17 @@ from synthloop.store.rows import (
     JobStatus,
     LabelCount,
     LabelEvent,
+    LLMUsage,
+    ModelRow,
     NewLabel,
+    PoolFileRow,
     Query,
     QueryStatus,
+    RoundRow,
+    RoundUsage,
+    RunRow,
     TrainingRow,
+    as_dicts,
     in_chunks,
     source_rank,
 )
@@ -60,7 +67,8 @@ class Store(QueryMethods, ExampleMethods, SpendingMethods, RoundMethods, StoreBa
 
 __all__ = [
     "IN_CHUNK", "SCHEMA_VERSION", "SOURCE_PRIORITY", "WRITER_LOCK_WAIT", "Collected", "ExampleLabel", "Job", "JobStatus",
-    "LabelCount", "LabelEvent", "NewLabel", "Query", "QueryStatus", "Store", "TrainingRow", "examples", "files",
-    "in_chunks", "job_queries", "jobs", "labels", "llm_cache", "llm_calls", "meta", "metadata", "models", "pool_files",
-    "queries", "rounds", "runs", "scores", "source_rank",
+    "LLMUsage", "LabelCount", "LabelEvent", "ModelRow", "NewLabel", "PoolFileRow", "Query", "QueryStatus", "RoundRow",
+    "RoundUsage", "RunRow", "Store", "TrainingRow", "as_dicts", "examples", "files", "in_chunks", "job_queries", "jobs",
+    "labels", "llm_cache", "llm_calls", "meta", "metadata", "models", "pool_files", "queries", "rounds", "runs", "scores",
+    "source_rank",
 ]

@@ -11,7 +11,7 @@ import time
 from collections.abc import Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Self
+from typing import Any, Self
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
@@ -112,8 +112,8 @@ class StoreBase:
         with self.engine.begin() as conn:
             self._upsert_meta(conn, key, value)
 
-    def meta_with_prefix(self, prefix: str) -> dict:
-        """Every meta entry whose key starts with prefix, by key."""
+    def meta_with_prefix(self, prefix: str) -> dict[str, Any]:
+        """Every meta entry whose key starts with prefix, by key; a value is the JSON its writer set (set_meta)."""
         with self.engine.connect() as conn:
             rows = conn.execute(sa.select(meta.c.key, meta.c.value).where(meta.c.key.startswith(prefix, autoescape=True))
                                 .order_by(meta.c.key))

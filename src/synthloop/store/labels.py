@@ -53,12 +53,9 @@ class LabelMethods(StoreBase):
             stmt = sa.select(labels.c.source, labels.c.label, sa.func.count()).group_by(labels.c.source, labels.c.label)
             return [LabelCount(*r) for r in conn.execute(stmt)]
 
-    def labeled_export(self) -> list[dict]:
-        return [
-            {"id": i, "text": t, "label": lab, "source": src}
-            for i, t, lab, src in self.training_set()
-            if not src.startswith("synthetic")
-        ]
+    def labeled_export(self) -> list[TrainingRow]:
+        """The training set's real labels (synthetic texts left out): what `synthloop export` writes."""
+        return [row for row in self.training_set() if row.real]
 
     def label_history(self) -> list[LabelEvent]:
         """Every stored label's source, class, round and time, in the order they were stored."""

@@ -7,6 +7,7 @@ import time
 import sqlalchemy as sa
 
 from synthloop.store.base import StoreBase
+from synthloop.store.rows import ModelRow, PoolFileRow, RoundRow, RunRow
 from synthloop.store.schema import models, pool_files, rounds, runs, scores
 
 
@@ -20,10 +21,10 @@ class RoundMethods(StoreBase):
         return 0 if last is None else last.number + (last.status == "done")
 
     # nightly runs: pool files seen, cached scores, run records ---------------------------------------
-    def pool_file(self, path: str) -> dict | None:
+    def pool_file(self, path: str) -> PoolFileRow | None:
         with self.engine.connect() as conn:
             row = conn.execute(sa.select(pool_files).where(pool_files.c.path == path)).first()
-        return dict(row._mapping) if row else None
+        return PoolFileRow(**row._mapping) if row else None
 
     def record_pool_file(self, path: str, size: int, mtime: float, rows: int, added: int) -> None:
         values = {"size": size, "mtime": mtime, "rows": rows, "added": added, "imported_at": time.time()}
@@ -65,12 +66,12 @@ class RoundMethods(StoreBase):
         with self.engine.begin() as conn:
             conn.execute(runs.update().where(runs.c.id == run_id).values(status=status, summary=summary, finished_at=time.time()))
 
-    def runs(self, kind: str | None = None) -> list[dict]:
+    def runs(self, kind: str | None = None) -> list[RunRow]:
         stmt = sa.select(runs).order_by(runs.c.id)
         if kind:
             stmt = stmt.where(runs.c.kind == kind)
         with self.engine.connect() as conn:
-            return [dict(r._mapping) for r in conn.execute(stmt)]
+            return [RunRow(**r._mapping) for r in conn.execute(stmt)]
 
     # rounds and models --------------------------------------------------------------------------
     def open_round(self) -> tuple[int, bool]:
@@ -90,14 +91,14 @@ class RoundMethods(StoreBase):
         with self.engine.connect() as conn:
             return conn.execute(sa.select(sa.func.max(rounds.c.number))).scalar()
 
-    def round(self, number: int) -> dict | None:
+    def round(self, number: int) -> RoundRow | None:
         with self.engine.connect() as conn:
             row = conn.execute(sa.select(rounds).where(rounds.c.number == number)).first()
-        return dict(row._mapping) if row else None
+        return RoundRow(**row._mapping) if row else None
 
-    def rounds(self) -> list[dict]:
+    def rounds(self) -> list[RoundRow]:
         with self.engine.connect() as conn:
-            return [dict(r._mapping) for r in conn.execute(sa.select(rounds).order_by(rounds.c.number))]
+            return [RoundRow(**r._mapping) for r in conn.execute(sa.select(rounds).order_by(rounds.c.number))]
 
     def update_round(self, number: int, **values) -> None:
         with self.engine.begin() as conn:
@@ -120,12 +121,12 @@ class RoundMethods(StoreBase):
         with self.engine.connect() as conn:
             return (conn.execute(sa.select(sa.func.max(models.c.version))).scalar() or 0) + 1
 
-    def latest_model(self) -> dict | None:
+    def latest_model(self) -> ModelRow | None:
         with self.engine.connect() as conn:
             row = conn.execute(sa.select(models).order_by(models.c.version.desc()).limit(1)).first()
-        return dict(row._mapping) if row else None
+        return ModelRow(**row._mapping) if row else None
 
-    def model(self, version: int) -> dict | None:
+    def model(self, version: int) -> ModelRow | None:
         with self.engine.connect() as conn:
             row = conn.execute(sa.select(models).where(models.c.version == version)).first()
-        return dict(row._mapping) if row else None
+        return ModelRow(**row._mapping) if row else None

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from enum import Enum
-from typing import NamedTuple, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 # A human's word beats an imported label, which beats the simulated oracle, an LLM, then synthetic text.
 SOURCE_PRIORITY = {"human": 0, "import": 1, "oracle": 2, "llm": 3, "synthetic": 4}
@@ -145,3 +145,85 @@ class Job:
     detail: dict = field(default_factory=dict)  # e.g. the service's status, when it was answered
     created_at: float = 0.0  # when it was submitted
     updated_at: float = 0.0
+
+
+# Rounds, model versions, nightly runs and pool files: one field per column, in the table's column order, so a
+# row's dataclasses.asdict() is what `dict(row)` gave before (the JSON of `status`, the report, a run record).
+@dataclass(frozen=True)
+class RoundRow:
+    number: int
+    status: str  # open | done
+    model_version: int | None
+    metrics: dict | None
+    counts: dict | None
+    cost: float
+    timings: dict | None
+    started_at: float
+    finished_at: float | None
+
+
+@dataclass(frozen=True)
+class ModelRow:
+    version: int
+    round: int | None
+    name: str
+    path: str  # relative to the project folder
+    n_train: int
+    metrics: dict | None  # of a model trained outside a round (the loop's last labels); a round keeps its own
+    created_at: float
+
+
+@dataclass(frozen=True)
+class RunRow:
+    """A nightly run's record."""
+
+    id: int
+    kind: str
+    status: str  # running | done | failed | killed
+    summary: dict | None
+    started_at: float
+    finished_at: float | None
+
+
+@dataclass(frozen=True)
+class PoolFileRow:
+    """A pool file a nightly run imported: size and modification time say whether it changed since."""
+
+    path: str
+    size: int
+    mtime: float
+    rows: int
+    added: int
+    imported_at: float
+
+
+@dataclass(frozen=True)
+class LLMUsage:
+    """LLM calls of one purpose and model, totalled: cache hits and failures counted among the calls too."""
+
+    purpose: str
+    model: str
+    calls: int
+    cached: int
+    failed: int
+    prompt_tokens: int
+    completion_tokens: int
+    cost: float
+    latency: float
+
+
+@dataclass(frozen=True)
+class RoundUsage:
+    """LLM calls of one round (None: made outside any round), totalled."""
+
+    round: int | None
+    calls: int
+    prompt_tokens: int
+    completion_tokens: int
+    cost: float
+    latency: float
+
+
+def as_dicts(rows: Iterable[Any]) -> list[dict]:
+    """Rows as the JSON outputs show them (`status --json`, report.json): one key per column, in column order."""
+    return [asdict(r) for r in rows]
