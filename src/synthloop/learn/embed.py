@@ -211,6 +211,11 @@ class SentenceEmbedder(TransformerMixin, BaseEstimator):
                 store.close()
         return self._embed(texts)
 
+    def compute(self, texts: list[str]) -> np.ndarray:
+        """transform's vectors, computed here: never read from nor written to the store (the server embeds each
+        request's texts; a store would grow with every text it is sent, and a lookup costs a file open)."""
+        return self._embed(cap_texts(texts, self.max_chars))
+
     def _embed(self, texts: list[str]) -> np.ndarray:
         encode, dim = self._backend()
         # Batches of similar length waste little on padding; vectors do not depend on the batch they are in.
