@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 from sklearn.base import BaseEstimator, TransformerMixin
 
+from synthloop.cores import idle_cores
 from synthloop.errors import SynthloopError
 from synthloop.textcap import cap_texts
 
@@ -63,25 +64,12 @@ def packaged_files() -> tuple[Path, Path]:
     return onnx_path, tokenizer_path
 
 
-def _cores() -> int:
-    # The cores this process may use, which in a container can be fewer than the machine's.
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-
-
 def onnx_threads() -> int:
     """onnxruntime's intra-op threads: $SYNTHLOOP_EMBED_THREADS, else the cores left idle by the load.
 
     Measured (benchmarks/al.md): on a busy machine 1 thread beats 2 (the threads wait for each other's
     core), on an idle one 2 threads embed MiniLM about twice as fast; USE is fastest with 1 either way."""
-    env = os.environ.get("SYNTHLOOP_EMBED_THREADS", "").strip()
-    if env.isdigit() and int(env) > 0:
-        return int(env)
-    cores = _cores()
-    try:
-        busy = os.getloadavg()[0]
-    except OSError:
-        return 1
-    return max(1, min(cores, int(cores - busy + 0.5)))
+    return idle_cores("SYNTHLOOP_EMBED_THREADS")
 
 
 class SentenceEmbedder(TransformerMixin, BaseEstimator):
