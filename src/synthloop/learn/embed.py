@@ -222,8 +222,6 @@ class SentenceEmbedder(TransformerMixin, BaseEstimator):
 
 def _writable(folder: Path) -> bool:
     """Whether the embedding store may be created or written in `folder` (or, if it does not exist yet, its parent)."""
-    import os
-
     try:  # the model may name a store in a folder this user cannot even look into (a copied project)
         if not folder.parent.is_dir():
             return False
