@@ -95,9 +95,9 @@ def _head(clf):
 
         def calibrated(X: Rows):
             all_scores = X.scores(W_all, b_all) if joint else None
-            total = None
-            for (where, columns, a, b), (W, b0) in zip(parts, linears):
-                scores = all_scores[:, where] if joint else X.scores(W, b0)
+            total = np.zeros(0)
+            for k, ((where, columns, a, b), (W, b0)) in enumerate(zip(parts, linears)):
+                scores = X.scores(W, b0) if all_scores is None else all_scores[:, where]
                 proba = np.zeros((scores.shape[0], n_classes))
                 proba[:, columns] = expit(-(a * scores + b))
                 if n_classes == 2:
@@ -105,7 +105,7 @@ def _head(clf):
                 else:
                     denominator = proba.sum(axis=1, keepdims=True)
                     proba = np.divide(proba, denominator, out=np.full_like(proba, 1 / n_classes), where=denominator != 0)
-                total = proba if total is None else total + proba
+                total = proba if k == 0 else total + proba
             return total / len(parts)
 
         return calibrated
