@@ -1,7 +1,7 @@
 """`make demo`: the whole loop on the committed SMS spam sample, offline.
 
-1. Starts a real local LLM (llama.cpp's server from the prebuilt xllamacpp wheel, serving SmolLM2-135M)
-   and generates synthetic examples per class:
+1. Starts a real local LLM (llama.cpp's server from the prebuilt xllamacpp wheel, serving SmolLM2-135M) on
+   2 threads when the machine is idle, else 1, and generates synthetic examples per class:
    the round-0 model trains on them (plus the task's examples).
 2. Runs active-learning rounds (margin sampling, the gold labels answering as a simulated reviewer)
    with the minority top-up on: whenever spam (13% of the pool) is under 45% of the real labels, the
@@ -22,6 +22,7 @@ from rich.console import Console
 from rich.table import Table
 
 from synthloop import Project, simulate
+from synthloop.cores import idle_cores
 from synthloop.llm.pricing import cost_usd
 from synthloop.llm.serve import LOCAL_MODEL_NAME, start_local_server
 from synthloop.report.project_report import build_report
@@ -47,13 +48,17 @@ def main() -> None:
         console.print(f"[dim]{m:02d}:{sec:02d}[/] {text}", highlight=False, soft_wrap=True)
         return text
 
-    with console.status(step(f"1/4 the baseline: random sampling without synthetic data, up to {args.budget} labels")):
+    # The LLM's threads are chosen before the demo's own work loads the machine: 2 on an idle 2-core machine,
+    # 1 where other work keeps a core busy (there, 2 threads spin-wait on each other and are several times slower).
+    threads = idle_cores("SYNTHLOOP_LLM_THREADS", at_most=2, sample_seconds=1.0)
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp, \
+            console.status(step(f"1/4 starting the local LLM ({threads} thread{'s' if threads > 1 else ''}: "
+                                f"{'the machine is idle' if threads > 1 else 'other work keeps a core busy'})")) as status, \
+            start_local_server(n_threads=threads) as server:
+        status.update(step(f"2/4 the baseline: random sampling without synthetic data, up to {args.budget} labels"))
         random_curve = simulate(HERE / "task.toml", HERE / "pool.csv", HERE / "test.csv", strategy="random",
                                 budget=args.budget, batch=args.batch, seed=0)["curve"]
-
-    rows = []
-    with tempfile.TemporaryDirectory() as tmp, console.status(step("2/4 starting the local LLM")) as status, \
-            start_local_server() as server:
         project = Project.init(Path(tmp) / "demo", HERE / "task.toml",
                                loop={"strategy": "margin", "batch_size": args.batch},
                                llm={"model": LOCAL_MODEL_NAME, "base_url": server.base_url, "concurrency": 1},

@@ -22,7 +22,7 @@ def test_demo_generates_tops_up_and_writes_the_report(tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     assert "SMS spam: test accuracy per round" in done.stdout and f"report: {out / 'report.html'}" in done.stdout
     # Every step is printed as it starts (a log shows where the minutes go), and the end says what to try next.
-    for step in ("1/4 the baseline", "2/4 starting the local LLM", "3/4 smollm2-135m-instruct writes", "4/4 round 2"):
+    for step in ("1/4 starting the local LLM", "2/4 the baseline", "3/4 smollm2-135m-instruct writes", "4/4 round 2"):
         assert step in done.stdout
     assert "What to try next:" in done.stdout and "synthloop llm install qwen-1.5b" in done.stdout
 

@@ -305,7 +305,6 @@ def test_export_round_trip_of_the_other_models(name, tmp_path):
     np.testing.assert_allclose(loaded.model.predict_proba(TEXTS), model.predict_proba(TEXTS), rtol=0, atol=1e-6)
     if name == "hybrid-lr":  # the project's embedding store stays behind: the export embeds afresh
         assert loaded.model.featurizer_.store is None
-        return
     assert loaded.fast is not None  # the server's direct route gives the same numbers for this model
     np.testing.assert_allclose(loaded.predict_proba(TEXTS), model.predict_proba(TEXTS), rtol=0, atol=1e-9)
 
@@ -348,3 +347,31 @@ def test_the_servers_direct_route_gives_the_models_probabilities(name, calibrate
     probe = ["apple goal", "law and order", "", *texts[:5]]
     np.testing.assert_allclose(fast(probe), model.predict_proba(probe), rtol=0, atol=1e-12)
     assert (fast(probe)[:, 3] == 0).all()
+
+
+def test_the_direct_route_of_hybrid_lr_blends_the_zero_shot_prior_and_leaves_the_store_alone(tmp_path):
+    """hybrid-lr: TF-IDF blocks, the sentence embedding computed per request, and the zero-shot prior's blend."""
+    from synthloop.learn.embed import EmbeddingBackendError, use_file
+    from synthloop.learn.models import TextClassifier, model_options
+    from synthloop.serve.fastpath import fast_predict_proba
+    from synthloop.task import load_task
+
+    try:
+        use_file()
+    except EmbeddingBackendError as e:
+        skip_or_fail(f"the Universal Sentence Encoder is not installed (make install adds it): {e}")
+    pool = pd.read_csv(EXAMPLE / "pool.csv").head(120)
+    (tmp_path / "state").mkdir()  # the store is used where its folder's parent exists, as in a project
+    options = model_options(load_task(EXAMPLE / "task.toml"), tmp_path / "state")
+    model = TextClassifier(labels=["ham", "spam"], name="hybrid-lr", **options).fit(pool.text.tolist(), pool.label.tolist())
+    assert model.prior_weight() > 0  # the blend is on this route
+    store = tmp_path / "state" / "features"
+    assert any(p.is_file() for p in store.rglob("*"))  # training stored the pool's vectors
+    fast = fast_predict_proba(model)
+    assert fast is not None
+    probe = ["a text this model never saw: brand new", *TEXTS]
+    after = sorted((p.name, p.stat().st_size) for p in store.rglob("*") if p.is_file())
+    got = fast(probe)
+    assert sorted((p.name, p.stat().st_size) for p in store.rglob("*") if p.is_file()) == after  # nothing stored per request
+    np.testing.assert_allclose(got, model.predict_proba(probe), rtol=0, atol=1e-9)
+    np.testing.assert_allclose(fast(probe[:1]), got[:1], rtol=0, atol=1e-9)  # one text alone: the same numbers

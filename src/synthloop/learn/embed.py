@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 from sklearn.base import BaseEstimator, TransformerMixin
 
+from synthloop.cores import idle_cores
 from synthloop.errors import SynthloopError
 from synthloop.textcap import cap_texts
 
@@ -63,25 +64,12 @@ def packaged_files() -> tuple[Path, Path]:
     return onnx_path, tokenizer_path
 
 
-def _cores() -> int:
-    # The cores this process may use, which in a container can be fewer than the machine's.
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-
-
 def onnx_threads() -> int:
     """onnxruntime's intra-op threads: $SYNTHLOOP_EMBED_THREADS, else the cores left idle by the load.
 
     Measured (benchmarks/al.md): on a busy machine 1 thread beats 2 (the threads wait for each other's
     core), on an idle one 2 threads embed MiniLM about twice as fast; USE is fastest with 1 either way."""
-    env = os.environ.get("SYNTHLOOP_EMBED_THREADS", "").strip()
-    if env.isdigit() and int(env) > 0:
-        return int(env)
-    cores = _cores()
-    try:
-        busy = os.getloadavg()[0]
-    except OSError:
-        return 1
-    return max(1, min(cores, int(cores - busy + 0.5)))
+    return idle_cores("SYNTHLOOP_EMBED_THREADS")
 
 
 class SentenceEmbedder(TransformerMixin, BaseEstimator):
@@ -211,6 +199,11 @@ class SentenceEmbedder(TransformerMixin, BaseEstimator):
                 store.close()
         return self._embed(texts)
 
+    def compute(self, texts: list[str]) -> np.ndarray:
+        """transform's vectors, computed here: never read from nor written to the store (the server embeds each
+        request's texts; a store would grow with every text it is sent, and a lookup costs a file open)."""
+        return self._embed(cap_texts(texts, self.max_chars))
+
     def _embed(self, texts: list[str]) -> np.ndarray:
         encode, dim = self._backend()
         # Batches of similar length waste little on padding; vectors do not depend on the batch they are in.
@@ -229,8 +222,6 @@ class SentenceEmbedder(TransformerMixin, BaseEstimator):
 
 def _writable(folder: Path) -> bool:
     """Whether the embedding store may be created or written in `folder` (or, if it does not exist yet, its parent)."""
-    import os
-
     try:  # the model may name a store in a folder this user cannot even look into (a copied project)
         if not folder.parent.is_dir():
             return False

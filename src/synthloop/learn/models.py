@@ -275,7 +275,10 @@ class TextClassifier(ClassifierMixin, BaseEstimator):
         return protos / np.clip(np.linalg.norm(protos, axis=1, keepdims=True), 1e-12, None)
 
     def zero_shot_proba(self, X) -> np.ndarray:
-        emb = embedding_rows(self.featurizer_, X)
+        return self.zero_shot_of(embedding_rows(self.featurizer_, X))
+
+    def zero_shot_of(self, emb) -> np.ndarray:
+        """The zero-shot probabilities of unit-norm sentence embeddings (one row per text)."""
         logits = (emb @ self.prototypes_.T) / ZERO_SHOT_TEMPERATURE
         logits[:, np.abs(self.prototypes_).sum(axis=1) == 0] = -np.inf  # a label with no text to embed
         logits -= logits.max(axis=1, keepdims=True)
@@ -286,7 +289,6 @@ class TextClassifier(ClassifierMixin, BaseEstimator):
         return self.featurizer_.transform(list(texts))
 
     def predict_proba_features(self, X) -> np.ndarray:
-        prototypes = getattr(self, "prototypes_", None)
         clf = self.clf_
         if clf is None:
             return self.zero_shot_proba(X)
@@ -294,11 +296,17 @@ class TextClassifier(ClassifierMixin, BaseEstimator):
         proba = np.zeros((raw.shape[0], len(self.classes_)))
         known = self.columns_ >= 0
         proba[:, known] = raw[:, self.columns_[known]]
-        prior = DEFAULT_PRIOR.get(self.name, 0.0) if self.prior is None else self.prior
-        if prototypes is not None and prior > 0:
-            a = prior / (prior + self.rows_per_class_)
+        a = self.prior_weight()
+        if a > 0:
             proba = (1 - a) * proba + a * self.zero_shot_proba(X)
         return proba
+
+    def prior_weight(self) -> float:
+        """The zero-shot probabilities' weight in the blend predict_proba returns (0: none)."""
+        prior = DEFAULT_PRIOR.get(self.name, 0.0) if self.prior is None else self.prior
+        if getattr(self, "prototypes_", None) is None or prior <= 0:
+            return 0.0
+        return prior / (prior + self.rows_per_class_)
 
     def predict_proba(self, texts) -> np.ndarray:
         return self.predict_proba_features(self.transform(texts))
