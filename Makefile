@@ -88,7 +88,8 @@ lint: $(STAMP)
 	$(PY) -m ruff check src tests scripts
 	$(PY) -m mypy
 
-# Two pytest-xdist workers: one pytest process leaves a core idle while its tests wait on subprocesses and servers.
+# Two pytest-xdist workers, for an idle 2-core machine (CI): one pytest process leaves a core idle while its tests
+# wait on subprocesses and servers. On a loaded machine they gained nothing (tests/test_choices.py at load 6-8).
 # --dist loadgroup keeps the groups tests/conftest.py sets (a module's shared fixtures, the Ray cluster) in one worker.
 # `make test PYTEST_WORKERS=` runs in one process.
 PYTEST_WORKERS ?= -n 2 --dist loadgroup
