@@ -88,13 +88,19 @@ lint: $(STAMP)
 	$(PY) -m ruff check src tests scripts
 	$(PY) -m mypy
 
+# Two pytest-xdist workers, for an idle 2-core machine (CI): one pytest process leaves a core idle while its tests
+# wait on subprocesses and servers. On a loaded machine they gained nothing (tests/test_choices.py at load 6-8).
+# --dist loadgroup keeps the groups tests/conftest.py sets (a module's shared fixtures, the Ray cluster) in one worker.
+# `make test PYTEST_WORKERS=` runs in one process.
+PYTEST_WORKERS ?= -n 2 --dist loadgroup
+
 # Quick check while editing: `.venv/bin/python -m pytest -m unit` runs only the in-process tests (no subprocess,
 # server or PostgreSQL; tests/conftest.py marks each test unit or integration); `-m integration` the rest.
 test:
 	$(MAKE) --no-print-directory install
 	$(MAKE) --no-print-directory lint
 	$(MAKE) --no-print-directory -j2 llm-deps apt-steps
-	CI=$${CI:-1} OPENBLAS_NUM_THREADS=1 $(PY) -m pytest
+	CI=$${CI:-1} OPENBLAS_NUM_THREADS=1 $(PY) -m pytest $(PYTEST_WORKERS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -8,9 +8,13 @@ import sys
 from pathlib import Path
 
 import pytest
-from helpers import EXAMPLE, ROOT, SHARED_DATA, skip_or_fail
+from helpers import EXAMPLE, SHARED_DATA, artifact, remove_prepared_projects, skip_or_fail
 
 from synthloop import Project
+
+
+def pytest_sessionfinish(session, exitstatus):
+    remove_prepared_projects()  # helpers.project_after_one_round's prepared folders
 
 
 @pytest.fixture
@@ -54,9 +58,7 @@ def local_llm():
     """The real local LLM server (llama.cpp via xllamacpp + SmolLM2-135M), started once per session on a free port."""
     from llm_servers import local_llm_or_skip
 
-    artifacts = ROOT / "test-artifacts"
-    artifacts.mkdir(exist_ok=True)
-    server = local_llm_or_skip(log_file=artifacts / "llm-server.log")
+    server = local_llm_or_skip(log_file=artifact("llm-server.log"))
     yield server
     server.stop()
 
@@ -91,9 +93,7 @@ def pg_server():
     """A real PostgreSQL server (tests/pg_server.py), started once per session on a free port."""
     from pg_server import pg_server_or_reason
 
-    artifacts = ROOT / "test-artifacts"
-    artifacts.mkdir(exist_ok=True)
-    server, reason = pg_server_or_reason(log_file=artifacts / "postgresql.log")
+    server, reason = pg_server_or_reason(log_file=artifact("postgresql.log"))
     if server is None:
         skip_or_fail(reason)
     yield server
@@ -183,7 +183,9 @@ def _starts_a_process(fn) -> bool:
     return module is not None and any(re.search(rf"\b{re.escape(name)}\b", text) for name in _spawning_names(module))
 
 
+@pytest.hookimpl(tryfirst=True)  # before pytest-xdist's own hook, which reads the groups
 def pytest_collection_modifyitems(config, items):
+    _group_for_xdist(items)
     for item in items:
         if item.get_closest_marker("unit") or item.get_closest_marker("integration"):
             continue
@@ -194,3 +196,29 @@ def pytest_collection_modifyitems(config, items):
         integration = ("postgresql" in params.values() or _starts_a_process(item.obj)
                        or any(_starts_a_process(d.func) for d in defs if d.argname not in params))
         item.add_marker(pytest.mark.integration if integration else pytest.mark.unit)
+
+
+# pytest-xdist (`make test` runs `-n 2 --dist loadgroup`): a group's tests run in one worker, the others are
+# spread one by one. A module whose tests share a module-scoped fixture (an Argilla server, a trained model) is
+# one group, so that fixture is made once; the tests on the session's Ray cluster are one group (with the
+# module-scoped fixtures of their modules), so one worker starts one cluster. Session fixtures that are cheap to
+# start twice (the local LLM, PostgreSQL) are made once per worker.
+def _group_for_xdist(items) -> None:
+    def fixture_names(item) -> tuple:
+        info = getattr(item, "_fixtureinfo", None)
+        return tuple(info.names_closure) if info else ()
+
+    def shares_module_fixture(item) -> bool:
+        info = getattr(item, "_fixtureinfo", None)
+        return any(d.scope in ("module", "class", "package")
+                   for ds in (info.name2fixturedefs.values() if info else ()) for d in ds)
+
+    ray_modules = {item.module.__name__ for item in items if "ray_cluster" in fixture_names(item)}
+    for item in items:
+        if item.get_closest_marker("xdist_group"):
+            continue
+        shared = shares_module_fixture(item)
+        if "ray_cluster" in fixture_names(item) or (shared and item.module.__name__ in ray_modules):
+            item.add_marker(pytest.mark.xdist_group("ray_cluster"))
+        elif shared:
+            item.add_marker(pytest.mark.xdist_group(item.module.__name__))
