@@ -11,8 +11,6 @@ import inspect
 from collections.abc import Callable
 
 import numpy as np
-from modAL.batch import uncertainty_batch_sampling
-from modAL.uncertainty import classifier_entropy, classifier_margin
 from sklearn.metrics import cohen_kappa_score
 
 from synthloop.errors import UnknownChoice
@@ -49,6 +47,8 @@ def ranked_batch_candidates(n: int) -> int:
 def ranked_batch_among(classifier, X_candidates, n: int) -> np.ndarray:
     """modAL's uncertainty_batch_sampling (Cardoso et al.: uncertainty plus diversity from the training set)
     on candidate rows already cut to the most uncertain; indices into X_candidates."""
+    from modAL.batch import uncertainty_batch_sampling  # lazily, as in measures.py: modAL pulls in scipy.stats
+
     picked, _ = uncertainty_batch_sampling(classifier, X_candidates, n_instances=min(n, X_candidates.shape[0]))
     return np.asarray(picked, dtype=int).ravel()
 
@@ -132,6 +132,8 @@ def select(strategy: str, model, X, n: int, X_training=None, seed: int = 0) -> t
 
 def pool_uncertainty(view: FittedView, X) -> dict:
     """How unsure the model is over the unlabeled pool: a label-free signal of progress."""
+    from modAL.uncertainty import classifier_entropy, classifier_margin
+
     proba = view.predict_proba(X)
     return {
         "n": int(X.shape[0]),

@@ -15,7 +15,6 @@ import math
 from collections.abc import Callable
 
 import numpy as np
-from modAL.uncertainty import classifier_entropy, classifier_margin, classifier_uncertainty
 
 from synthloop.errors import SynthloopError
 
@@ -34,15 +33,23 @@ class _Proba:
         return self.proba
 
 
+# modAL is imported where a measure runs: its package pulls in scipy.stats and sklearn.ensemble (about a second of
+# CPU), which the CLI commands that never score (init, import, status, export) should not pay.
 def _least_confident(view) -> np.ndarray:
+    from modAL.uncertainty import classifier_uncertainty
+
     return classifier_uncertainty(view, None)
 
 
 def _margin(view) -> np.ndarray:
+    from modAL.uncertainty import classifier_margin
+
     return 1.0 - classifier_margin(view, None)
 
 
 def _entropy(view) -> np.ndarray:
+    from modAL.uncertainty import classifier_entropy
+
     k = view.proba.shape[1]
     return classifier_entropy(view, None) / math.log(k) if k > 1 else np.zeros(view.proba.shape[0])
 
