@@ -192,6 +192,8 @@ def markdown(summary: dict, rows: list[dict], meta: dict, datasets: list[str]) -
     keys = [f"{c}/{s}" for c, s in BASELINES]
     lines += ["", "## Across tasks (min / median over tasks of the mean accuracy)", "", head, rule]
     for key in keys:
+        if not any(key in summary.get(d, {}) for d in datasets):
+            continue  # a row not run (see the notes)
         cells = []
         for b in budgets:
             vals = [summary[d][key][b]["accuracy"]["mean"] for d in datasets if key in summary.get(d, {}) and b in summary[d][key]]
