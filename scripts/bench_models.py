@@ -23,6 +23,7 @@ import scipy.sparse as sp
 from synthloop import SynthloopError
 from synthloop.learn import active
 from synthloop.learn.models import HybridFeaturizer, TextClassifier, label_prompts
+from synthloop.learn.selftrain import THRESHOLD, self_train
 
 BUDGETS = [0, 25, 50, 100, 200, 500]
 TASK_WEIGHT = 0.5  # ModelConfig.synthetic_weight: task examples weigh this much against a real label
@@ -68,6 +69,10 @@ CONFIGS.update({
     "p2-C10": hybrid(calibrate=False, zero_shot=True, prior=2.0, C=10.0),
     "p2-w3": hybrid(calibrate=False, zero_shot=True, prior=2.0, embed_weight=3.0),
     "p2-w1": hybrid(calibrate=False, zero_shot=True, prior=2.0, embed_weight=1.0),
+    # Self-training: the default plus weak labels of weight 0.3, per class the pool texts most confidently
+    # predicted as it, at most the real labels of the average class (t9: only those at probability >= 0.9).
+    "default-st": hybrid(calibrate=False, zero_shot=True, prior=2.0, self_train=0.3),
+    "default-st-t9": hybrid(calibrate=False, zero_shot=True, prior=2.0, self_train=0.3, self_train_threshold=0.9),
 })
 
 
@@ -163,6 +168,11 @@ def run(data: dict, feats, cfg: dict, strategy, seed: int, budget: int = 500, ba
         X_train = (sp.vstack(Xs, format="csr") if sp.issparse(X_pool) else np.vstack(Xs)) if Xs else None
         try:
             model.fit(None, y, sample_weight=w, featurizer=featurizer, X=X_train)
+            if cfg.get("self_train"):  # weak labels from the seed's unlabeled pool (synthloop.learn.selftrain)
+                unlabeled = allowed.copy()
+                unlabeled[labeled] = False
+                model = self_train(model, X_train, y, w, X_pool[np.flatnonzero(unlabeled)], cfg["self_train"],
+                                   cfg.get("self_train_threshold", THRESHOLD))
         except SynthloopError as err:  # no two classes yet (a model without zero-shot)
             model = None
             reason = str(err)[:80]
@@ -225,10 +235,35 @@ def _strategies():
             "cold-start-unc": partial(cs.cold_start, pick="uncertain"),
             "mix": cs.margin_and_random,
             "cold-start-mix": partial(cs.cold_start, then=cs.margin_and_random),
-            "cold-start-k1": partial(cs.cold_start, k=1), "cold-start-k4": partial(cs.cold_start, k=4)}
+            "cold-start-k1": partial(cs.cold_start, k=1), "cold-start-k4": partial(cs.cold_start, k=4),
+            # Central picks for exactly the first 2 batches, whatever the classes have by then.
+            "cold-start-2b": partial(cs.cold_start, k=10**9)}
 
 
 STRATEGY_NAMES = _strategies()
+
+
+def table(path: Path, reference: str = "default/random") -> str:
+    """Markdown of the runs in a JSON lines file: mean accuracy over seeds (lowest in brackets) per task and
+    config/strategy; ↓r marks a cell (budget >= 50) below the reference row of the same task."""
+    runs = list({(r["dataset"], r["config"], r["strategy"], r["seed"]): r
+                 for r in map(json.loads, path.read_text().splitlines())}.values())
+    cells: dict = {}
+    for r in runs:
+        for p in r["curve"]:
+            if p["accuracy"] is not None:
+                cells.setdefault((r["dataset"], f"{r['config']}/{r['strategy']}"), {}).setdefault(p["labels"], []).append(p["accuracy"])
+    head = "| task | config/strategy | " + " | ".join(f"@{b}" for b in BUDGETS) + " | seeds |"
+    lines = [head, "|---" * (len(BUDGETS) + 3) + "|"]
+    for (d, key), curve in sorted(cells.items()):
+        ref = cells.get((d, reference), {})
+        row = []
+        for b in BUDGETS:
+            v = curve.get(b)
+            low = " ↓r" if v and b >= 50 and ref.get(b) and key != reference and np.mean(v) < np.mean(ref[b]) else ""
+            row.append(f"{np.mean(v):.3f} ({min(v):.3f}){low}" if v else "–")
+        lines.append(f"| {d} | {key} | " + " | ".join(row) + f" | {max(len(v) for v in curve.values())} |")
+    return "\n".join(lines)
 
 
 def main() -> None:
@@ -241,7 +276,11 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=25)
     parser.add_argument("--pool-frac", type=float, default=POOL_FRAC, help="share of the pool each seed draws")
     parser.add_argument("--out", type=Path, required=True, help="JSON lines file the runs are appended to")
+    parser.add_argument("--table", action="store_true", help="print the runs in --out as a Markdown table, run nothing")
     args = parser.parse_args()
+    if args.table:
+        print(table(args.out))
+        return
     done = set()
     if args.out.exists():
         for line in args.out.read_text().splitlines():

@@ -25,6 +25,9 @@ class ModelConfig(_Section):
     synthetic_weight: float = Field(0.5, ge=0.0)
     calibrate: bool | None = None  # None: the model's default (hybrid-lr: off; tfidf-lr, embed-lr: on)
     embed_model: str | None = None  # None: hybrid-lr use-multilingual, embed-lr all-MiniLM-L6-v2
+    # Self-training: > 0 adds the unlabeled texts the model is surest of as weak labels of this weight
+    # (synthloop.learn.selftrain). Off: it did not beat the default (benchmarks/al_explore.md).
+    self_train_weight: float = Field(0.0, ge=0.0, lt=1.0)
 
 
 class LoopConfig(_Section):

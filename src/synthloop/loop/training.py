@@ -26,6 +26,8 @@ FEATURE_CACHE_MAX_ROWS = 200_000
 POOL_STATS_SAMPLE = 5000
 # Rows per chunk when the pool is streamed from the store to synthloop.learn.scale (select with an engine).
 SCORE_CHUNK_SIZE = 50_000
+# Self-training ([model] self_train_weight) draws its weak labels from this many unlabeled texts (the first by id).
+SELF_TRAIN_POOL = 20_000
 
 
 class Trainer:
@@ -133,6 +135,12 @@ class Trainer:
         key, featurizer = self.featurizer(model, [t for i, t in zip(ids, texts) if i.startswith("task:")])
         X = self.features(key, featurizer, ids, texts)
         model.fit(texts, labels, sample_weight=weights, featurizer=featurizer, X=X)
+        if self.config.model.self_train_weight > 0:
+            from synthloop.learn.selftrain import self_train
+
+            pool_ids, pool_texts = self.store.unlabeled_pool(limit=SELF_TRAIN_POOL)
+            X_pool = self.features(key, featurizer, pool_ids, pool_texts) if pool_ids else None
+            model = self_train(model, X, labels, weights, X_pool, self.config.model.self_train_weight)
         model.featurizer_key_ = key
         version = self.store.next_model_version()
         path = self.state_dir / "models" / f"v{version:04d}.joblib"
