@@ -23,15 +23,15 @@ import logging
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from synthloop.config import ArgillaConfig
 from synthloop.labelers.argilla_sdk import QUESTION, ArgillaUnreachable, sdk
 from synthloop.store import Query, QueryStatus, Store
 from synthloop.task import TaskSpec
 
-if TYPE_CHECKING:  # the labeler calls in here for its policy; at run time the labeler is passed in
-    from synthloop.labelers.argilla import ArgillaLabeler
+if TYPE_CHECKING:
+    from synthloop.labelers.context import LabelContext
     from synthloop.learn.models import TextClassifier
 
 log = logging.getLogger("synthloop.argilla")
@@ -39,6 +39,27 @@ log = logging.getLogger("synthloop.argilla")
 NAME = "argilla"
 WITHDRAWN = QueryStatus.WITHDRAWN  # taken out of the review queue, its example stays out of the pool
 LIVE = ("pending", "held")  # "held": a nightly run's leftover beyond --max-labels, pending again after the run
+
+
+class ArgillaLabeler(Protocol):
+    """What this policy asks of the labeler (synthloop.labelers.argilla.ArgillaLabeler implements it): the
+    policy is written against these members only, so it does not import the labeler that calls it."""
+
+    ctx: LabelContext
+    cfg: ArgillaConfig
+    dataset_name: str
+    guesses: dict[str, Guess | None]
+
+    @property
+    def client(self) -> Any: ...
+    def call(self, what: str, fn: Callable, *args, **kwargs) -> Any: ...
+    def ensure_dataset(self) -> Any: ...
+    def use_model(self, model: TextClassifier) -> None: ...
+    def assess(self, queries: Sequence[Query]) -> dict[str, Guess | None]: ...
+    def pick(self, guess: Guess | None, llm: dict) -> Pick | None: ...
+    def records(self, queries: Sequence[Query]) -> list: ...
+    def log(self, items: list, to_records: Callable, pushed: Callable | None = None,
+            on_chunk: Callable[[int, int], None] | None = None) -> int: ...
 
 
 @dataclass(frozen=True)
