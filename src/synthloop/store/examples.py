@@ -60,11 +60,11 @@ class ExampleMethods(LabelMethods):
         return [r.text for r in rows], [r.gold for r in rows]
 
     @staticmethod
-    def _unlabeled_pool_select():
+    def _unlabeled_pool_select(*columns: sa.Column):
         labeled = sa.select(labels.c.example_id).where(~labels.c.source.like("synthetic%"))
         queried = sa.select(queries.c.example_id)
         return (
-            sa.select(examples.c.id, examples.c.text)
+            sa.select(*(columns or (examples.c.id, examples.c.text)))
             .where(examples.c.split == "pool", examples.c.origin != "synthetic")
             .where(examples.c.id.not_in(labeled), examples.c.id.not_in(queried))
             .order_by(examples.c.id)
@@ -84,21 +84,36 @@ class ExampleMethods(LabelMethods):
         Keyset pagination (id > the last id seen), not OFFSET: each page is an index range scan, so the cost per
         page stays flat however deep into a large pool it is; and each page is its own short read, so no read
         transaction stays open while the caller scores a chunk."""
+        for rows in self._unlabeled_pages(chunk_size, examples.c.id, examples.c.text):
+            yield [r.id for r in rows], [r.text for r in rows]
+
+    def unlabeled_pool_ids(self, chunk_size: int = 50_000) -> Iterator[list[str]]:
+        """The ids of unlabeled_pool_chunks alone, in the same chunks: a round whose feature rows are stored
+        needs no texts, and reading 1M texts costs most of a later round (texts_of fetches the few it needs)."""
+        for rows in self._unlabeled_pages(chunk_size, examples.c.id):
+            yield [r.id for r in rows]
+
+    def _unlabeled_pages(self, chunk_size: int, *columns: sa.Column) -> Iterator[list]:
         if chunk_size <= 0:
             raise ValueError(f"chunk_size must be positive, not {chunk_size}")
         last = None
         while True:
-            stmt = self._unlabeled_pool_select()
+            stmt = self._unlabeled_pool_select(*columns)
             if last is not None:
                 stmt = stmt.where(examples.c.id > last)
             with self.engine.connect() as conn:
                 rows = conn.execute(stmt.limit(chunk_size)).all()
             if not rows:
                 return
-            yield [r.id for r in rows], [r.text for r in rows]
+            yield rows
             if len(rows) < chunk_size:
                 return
             last = rows[-1].id
+
+    def texts_of(self, example_ids: Sequence[str]) -> list[str]:
+        """The texts of these examples, in the order given (every id must be stored)."""
+        found = self._column_by_id(examples.c.text, example_ids)
+        return [found[i] for i in example_ids]
 
     def stop_set(self, n: int) -> tuple[list[str], list[str]]:
         """A fixed sample of the pool (ids are hashes, so the first n by id are a random-looking sample)."""
