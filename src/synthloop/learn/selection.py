@@ -134,7 +134,8 @@ class InMemory:
         for ids in self.id_chunks():
             if ids:
                 self.scored += len(ids)
-                best.add(ids, uncertainty(measure, model.predict_proba_features(self.features(model, ids, self.texts_of))))
+                scores = uncertainty(measure, model.predict_proba_features(self.features(model, ids, self.texts_of)))
+                best.add(*top_k(np.asarray(ids, dtype=str), scores, k)[:2])  # the chunk's k best, then the merge
         picked = _candidates(best.ids, best.scores)
         if with_texts:
             picked.texts = self.texts_of(picked.ids) if picked.ids else []

@@ -11,6 +11,8 @@ from synthloop.store.labels import LabelMethods
 from synthloop.store.rows import NewLabel, in_chunks
 from synthloop.store.schema import examples, labels, queries
 
+ID_PAGE_ROWS = 50_000  # ids per keyset page when a pool's ids are walked
+
 
 class ExampleMethods(LabelMethods):
     """Store's examples part (it adds the labels examples come with, hence LabelMethods)."""
@@ -124,13 +126,32 @@ class ExampleMethods(LabelMethods):
         return [r.id for r in rows], [r.text for r in rows]
 
     def pool_texts_sample(self, n: int, seed: int) -> list[str]:
+        """`random.Random(seed).sample` of the pool's texts in id order, reading ids and only the n texts drawn:
+        sample() draws positions from the population's length alone, so drawing from range(count) picks the same
+        positions, and a 5M-row pool is never held as texts."""
+        pool = examples.c.split == "pool"
         with self.engine.connect() as conn:
-            texts = conn.execute(sa.select(examples.c.text).where(examples.c.split == "pool").order_by(examples.c.id)).scalars().all()
-        if len(texts) <= n:
-            return list(texts)
+            count = conn.execute(sa.select(sa.func.count()).select_from(examples).where(pool)).scalar_one()
+            if count <= n:
+                return list(conn.execute(sa.select(examples.c.text).where(pool).order_by(examples.c.id)).scalars())
         import random
 
-        return random.Random(seed).sample(list(texts), n)
+        drawn = random.Random(seed).sample(range(count), n)
+        wanted, at = set(drawn), {}
+        position, last = 0, None
+        while True:  # the ids at the drawn positions, keyset pages over the (split, id) index
+            stmt = sa.select(examples.c.id).where(pool).order_by(examples.c.id).limit(ID_PAGE_ROWS)
+            if last is not None:
+                stmt = stmt.where(examples.c.id > last)
+            with self.engine.connect() as conn:
+                page = conn.execute(stmt).scalars().all()
+            for offset, eid in enumerate(page):
+                if position + offset in wanted:
+                    at[position + offset] = eid
+            if len(page) < ID_PAGE_ROWS:
+                break
+            position, last = position + len(page), page[-1]
+        return self.texts_of([at[i] for i in drawn])
 
     def _column_by_id(self, column: sa.Column, example_ids: Sequence[str]) -> dict[str, str]:
         out = {}
