@@ -133,13 +133,13 @@ def test_a_later_round_reads_no_pool_text_and_picks_what_scoring_every_text_pick
 
 
 def test_the_featurizers_pool_sample_is_random_sample_of_the_texts_in_id_order(project, small_pool, monkeypatch):
+    import importlib
     import random
-
-    from synthloop.store import examples
 
     _load(project, small_pool)
     ids, texts = project.store.unlabeled_pool()
-    monkeypatch.setattr(examples, "ID_PAGE_ROWS", 64)  # several pages of ids
+    # The module, not the `examples` table that synthloop.store also exports under that name.
+    monkeypatch.setattr(importlib.import_module("synthloop.store.examples"), "ID_PAGE_ROWS", 64)  # several pages of ids
     assert project.store.pool_texts_sample(50, 7) == random.Random(7).sample(texts, 50)
     assert project.store.pool_texts_sample(1000, 7) == texts  # a pool smaller than the sample: all of it
 

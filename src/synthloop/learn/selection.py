@@ -95,7 +95,9 @@ class InMemory:
                  ids: Callable[[], Iterable[list[str]]] | None = None,
                  texts_of: Callable[[list[str]], list[str]] | None = None):
         self._pool, self._features = pool, features
-        self._ids, self._texts_of = (ids, texts_of) if ids is not None and texts_of is not None else (None, None)
+        both = ids is not None and texts_of is not None
+        self._ids: Callable[[], Iterable[list[str]]] | None = ids if both else None
+        self._texts_of: Callable[[list[str]], list[str]] | None = texts_of if both else None
         self._loaded: Pool | None = None
         self.scored = 0
 
@@ -209,9 +211,9 @@ class Streamed:
         from synthloop.learn.scale import most_uncertain
 
         if self.stored is not None:
-            best = self.stored.top(model, measure, k, with_texts)
+            picked = self.stored.top(model, measure, k, with_texts)
             self.scored = self.stored.scored
-            return best
+            return picked
         self.scored = 0
 
         def counted() -> Iterator[Pool]:

@@ -87,15 +87,16 @@ class ExampleMethods(LabelMethods):
         page stays flat however deep into a large pool it is; and each page is its own short read, so no read
         transaction stays open while the caller scores a chunk."""
         for rows in self._unlabeled_pages(chunk_size, examples.c.id, examples.c.text):
-            yield [r.id for r in rows], [r.text for r in rows]
+            yield [r[0] for r in rows], [r[1] for r in rows]
 
     def unlabeled_pool_ids(self, chunk_size: int = 50_000) -> Iterator[list[str]]:
         """The ids of unlabeled_pool_chunks alone, in the same chunks: a round whose feature rows are stored
         needs no texts, and reading 1M texts costs most of a later round (texts_of fetches the few it needs)."""
-        for rows in self._unlabeled_pages(chunk_size, examples.c.id):
-            yield [r.id for r in rows]
+        yield from self._unlabeled_pages(chunk_size, examples.c.id)
 
     def _unlabeled_pages(self, chunk_size: int, *columns: sa.Column) -> Iterator[list]:
+        """Pages of plain tuples (one column: plain values). The DB-API's rows, not SQLAlchemy's Row objects:
+        wrapping a million ids in Rows cost more CPU than the query itself (measured on a 1M pool)."""
         if chunk_size <= 0:
             raise ValueError(f"chunk_size must be positive, not {chunk_size}")
         last = None
@@ -104,13 +105,15 @@ class ExampleMethods(LabelMethods):
             if last is not None:
                 stmt = stmt.where(examples.c.id > last)
             with self.engine.connect() as conn:
-                rows = conn.execute(stmt.limit(chunk_size)).all()
+                result = conn.execute(stmt.limit(chunk_size))
+                raw = result.cursor.fetchall()
+                rows = [r[0] for r in raw] if len(columns) == 1 else [tuple(r) for r in raw]
             if not rows:
                 return
-            yield rows
+            yield list(rows)
             if len(rows) < chunk_size:
                 return
-            last = rows[-1].id
+            last = rows[-1] if len(columns) == 1 else rows[-1][0]
 
     def texts_of(self, example_ids: Sequence[str]) -> list[str]:
         """The texts of these examples, in the order given (every id must be stored)."""
