@@ -6,10 +6,12 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 import scipy.sparse as sp
 
 from synthloop import Project
 from synthloop.data import example_id
+from synthloop.learn import selection
 from synthloop.learn.feature_rows import ROWS_DIR, FeatureRows, featurizer_version
 from synthloop.learn.models import TextClassifier, make_featurizer
 
@@ -40,6 +42,24 @@ def test_rows_read_back_equal_to_featurizing_and_new_rows_are_added_incrementall
     Z = again.get(_ids(more), more)
     assert again.featurized == len(TEXTS) - 150 and again.size() == len(TEXTS)
     assert abs(Z - featurizer.transform(more)).max() == 0
+
+
+def test_texts_are_fetched_only_for_rows_not_stored(tmp_path):
+    featurizer = make_featurizer("hashing-lr")
+    text_of = dict(zip(_ids(TEXTS), TEXTS))
+    asked: list[list[str]] = []
+
+    def texts_of(ids):
+        asked.append(list(ids))
+        return [text_of[i] for i in ids]
+
+    rows = FeatureRows(tmp_path, "v1", featurizer, chunk_rows=64)
+    rows.get(_ids(TEXTS[:100]), TEXTS[:100])
+    ids = _ids(TEXTS[50:])
+    X = rows.get(ids, texts_of)
+    assert [sorted(a) for a in asked] == [sorted(_ids(TEXTS[100:]))]  # the 130 new rows' texts, once; none of the 50 stored ones
+    assert abs(X - featurizer.transform(TEXTS[50:])).max() == 0
+    assert rows.get(ids, texts_of).shape[0] == len(ids) and len(asked) == 1  # all stored now: no text read
 
 
 class _Dense:
@@ -89,6 +109,39 @@ def test_a_reopened_project_reuses_its_featurizer_and_rows(project, small_pool):
     assert again.trainer.row_store.featurized == 0 and again.trainer.row_store.size() == stored
     assert again.load_model()[1].featurizer_key_ == Project(project.root).load_model(first.version)[1].featurizer_key_
     again.close()
+
+
+def test_a_later_round_reads_no_pool_text_and_picks_what_scoring_every_text_picks(project, small_pool, monkeypatch):
+    from synthloop.learn import measures
+
+    _load(project, small_pool)
+    project.round()
+    again = Project(project.root)
+    number, _ = again.store.open_round()
+    _, model = again.train(number)
+    ids, texts = again.store.unlabeled_pool()
+    scores = measures.uncertainty("margin", model.predict_proba(texts))  # the model's own featurizer, every text
+    expected = [str(i) for i in measures.top_k(np.asarray(ids), scores, 10)[0]]
+    read: list[int] = []
+    texts_of = again.store.texts_of
+    monkeypatch.setattr(again.store, "texts_of", lambda ids: read.append(len(ids)) or texts_of(ids))
+    monkeypatch.setattr(again.store, "unlabeled_pool", lambda *a, **k: pytest.fail("the pool's texts were read"))
+    scorer = again.scorer(number)
+    assert [i for i, _ in selection.select(scorer, model, "margin", 10)] == expected
+    assert read == [] and scorer.scored == len(ids)
+    again.close()
+
+
+def test_the_featurizers_pool_sample_is_random_sample_of_the_texts_in_id_order(project, small_pool, monkeypatch):
+    import importlib
+    import random
+
+    _load(project, small_pool)
+    ids, texts = project.store.unlabeled_pool()
+    # The module, not the `examples` table that synthloop.store also exports under that name.
+    monkeypatch.setattr(importlib.import_module("synthloop.store.examples"), "ID_PAGE_ROWS", 64)  # several pages of ids
+    assert project.store.pool_texts_sample(50, 7) == random.Random(7).sample(texts, 50)
+    assert project.store.pool_texts_sample(1000, 7) == texts  # a pool smaller than the sample: all of it
 
 
 def test_rows_follow_the_pool_when_it_grows(project, small_pool, tmp_path):

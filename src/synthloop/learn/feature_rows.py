@@ -21,7 +21,7 @@ import hashlib
 import json
 import os
 import shutil
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -33,6 +33,9 @@ ROWS_DIR = "feature_rows"
 CHUNK_ROWS = 50_000
 KEY_BYTES = 16  # store ids are 16 hex characters (synthloop.data.example_id); other ids are hashed to that
 INDEX = np.dtype([("key", f"S{KEY_BYTES}"), ("chunk", "<i4"), ("row", "<i4")])
+# The texts of the examples asked for: a list beside the ids, or a function that fetches the texts of the ids it
+# is given (a later round asks for a million stored rows and should read no text at all).
+Texts = Sequence[str] | Callable[[list[str]], list[str]]
 # TextClassifier parameters that change what the featurizer computes; the others shape only the classifier.
 FEATURIZER_PARAMS = ("name", "embed_model", "embed_weight", "max_chars")
 
@@ -84,33 +87,26 @@ class FeatureRows:
     def __init__(self, root: Path, key: str, featurizer, chunk_rows: int = CHUNK_ROWS):
         self.dir = Path(root) / hashlib.sha1(key.encode()).hexdigest()[:16]
         self.key, self.featurizer, self.chunk_rows = key, featurizer, chunk_rows
-        self._chunks: dict[int, object] = {}
-        self._index: np.ndarray | None = None
-        self._index_mtime: int | None = None
         self.featurized = 0  # rows this object computed (the rest were read)
 
     # reading ------------------------------------------------------------------------------------
+    # The index and the chunks are mapped afresh by each call and unmapped when it returns, not kept: the pages
+    # of a live mapping count in the process's memory, and a round that reads a 5M-row pool chunk by chunk must
+    # not end up holding all of them. Mapping a file costs microseconds; its pages stay in the page cache.
     def index(self) -> np.ndarray:
-        path = self.dir / "index.npy"
         try:
-            mtime = path.stat().st_mtime_ns
+            return np.load(self.dir / "index.npy", mmap_mode="r")  # the latest: another process may have appended
         except FileNotFoundError:
             return np.empty(0, dtype=INDEX)
-        if self._index is None or mtime != self._index_mtime:  # another process appended: read the new index
-            self._index, self._index_mtime = np.load(path, mmap_mode="r"), mtime
-        return self._index
 
     def _chunk(self, number: int):
-        if number not in self._chunks:
-            folder = self.dir / f"chunk-{number:06d}"
-            if (folder / "dense.npy").is_file():
-                self._chunks[number] = np.load(folder / "dense.npy", mmap_mode="r")
-            else:
-                data, indices, indptr = (np.load(folder / f"{n}.npy", mmap_mode="r") for n in ("data", "indices", "indptr"))
-                width = int(json.loads((folder / "meta.json").read_text())["width"])
-                # Memory-mapped arrays wrapped without a copy; indexing rows below copies only those rows.
-                self._chunks[number] = sp.csr_matrix((data, indices, indptr), shape=(len(indptr) - 1, width), copy=False)
-        return self._chunks[number]
+        folder = self.dir / f"chunk-{number:06d}"
+        if (folder / "dense.npy").is_file():
+            return np.load(folder / "dense.npy", mmap_mode="r")
+        data, indices, indptr = (np.load(folder / f"{n}.npy", mmap_mode="r") for n in ("data", "indices", "indptr"))
+        width = int(json.loads((folder / "meta.json").read_text())["width"])
+        # Memory-mapped arrays wrapped without a copy; indexing rows below copies only those rows.
+        return sp.csr_matrix((data, indices, indptr), shape=(len(indptr) - 1, width), copy=False)
 
     def locate(self, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(found mask, chunk, row) for each key."""
@@ -140,24 +136,27 @@ class FeatureRows:
         inverse[order] = np.arange(len(order))
         return matrix[inverse]
 
-    def get(self, ids: Sequence[str], texts: Sequence[str]):
-        """Feature rows of the examples (ids with their texts), as the featurizer makes them."""
-        ids, texts = list(ids), list(texts)
+    def get(self, ids: Sequence[str], texts: Texts):
+        """Feature rows of the examples (ids with their texts), as the featurizer makes them. Only the texts of
+        rows not stored yet are asked for when `texts` is a function."""
+        ids = list(ids)
         if not ids:
-            return self.featurizer.transform(texts)
+            return self.featurizer.transform(all_texts(ids, texts))
         keys = row_keys(ids)
         found, chunks, rows = self.locate(keys)
         if not found.all():
             missing = np.flatnonzero(~found)
             # One row per key even if an id is asked for twice in one call.
             _, first = np.unique(keys[missing], return_index=True)
+            new = missing[first].tolist()
+            new_texts = [texts[i] for i in new] if not callable(texts) else texts([ids[i] for i in new])
             try:
-                self.append(keys[missing[first]], [texts[i] for i in missing[first]])
+                self.append(keys[new], new_texts)
             except OSError:  # a read-only project folder, a full disk: featurize without storing
-                return self.featurizer.transform(texts)
+                return self.featurizer.transform(all_texts(ids, texts))
             found, chunks, rows = self.locate(keys)
             if not found.all():  # the index could not be written (read-only folder): featurize what is missing
-                return self.featurizer.transform(texts)
+                return self.featurizer.transform(all_texts(ids, texts))
         return self.read(chunks, rows)
 
     # writing ------------------------------------------------------------------------------------
@@ -209,13 +208,17 @@ class FeatureRows:
         tmp = self.dir / f"index-{os.getpid()}.tmp.npy"
         np.save(tmp, merged)
         os.replace(tmp, self.dir / "index.npy")
-        self._index = None
 
     def size(self) -> int:
         return len(self.index())
 
     def disk_bytes(self) -> int:
         return sum(p.stat().st_size for p in self.dir.rglob("*") if p.is_file()) if self.dir.is_dir() else 0
+
+
+def all_texts(ids: list[str], texts: Texts) -> list[str]:
+    """The texts of `ids`, fetched if `texts` is a function."""
+    return texts(ids) if callable(texts) else list(texts)
 
 
 def _stack(pieces: list):

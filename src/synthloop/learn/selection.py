@@ -86,10 +86,18 @@ def select(scorer: Scorer, model, strategy: str, n: int, training: Callable[[], 
 
 
 class InMemory:
-    """The whole unlabeled pool featurized and scored at once."""
+    """The pool scored in this process. Given `ids` (the unlabeled ids, in chunks) and `texts_of` (the texts of
+    some ids), pointwise strategies score it chunk by chunk from the feature rows, reading only the texts of
+    rows not featurized yet and holding one chunk's rows at a time; otherwise `pool` (every id and text) is
+    read at once and scored as one chunk."""
 
-    def __init__(self, pool: Callable[[], Pool], features: Features):
+    def __init__(self, pool: Callable[[], Pool], features: Features,
+                 ids: Callable[[], Iterable[list[str]]] | None = None,
+                 texts_of: Callable[[list[str]], list[str]] | None = None):
         self._pool, self._features = pool, features
+        both = ids is not None and texts_of is not None
+        self._ids: Callable[[], Iterable[list[str]]] | None = ids if both else None
+        self._texts_of: Callable[[list[str]], list[str]] | None = texts_of if both else None
         self._loaded: Pool | None = None
         self.scored = 0
 
@@ -98,25 +106,42 @@ class InMemory:
             self._loaded = self._pool()
         return self._loaded
 
+    def id_chunks(self) -> Iterable[list[str]]:
+        return self._ids() if self._ids is not None else [self.pool()[0]]
+
+    def all_ids(self) -> list[str]:
+        return [i for chunk in self.id_chunks() for i in chunk]
+
+    def texts_of(self, ids: list[str]) -> list[str]:
+        if self._texts_of is not None:
+            return self._texts_of(ids)
+        text = dict(zip(*self.pool()))
+        return [text[i] for i in ids]
+
     def check(self, strategy: str) -> None:
         active.get_strategy(strategy)
 
     def features(self, model, ids, texts):
-        return self._features(model, list(ids), list(texts))
+        return self._features(model, list(ids), texts if callable(texts) else list(texts))
 
     def whole_pool(self, model):
-        ids, texts = self.pool()
+        ids = self.all_ids()
         self.scored = len(ids)
-        return ids, (self.features(model, ids, texts) if ids else None)
+        return ids, (self.features(model, ids, self.texts_of) if ids else None)
 
     def top(self, model, measure, k, with_texts=False) -> Candidates:
-        ids, texts = self.pool()
-        self.scored = len(ids)
-        if not ids:
-            return Candidates([], [], [] if with_texts else None)
-        scores = uncertainty(measure, model.predict_proba_features(self.features(model, ids, texts)))
-        return _candidates(*top_k(np.asarray(ids, dtype=str), scores, k,
-                                  np.asarray(texts, dtype=object) if with_texts else None))
+        from synthloop.learn.pool_chunks import TopK
+
+        best, self.scored = TopK(k), 0
+        for ids in self.id_chunks():
+            if ids:
+                self.scored += len(ids)
+                scores = uncertainty(measure, model.predict_proba_features(self.features(model, ids, self.texts_of)))
+                best.add(*top_k(np.asarray(ids, dtype=str), scores, k)[:2])  # the chunk's k best, then the merge
+        picked = _candidates(best.ids, best.scores)
+        if with_texts:
+            picked.texts = self.texts_of(picked.ids) if picked.ids else []
+        return picked
 
 
 class Cached(InMemory):
@@ -124,14 +149,16 @@ class Cached(InMemory):
     plus (when the model changed) the previous model's most uncertain ones and a random slice; the rest keep
     their cached score."""
 
-    def __init__(self, pool: Callable[[], Pool], features: Features, store, model_version: int | None):
+    def __init__(self, pool: Callable[[], Pool], features: Features, store, model_version: int | None,
+                 ids: Callable[[], Iterable[list[str]]] | None = None,
+                 texts_of: Callable[[list[str]], list[str]] | None = None):
         # model_version is the round's stored model; None when a caller selects in a round that stored none
         # yet (Project.select with a model of its own), as it always could: its scores are kept under None.
-        super().__init__(pool, features)
+        super().__init__(pool, features, ids, texts_of)
         self.store, self.version = store, model_version
 
     def top(self, model, measure, k, with_texts=False) -> Candidates:
-        ids, texts = self.pool()
+        ids = self.all_ids()
         current = self.store.cached_scores(self.version, measure)
         ever = self.store.scored_ids(measure)
         unlabeled = set(ids)
@@ -144,10 +171,10 @@ class Cached(InMemory):
             stale = sorted(unlabeled - todo - set(current))
             todo |= set(random.Random(self.version).sample(stale, min(RESCORE_SLICE, len(stale))))
         todo -= set(current)
-        position = {eid: i for i, eid in enumerate(ids)}
         if todo:
+            position = {eid: i for i, eid in enumerate(ids)}
             todo_ids = sorted(todo, key=position.__getitem__)
-            X = self.features(model, todo_ids, [texts[position[i]] for i in todo_ids])
+            X = self.features(model, todo_ids, self.texts_of)
             new = dict(zip(todo_ids, map(float, uncertainty(measure, model.predict_proba_features(X)))))
             self.store.save_scores(self.version, measure, new)
             current.update(new)
@@ -155,17 +182,20 @@ class Cached(InMemory):
         known = [i for i in ids if i in current]
         picked = _candidates(*top_k(np.asarray(known, dtype=str), np.array([current[i] for i in known], dtype=float), k))
         if with_texts:
-            picked.texts = [texts[position[i]] for i in picked.ids]
+            picked.texts = self.texts_of(picked.ids) if picked.ids else []
         return picked
 
 
 class Streamed:
-    """The pool read in chunks and scored through synthloop.learn.scale: memory bounded by the chunk size."""
+    """The pool read in chunks and scored through synthloop.learn.scale: memory bounded by the chunk size.
+    Given `stored` (a project's chunked scorer over its feature rows), the local engine scores through it
+    instead, in this process: reading stored rows beats workers that featurize every text again."""
 
     def __init__(self, chunks: Callable[[], Iterable[Pool]], engine: str = "local", address: str | None = None,
-                 chunk_size: int = 50_000, ray_notes: Path | None = None):
+                 chunk_size: int = 50_000, ray_notes: Path | None = None, stored: InMemory | None = None):
         self.chunks, self.engine, self.address, self.chunk_size = chunks, engine, address, chunk_size
         self.ray_notes = ray_notes  # where a local Ray started for this is noted (synthloop.learn.ray_local)
+        self.stored = stored if engine == "local" else None  # Ray workers on other nodes cannot read the rows
         self.scored = 0
 
     def check(self, strategy: str) -> None:
@@ -182,6 +212,10 @@ class Streamed:
     def top(self, model, measure, k, with_texts=False) -> Candidates:
         from synthloop.learn.scale import most_uncertain
 
+        if self.stored is not None:
+            picked = self.stored.top(model, measure, k, with_texts)
+            self.scored = self.stored.scored
+            return picked
         self.scored = 0
 
         def counted() -> Iterator[Pool]:

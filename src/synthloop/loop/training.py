@@ -76,14 +76,16 @@ class Trainer:
             rows = self.row_store = feature_rows.FeatureRows(self.state_dir / feature_rows.ROWS_DIR, key, featurizer)
         return rows
 
-    def features(self, key: str, featurizer, ids: list[str], texts: list[str]):
+    def features(self, key: str, featurizer, ids: list[str], texts: feature_rows.Texts):
         """Feature rows for the given examples: read from the version's rows on disk (featurized once, by any
-        process), else reusing rows computed in earlier rounds of this process."""
+        process), else reusing rows computed in earlier rounds of this process. `texts` may be a function
+        that fetches the texts of the ids it is given: then only rows not stored yet cost a text read."""
         if not ids:
             return None  # no rows: a zero-shot model needs none, another model refuses to fit
         rows = self.rows(key, featurizer)
         if rows is not None:
             return rows.get(ids, texts)
+        texts = feature_rows.all_texts(ids, texts)
         if len(ids) > FEATURE_CACHE_MAX_ROWS:
             return featurizer.transform(texts)
         index, matrix = self._feature_cache.get(key, ({}, None))
@@ -181,8 +183,8 @@ class Trainer:
     def monitor(self, round_: int, model: TextClassifier) -> dict:
         """Label-free signals: uncertainty over the unlabeled pool, and the stopping criterion's state."""
         key, featurizer = self.cached_featurizer(model)
-        ids, texts = self.store.unlabeled_pool(limit=POOL_STATS_SAMPLE)
-        pool = active.pool_uncertainty(active.FittedView(model), self.features(key, featurizer, ids, texts)) if ids else None
+        ids = next(iter(self.store.unlabeled_pool_ids(POOL_STATS_SAMPLE)), [])  # texts only for rows not stored
+        pool = active.pool_uncertainty(active.FittedView(model), self.features(key, featurizer, ids, self.store.texts_of)) if ids else None
         stop_ids, stop_texts = self.store.stop_set(self.config.loop.stop_set_size)
         X_stop = self.features(key, featurizer, stop_ids, stop_texts) if stop_ids else None
         current = list(model.classes_[model.predict_proba_features(X_stop).argmax(axis=1)]) if stop_ids else []
@@ -215,17 +217,19 @@ class Trainer:
         """How the round scores its pool: streamed through synthloop.learn.scale with an engine ("local" or "ray"),
         with per-example scores cached in the store (incremental), else all in memory."""
         pool = self.store.unlabeled_pool
+        ids = lambda: self.store.unlabeled_pool_ids(SCORE_CHUNK_SIZE)  # noqa: E731
+        in_memory = InMemory(pool, self.model_features, ids, self.store.texts_of)
         if engine is not None:
             return Streamed(lambda: self.store.unlabeled_pool_chunks(SCORE_CHUNK_SIZE), engine, address,
-                            SCORE_CHUNK_SIZE, ray_notes=self.state_dir)
+                            SCORE_CHUNK_SIZE, ray_notes=self.state_dir, stored=in_memory)
         if incremental:
             info = self.store.round(round_)
             if info is None:  # a round scores its pool after open_round stored it: a bug, not a user error
                 raise RuntimeError(f"round {round_} is not in the store")
-            return Cached(pool, self.model_features, self.store, info.model_version)
-        return InMemory(pool, self.model_features)
+            return Cached(pool, self.model_features, self.store, info.model_version, ids, self.store.texts_of)
+        return in_memory
 
-    def model_features(self, model: Any, ids: list[str], texts: list[str]) -> Any:
+    def model_features(self, model: Any, ids: list[str], texts: feature_rows.Texts) -> Any:
         """selection's Features: the model's feature rows for these examples (any model a scorer is given)."""
         key, featurizer = self.cached_featurizer(model)
         return self.features(key, featurizer, ids, texts)

@@ -11,6 +11,8 @@ from synthloop.store.labels import LabelMethods
 from synthloop.store.rows import NewLabel, in_chunks
 from synthloop.store.schema import examples, labels, queries
 
+ID_PAGE_ROWS = 50_000  # ids per keyset page when a pool's ids are walked
+
 
 class ExampleMethods(LabelMethods):
     """Store's examples part (it adds the labels examples come with, hence LabelMethods)."""
@@ -60,11 +62,11 @@ class ExampleMethods(LabelMethods):
         return [r.text for r in rows], [r.gold for r in rows]
 
     @staticmethod
-    def _unlabeled_pool_select():
+    def _unlabeled_pool_select(*columns: sa.Column):
         labeled = sa.select(labels.c.example_id).where(~labels.c.source.like("synthetic%"))
         queried = sa.select(queries.c.example_id)
         return (
-            sa.select(examples.c.id, examples.c.text)
+            sa.select(*(columns or (examples.c.id, examples.c.text)))
             .where(examples.c.split == "pool", examples.c.origin != "synthetic")
             .where(examples.c.id.not_in(labeled), examples.c.id.not_in(queried))
             .order_by(examples.c.id)
@@ -84,21 +86,39 @@ class ExampleMethods(LabelMethods):
         Keyset pagination (id > the last id seen), not OFFSET: each page is an index range scan, so the cost per
         page stays flat however deep into a large pool it is; and each page is its own short read, so no read
         transaction stays open while the caller scores a chunk."""
+        for rows in self._unlabeled_pages(chunk_size, examples.c.id, examples.c.text):
+            yield [r[0] for r in rows], [r[1] for r in rows]
+
+    def unlabeled_pool_ids(self, chunk_size: int = 50_000) -> Iterator[list[str]]:
+        """The ids of unlabeled_pool_chunks alone, in the same chunks: a round whose feature rows are stored
+        needs no texts, and reading 1M texts costs most of a later round (texts_of fetches the few it needs)."""
+        yield from self._unlabeled_pages(chunk_size, examples.c.id)
+
+    def _unlabeled_pages(self, chunk_size: int, *columns: sa.Column) -> Iterator[list]:
+        """Pages of plain tuples (one column: plain values). The DB-API's rows, not SQLAlchemy's Row objects:
+        wrapping a million ids in Rows cost more CPU than the query itself (measured on a 1M pool)."""
         if chunk_size <= 0:
             raise ValueError(f"chunk_size must be positive, not {chunk_size}")
         last = None
         while True:
-            stmt = self._unlabeled_pool_select()
+            stmt = self._unlabeled_pool_select(*columns)
             if last is not None:
                 stmt = stmt.where(examples.c.id > last)
             with self.engine.connect() as conn:
-                rows = conn.execute(stmt.limit(chunk_size)).all()
+                result = conn.execute(stmt.limit(chunk_size))
+                raw = result.cursor.fetchall()
+                rows = [r[0] for r in raw] if len(columns) == 1 else [tuple(r) for r in raw]
             if not rows:
                 return
-            yield [r.id for r in rows], [r.text for r in rows]
+            yield list(rows)
             if len(rows) < chunk_size:
                 return
-            last = rows[-1].id
+            last = rows[-1] if len(columns) == 1 else rows[-1][0]
+
+    def texts_of(self, example_ids: Sequence[str]) -> list[str]:
+        """The texts of these examples, in the order given (every id must be stored)."""
+        found = self._column_by_id(examples.c.text, example_ids)
+        return [found[i] for i in example_ids]
 
     def stop_set(self, n: int) -> tuple[list[str], list[str]]:
         """A fixed sample of the pool (ids are hashes, so the first n by id are a random-looking sample)."""
@@ -109,13 +129,32 @@ class ExampleMethods(LabelMethods):
         return [r.id for r in rows], [r.text for r in rows]
 
     def pool_texts_sample(self, n: int, seed: int) -> list[str]:
+        """`random.Random(seed).sample` of the pool's texts in id order, reading ids and only the n texts drawn:
+        sample() draws positions from the population's length alone, so drawing from range(count) picks the same
+        positions, and a 5M-row pool is never held as texts."""
+        pool = examples.c.split == "pool"
         with self.engine.connect() as conn:
-            texts = conn.execute(sa.select(examples.c.text).where(examples.c.split == "pool").order_by(examples.c.id)).scalars().all()
-        if len(texts) <= n:
-            return list(texts)
+            count = conn.execute(sa.select(sa.func.count()).select_from(examples).where(pool)).scalar_one()
+            if count <= n:
+                return list(conn.execute(sa.select(examples.c.text).where(pool).order_by(examples.c.id)).scalars())
         import random
 
-        return random.Random(seed).sample(list(texts), n)
+        drawn = random.Random(seed).sample(range(count), n)
+        wanted, at = set(drawn), {}
+        position, last = 0, None
+        while True:  # the ids at the drawn positions, keyset pages over the (split, id) index
+            stmt = sa.select(examples.c.id).where(pool).order_by(examples.c.id).limit(ID_PAGE_ROWS)
+            if last is not None:
+                stmt = stmt.where(examples.c.id > last)
+            with self.engine.connect() as conn:
+                page = conn.execute(stmt).scalars().all()
+            for offset, eid in enumerate(page):
+                if position + offset in wanted:
+                    at[position + offset] = eid
+            if len(page) < ID_PAGE_ROWS:
+                break
+            position, last = position + len(page), page[-1]
+        return self.texts_of([at[i] for i in drawn])
 
     def _column_by_id(self, column: sa.Column, example_ids: Sequence[str]) -> dict[str, str]:
         out = {}
