@@ -183,7 +183,8 @@ class Project:
 
     def label_context(self) -> LabelContext:
         """What labelers and generation use (synthloop.labelers.context): a round makes one and shares it."""
-        return LabelContext(self.store, self.config, self.llm_client, self.load_model, self.budget, self.unreachable)
+        return LabelContext(self.store, self.config, self.llm_client, self.load_model, self.budget, self.unreachable,
+                            feature_dir=str(self.state_dir / "features"))
 
     def generate(self, per_class: int | dict[str, int], round_: int | None = None,
                  consistency_filter: bool | None = None) -> GenerationReport:
