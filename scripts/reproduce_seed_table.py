@@ -315,6 +315,7 @@ def main() -> None:
     parser.add_argument("--synthetic", type=Path, default=ROOT / "benchmarks" / "synthetic.json",
                         help="scripts/bench_synthetic.py's results")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks")
+    parser.add_argument("--checkpoints", nargs="*", type=int, default=CHECKPOINTS, help="label counts to score at")
     parser.add_argument("--from-json", type=Path, nargs="?", const=ROOT / "benchmarks" / "seed_table.json",
                         help="only render seed_table.md (into --out) from this run's JSON (default benchmarks/seed_table.json)")
     args = parser.parse_args()
@@ -330,10 +331,11 @@ def main() -> None:
         # GPT-4o as a labeler on the same 100 examples; bench_synthetic's stage is reused if it already ran it.
         measured = bench_synthetic.run_dataset(dataset, {"model": GPT4O}, [], 100) if openai else None
         local = local_result(synthetic, dataset)
-        tasks[dataset] = task_rows(dataset, local, active_learning(dataset, ROOT / local["project"]), measured)
+        curve = active_learning(dataset, ROOT / local["project"], checkpoints=args.checkpoints)
+        tasks[dataset] = task_rows(dataset, local, curve, measured)
     result = {"machine": f"{platform.node() or 'this machine'} ({os.cpu_count()} cores)",
               "minutes": round((time.time() - started) / 60, 1), "openai": openai, "batch": BATCH,
-              "checkpoints": CHECKPOINTS, "published_gpt4o": PUBLISHED, "local_model": synthetic.get("local_model"),
+              "checkpoints": args.checkpoints, "published_gpt4o": PUBLISHED, "local_model": synthetic.get("local_model"),
               "gpt4o_assumed_seconds_per_request": GPT4O_SECONDS_PER_REQUEST, "tasks": tasks}
     args.out.mkdir(exist_ok=True)
     (args.out / "seed_table.json").write_text(json.dumps(result, indent=1))
