@@ -44,7 +44,7 @@ STATE_FILE = "bench_state.json"
 # The embedding check runs, so that the report holds its verdict for every text (what the texts are worth with
 # and without it). The LLM re-labelling check ([synth] consistency_filter) is off here: with the 1.5B model on
 # the shared cores it would double the run (a re-label call took 20-40 s of prompt reading); tests cover it.
-SYNTH = {"max_chars": 200, "consistency_filter": False, "embedding_filter": True}
+SYNTH = {"max_chars": 200, "consistency_filter": False, "embedding_filter": True, "style_examples": 3}
 # Generation-side ablations (--variant): "" is the default pipeline; "plain" is generation as it was before
 # the pool-style changes (a sampled style/persona instead of pool texts, sub-topics unchecked); the others
 # drop one step.

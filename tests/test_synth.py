@@ -422,12 +422,8 @@ def test_balance_cuts_equal_requests_only():
     assert balanced(kept, {"a": 3, "b": 1}) == kept  # a top-up asks for different numbers on purpose
 
 
-def test_synthetic_rows_train_the_default_model_beyond_zero_shot(synth_project, server):
-    server.reset(fixed_writer({"spam": SPAM, "ham": HAM}))
-    synth_project.config.synth.subtopics, synth_project.config.synth.per_call = 0, 3
-    assert synth_project.config.model.name == "hybrid-lr"
-    _, zero_shot = synth_project.train()
-    assert zero_shot.clf_ is None  # the task's examples alone: zero-shot from the label prototypes
-    synth_project.generate(3)
-    _, seeded = synth_project.train()
-    assert seeded.clf_ is not None  # synthetic rows: a regression learns from them
+def test_quote_tags_a_model_copied_from_the_prompt_are_stripped():
+    report = GenerationReport(requested={})
+    kept = filter_texts(["</text> <text>A new study has found that sea levels rise.</<<"], "World", set(),
+                        NearDuplicateIndex(0.9), 8, 200, report)
+    assert kept == ["A new study has found that sea levels rise."]

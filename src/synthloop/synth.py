@@ -154,11 +154,15 @@ class NearDuplicateIndex:
         return False
 
 
+_QUOTE_TAGS = re.compile(r"<\s*/?\s*text\s*>|</?<+", re.IGNORECASE)
+
+
 def filter_texts(candidates: list[str], label: str, seen_ids: set[str], index: NearDuplicateIndex,
                  min_chars: int, max_chars: int, report: GenerationReport) -> list[str]:
     kept = []
     for raw in candidates:
-        text = " ".join(str(raw).split())
+        # A model shown quoted pool texts may quote its own answers the same way: the tags are not the text.
+        text = " ".join(_QUOTE_TAGS.sub(" ", str(raw)).split())
         if not text:
             report.dropped["empty"] += 1
         elif len(text) < min_chars or len(text) > max_chars:

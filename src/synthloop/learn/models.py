@@ -224,12 +224,9 @@ class TextClassifier(ClassifierMixin, BaseEstimator):
         # Real labels weigh 1.0, task examples and synthetic rows less (see Project.training_data).
         self.real_counts_ = {c: int(((y == c) & (weights >= 1.0)).sum()) for c in self.classes_}
         self.rows_per_class_ = len(y) / max(len(self.classes_), 1)
-        prompt_texts = {t for ts in (self.prompts or {}).values() for t in ts}
-        only_prompts = not sum(self.real_counts_.values()) and set(texts) <= prompt_texts
-        if self.prototypes_ is not None and (len(present) < 2 or only_prompts):
-            # Zero-shot while the rows are only the task's examples: the prototypes already hold them, and
-            # beat a regression fitted on them alone (benchmarks/al.md, round 0). Synthetic rows are more than
-            # the prototypes know: the regression learns from them (benchmarks/synthetic.md).
+        if self.prototypes_ is not None and (len(present) < 2 or not sum(self.real_counts_.values())):
+            # Zero-shot until the first real label: the prototypes already hold the task's examples, and
+            # beat a regression fitted on them alone (benchmarks/al.md, round 0).
             self.clf_ = None
             return self
         if len(present) < 2:
