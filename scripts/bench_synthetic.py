@@ -1,16 +1,19 @@
 """What synthetic data and an LLM labeler are worth on the benchmark tasks.
 
-For each dataset in ../shared/data: test accuracy of a seed model trained only on synthetic data
-(N = 25 and 100 per class) made by the local LLM (SmolLM2-135M through llama.cpp), and the accuracy
-of the local LLM as a labeler on 100 test examples. With OPENAI_API_KEY set, the same runs with
-GPT-4o (--openai-model). Writes benchmarks/synthetic.json and benchmarks/synthetic.md.
+For each dataset in ../shared/data: test accuracy and macro-F1 of a seed model trained only on synthetic
+data (N per class) made by a local LLM (Qwen2.5-Coder-1.5B through xllamacpp by default; --local-model),
+beside the same model from the task's examples alone; what each label-consistency check (the LLM
+re-labelling, the nearest embedding prototype, the balance cut) does to it, measured on the same generated
+texts; and the accuracy of the local LLM as a labeler on 100 test examples. --variant runs the
+generation-side ablations (style examples, sub-topics) in projects of their own. With OPENAI_API_KEY set,
+the same runs with GPT-4o (--openai-model). Writes benchmarks/synthetic.json and benchmarks/synthetic.md.
 
-The projects live in .cache/bench/synthetic/<dataset>-<model>/ (git-ignored) and are reused:
+The projects live in .cache/bench/synthetic/<dataset>-<model>[-<variant>]/ (git-ignored) and are reused:
 a stage already done is not run again (its recorded figures are kept), LLM answers are cached in
 each project's store, and scripts/reproduce_seed_table.py starts its active learning from them.
 
-    python scripts/bench_synthetic.py                       # everything (about 65 min on 2 shared cores)
-    python scripts/bench_synthetic.py --datasets sms_spam --sizes 25 --label-n 20   # a quick look
+    python scripts/bench_synthetic.py --sizes 25                 # the default pipeline, every dataset
+    python scripts/bench_synthetic.py --datasets ag_news corona_nlp --sizes 25 --variant plain --label-n 0
 """
 
 from __future__ import annotations
@@ -28,36 +31,50 @@ import pandas as pd
 
 from synthloop import Project
 from synthloop.labelers.llm import label_texts
-from synthloop.llm.serve import LOCAL_MODEL_NAME, start_local_server
+from synthloop.llm.models import resolve
+from synthloop.llm.serve import start_local_server
 from synthloop.synth import generate
+from synthloop.synth_checks import balanced
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA = ROOT.parent / "shared" / "data"
 CACHE = ROOT / ".cache" / "bench" / "synthetic"
 STATE_FILE = "bench_state.json"
 # Generated texts are capped at 200 characters (as in `make demo`): llama.cpp compiles the cap into its
-# grammar, so SmolLM2 cannot ramble for hundreds of tokens; SMS and tweets are mostly shorter anyway.
-SYNTH = {"max_chars": 200}
-# SmolLM2's sub-topic lists are scraps that pull its texts off their class (see scripts/demo.py); the committed
-# local figures were measured without sub-topics. GPT-4o gets them (the default).
-LOCAL_SYNTH = {**SYNTH, "subtopics": 0}
+# grammar, so a small model cannot ramble for hundreds of tokens; SMS and tweets are mostly shorter anyway.
+# The embedding check runs, so that the report holds its verdict for every text (what the texts are worth with
+# and without it). The LLM re-labelling check ([synth] consistency_filter) is off here: with the 1.5B model on
+# the shared cores it would double the run (a re-label call took 20-40 s of prompt reading); tests cover it.
+SYNTH = {"max_chars": 200, "consistency_filter": False, "embedding_filter": True, "style_examples": 3}
+# Generation-side ablations (--variant): "" is the default pipeline; "plain" is generation as it was before
+# the pool-style changes (a sampled style/persona instead of pool texts, sub-topics unchecked); the others
+# drop one step.
+VARIANTS = {
+    "": {},
+    "plain": {"style_examples": 0, "subtopic_check": False},
+    "no-subtopics": {"subtopics": 0},
+    "no-style": {"style_examples": 0},
+}
+# The seed model's training sets, from the same candidates: which checks' verdicts a text must pass.
+CHECKS = {"none": (), "llm": ("llm",), "embedding": ("embedding",), "llm+embedding": ("llm", "embedding")}
+MODELS = ("hybrid-lr", "tfidf-lr")  # the default model, and the one the earlier figures used
 
 
-def project_dir(dataset: str, model: str) -> Path:
-    return CACHE / f"{dataset}-{model}"
+def project_dir(dataset: str, model: str, variant: str = "") -> Path:
+    return CACHE / (f"{dataset}-{model}" + (f"-{variant}" if variant else ""))
 
 
-def open_project(dataset: str, llm: dict) -> Project:
+def open_project(dataset: str, llm: dict, variant: str = "") -> Project:
     """The dataset's project for this LLM: created once (unlabeled pool + test split), then reopened."""
     d = DATA / dataset
-    root = project_dir(dataset, llm["model"])
+    root = project_dir(dataset, llm["model"], variant)
     if not (root / "synthloop.toml").exists():
-        synth = LOCAL_SYNTH if llm["model"] == LOCAL_MODEL_NAME else SYNTH
-        project = Project.init(root, d / "task.toml", llm=llm, synth=synth,
+        project = Project.init(root, d / "task.toml", llm=llm, synth={**SYNTH, **VARIANTS[variant]},
                                loop={"strategy": "margin", "batch_size": 25, "labeler": "oracle", "seed": 0})
         # The pool's labels stay hidden (gold): the seed model never sees them. The pool is there because a
-        # real user has one: TF-IDF fits its vocabulary on it and synthetic texts are deduplicated against it.
-        # reproduce_seed_table.py later lets the oracle answer from these gold labels.
+        # real user has one: TF-IDF fits its vocabulary on it, style examples are drawn from it and synthetic
+        # texts are deduplicated against it. reproduce_seed_table.py later lets the oracle answer from these
+        # gold labels.
         project.import_file(d / "train.csv", label_col="label", gold=True)
         project.import_file(d / "test.csv", label_col="label", split="test")
         project.close()
@@ -71,32 +88,74 @@ def synthetic_counts(project: Project) -> Counter:
     return Counter(label for _, _, label, source in project.store.training_set() if source.startswith("synthetic"))
 
 
-def seed_stage(project: Project, n: int, local: bool) -> dict:
-    """Top the synthetic data up to n per class, train on it (plus the task's examples), score on the test split."""
+def seed_stage(project: Project, n: int) -> dict:
+    """Generate n per class, train on it (plus the task's examples), score on the test split; and the same
+    model from the task's examples alone, and from the candidates each label check alone would keep."""
     have = synthetic_counts(project)
     need = {lab: n - have[lab] for lab in project.task.label_names if n - have[lab] > 0}
-    client = project.llm_client()
-    if local:
-        # The committed local figures asked each request once (before retries resampled, a retry of llama.cpp's
-        # seeded answer only repeated it); kept so that a re-run measures the same thing.
-        client.validation_retries = 0
-    calls_before = generate_calls(project)
+    calls_before, filter_before = generate_calls(project), generate_calls(project, "filter")
+    load_before, cpu_before = os.getloadavg()[0], time.process_time()
     start = time.perf_counter()
-    # A seed per stage, as in the committed run (generation also mixes in the synthetic count since).
     report = generate(project.label_context(), need, seed=n) if need else None
     seconds = time.perf_counter() - start
     _, model = project.train()
     metrics = project.evaluate(model)
-    return {"per_class": n, "kept": dict(synthetic_counts(project)), "accuracy": metrics["accuracy"],
-            "macro_f1": metrics["macro_f1"], "per_class_f1": {k: v["f1"] for k, v in metrics["per_class"].items()},
-            "generate_seconds": round(seconds, 1),
-            "calls": None if report is None else generate_calls(project) - calls_before,
-            "failed_calls": None if report is None else report.failed_calls,
-            "dropped": {} if report is None else dict(report.dropped)}
+    stage = {"per_class": n, "kept": dict(synthetic_counts(project)), "accuracy": metrics["accuracy"],
+             "macro_f1": metrics["macro_f1"], "per_class_f1": {k: v["f1"] for k, v in metrics["per_class"].items()},
+             "model": project.config.model.name, "generate_seconds": round(seconds, 1),
+             "cpu_seconds": round(time.process_time() - cpu_before, 1),  # this process; the server's are not in it
+             "load_average": [round(load_before, 2), round(os.getloadavg()[0], 2)],
+             "calls": None if report is None else generate_calls(project) - calls_before,
+             "filter_calls": None if report is None else generate_calls(project, "filter") - filter_before,
+             "failed_calls": None if report is None else report.failed_calls,
+             "dropped": {} if report is None else dict(report.dropped),
+             "dropped_subtopics": None if report is None else report.dropped_subtopics}
+    if report is not None:
+        stage["candidates"] = report.candidates
+        stage["ablation"] = ablation(project, report.candidates, n)
+    return stage
 
 
-def generate_calls(project: Project) -> int:
-    return sum(u.calls for u in project.store.llm_usage() if u.purpose == "generate")
+def ablation(project: Project, candidates: dict[str, list[dict]], n: int) -> list[dict]:
+    """Seed-model figures per model and per set of label checks (each with and without the balance cut), all
+    from the same candidates; "task examples only" is the same model with no synthetic text."""
+    rows = []
+    for name in MODELS:
+        rows.append({"model": name, "checks": "task examples only", "balance": False, "kept": 0,
+                     **fit_and_score(project, name, {})})
+        for checks, needs in CHECKS.items():
+            if any(c not in cand for cands in candidates.values() for cand in cands for c in needs):
+                continue  # a check that did not run in this project
+            picked = {lab: [c["text"] for c in cands if all(c[k] for k in needs)][:n] for lab, cands in candidates.items()}
+            for balance in (False, True):
+                chosen = balanced(picked, {lab: n for lab in picked}) if balance else picked
+                rows.append({"model": name, "checks": checks, "balance": balance,
+                             "kept": sum(map(len, chosen.values())), **fit_and_score(project, name, chosen)})
+    return rows
+
+
+def fit_and_score(project: Project, model_name: str, synthetic: dict[str, list[str]]) -> dict:
+    """Test accuracy and macro-F1 of `model_name` trained on these synthetic texts plus the task's examples,
+    weighted as a project weighs them ([model] synthetic_weight)."""
+    saved = project.config.model
+    project.config.model = saved.model_copy(update={"name": model_name, "calibrate": None, "embed_model": None})
+    try:
+        model = project.new_model()
+        task = list(project.task.examples())
+        texts = [t for ts in synthetic.values() for t in ts] + [t for t, _ in task]
+        labels = [lab for lab, ts in synthetic.items() for _ in ts] + [lab for _, lab in task]
+        weights = [saved.synthetic_weight] * len(texts)
+        key, featurizer = project.trainer.featurizer(model, [t for t, _ in task])
+        model.fit(texts, labels, sample_weight=weights, featurizer=featurizer)
+        model.featurizer_key_ = key
+        metrics = project.evaluate(model)
+    finally:
+        project.config.model = saved
+    return {"accuracy": metrics["accuracy"], "macro_f1": metrics["macro_f1"]}
+
+
+def generate_calls(project: Project, purpose: str = "generate") -> int:
+    return sum(u.calls - u.cached for u in project.store.llm_usage() if u.purpose == purpose)
 
 
 def test_sample(dataset: str, n: int) -> pd.DataFrame:
@@ -104,11 +163,8 @@ def test_sample(dataset: str, n: int) -> pd.DataFrame:
     return pd.read_csv(DATA / dataset / "test.csv").sample(n, random_state=0)
 
 
-def label_stage(project: Project, dataset: str, n: int, local: bool) -> dict:
+def label_stage(project: Project, dataset: str, n: int) -> dict:
     test = test_sample(dataset, n)
-    client = project.llm_client()
-    if local:
-        client.validation_retries = 0  # as in the committed run (see seed_stage)
     load_before = os.getloadavg()[0]
     start = time.perf_counter()
     outcomes = label_texts(project.label_context(), list(test.text))
@@ -132,29 +188,28 @@ def label_stage(project: Project, dataset: str, n: int, local: bool) -> dict:
     }
 
 
-def run_dataset(dataset: str, llm: dict, sizes: list[int], n_label: int) -> dict:
+def run_dataset(dataset: str, llm: dict, sizes: list[int], n_label: int, variant: str = "") -> dict:
     """Runs the stages not done yet; the state file keeps each stage's figures for later runs."""
-    local = llm["model"] == LOCAL_MODEL_NAME
-    project = open_project(dataset, llm)
+    project = open_project(dataset, llm, variant)
     state_path = project.root / STATE_FILE
     state = json.loads(state_path.read_text()) if state_path.exists() else {"seed_model": {}}
     try:
         for n in sizes:
             if str(n) not in state["seed_model"]:
                 print(f"  {dataset}: synthetic data, {n} per class", flush=True)
-                state["seed_model"][str(n)] = seed_stage(project, n, local)
+                state["seed_model"][str(n)] = seed_stage(project, n)
                 state_path.write_text(json.dumps(state, indent=1))
-        if "labeler" not in state or state["labeler"]["n"] != n_label:
+        if n_label and ("labeler" not in state or state["labeler"]["n"] != n_label):
             print(f"  {dataset}: labeling {n_label} test examples", flush=True)
-            state["labeler"] = label_stage(project, dataset, n_label, local)
+            state["labeler"] = label_stage(project, dataset, n_label)
             state_path.write_text(json.dumps(state, indent=1))
         state["samples"] = samples(project)
         state["majority_accuracy"] = float(pd.read_csv(DATA / dataset / "test.csv").label.value_counts(normalize=True).iloc[0])
     finally:
         project.close()
-    return {"dataset": dataset, "llm": llm["model"], "project": str(project.root.relative_to(ROOT)),
-            "seed_model": [state["seed_model"][k] for k in sorted(state["seed_model"], key=int)], **{
-                k: state[k] for k in ("labeler", "samples", "majority_accuracy")}}
+    return {"dataset": dataset, "llm": llm["model"], "variant": variant, "project": str(project.root.relative_to(ROOT)),
+            "seed_model": [state["seed_model"][k] for k in sorted(state["seed_model"], key=int)],
+            "labeler": state.get("labeler"), **{k: state[k] for k in ("samples", "majority_accuracy")}}
 
 
 def samples(project: Project) -> dict[str, str]:
@@ -167,50 +222,75 @@ def samples(project: Project) -> dict[str, str]:
 
 
 def markdown(results: list[dict], meta: dict) -> str:
-    # Stage times, not this run's wall time: a re-run reuses finished stages and takes seconds.
-    llm_minutes = sum(s["generate_seconds"] for r in results for s in r["seed_model"]) / 60 + sum(
-        r["labeler"]["seconds"] for r in results) / 60
+    main = [r for r in results if not r.get("variant")]
     lines = ["# Synthetic data and LLM labels", "",
-             (f"Generated by `scripts/bench_synthetic.py` on {meta['machine']}, cores shared with other work: "
-              f"{llm_minutes:.0f} min of generation and labeling in all (the stage times below)."), "",
-             ("**Seed model**: tfidf-lr trained only on synthetic examples plus the task's own 1–2 examples per class "
-             "(no real labels; TF-IDF's vocabulary is fitted on the unlabeled pool texts, as synthloop does by default), "
-             f"scored on the full test split. Synthetic texts are capped at {SYNTH['max_chars']} characters; "
-             "generation requests are retried up to 3× the calls a perfect model would need, so a class can end below N."),
-             "",
-             "| dataset | LLM | N per class | synthetic kept | seed accuracy | seed macro-F1 | majority class | LLM calls (failed) | generation min |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             (f"Generated by `scripts/bench_synthetic.py` on {meta['machine']}, cores shared with other work "
+              f"(1-minute load average before–after each stage below), local LLM {meta['local_model']} served by "
+              "xllamacpp with one thread, one request at a time."), "",
+             ("**Seed model**: trained only on synthetic examples plus the task's own 1–2 examples per class (no real "
+              "labels; TF-IDF's vocabulary is fitted on the unlabeled pool texts, as synthloop does by default), "
+              f"scored on the full test split. Synthetic texts are capped at {SYNTH['max_chars']} characters; each "
+              "request shows the LLM 3 random unlabeled pool texts as examples of form (`[synth] style_examples`), and "
+              "sub-topics that embed nearer another class are dropped (`subtopic_check`). Both label checks ran "
+              "(`consistency_filter`: the LLM re-labels each text; `embedding_filter`: its nearest class prototype), "
+              "so that every text has both verdicts; the LLM's rejections were made up by more requests, up to 3× "
+              "the calls a perfect model needs. *Task examples only* is the same model without a synthetic text "
+              "(hybrid-lr: zero-shot)."), "",
+             "| dataset | LLM | N per class | kept (both checks) | seed accuracy / macro-F1 | task examples only | "
+             "generation calls (failed) | re-label calls | minutes | CPU s (this process) | load avg |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in main:
+        for s in r["seed_model"]:
+            base = next((a for a in s.get("ablation", []) if a["model"] == s.get("model", "hybrid-lr")
+                         and a["checks"] == "task examples only"), None)
+            calls = "cached" if s["calls"] is None else f"{s['calls']} ({s['failed_calls']})"
+            lines.append(f"| {r['dataset']} | {r['llm']} | {s['per_class']} | {sum(s['kept'].values())} | "
+                         f"{s['accuracy']:.3f} / {s['macro_f1']:.3f} | "
+                         + (f"{base['accuracy']:.3f} / {base['macro_f1']:.3f}" if base else "–")
+                         + f" | {calls} | {s.get('filter_calls', '–')} | {s['generate_seconds'] / 60:.1f} | "
+                         f"{s.get('cpu_seconds', '–')} | {'–'.join(map(str, s.get('load_average', [])))} |")
+    lines += ["", "Kept per class: " + "; ".join(
+        f"{r['dataset']}: " + ", ".join(f"{k} {v}" for k, v in r["seed_model"][-1]["kept"].items())
+        for r in main if r["seed_model"]) + ". Dropped, by reason: " + "; ".join(
+        f"{r['dataset']}: " + ", ".join(f"{k} {v}" for k, v in r["seed_model"][-1].get("dropped", {}).items())
+        + f", sub-topics {r['seed_model'][-1].get('dropped_subtopics')}" for r in main if r["seed_model"]) + "."]
+    lines += ["", "## Each step, measured", "",
+              ("From the same generated texts of each project: which label checks a text had to pass (the first N per "
+               "class that did), with and without the balance cut (every class cut to the smallest), for the default "
+               "model (hybrid-lr) and tfidf-lr. Variant: the generation settings (`plain`: a sampled style, length and "
+               "persona instead of pool texts, sub-topics unchecked — generation as it was; `no-subtopics`: "
+               "`subtopics = 0`; `no-style`: `style_examples = 0`; blank: the defaults)."), "",
+              "| dataset | variant | model | label checks | balance | texts | accuracy | macro-F1 |",
+              "|---|---|---|---|---|---|---|---|"]
     for r in results:
         for s in r["seed_model"]:
-            kept = sum(s["kept"].values())
-            calls = "cached" if s["calls"] is None else f"{s['calls']} ({s['failed_calls']})"
-            lines.append(f"| {r['dataset']} | {r['llm']} | {s['per_class']} | {kept} | {s['accuracy']:.3f} | "
-                         f"{s['macro_f1']:.3f} | {r['majority_accuracy']:.3f} | {calls} | {s['generate_seconds'] / 60:.1f} |")
-    lines += ["", "LLM calls and minutes are those of the stage (N = 100 adds to the N = 25 data). Synthetic examples kept per class at the largest N: " + "; ".join(
-        f"{r['dataset']}: " + ", ".join(f"{k} {v}" for k, v in r["seed_model"][-1]["kept"].items()) for r in results if r["seed_model"]) + ".",
-        "", ("**LLM as a labeler** on 100 test examples (`pandas.sample(100, random_state=0)`), few-shot with the task's "
-        "examples, temperature 0; failed or abstained answers count as wrong."), "",
-        "| dataset | LLM | accuracy | accuracy on answered | answered | abstained | failed | seconds | s per 1k | load avg | $ |",
-        "|---|---|---|---|---|---|---|---|---|---|---|"]
-    for r in results:
-        lab = r["labeler"]
-        on_answered = "–" if lab["accuracy_answered"] is None else f"{lab['accuracy_answered']:.3f}"
-        lines.append(f"| {r['dataset']} | {r['llm']} | {lab['accuracy']:.3f} | {on_answered} | {lab['answered']}/{lab['n']} | "
-                     f"{lab['abstained']} | {lab['failed']} | {lab['seconds']} | {lab['seconds'] / lab['n'] * 1000:.0f} | "
-                     f"{'–'.join(map(str, lab.get('load_average', [])))} | {lab['cost']:.4f} |")
-    lines += ["", "What the labeler answered: " + "; ".join(
-        f"{r['dataset']}: " + ", ".join(f"{k} {v}" for k, v in sorted(r["labeler"]["predicted"].items())) for r in results) + ".",
-        ("Load avg: the 1-minute load average before and after the labeling run (2 cores; the LLM server uses one "
-        "thread, at nice 10), i.e. how much other work shared the machine.")]
+            for a in s.get("ablation", []):
+                lines.append(f"| {r['dataset']} | {r.get('variant') or 'default'} | {a['model']} | {a['checks']} | "
+                             f"{'yes' if a['balance'] else 'no'} | {a['kept']} | {a['accuracy']:.3f} | {a['macro_f1']:.3f} |")
+    labeled = [r for r in main if r.get("labeler")]
+    if labeled:
+        lines += ["", ("**LLM as a labeler** on 100 test examples (`pandas.sample(100, random_state=0)`), few-shot with "
+                       "the task's examples, temperature 0; failed or abstained answers count as wrong."), "",
+                  "| dataset | LLM | accuracy | accuracy on answered | answered | abstained | failed | seconds | s per 1k | load avg | $ |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|"]
+        for r in labeled:
+            lab = r["labeler"]
+            on_answered = "–" if lab["accuracy_answered"] is None else f"{lab['accuracy_answered']:.3f}"
+            lines.append(f"| {r['dataset']} | {r['llm']} | {lab['accuracy']:.3f} | {on_answered} | {lab['answered']}/{lab['n']} | "
+                         f"{lab['abstained']} | {lab['failed']} | {lab['seconds']} | {lab['seconds'] / lab['n'] * 1000:.0f} | "
+                         f"{'–'.join(map(str, lab.get('load_average', [])))} | {lab['cost']:.4f} |")
+        lines += ["", "What the labeler answered: " + "; ".join(
+            f"{r['dataset']}: " + ", ".join(f"{k} {v}" for k, v in sorted(r["labeler"]["predicted"].items())) for r in labeled) + "."]
+    missing = [r["dataset"] for r in main if not r.get("labeler")]
+    if missing:
+        lines += ["", f"The labeler stage was **not run** with this LLM for {', '.join(missing)} (time)."]
     if not meta["openai"]:
         lines += ["", ("GPT-4o was **not run**: no `OPENAI_API_KEY` was set for this run. With a key the script adds the "
                   "same rows for GPT-4o (`--openai-model`).")]
     lines += ["", "## What the local LLM writes", "", "One synthetic text per class (the first by id), verbatim:", ""]
-    for r in results:
+    for r in main:
         for label, text in r["samples"].items():
             lines.append(f"- {r['dataset']} / {label}: {json.dumps(text, ensure_ascii=False)}")
-    lines += ["", ("SmolLM2-135M is a 135M-parameter model: it shows the plumbing, not GPT-4o's quality. "
-              "These figures are what it actually produced.")]
     return "\n".join(lines) + "\n"
 
 
@@ -220,31 +300,44 @@ def write(results: list[dict], meta: dict, out: Path) -> None:
     (out / "synthetic.md").write_text(markdown(results, meta))
 
 
+def earlier_results(out: Path, local_model: str) -> dict[tuple, dict]:
+    """Results of earlier invocations with the same local model (other datasets or variants), kept beside this one's."""
+    path = out / "synthetic.json"
+    if not path.is_file():
+        return {}
+    old = json.loads(path.read_text())
+    if old.get("local_model") != local_model:
+        return {}
+    return {(r["dataset"], r["llm"], r.get("variant", "")): r for r in old["results"]}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--datasets", nargs="*", default=["sms_spam", "ag_news", "corona_nlp"])
     parser.add_argument("--sizes", nargs="*", type=int, default=[25, 100])
-    parser.add_argument("--label-n", type=int, default=100)
+    parser.add_argument("--label-n", type=int, default=100, help="0: no labeler stage")
+    parser.add_argument("--variant", choices=list(VARIANTS), default="", help="a generation-side ablation")
+    parser.add_argument("--local-model", default="qwen-1.5b", help="qwen-1.5b, qwen-0.5b, smollm2 or a .gguf path")
     parser.add_argument("--openai-model", default="gpt-4o")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks")
     args = parser.parse_args()
     if not DATA.is_dir():
         raise SystemExit(f"benchmark data not found at {DATA}")
-    started = time.time()
-    meta = {"machine": f"{platform.node() or 'this machine'} ({os.cpu_count()} cores)", "minutes": 0,
-            "openai": bool(os.environ.get("OPENAI_API_KEY")), "synth": SYNTH, "sizes": args.sizes}
-    with start_local_server() as server:
-        llms = [{"model": LOCAL_MODEL_NAME, "base_url": server.base_url, "concurrency": 1}]
+    path, alias = resolve(args.local_model)
+    meta = {"machine": f"{platform.node() or 'this machine'} ({os.cpu_count()} cores)",
+            "openai": bool(os.environ.get("OPENAI_API_KEY")), "synth": SYNTH, "local_model": alias}
+    results = earlier_results(args.out, alias)
+    with start_local_server(model_path=path, model_name=alias) as server:
+        llms = [{"model": alias, "base_url": server.base_url, "concurrency": 1, "timeout": 600}]
         if meta["openai"]:
             llms.append({"model": args.openai_model})
-        results: dict[tuple[str, str], dict] = {}
         # Smallest N and the labeler on every dataset first, so an interrupted run still covers every dataset.
         for sizes in (args.sizes[:1], args.sizes):
             for llm in llms:
                 for dataset in args.datasets:
-                    print(f"{dataset} with {llm['model']}", flush=True)
-                    results[dataset, llm["model"]] = run_dataset(dataset, llm, sizes, args.label_n)
-                    meta["minutes"] = round((time.time() - started) / 60, 1)
+                    print(f"{dataset} with {llm['model']} {args.variant}", flush=True)
+                    label_n = 0 if args.variant else args.label_n
+                    results[dataset, llm["model"], args.variant] = run_dataset(dataset, llm, sizes, label_n, args.variant)
                     write(list(results.values()), meta, args.out)
     print(markdown(list(results.values()), meta))
 

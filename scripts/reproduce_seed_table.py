@@ -1,7 +1,8 @@
 """The seed table: what a prediction costs and how accurate it is, from GPT-4o to a compact model.
 
-For each benchmark task, one row per option: GPT-4o's published accuracy, the local LLM (SmolLM2-135M)
-as a labeler, the compact model (tfidf-lr) trained only on synthetic data, and the same model after
+For each benchmark task, one row per option: GPT-4o's published accuracy, the local LLM of
+bench_synthetic's run (its "local_model") as a labeler where that stage ran, the compact model (the
+default, hybrid-lr) trained only on synthetic data, and the same model after
 50/100/200/500 labels chosen by active learning (margin sampling, batch 25; the simulated reviewer is
 the pool's gold labels through the oracle labeler), each with $ and latency per 1k predictions.
 
@@ -31,7 +32,6 @@ import pandas as pd
 
 from synthloop import Project
 from synthloop.llm.pricing import cost_usd, price
-from synthloop.llm.serve import LOCAL_MODEL_NAME
 from synthloop.report.impact import GPT4O_SECONDS_PER_REQUEST
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -93,15 +93,19 @@ def prediction_seconds_per_1k(project: Project, test_csv: Path, version: int) ->
     return statistics.median(times) * 1000 / len(texts)
 
 
-def gpt4o_price_per_1k(labeler: dict) -> float:
-    """$ per 1k labels at GPT-4o's list price, for the mean prompt and answer of the local labeling run."""
+def gpt4o_price_per_1k(labeler: dict) -> float | None:
+    """$ per 1k labels at GPT-4o's list price, for the mean prompt and answer of the local labeling run
+    (None when the labeling run was not made)."""
+    if not labeler:
+        return None
     calls = max(labeler["calls"], 1)
     return cost_usd(GPT4O, labeler["prompt_tokens"] / calls, labeler["completion_tokens"] / calls) * 1000
 
 
 def local_result(synthetic: dict, dataset: str) -> dict:
     """bench_synthetic's run of the local LLM on this dataset: its labeler figures and synthetic seed."""
-    return next(r for r in synthetic["results"] if r["dataset"] == dataset and r["llm"] == LOCAL_MODEL_NAME)
+    return next(r for r in synthetic["results"] if r["dataset"] == dataset and r["llm"] == synthetic["local_model"]
+                and not r.get("variant"))
 
 
 def answers(labeler: dict) -> dict:
@@ -122,7 +126,7 @@ def compact_rows(curve: list[dict], seed: dict) -> list[dict]:
 
 def task_rows(dataset: str, local: dict, curve: list[dict], measured_gpt4o: dict | None = None) -> dict:
     """One task's column: local is bench_synthetic's local-LLM result, curve active_learning's points."""
-    lab = local["labeler"]
+    lab = local.get("labeler") or {}  # {}: bench_synthetic's labeler stage was not run
     seed_n = local["seed_model"][-1]
     rows = [
         {"row": "GPT-4o, published", "accuracy": PUBLISHED[dataset], "usd_per_1k": gpt4o_price_per_1k(lab),
@@ -132,8 +136,9 @@ def task_rows(dataset: str, local: dict, curve: list[dict], measured_gpt4o: dict
         m = measured_gpt4o["labeler"]
         rows.append({"row": "GPT-4o, measured here (100 test examples)", "accuracy": m["accuracy"], "answers": answers(m),
                      "usd_per_1k": m["cost"] / m["n"] * 1000, "seconds_per_1k": m["seconds"] / m["n"] * 1000})
-    rows.append({"row": f"{LOCAL_ROW} ({LOCAL_MODEL_NAME}) as labeler, 100 test examples", "accuracy": lab["accuracy"],
-                 "answers": answers(lab), "usd_per_1k": 0.0, "seconds_per_1k": lab["seconds"] / lab["n"] * 1000})
+    rows.append({"row": f"{LOCAL_ROW} ({local['llm']}) as labeler, 100 test examples",
+                 "accuracy": lab["accuracy"] if lab else "not run", "answers": answers(lab) if lab else None,
+                 "usd_per_1k": 0.0, "seconds_per_1k": lab["seconds"] / lab["n"] * 1000 if lab else None})
     rows += compact_rows(curve, seed_n)
     return {"rows": rows, "curve": curve, "labeler": lab, "synthetic_seed": seed_n,
             "majority_accuracy": local["majority_accuracy"]}
@@ -143,7 +148,9 @@ def fmt_acc(value) -> str:
     return value if isinstance(value, str) else f"{value:.3f}"
 
 
-def fmt_usd(values: list[float]) -> str:
+def fmt_usd(values: list[float | None]) -> str:
+    if any(v is None for v in values):
+        return " / ".join("–" if v is None else f"${v:.2f}" for v in values)
     if all(v == 0 for v in values):
         return "$0"
     return " / ".join(f"${v:.2f}" for v in values)
@@ -173,7 +180,7 @@ def row_answers(row: dict, task: dict) -> dict | None:
     # Results written before rows carried "answers": the local LLM row's figures are the task's labeler's.
     if "answers" in row:
         return row["answers"]
-    return answers(task["labeler"]) if row["row"].startswith(LOCAL_ROW) else None
+    return answers(task["labeler"]) if row["row"].startswith(LOCAL_ROW) and task["labeler"] else None
 
 
 def accuracy_cell(row: dict, task: dict) -> str:
@@ -214,7 +221,7 @@ def abstention_note(result: dict) -> str:
     parts = []
     for d, t in result["tasks"].items():
         lab = t["labeler"]
-        if not (lab.get("abstained") or lab.get("failed")):
+        if not lab or not (lab.get("abstained") or lab.get("failed")):
             continue
         missed = " and ".join(f"{kind} on {lab[kind]}" for kind in ("abstained", "failed") if lab.get(kind))
         given = ", ".join(f"{label} {n}" for label, n in lab["predicted"].items() if label != "abstain")
@@ -236,7 +243,8 @@ def markdown(result: dict) -> str:
     majority = " / ".join(f"{result['tasks'][d]['majority_accuracy']:.3f}" for d in datasets)
     tokens = "; ".join(f"{TASKS[d]}: {t['labeler']['prompt_tokens'] / max(t['labeler']['calls'], 1):.0f} in, "
                        f"{t['labeler']['completion_tokens'] / max(t['labeler']['calls'], 1):.0f} out"
-                       for d, t in result["tasks"].items())
+                       for d, t in result["tasks"].items() if t["labeler"]) or "no labeling run"
+    local_llm = result.get("local_model", "smollm2-135m-instruct")  # results written before it was recorded
     loads = " / ".join("–".join(str(x) for x in result["tasks"][d]["labeler"].get("load_average", [])) or "?" for d in datasets)
     lines += [
         "", "Cells with three values are in column order (" + " / ".join(names) + ").", "",
@@ -245,19 +253,20 @@ def markdown(result: dict) -> str:
         "and as published on the original tasks for GPT-4o (40–100 samples; the sentiment 0.38 is an intermediate "
         "setting quoted with the other two; ../shared/README.md lists only 0.27 and 0.41). ag_news stands in for the 4-class e-commerce product task, "
         f"whose data could not be obtained. Majority-class accuracy for reference: {majority}."),
-        ("- **Compact model**: tfidf-lr (TF-IDF word and character n-grams + calibrated logistic regression). Its $ is "
+        ("- **Compact model**: hybrid-lr, the default (TF-IDF word and character n-grams beside a sentence embedding, "
+        "logistic regression). Its $ is "
         "0 API cost: it runs on the CPU that serves the application (machine cost not counted). Latency: wall time of "
         "`predict_proba` on 1,000 raw test texts, featurizing included, one process, median of 3, measured on this "
         f"machine ({result['machine']}, cores shared with other work)."),
         ("- **Active learning**: starts from the synthetic-only seed (synthetic examples weighted 0.5 against real "
         f"labels), margin sampling, batch {BATCH}; the simulated reviewer answers from the pool's gold labels (oracle "
         "labeler). The labels themselves are a one-off cost, not a per-prediction one."),
-        (f"- **Local LLM**: {LOCAL_MODEL_NAME} through llama.cpp on this machine's CPU, one request at a time, few-shot "
+        (f"- **Local LLM**: {local_llm} through llama.cpp on this machine's CPU, one request at a time, few-shot "
         "with the task's examples; $0 (no API). Latency = the labeling run's wall seconds for 100 texts × 10 "
         f"(1-minute load average before–after each run: {loads}; other agents shared the 2 cores)."
         + abstention_note(result)),
         ("- **GPT-4o $**: the labeling prompts' mean token counts as measured by the local server on the same prompts "
-        f"({tokens}; SmolLM2's tokenizer, not GPT-4o's, and without the JSON schema OpenAI adds), priced with "
+        f"({tokens}; the local LLM's tokenizer, not GPT-4o's, and without the JSON schema OpenAI adds), priced with "
         f"`synthloop.llm.pricing` at GPT-4o's list price (${price(GPT4O)['input']:.2f} / 1M input, "
         f"${price(GPT4O)['output']:.2f} / 1M output tokens). An estimate, not a bill."),
     ]
@@ -292,7 +301,8 @@ def check_inputs(synthetic_path: Path, datasets: list[str]) -> dict:
     if not synthetic_path.is_file():
         raise SystemExit(f"{synthetic_path} not found: run scripts/bench_synthetic.py first")
     synthetic = json.loads(synthetic_path.read_text())
-    done = {r["dataset"] for r in synthetic["results"] if r["llm"] == LOCAL_MODEL_NAME and r["seed_model"]}
+    done = {r["dataset"] for r in synthetic["results"]
+            if r["llm"] == synthetic.get("local_model") and not r.get("variant") and r["seed_model"]}
     missing = [d for d in datasets if d not in done]
     if missing:
         raise SystemExit(f"{synthetic_path} has no local-LLM results for {', '.join(missing)}: run scripts/bench_synthetic.py first")
@@ -305,6 +315,7 @@ def main() -> None:
     parser.add_argument("--synthetic", type=Path, default=ROOT / "benchmarks" / "synthetic.json",
                         help="scripts/bench_synthetic.py's results")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks")
+    parser.add_argument("--checkpoints", nargs="*", type=int, default=CHECKPOINTS, help="label counts to score at")
     parser.add_argument("--from-json", type=Path, nargs="?", const=ROOT / "benchmarks" / "seed_table.json",
                         help="only render seed_table.md (into --out) from this run's JSON (default benchmarks/seed_table.json)")
     args = parser.parse_args()
@@ -320,10 +331,11 @@ def main() -> None:
         # GPT-4o as a labeler on the same 100 examples; bench_synthetic's stage is reused if it already ran it.
         measured = bench_synthetic.run_dataset(dataset, {"model": GPT4O}, [], 100) if openai else None
         local = local_result(synthetic, dataset)
-        tasks[dataset] = task_rows(dataset, local, active_learning(dataset, ROOT / local["project"]), measured)
+        curve = active_learning(dataset, ROOT / local["project"], checkpoints=args.checkpoints)
+        tasks[dataset] = task_rows(dataset, local, curve, measured)
     result = {"machine": f"{platform.node() or 'this machine'} ({os.cpu_count()} cores)",
               "minutes": round((time.time() - started) / 60, 1), "openai": openai, "batch": BATCH,
-              "checkpoints": CHECKPOINTS, "published_gpt4o": PUBLISHED,
+              "checkpoints": args.checkpoints, "published_gpt4o": PUBLISHED, "local_model": synthetic.get("local_model"),
               "gpt4o_assumed_seconds_per_request": GPT4O_SECONDS_PER_REQUEST, "tasks": tasks}
     args.out.mkdir(exist_ok=True)
     (args.out / "seed_table.json").write_text(json.dumps(result, indent=1))

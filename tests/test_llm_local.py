@@ -136,3 +136,26 @@ def test_consistency_filter_is_off_by_default(llm_project):
     report = llm_project.generate({"spam": 2})
     assert "label disagreement" not in report.dropped
     assert "filter" not in {u.purpose for u in llm_project.store.llm_usage()}
+
+
+def test_pool_style_generation_with_checked_subtopics_embedding_filter_and_balance(llm_project):
+    # The real server writes the texts, sub-topics and all: which texts survive is up to the tiny model; what is
+    # checked is that each step ran on what it wrote and that the accounting adds up.
+    cfg = llm_project.config.synth
+    cfg.per_call, cfg.max_chars, cfg.style_examples = 2, 120, 2
+    cfg.subtopic_check, cfg.embedding_filter, cfg.balance = True, True, True
+    report = llm_project.generate(3)
+    candidates = report.candidates
+    assert candidates and all("embedding" in c and "llm" not in c for cands in candidates.values() for c in cands)
+    rejected = sum(not c["embedding"] for cands in candidates.values() for c in cands)
+    # Texts already past the per-class count are not counted as drops: at most every rejected one is.
+    assert report.dropped["embedding disagreement"] <= rejected
+    added = report.added
+    assert len(set(added.values())) == 1  # balanced: every class the same size
+    stored = [r for r in llm_project.store.training_set() if r[3].startswith("synthetic:")]
+    assert len(stored) == sum(added.values())
+    verdict = {c["text"]: c["embedding"] for cands in candidates.values() for c in cands}
+    assert all(verdict[r[1]] for r in stored)  # nothing the embedding check rejected was stored
+    # The sub-topic request ran, and sub-topics were either kept (then named in prompts) or dropped (counted).
+    usage = {u.purpose: u for u in llm_project.store.llm_usage()}
+    assert usage["generate"].calls >= 2 + 2  # the two sub-topic lists, then generation

@@ -147,12 +147,14 @@ def test_consistency_filter_drops_texts_the_labeler_puts_elsewhere(synth_project
     server.reset(writer)
     synth_project.config.synth.subtopics = 0
     report = synth_project.generate({"spam": 4}, consistency_filter=True)
-    assert writer.kinds["label"] == 4 and report.dropped["label disagreement"] == 2
-    assert report.added == {"spam": 2}
+    # The two rejected texts are made up by one more request (texts 5 and 6), each of them re-labeled too.
+    assert writer.kinds["label"] == 6 and report.dropped["label disagreement"] == 2
+    assert report.added == {"spam": 4}
     numbers = sorted(writer.made[r[1]] for r in stored_synthetic(synth_project))
-    assert numbers == [1, 3]
+    assert numbers == [1, 3, 5, 6]
+    assert [c["llm"] for c in report.candidates["spam"]] == [True, False, True, False, True, True]
     usage = {u.purpose: u for u in synth_project.store.llm_usage()}
-    assert usage["filter"].calls == 4 and usage["generate"].calls == 2
+    assert usage["filter"].calls == 6 and usage["generate"].calls == 3
 
 
 def test_round_zero_trains_on_synthetic_data_down_weighted(synth_project, server):
@@ -321,3 +323,107 @@ def test_generation_answer_schema_is_bounded(synth_project, server):
     schema = server.requests[0]["body"]["response_format"]["schema"]
     texts = schema["properties"]["texts"]
     assert texts["maxItems"] == 2 and texts["items"]["maxLength"] == 50
+
+
+SPAM = ["WIN a free cruise for two! Text CLAIM to 80888 now, T&Cs apply",
+        "Congratulations, you have won a 500 pound shopping voucher, call 09061234567 to claim",
+        "URGENT: your prize draw entry was selected, reply YES to receive your cash award"]
+HAM = ["Running late, see you at the cafe in ten minutes",
+       "Can you pick up some milk on your way home tonight?",
+       "Did you finish the essay for tomorrow's class?"]
+OFF_CLASS = "Hi mum, I will be home for dinner at seven, love you"
+
+
+def test_generation_shows_real_pool_texts_as_examples_of_form(synth_project, server):
+    server.reset(Writer())
+    synth_project.config.synth.subtopics = 0
+    synth_project.config.synth.style_examples = 2
+    synth_project.generate({"spam": 2})
+    pool = set(synth_project.store.unlabeled_pool()[1])
+    [body] = [r["body"] for r in server.requests]
+    prompt = prompt_of(body)
+    section = prompt.split("of any class (unlabeled)")[1].split("Each text is quoted")[0]
+    shown = re.findall(r"<text>(.*?)</text>", section)
+    assert len(shown) == 2 and all(" ".join(t.split()) in {" ".join(p.split()) for p in pool} for t in shown)
+    assert "of any class (unlabeled)" in prompt and "Written by" not in prompt  # the pool sets the form, no persona
+
+
+def test_without_style_examples_a_style_and_persona_are_sampled(synth_project, server):
+    server.reset(Writer())
+    synth_project.config.synth.subtopics = 0
+    synth_project.config.synth.style_examples = 0
+    synth_project.generate({"spam": 2})
+    prompt = prompt_of(server.requests[0]["body"])
+    assert "Written by" in prompt and "of any class (unlabeled)" not in prompt
+
+
+def test_subtopics_that_fit_another_class_are_dropped(synth_project, server):
+    topics = {"spam": ["prize draws and cash awards", "premium-rate ringtone offers", "dinner plans with family"],
+              "ham": ["meeting friends for coffee", "reminders about homework"]}
+
+    def writer(body):
+        prompt = prompt_of(body)
+        if "sub-topics" in prompt:
+            return ("content", json.dumps({"subtopics": topics[class_of(body)]}))
+        return Writer()(body)
+
+    server.reset(writer)
+    synth_project.config.synth.subtopics = 3
+    report = synth_project.generate({"spam": 2, "ham": 2})
+    asked = set(re.findall(r"Sub-topic: (.*?)\.\n", "\n".join(prompt_of(r["body"]) for r in server.requests)))
+    assert report.dropped_subtopics == 1 and "dinner plans with family" not in asked
+    assert asked and asked <= set(topics["spam"][:2]) | set(topics["ham"])
+
+
+def test_subtopic_check_off_keeps_every_subtopic(synth_project, server):
+    from synthloop.synth import draw_subtopics
+
+    server.reset(lambda body: ("content", json.dumps({"subtopics": ["dinner plans with family"]})))
+    synth_project.config.synth.subtopics, synth_project.config.synth.subtopic_check = 1, False
+    report = synth_project.generate({"spam": 0})
+    assert report.dropped_subtopics == 0
+    assert draw_subtopics(synth_project.label_context(), ["spam"], 0) == {"spam": ["dinner plans with family"]}
+
+
+def fixed_writer(answers: dict[str, list[str]]):
+    def answer(body):
+        return ("content", json.dumps({"texts": answers[class_of(body)]}))
+    return answer
+
+
+def test_embedding_filter_drops_a_text_nearer_another_class_and_balance_evens_out(synth_project, server):
+    server.reset(fixed_writer({"spam": [*SPAM, OFF_CLASS], "ham": HAM + ["Are we still on for football on Sunday?"]}))
+    cfg = synth_project.config.synth
+    cfg.subtopics, cfg.per_call, cfg.embedding_filter, cfg.balance = 0, 4, True, True
+    report = synth_project.generate(4)
+    verdicts = {c["text"]: c["embedding"] for cands in report.candidates.values() for c in cands}
+    assert verdicts[OFF_CLASS] is False and all(verdicts[t] for t in SPAM + HAM)
+    assert report.dropped["embedding disagreement"] == 1
+    # spam is left with 3: ham is cut to 3 as well.
+    assert report.added == {"spam": 3, "ham": 3} and report.dropped["balance"] == 1
+    stored = {r[1]: r[2] for r in stored_synthetic(synth_project)}
+    assert OFF_CLASS not in stored and set(SPAM) <= set(stored) and len(stored) == 6
+    assert "filter" not in {u.purpose for u in synth_project.store.llm_usage()}  # no LLM re-labeling
+
+
+def test_label_checks_are_off_unless_configured(synth_project, server):
+    server.reset(fixed_writer({"spam": [*SPAM, OFF_CLASS], "ham": HAM}))
+    synth_project.config.synth.subtopics, synth_project.config.synth.per_call = 0, 4
+    report = synth_project.generate({"spam": 4, "ham": 3})
+    assert report.added == {"spam": 4, "ham": 3}
+    assert all(set(c) == {"text"} for cands in report.candidates.values() for c in cands)
+
+
+def test_balance_cuts_equal_requests_only():
+    from synthloop.synth_checks import balanced
+
+    kept = {"a": ["1", "2", "3"], "b": ["4"]}
+    assert balanced(kept, {"a": 3, "b": 3}) == {"a": ["1"], "b": ["4"]}
+    assert balanced(kept, {"a": 3, "b": 1}) == kept  # a top-up asks for different numbers on purpose
+
+
+def test_quote_tags_a_model_copied_from_the_prompt_are_stripped():
+    report = GenerationReport(requested={})
+    kept = filter_texts(["</text> <text>A new study has found that sea levels rise.</<<"], "World", set(),
+                        NearDuplicateIndex(0.9), 8, 200, report)
+    assert kept == ["A new study has found that sea levels rise."]

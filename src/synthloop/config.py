@@ -80,7 +80,14 @@ class SynthConfig(_Section):
     near_duplicate: float = Field(0.9, gt=0.0, le=1.0)
     dedup_pool_sample: int = Field(20000, ge=0)  # pool texts that near-duplicate checks compare against
     subtopics: int = Field(8, ge=0, le=20)  # sub-topics per class drawn from the LLM for diversity; 0: none
-    consistency_filter: bool = False
+    # Real pool texts (unlabeled, any class) shown in each generation request as examples of form; 0: none.
+    # 0 by default: on news (1.5B model) the texts written with 3 trained tfidf-lr no better than before (0.458
+    # vs 0.471, not side by side) and some came back wrapped in the quote tags (benchmarks/synthetic.md).
+    style_examples: int = Field(0, ge=0, le=10)
+    subtopic_check: bool = True  # keep a sub-topic only when its embedding is nearest its own class
+    consistency_filter: bool = False  # the LLM re-labels each synthetic text; kept when it agrees
+    embedding_filter: bool = False  # kept when the text's nearest class prototype (embedding) is its class
+    balance: bool = False  # classes asked for the same number are cut to the smallest survivor count
     topup: bool = False
     # Shares of the real labels / the training set; None means 0.5/K and 0.75/K for K classes.
     topup_threshold: float | None = Field(None, gt=0.0, lt=1.0)

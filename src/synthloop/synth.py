@@ -51,6 +51,10 @@ class GenerationReport:
     dropped: Counter = field(default_factory=Counter)  # reason -> count
     failed_calls: int = 0
     cost: float = 0.0
+    dropped_subtopics: int = 0  # sub-topics that fit another class better ([synth] subtopic_check)
+    # label -> every candidate that passed the text filters, in order, with the label checks' verdicts
+    # ({"text", "llm", "embedding"}; a check that did not run is absent): what each filter alone would keep.
+    candidates: dict[str, list[dict]] = field(default_factory=dict)
 
 
 class Subtopics(BaseModel):
@@ -99,8 +103,10 @@ def clean_subtopics(raw: list[str]) -> list[str]:
 
 def generation_messages(task: TaskSpec, label: str, k: int, rng: random.Random,
                         examples: list[str] | None = None, subtopics: list[str] | None = None,
-                        max_chars: int | None = DEFAULT_MAX_TEXT_CHARS) -> list[dict]:
-    """One request for k texts of one class; the sub-topic, style, length and persona are sampled for diversity."""
+                        max_chars: int | None = DEFAULT_MAX_TEXT_CHARS, style: list[str] | None = None) -> list[dict]:
+    """One request for k texts of one class; the sub-topic is sampled for diversity. `style` are real pool texts
+    (unlabeled, of any class) whose form the texts should take; without them a style, length and persona are
+    sampled instead (which made news read like diary entries: benchmarks/synthetic.md)."""
     spec = next(lab for lab in task.labels if lab.name == label)
     others = ", ".join(lab.name for lab in task.labels if lab.name != label)
     shots = examples if examples is not None else spec.examples
@@ -113,6 +119,10 @@ def generation_messages(task: TaskSpec, label: str, k: int, rng: random.Random,
         f"Style: {rng.choice(STYLES)}. Length: {rng.choice(LENGTHS)}. Written by {rng.choice(PERSONAS)}.",
         "Vary topics, wording and structure; never copy the examples.",
     ]
+    if style:
+        lines[4] = ("Real texts from the data, of any class (unlabeled): write yours in their form — source, length, "
+                    "tone, vocabulary, formatting — but about '" + label + "':\n"
+                    + "\n".join(quote(s, max_chars) for s in style) + "\n" + DATA_RULE)
     if subtopics:
         lines.insert(4, f"Sub-topic: {rng.choice(subtopics)}.")
     if shots:
@@ -144,11 +154,15 @@ class NearDuplicateIndex:
         return False
 
 
+_QUOTE_TAGS = re.compile(r"<\s*/?\s*text\s*>|</?<+", re.IGNORECASE)
+
+
 def filter_texts(candidates: list[str], label: str, seen_ids: set[str], index: NearDuplicateIndex,
                  min_chars: int, max_chars: int, report: GenerationReport) -> list[str]:
     kept = []
     for raw in candidates:
-        text = " ".join(str(raw).split())
+        # A model shown quoted pool texts may quote its own answers the same way: the tags are not the text.
+        text = " ".join(_QUOTE_TAGS.sub(" ", str(raw)).split())
         if not text:
             report.dropped["empty"] += 1
         elif len(text) < min_chars or len(text) > max_chars:
@@ -205,19 +219,28 @@ def generation_seed(ctx: LabelContext, seed: int | None, round_: int | None) -> 
     return f"{base}:{round_}:{n_synthetic}"
 
 
+def style_pool(pool_sample: list[str], min_chars: int, max_chars: int) -> list[str]:
+    """Pool texts to show as style examples: those that fit the answer's length bounds (an example longer than
+    the schema allows would teach the model a length it cannot write), else every one cut to max_chars."""
+    fits = [" ".join(t.split()) for t in pool_sample if min_chars <= len(" ".join(t.split())) <= max_chars]
+    return fits or [" ".join(t.split())[:max_chars] for t in pool_sample if t.strip()]
+
+
 def generate(ctx: LabelContext, per_class: int | dict[str, int], examples: dict[str, list[str]] | None = None,
              round_: int | None = None, consistency_filter: bool | None = None, seed: int | None = None,
              topup: bool = False) -> GenerationReport:
     """Generate, filter and store synthetic examples; `examples` conditions each class on real texts. LLM
-    costs count in `round_`; a top-up's labels carry it too, so a resumed round knows what it added."""
-    from synthloop.labelers.llm import label_texts
+    costs count in `round_`; a top-up's labels carry it too, so a resumed round knows what it added.
 
+    The label-consistency filters ([synth] consistency_filter: the LLM re-labels; embedding_filter: the nearest
+    class prototype) and `balance` run in that order; the LLM's rejections are made up by more requests."""
     cfg = ctx.config.synth
     labels = ctx.task.label_names
     wanted = per_class if isinstance(per_class, dict) else {lab: per_class for lab in labels}
     bad = {lab: n for lab, n in wanted.items() if not isinstance(n, int) or n < 0}
     if bad:
         raise SynthloopError(f"examples per class must be 0 or more, not {bad}; give --per-class N with N >= 0")
+    use_llm = consistency_filter if consistency_filter is not None else cfg.consistency_filter
     report = GenerationReport(requested=dict(wanted))
     client = ctx.llm_client()
     rng = random.Random(generation_seed(ctx, seed, round_))
@@ -225,7 +248,12 @@ def generate(ctx: LabelContext, per_class: int | dict[str, int], examples: dict[
     # which keeps generation quick on pools of millions.
     pool_sample = ctx.store.pool_texts_sample(cfg.dedup_pool_sample, ctx.config.loop.seed)
     index = NearDuplicateIndex(cfg.near_duplicate, cap_texts(pool_sample, ctx.config.limits.max_text_chars))
+    styles = style_pool(pool_sample, cfg.min_chars, cfg.max_chars) if cfg.style_examples else []
     topics = draw_subtopics(ctx, list(wanted), round_)
+    if topics and cfg.subtopic_check:
+        from synthloop.synth_checks import fitting_subtopics
+
+        topics, report.dropped_subtopics = fitting_subtopics(ctx, topics)
     seen: set[str] = set()
     kept_by_label: dict[str, list[str]] = {}
     for label, n in wanted.items():
@@ -235,7 +263,8 @@ def generate(ctx: LabelContext, per_class: int | dict[str, int], examples: dict[
             batch = min(calls_left, -(-(n - len(kept)) // cfg.per_call))
             calls_left -= batch
             requests = [generation_messages(ctx.task, label, cfg.per_call, rng, (examples or {}).get(label),
-                                            topics.get(label), ctx.config.limits.max_text_chars)
+                                            topics.get(label), ctx.config.limits.max_text_chars,
+                                            rng.sample(styles, min(cfg.style_examples, len(styles))) if styles else None)
                         for _ in range(batch)]
             # A distinct seed per request keeps the cache from answering a repeated prompt with the same texts,
             # while a re-run after a crash draws the same seeds and is answered from the cache for free.
@@ -243,6 +272,7 @@ def generate(ctx: LabelContext, per_class: int | dict[str, int], examples: dict[
             results = client.complete_json_many(requests, generated_model(cfg.per_call, cfg.min_chars, cfg.max_chars), per_request=seeds,
                                                 temperature=cfg.temperature, max_tokens=cfg.per_call * (cfg.max_chars // 4 + 20),
                                                 on_result=ctx.usage_recorder("generate", round_))
+            fresh: list[str] = []
             for result in results:
                 report.cost += result.usage.cost
                 if result.value is None:
@@ -254,19 +284,56 @@ def generate(ctx: LabelContext, per_class: int | dict[str, int], examples: dict[
                 for text in candidates:
                     if example_id(text) in stored:
                         report.dropped["exact duplicate"] += 1
-                    elif len(kept) < n:
-                        kept.append(text)
+                    else:
+                        fresh.append(text)
+            fresh = fresh[:n - len(kept)]  # texts beyond the count are neither re-labeled (a call each) nor kept
+            verdicts = llm_check(ctx, label, fresh, round_) if use_llm else [True] * len(fresh)
+            for text, ok in zip(fresh, verdicts):
+                report.candidates.setdefault(label, []).append({"text": text, **({"llm": ok} if use_llm else {})})
+                if ok:
+                    kept.append(text)
+                else:
+                    report.dropped["label disagreement"] += 1
         kept_by_label[label] = kept
-    if consistency_filter if consistency_filter is not None else cfg.consistency_filter:
-        for label, texts in kept_by_label.items():
-            outcomes = label_texts(ctx, texts, purpose="filter", round_=round_)
-            agree = [t for t, o in zip(texts, outcomes) if o.label == label]
-            report.dropped["label disagreement"] += len(texts) - len(agree)
-            kept_by_label[label] = agree
+    kept_by_label = consistent(ctx, kept_by_label, wanted, report)
     rows, new_labels = synthetic_labels(kept_by_label, ctx.config.llm.model)
     ctx.store.add_examples(rows, new_labels, round_=round_ if topup else None)
     report.added = {label: len(texts) for label, texts in kept_by_label.items()}
     return report
+
+
+def llm_check(ctx: LabelContext, label: str, texts: list[str], round_: int | None) -> list[bool]:
+    from synthloop.synth_checks import llm_verdicts
+
+    return llm_verdicts(ctx, {label: texts}, round_).get(label, []) if texts else []
+
+
+def consistent(ctx: LabelContext, kept_by_label: dict[str, list[str]], wanted: dict[str, int],
+               report: GenerationReport) -> dict[str, list[str]]:
+    """The embedding filter over every class's candidates, then the balance cut ([synth] embedding_filter, balance)."""
+    cfg = ctx.config.synth
+    if cfg.embedding_filter and any(report.candidates.values()):
+        from synthloop.synth_checks import embedding_verdicts
+
+        # Judged against every candidate the LLM wrote for a class (the LLM's rejects too): the prototypes do
+        # not depend on which filters are on, and the report can say what each filter alone would keep.
+        everything = {lab: [c["text"] for c in cands] for lab, cands in report.candidates.items()}
+        verdicts = embedding_verdicts(ctx, everything)
+        for lab, cands in report.candidates.items():
+            for cand, ok in zip(cands, verdicts.get(lab, [])):
+                cand["embedding"] = ok
+        rejected = {c["text"] for cands in report.candidates.values() for c in cands if c.get("embedding") is False}
+        for lab, texts in kept_by_label.items():
+            kept_by_label[lab] = [t for t in texts if t not in rejected]
+            report.dropped["embedding disagreement"] += len(texts) - len(kept_by_label[lab])
+    if cfg.balance:
+        from synthloop.synth_checks import balanced
+
+        before = sum(map(len, kept_by_label.values()))
+        kept_by_label = balanced(kept_by_label, wanted)
+        if before - sum(map(len, kept_by_label.values())):
+            report.dropped["balance"] += before - sum(map(len, kept_by_label.values()))
+    return kept_by_label
 
 
 def topup(ctx: LabelContext, round_: int) -> GenerationReport | None:

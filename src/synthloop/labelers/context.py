@@ -28,6 +28,9 @@ class LabelContext:
     budget: Budget = field(default_factory=Budget)  # what the LLM may still spend (nightly --max-cost)
     # Server URL -> when it last failed every retry: one process's labelers try a server that is down once.
     unreachable: dict[str, float] = field(default_factory=dict)
+    # The project's embedding store (learn.features): generation's embedding checks keep their vectors there,
+    # so the model later reads them instead of embedding the synthetic texts again. None: kept in memory only.
+    feature_dir: str | None = None
 
     @property
     def task(self) -> TaskSpec:

@@ -184,7 +184,8 @@ class Project:
 
     def label_context(self) -> LabelContext:
         """What labelers and generation use (synthloop.labelers.context): a round makes one and shares it."""
-        return LabelContext(self.store, self.config, self.llm_client, self.load_model, self.budget, self.unreachable)
+        return LabelContext(self.store, self.config, self.llm_client, self.load_model, self.budget, self.unreachable,
+                            feature_dir=str(self.state_dir / "features"))
 
     def report_context(self) -> ReportContext:
         """What the reports and `status`'s cost and impact read (synthloop.report.context)."""
