@@ -118,7 +118,7 @@ def test_round_pushes_records_with_suggestions_and_metadata_once(proj, argilla_e
         assert record.fields["text"] == query.text
         suggestion = record.suggestions["label"]
         label, confidence = guess[query.example_id]  # the model's own guess, and its probability as the score
-        assert suggestion.value == label and suggestion.score == pytest.approx(confidence, rel=1e-6)
+        assert suggestion.value == label and suggestion.score == pytest.approx(confidence, abs=5e-4)  # sent rounded to 3 places
         assert suggestion.agent == "synthloop-model"
         assert "**Model:**" in record.fields["hints"]
         assert record.metadata["round"] == 0 and record.metadata["strategy"] == "margin"
