@@ -93,6 +93,13 @@ def prediction_seconds_per_1k(project: Project, test_csv: Path, version: int) ->
     return statistics.median(times) * 1000 / len(texts)
 
 
+# How the table names the compact model the run trained (the JSON's "compact_model").
+COMPACT_MODELS = {
+    "tfidf-lr": "tfidf-lr (TF-IDF word and character n-grams + calibrated logistic regression)",
+    "hybrid-lr": "hybrid-lr, the default (TF-IDF word and character n-grams beside a sentence embedding, logistic regression)",
+}
+
+
 def gpt4o_price_per_1k(labeler: dict) -> float | None:
     """$ per 1k labels at GPT-4o's list price, for the mean prompt and answer of the local labeling run
     (None when the labeling run was not made)."""
@@ -245,6 +252,7 @@ def markdown(result: dict) -> str:
                        f"{t['labeler']['completion_tokens'] / max(t['labeler']['calls'], 1):.0f} out"
                        for d, t in result["tasks"].items() if t["labeler"]) or "no labeling run"
     local_llm = result.get("local_model", "smollm2-135m-instruct")  # results written before it was recorded
+    compact = result.get("compact_model", "tfidf-lr")  # results written before it was recorded were tfidf-lr runs
     loads = " / ".join("–".join(str(x) for x in result["tasks"][d]["labeler"].get("load_average", [])) or "?" for d in datasets)
     lines += [
         "", "Cells with three values are in column order (" + " / ".join(names) + ").", "",
@@ -253,8 +261,7 @@ def markdown(result: dict) -> str:
         "and as published on the original tasks for GPT-4o (40–100 samples; the sentiment 0.38 is an intermediate "
         "setting quoted with the other two; ../shared/README.md lists only 0.27 and 0.41). ag_news stands in for the 4-class e-commerce product task, "
         f"whose data could not be obtained. Majority-class accuracy for reference: {majority}."),
-        ("- **Compact model**: hybrid-lr, the default (TF-IDF word and character n-grams beside a sentence embedding, "
-        "logistic regression). Its $ is "
+        (f"- **Compact model**: {COMPACT_MODELS.get(compact, compact)}. Its $ is "
         "0 API cost: it runs on the CPU that serves the application (machine cost not counted). Latency: wall time of "
         "`predict_proba` on 1,000 raw test texts, featurizing included, one process, median of 3, measured on this "
         f"machine ({result['machine']}, cores shared with other work)."),
@@ -336,6 +343,7 @@ def main() -> None:
     result = {"machine": f"{platform.node() or 'this machine'} ({os.cpu_count()} cores)",
               "minutes": round((time.time() - started) / 60, 1), "openai": openai, "batch": BATCH,
               "checkpoints": args.checkpoints, "published_gpt4o": PUBLISHED, "local_model": synthetic.get("local_model"),
+              "compact_model": Project(ROOT / local["project"]).config.model.name,
               "gpt4o_assumed_seconds_per_request": GPT4O_SECONDS_PER_REQUEST, "tasks": tasks}
     args.out.mkdir(exist_ok=True)
     (args.out / "seed_table.json").write_text(json.dumps(result, indent=1))
