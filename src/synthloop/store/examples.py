@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 
 import sqlalchemy as sa
 
@@ -95,25 +95,30 @@ class ExampleMethods(LabelMethods):
         yield from self._unlabeled_pages(chunk_size, examples.c.id)
 
     def _unlabeled_pages(self, chunk_size: int, *columns: sa.Column) -> Iterator[list]:
-        """Pages of plain tuples (one column: plain values). The DB-API's rows, not SQLAlchemy's Row objects:
-        wrapping a million ids in Rows cost more CPU than the query itself (measured on a 1M pool)."""
+        yield from self._id_pages(lambda: self._unlabeled_pool_select(*columns), chunk_size, len(columns))
+
+    def _id_pages(self, select: Callable[[], sa.Select], chunk_size: int, n_columns: int) -> Iterator[list]:
+        """Keyset pages (id > the last id seen) of `select()`, a query ordered by id whose first column is the id:
+        plain tuples (one column: plain values). The DB-API's rows, not SQLAlchemy's Row objects: wrapping a
+        million ids in Rows cost more CPU than the query itself (measured on a 1M pool)."""
         if chunk_size <= 0:
             raise ValueError(f"chunk_size must be positive, not {chunk_size}")
+        one = n_columns == 1
         last = None
         while True:
-            stmt = self._unlabeled_pool_select(*columns)
+            stmt = select()
             if last is not None:
                 stmt = stmt.where(examples.c.id > last)
             with self.engine.connect() as conn:
                 result = conn.execute(stmt.limit(chunk_size))
                 raw = result.cursor.fetchall()
-                rows = [r[0] for r in raw] if len(columns) == 1 else [tuple(r) for r in raw]
+                rows = [r[0] for r in raw] if one else [tuple(r) for r in raw]
             if not rows:
                 return
             yield list(rows)
             if len(rows) < chunk_size:
                 return
-            last = rows[-1] if len(columns) == 1 else rows[-1][0]
+            last = rows[-1] if one else rows[-1][0]
 
     def texts_of(self, example_ids: Sequence[str]) -> list[str]:
         """The texts of these examples, in the order given (every id must be stored)."""
@@ -141,19 +146,13 @@ class ExampleMethods(LabelMethods):
 
         drawn = random.Random(seed).sample(range(count), n)
         wanted, at = set(drawn), {}
-        position, last = 0, None
-        while True:  # the ids at the drawn positions, keyset pages over the (split, id) index
-            stmt = sa.select(examples.c.id).where(pool).order_by(examples.c.id).limit(ID_PAGE_ROWS)
-            if last is not None:
-                stmt = stmt.where(examples.c.id > last)
-            with self.engine.connect() as conn:
-                page = conn.execute(stmt).scalars().all()
+        position = 0
+        # The ids at the drawn positions, keyset pages over the (split, id) index.
+        for page in self._id_pages(lambda: sa.select(examples.c.id).where(pool).order_by(examples.c.id), ID_PAGE_ROWS, 1):
             for offset, eid in enumerate(page):
                 if position + offset in wanted:
                     at[position + offset] = eid
-            if len(page) < ID_PAGE_ROWS:
-                break
-            position, last = position + len(page), page[-1]
+            position += len(page)
         return self.texts_of([at[i] for i in drawn])
 
     def _column_by_id(self, column: sa.Column, example_ids: Sequence[str]) -> dict[str, str]:
