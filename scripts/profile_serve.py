@@ -8,8 +8,8 @@ A project trained on 300 labeled SMS (as scripts/bench_serve.py trains it), then
   the TF-IDF blocks, the logistic regression head and the zero-shot blend, the reply rows and their JSON;
 - encoder: the Universal Sentence Encoder alone with 1 intra-op thread, 2 with spinning off, 2 with spinning on
   (its default), interleaved; and its CPU for texts of 0 to ~400 characters (what does not depend on the text);
-- route: the whole direct route with the embedding in the calling thread after the TF-IDF (sequential) against
-  the embedding in its worker thread while the caller computes the TF-IDF (overlap, what the server does).
+- route: the whole direct route with the embedding in the calling thread after the TF-IDF (sequential, what the
+  server does) against the embedding in a worker thread while the caller computes the TF-IDF (overlap).
 Every comparison runs --reps times interleaved; min and median over the repetitions; the load average is read
 before and after each. Wall time on a shared machine is mostly waiting for a core: read the CPU columns first.
 """
@@ -206,9 +206,9 @@ def main() -> None:
             for name, text in LENGTHS.items():
                 run = runner(sessions["1 thread"])
                 by_length[name] = min(timed(run, [text] * 100)["cpu_ms"] for _ in range(args.reps))
-            routes = {"sequential": fast_predict_proba(loaded.model, overlap=False),
-                      "overlap (served)": fast_predict_proba(loaded.model, overlap=True)}
-            equal = bool(np.array_equal(routes["sequential"](texts), routes["overlap (served)"](texts)))
+            routes = {"sequential (served)": fast_predict_proba(loaded.model, overlap=False),
+                      "overlap": fast_predict_proba(loaded.model, overlap=True)}
+            equal = bool(np.array_equal(routes["sequential (served)"](texts), routes["overlap"](texts)))
             route = interleaved({k: one_text(f) for k, f in routes.items()}, texts, args.reps)
         finally:
             source.close()

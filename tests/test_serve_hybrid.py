@@ -1,5 +1,5 @@
-"""hybrid-lr, the default model, served: a real `synthloop serve` process and a real HTTP client, and the direct
-route's embedding worker (the sentence encoder runs in its own thread while the caller computes the TF-IDF)."""
+"""hybrid-lr, the default model, served: a real `synthloop serve` process and a real HTTP client; and the direct
+route's measured alternative, the sentence encoder in a worker thread while the caller computes the TF-IDF."""
 
 from __future__ import annotations
 
@@ -55,7 +55,7 @@ def test_hybrid_lr_is_served_with_its_own_probabilities_one_text_a_batch_and_a_b
     assert {r.json()["model_version"] for r in single} == {batch["model_version"]} == {1}
 
 
-def test_the_encoder_runs_in_the_worker_thread_and_both_routes_agree(hybrid):
+def test_the_served_route_embeds_in_the_callers_thread_and_the_overlapped_one_agrees(hybrid):
     from synthloop.learn.embed import SentenceEmbedder
     from synthloop.serve.fastpath import fast_predict_proba
 
@@ -71,7 +71,7 @@ def test_the_encoder_runs_in_the_worker_thread_and_both_routes_agree(hybrid):
         threads.append(threading.current_thread().name)
         return compute(self, texts)
 
-    overlap, sequential = fast_predict_proba(model), fast_predict_proba(model, overlap=False)
+    sequential, overlap = fast_predict_proba(model), fast_predict_proba(model, overlap=True)
     assert overlap is not None and sequential is not None
     probe = [*TEXTS, "", "ok " * 300]
     SentenceEmbedder.compute = recording
@@ -87,4 +87,4 @@ def test_the_encoder_runs_in_the_worker_thread_and_both_routes_agree(hybrid):
     assert np.array_equal(got, alone)
     np.testing.assert_allclose(got, model.predict_proba(probe), rtol=0, atol=1e-9)
     for k, text in enumerate(probe):  # one text alone (the server's usual request): the same numbers
-        np.testing.assert_allclose(overlap([text]), got[k:k + 1], rtol=0, atol=1e-9)
+        np.testing.assert_allclose(sequential([text]), got[k:k + 1], rtol=0, atol=1e-9)

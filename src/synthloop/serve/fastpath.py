@@ -176,9 +176,8 @@ _worker_lock = threading.Lock()
 
 
 def embedding_worker() -> ThreadPoolExecutor:
-    """The process's one thread that embeds a request's texts while the caller computes their TF-IDF blocks:
-    onnxruntime releases the GIL while it runs, so where a second core is free the two overlap (the encoder
-    is most of a hybrid-lr request; TF-IDF about a tenth)."""
+    """The process's one thread that embeds a request's texts while the caller computes their TF-IDF blocks
+    (onnxruntime releases the GIL while it runs), for fast_predict_proba(overlap=True)."""
     global _worker
     with _worker_lock:
         if _worker is None:
@@ -186,7 +185,7 @@ def embedding_worker() -> ThreadPoolExecutor:
         return _worker
 
 
-def _features(featurizer, overlap: bool = True) -> Callable[[list[str]], Rows] | None:
+def _features(featurizer, overlap: bool = False) -> Callable[[list[str]], Rows] | None:
     from synthloop.learn.embed import SentenceEmbedder
     from synthloop.learn.models import HybridFeaturizer
     from synthloop.textcap import cap_texts
@@ -217,9 +216,10 @@ def _features(featurizer, overlap: bool = True) -> Callable[[list[str]], Rows] |
     return lambda texts: Rows([featurizer.transform(texts)])
 
 
-def fast_predict_proba(model, overlap: bool = True) -> Callable[[list[str]], np.ndarray] | None:
+def fast_predict_proba(model, overlap: bool = False) -> Callable[[list[str]], np.ndarray] | None:
     """model.predict_proba's result by the direct route, or None where that route does not give the same numbers.
-    overlap=False: hybrid-lr's embedding in the calling thread, after its TF-IDF (to measure the difference)."""
+    overlap=True: hybrid-lr's embedding in a worker thread while the caller computes the TF-IDF. Not what the
+    server does: measured side by side (benchmarks/serve-profile.md), it was no faster, idle or loaded."""
     try:
         head, features = _head(model.clf_), _features(model.featurizer_, overlap)
         if head is None or features is None:
