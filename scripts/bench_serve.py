@@ -10,7 +10,7 @@ keep-alive HTTP/1.1 client on a raw socket (see Client):
 - single: one text per request, one client, requests back to back: p50/p99 latency, requests/s;
 - batched: 64 texts per request, one client: p50/p99 latency per request, texts/s;
 - concurrent: one text per request, 4 clients at once: requests/s;
-- swap (tfidf-lr unless --swap-models): 2 clients send single requests while `synthloop train` makes a new
+- swap (hybrid-lr, the default model, and tfidf-lr unless --swap-models): 2 clients send single requests while `synthloop train` makes a new
   version in the project, until the server serves it, plus 2 s: failed requests, p50/p99 in that window.
 Every phase runs --reps times (at least 3); the tables give the min and the median over them. CPU seconds are
 the server's (psutil) and the client's (time.process_time) per phase; the load average is read before and after.
@@ -340,7 +340,7 @@ def markdown(result: dict) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--models", default="hybrid-lr,tfidf-lr,hashing-lr,embed-lr")
-    parser.add_argument("--swap-models", default="tfidf-lr")
+    parser.add_argument("--swap-models", default="hybrid-lr,tfidf-lr")
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--single", type=int, default=400, help="single requests per repetition")
     parser.add_argument("--batches", type=int, default=20, help="batched requests per repetition")
