@@ -1,9 +1,8 @@
-"""hybrid-lr, the default model, served: a real `synthloop serve` process and a real HTTP client; and the direct
-route's measured alternative, the sentence encoder in a worker thread while the caller computes the TF-IDF."""
+"""hybrid-lr, the default model, served: a real `synthloop serve` process and a real HTTP client, and the direct
+route it serves by."""
 
 from __future__ import annotations
 
-import threading
 from pathlib import Path
 
 import numpy as np
@@ -55,8 +54,7 @@ def test_hybrid_lr_is_served_with_its_own_probabilities_one_text_a_batch_and_a_b
     assert {r.json()["model_version"] for r in single} == {batch["model_version"]} == {1}
 
 
-def test_the_served_route_embeds_in_the_callers_thread_and_the_overlapped_one_agrees(hybrid):
-    from synthloop.learn.embed import SentenceEmbedder
+def test_the_direct_route_gives_the_models_own_probabilities_for_a_batch_and_for_one_text(hybrid):
     from synthloop.serve.fastpath import fast_predict_proba
 
     proj = Project(hybrid)
@@ -64,27 +62,10 @@ def test_the_served_route_embeds_in_the_callers_thread_and_the_overlapped_one_ag
         _, model = proj.load_model()
     finally:
         proj.close()
-    threads = []
-    compute = SentenceEmbedder.compute
-
-    def recording(self, texts):
-        threads.append(threading.current_thread().name)
-        return compute(self, texts)
-
-    sequential, overlap = fast_predict_proba(model), fast_predict_proba(model, overlap=True)
-    assert overlap is not None and sequential is not None
+    direct = fast_predict_proba(model)
+    assert direct is not None
     probe = [*TEXTS, "", "ok " * 300]
-    SentenceEmbedder.compute = recording
-    try:
-        threads.clear()
-        got = overlap(probe)
-        assert threads and all(name.startswith("synthloop-embed") for name in threads)
-        threads.clear()
-        alone = sequential(probe)
-        assert threads == [threading.current_thread().name]
-    finally:
-        SentenceEmbedder.compute = compute
-    assert np.array_equal(got, alone)
+    got = direct(probe)
     np.testing.assert_allclose(got, model.predict_proba(probe), rtol=0, atol=1e-9)
     for k, text in enumerate(probe):  # one text alone (the server's usual request): the same numbers
-        np.testing.assert_allclose(sequential([text]), got[k:k + 1], rtol=0, atol=1e-9)
+        np.testing.assert_allclose(direct([text]), got[k:k + 1], rtol=0, atol=1e-9)

@@ -14,9 +14,7 @@ to the plain call.
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -171,21 +169,7 @@ def _union(featurizer) -> list[Callable] | None:
     return [_vectorizer(t) for t in parts] if len(parts) == len(featurizer.transformer_list) else None
 
 
-_worker: ThreadPoolExecutor | None = None
-_worker_lock = threading.Lock()
-
-
-def embedding_worker() -> ThreadPoolExecutor:
-    """The process's one thread that embeds a request's texts while the caller computes their TF-IDF blocks
-    (onnxruntime releases the GIL while it runs), for fast_predict_proba(overlap=True)."""
-    global _worker
-    with _worker_lock:
-        if _worker is None:
-            _worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="synthloop-embed")
-        return _worker
-
-
-def _features(featurizer, overlap: bool = False) -> Callable[[list[str]], Rows] | None:
+def _features(featurizer) -> Callable[[list[str]], Rows] | None:
     from synthloop.learn.embed import SentenceEmbedder
     from synthloop.learn.models import HybridFeaturizer
     from synthloop.textcap import cap_texts
@@ -195,17 +179,13 @@ def _features(featurizer, overlap: bool = False) -> Callable[[list[str]], Rows] 
         if vectorizers is None:
             return None
         embedder, weight, max_chars = featurizer._embedder(), featurizer.embed_weight, featurizer.max_chars
-        worker = embedding_worker() if overlap else None
 
         def hybrid(texts):
             texts = cap_texts(texts, max_chars)
-            pending = worker.submit(embedder.compute, texts) if worker is not None else None
-            blocks = [v(texts) for v in vectorizers]
-            vectors = pending.result() if pending is not None else embedder.compute(texts)
             # What HybridFeaturizer.combine puts in its matrix (the float32 product, as float64), and the
             # unit-norm vectors its embedding_block reads back from there.
-            columns = np.asarray(weight * vectors, dtype=np.float64)
-            return Rows(blocks + [columns], columns / weight)
+            columns = np.asarray(weight * embedder.compute(texts), dtype=np.float64)
+            return Rows([v(texts) for v in vectorizers] + [columns], columns / weight)
 
         return hybrid
     if type(featurizer) is SentenceEmbedder:
@@ -216,12 +196,10 @@ def _features(featurizer, overlap: bool = False) -> Callable[[list[str]], Rows] 
     return lambda texts: Rows([featurizer.transform(texts)])
 
 
-def fast_predict_proba(model, overlap: bool = False) -> Callable[[list[str]], np.ndarray] | None:
-    """model.predict_proba's result by the direct route, or None where that route does not give the same numbers.
-    overlap=True: hybrid-lr's embedding in a worker thread while the caller computes the TF-IDF. Not what the
-    server does: measured side by side (benchmarks/serve-profile.md), it was no faster, idle or loaded."""
+def fast_predict_proba(model) -> Callable[[list[str]], np.ndarray] | None:
+    """model.predict_proba's result by the direct route, or None where that route does not give the same numbers."""
     try:
-        head, features = _head(model.clf_), _features(model.featurizer_, overlap)
+        head, features = _head(model.clf_), _features(model.featurizer_)
         if head is None or features is None:
             return None
         columns, known = model.columns_, model.columns_ >= 0
