@@ -422,8 +422,7 @@ def main() -> None:
                 for dataset in args.datasets:
                     print(f"{dataset} with {llm['model']} {args.variant}", flush=True)
                     label_n = 0 if args.variant else args.label_n
-                    results[dataset, llm["model"], args.variant] = run_dataset(dataset, llm, sizes, label_n, args.variant,
-                                                                               args.rescore)
+                    results[dataset, llm["model"], args.variant] = run_dataset(dataset, llm, sizes, label_n, args.variant)
                     write(list(results.values()), meta, args.out)
     print(markdown(list(results.values()), meta))
 
