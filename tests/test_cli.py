@@ -32,6 +32,9 @@ def test_commands_end_to_end(tmp_path, small_pool):
     trained = json.loads(run("train", "--json", cwd=proj).stdout)
     # Scored on every test row stored (those already in the pool stay pool rows, not test rows).
     assert trained["model_version"] == 1 and trained["metrics"]["n_test"] == tested["added"] == 200 - tested["other_split"]
+    # A plain `train` keeps its metrics with the model version, so status shows them before any round.
+    shown = json.loads(run("status", "--json", cwd=proj).stdout)["last_metrics"]
+    assert shown["model_version"] == 1 and shown["accuracy"] == trained["metrics"]["accuracy"]
     queried = json.loads(run("query", "--json", cwd=proj).stdout)
     assert len(queried["queries"]) == 10
     assert json.loads(run("label", "--json", cwd=proj).stdout) == {"labels_added": 10, "pending": 0}

@@ -1,5 +1,5 @@
-"""Models saved before synthloop's modules moved into packages pickled `synthloop.models.TextClassifier`; they
-still load (and predict the same)."""
+"""Model files from earlier versions still load and predict the same: those that pickled
+`synthloop.models.TextClassifier` (before the modules moved into packages) and joblib files (before 2026-12-02)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import joblib
 
 from synthloop import old_paths
 from synthloop.learn import models
-from synthloop.learn.model_files import load_model
+from synthloop.learn.model_files import MAGIC, load_model, save_model
 from synthloop.learn.models import TextClassifier
 
 
@@ -38,3 +38,17 @@ def test_a_model_saved_under_the_old_module_path_loads(tmp_path, monkeypatch):
 def test_old_type_names_stay_trusted_for_exports():
     names = old_paths.with_old_names(frozenset({"synthloop.learn.models.TextClassifier", "sklearn.x.Y"}))
     assert names == {"synthloop.learn.models.TextClassifier", "synthloop.models.TextClassifier", "sklearn.x.Y"}
+
+
+def test_model_files_are_plain_pickles_and_old_joblib_files_still_load(tmp_path):
+    texts = ["win a prize now", "free cash offer", "see you at lunch", "meeting moved to noon"] * 3
+    labels = ["spam", "spam", "ham", "ham"] * 3
+    model = TextClassifier(labels=["ham", "spam"], name="tfidf-lr").fit(texts, labels)
+    new, old = tmp_path / "models" / "v0001.joblib", tmp_path / "models" / "v0002.joblib"
+    save_model(model, new)
+    # The C unpickler reads it: the first line, then a protocol-5 pickle.
+    assert new.read_bytes().startswith(MAGIC) and new.read_bytes()[len(MAGIC)] == 0x80
+    joblib.dump(model, old)  # as versions before 2026-12-02 wrote them (featurizer inside)
+    probe = ["free prize cash", "lunch at noon"]
+    for path in (new, old):
+        assert load_model(path).predict_proba(probe).tolist() == model.predict_proba(probe).tolist()

@@ -110,8 +110,7 @@ def train(project: ProjectOpt = Path("."), as_json: JsonOpt = False):
     """Train a new model version on every label in the store and score it on the test split."""
     proj = open_project(project)
     with err.status("training"):
-        version, model = proj.train()
-        metrics = proj.evaluate(model)
+        version, _, metrics = proj.train_scored()
     summary = {"model_version": version, "metrics": metrics and {k: metrics[k] for k in ("accuracy", "macro_f1", "n_test")}}
     if not emit(summary, as_json):
         out.print(f"model v{version}" + (f": accuracy {metrics['accuracy']:.3f}, macro-F1 {metrics['macro_f1']:.3f}" if metrics else ""))

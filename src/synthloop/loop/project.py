@@ -220,6 +220,14 @@ class Project:
     def train(self, round_: int | None = None) -> tuple[int, TextClassifier]:
         return self.trainer.train(round_)
 
+    def train_scored(self) -> tuple[int, TextClassifier, dict | None]:
+        """Train on every label, score on the test split and keep the metrics with the model version,
+        so `status` shows a plain `train`'s figures as it shows a round's."""
+        version, model = self.train()
+        metrics = self.evaluate(model)
+        self.store.set_model_metrics(version, {"n_labels": self.n_real_labels(), **(metrics or {})})
+        return version, model, metrics
+
     def training_changed(self) -> bool:
         """Whether the labeled set differs from what the latest model was trained on."""
         return self.trainer.training_changed()
@@ -339,9 +347,7 @@ class Project:
         with self.store.exclusive("refresh"):
             if not self.training_changed():
                 return None
-            version, model = self.train()
-            self.store.set_model_metrics(version, {"n_labels": self.n_real_labels(), **(self.evaluate(model) or {})})
-            return version
+            return self.train_scored()[0]
 
     # reading ------------------------------------------------------------------------------------
     def predict(self, texts: list[str]) -> list[dict]:

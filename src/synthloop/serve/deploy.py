@@ -1,5 +1,5 @@
 """Models for deployment: export one version as a skops file plus a manifest, and load a model to serve,
-from an export folder (skops: loading executes no code from the file) or from a project (its joblib files,
+from an export folder (skops: loading executes no code from the file) or from a project (its pickle files,
 which only the project itself should write).
 
 skops, not ONNX: measured with skl2onnx 1.20, only the logistic heads convert; none of the featurizers do

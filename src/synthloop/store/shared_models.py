@@ -11,8 +11,6 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import joblib
-
 from synthloop.store import Store
 
 
@@ -30,10 +28,9 @@ def restore(store: Store, root: Path, model_path: Path) -> None:
         return
     if not _restore_file(store, root, model_path):
         return  # load_model then says the file is missing
-    from synthloop import old_paths
+    from synthloop.learn.model_files import read_file
 
-    old_paths.install()
-    featurizer_file = getattr(joblib.load(model_path), "featurizer_file_", None)
+    featurizer_file = getattr(read_file(model_path), "featurizer_file_", None)
     if featurizer_file and not (model_path.parent / featurizer_file).is_file():
         _restore_file(store, root, model_path.parent / featurizer_file)
 
