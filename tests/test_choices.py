@@ -5,10 +5,9 @@ one of the choices is refused with exit 2 and one line listing them, before anyt
 from __future__ import annotations
 
 import sqlite3
-import subprocess
-import sys
 
 import pytest
+from forkserver import run_synthloop
 from helpers import EXAMPLE
 
 from synthloop import Project
@@ -19,8 +18,7 @@ CHOICES = "cold-start, least-confident, margin, entropy, ranked-batch, random"
 
 
 def cli(*args, cwd):
-    return subprocess.run([sys.executable, "-m", "synthloop", *map(str, args)], cwd=cwd, capture_output=True,
-                          text=True, timeout=300)
+    return run_synthloop(*args, cwd=cwd, timeout=300)
 
 
 def one_line(proc) -> str:

@@ -1,11 +1,10 @@
 """The CLI as a user runs it: real subprocesses in a project folder."""
 
 import json
-import subprocess
-import sys
 
 import pandas as pd
 import pytest
+from forkserver import run_synthloop
 
 from synthloop import simulate
 
@@ -14,7 +13,7 @@ TFIDF = ("--model", "tfidf-lr")
 
 
 def run(*args, cwd, check=True):
-    proc = subprocess.run([sys.executable, "-m", "synthloop", *map(str, args)], cwd=cwd, capture_output=True, text=True)
+    proc = run_synthloop(*args, cwd=cwd)
     if check:
         assert proc.returncode == 0, proc.stderr
     return proc
@@ -138,14 +137,12 @@ def test_user_text_is_printed_as_text_never_as_markup(tmp_path, small_pool):
     run("import", pool, cwd=proj)
     wide = {"COLUMNS": "300"}
     # Every pool text is queried (n above the pool size), so the table prints each markup text.
-    queried = subprocess.run([sys.executable, "-m", "synthloop", "query", "--n", "1000"], cwd=proj, capture_output=True,
-                             text=True, env={**__import__("os").environ, **wide})
+    queried = run_synthloop("query", "--n", "1000", cwd=proj, env={**__import__("os").environ, **wide})
     assert queried.returncode == 0, queried.stderr
     for text in MARKUP_TEXTS:
         assert text in queried.stdout, text
     assert "\x1b]8;" not in queried.stdout  # no terminal hyperlink escape
-    predicted = subprocess.run([sys.executable, "-m", "synthloop", "predict", *MARKUP_TEXTS], cwd=proj,
-                               capture_output=True, text=True, env={**__import__("os").environ, **wide})
+    predicted = run_synthloop("predict", *MARKUP_TEXTS, cwd=proj, env={**__import__("os").environ, **wide})
     assert predicted.returncode == 0, predicted.stderr
     assert all(text in predicted.stdout for text in MARKUP_TEXTS)
 
@@ -158,8 +155,7 @@ def test_predict_takes_texts_a_file_or_stdin_and_refuses_a_bare_file_name(tmp_pa
     assert len(json.loads(run("predict", "win cash", "see you at 5", "--json", cwd=proj).stdout)) == 2
     (tmp_path / "texts.txt").write_text("win cash\n\nsee you\nhello\n")
     assert len(json.loads(run("predict", "--file", tmp_path / "texts.txt", "--json", cwd=proj).stdout)) == 3
-    piped = subprocess.run([sys.executable, "-m", "synthloop", "predict", "-", "--json"], cwd=proj, input="a\nb\n",
-                           capture_output=True, text=True)
+    piped = run_synthloop("predict", "-", "--json", cwd=proj, input="a\nb\n")
     assert [r["text"] for r in json.loads(piped.stdout)] == ["a", "b"]
     bare = run("predict", "nothere.csv", cwd=proj, check=False)
     assert bare.returncode == 2 and "--file nothere.csv" in bare.stderr
@@ -208,8 +204,7 @@ def test_a_bug_prints_one_line_and_where_the_traceback_is(tmp_path, small_pool):
     run("import", small_pool / "pool.csv", "--label-col", "label", "--gold", cwd=proj)
     env = {**__import__("os").environ}
     env["PYTHONPATH"] = f"{tmp_path}:{env.get('PYTHONPATH', '')}"
-    proc = subprocess.run([sys.executable, "-m", "synthloop", "query", "--strategy", "buggy_strategy.pick"], cwd=proj,
-                          capture_output=True, text=True, env=env)
+    proc = run_synthloop("query", "--strategy", "buggy_strategy.pick", cwd=proj, env=env)
     assert proc.returncode == 1 and "Traceback" not in proc.stderr
     lines = [line for line in proc.stderr.splitlines() if line.strip() and "selecting" not in line]
     assert len(lines) == 1 and "ZeroDivisionError" in lines[0] and "errors.log" in lines[0], proc.stderr
@@ -238,8 +233,7 @@ def test_library_warnings_go_to_the_log_not_the_terminal(tmp_path, small_pool):
     run("import", small_pool / "pool.csv", "--label-col", "label", "--gold", cwd=proj)
     env = {**__import__("os").environ}
     env["PYTHONPATH"] = f"{tmp_path}:{env.get('PYTHONPATH', '')}"
-    proc = subprocess.run([sys.executable, "-m", "synthloop", "query", "--strategy", "noisy_strategy.pick", "--json"],
-                          cwd=proj, capture_output=True, text=True, env=env)
+    proc = run_synthloop("query", "--strategy", "noisy_strategy.pick", "--json", cwd=proj, env=env)
     assert proc.returncode == 0, proc.stderr
     assert len(json.loads(proc.stdout)["queries"]) == 3
     assert "unique classes" not in proc.stderr

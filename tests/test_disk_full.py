@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from forkserver import run_synthloop
 from helpers import EXAMPLE
 
 from synthloop import Project
@@ -47,8 +48,10 @@ app(sys.argv[2:], prog_name="synthloop")
 
 
 def synthloop(*args, cwd, page_limit: int | None = None):
-    prefix = [sys.executable, "-c", WRAPPER, str(page_limit)] if page_limit else [sys.executable, "-m", "synthloop"]
-    return subprocess.run([*prefix, *map(str, args)], cwd=cwd, capture_output=True, text=True, timeout=900)
+    if not page_limit:
+        return run_synthloop(*args, cwd=cwd, timeout=900)
+    return subprocess.run([sys.executable, "-c", WRAPPER, str(page_limit), *map(str, args)], cwd=cwd, capture_output=True,
+                          text=True, timeout=900)
 
 
 def counts(root: Path) -> dict[str, int]:

@@ -25,6 +25,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import forkserver
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -128,13 +129,16 @@ def session_dir(tmp_path: Path) -> tuple[Path, dict[str, str]]:
     shutil.copytree(ROOT / "examples", tmp_path / "examples")
     bin_dir = tmp_path / ".bin"
     bin_dir.mkdir()
-    for name, args in (("synthloop", '-m synthloop "$@"'), ("python", '"$@"')):
+    # `synthloop` forked from tests/forkserver.py's server when it runs (the CLI's imports done once), else a new Python.
+    cli = forkserver.shim_command() or f'"{sys.executable}" -m synthloop'
+    for name, command in (("synthloop", cli), ("python", f'"{sys.executable}"')):
         shim = bin_dir / name
-        shim.write_text(f'#!/bin/sh\nexec "{sys.executable}" {args}\n')
+        shim.write_text(f'#!/bin/sh\nexec {command} "$@"\n')
         shim.chmod(0o755)
     env = {k: v for k, v in os.environ.items()
            if k not in ("COLUMNS", "LINES", "FORCE_COLOR", "TTY_COMPATIBLE", "SYNTHLOOP_PROJECT", "SYNTHLOOP_DB_URL")}
-    env.update(PATH=f"{bin_dir}{os.pathsep}{env.get('PATH', '')}", OPENBLAS_NUM_THREADS="1", HOME=str(tmp_path))
+    env.update(PATH=f"{bin_dir}{os.pathsep}{env.get('PATH', '')}", OPENBLAS_NUM_THREADS="1", HOME=str(tmp_path),
+               **forkserver.environment())
     return tmp_path, env
 
 

@@ -2,6 +2,7 @@ import json
 
 import pandas as pd
 import pytest
+from forkserver import run_synthloop
 
 from synthloop import SynthloopError
 from synthloop.data import example_id
@@ -124,8 +125,7 @@ def test_skip_invalid_imports_the_rest_and_lists_every_skipped_row(tmp_path, sma
                                      b"win cash,ham\nsee you,ham\n")
 
     def run(*args):
-        return subprocess.run([sys.executable, "-m", "synthloop", *map(str, args)], cwd=tmp_path / "p",
-                              capture_output=True, text=True)
+        return run_synthloop(*args, cwd=tmp_path / "p")
 
     refused = run("import", bad, "--label-col", "label")
     assert refused.returncode == 2 and "--skip-invalid" in refused.stderr

@@ -8,13 +8,14 @@ import tomllib
 
 import pytest
 import tomli_w
+from forkserver import run_synthloop
 
 from synthloop import Project
 from synthloop.llm.serve import LOCAL_MODEL_NAME
 
 
 def run(*args, cwd):
-    proc = subprocess.run([sys.executable, "-m", "synthloop", *map(str, args)], cwd=cwd, capture_output=True, text=True, check=False)
+    proc = run_synthloop(*args, cwd=cwd)
     assert proc.returncode == 0, proc.stderr
     return proc.stdout
 

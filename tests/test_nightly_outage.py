@@ -11,10 +11,10 @@ import json
 import os
 import re
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from forkserver import run_synthloop
 from helpers import skip_or_fail
 
 if importlib.util.find_spec("argilla") is None:
@@ -43,8 +43,7 @@ def night(tmp_path, small_pool):
 
 
 def cli(root: Path, *args: str, env: dict) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "synthloop", *args, "-p", str(root)], capture_output=True, check=False,
-                          text=True, env=env, timeout=300)
+    return run_synthloop(*args, "-p", root, env=env, timeout=300)
 
 
 def test_an_outage_is_a_field_a_warning_once_and_an_exit_status_if_asked(night):

@@ -4,10 +4,9 @@ nothing, failure reasons in `status`, `synthloop requeue`, and typos refused bef
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 import pytest
+from forkserver import run_synthloop
 from llm_servers import FaultServer
 
 from synthloop import Project, SynthloopError
@@ -19,7 +18,7 @@ SECRET = "sk-test-queries"
 
 
 def cli(*args, cwd=None):
-    return subprocess.run([sys.executable, "-m", "synthloop", *args], capture_output=True, text=True, cwd=cwd, timeout=300)
+    return run_synthloop(*args, cwd=cwd, timeout=300)
 
 
 @pytest.fixture(scope="module")

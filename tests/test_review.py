@@ -10,12 +10,12 @@ import json
 import logging
 import os
 import subprocess
-import sys
 import threading
 from pathlib import Path
 
 import pytest
 from argilla_server import argilla_server_skip_reason, start_argilla_server
+from forkserver import run_synthloop
 from helpers import skip_or_fail
 
 _reason = argilla_server_skip_reason() or (None if importlib.util.find_spec("argilla") else
@@ -533,8 +533,7 @@ def test_server_killed_mid_push_then_rerun_finishes_without_duplicates(tmp_path,
 
 # ------------------------------------------------------------------------------------------------------- CLI
 def run_cli(*args: str, env: dict) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "synthloop", *args], capture_output=True, text=True, env=env,
-                          timeout=300)
+    return run_synthloop(*args, env=env, timeout=300)
 
 
 def table_rows(text: str) -> dict[str, list[str]]:

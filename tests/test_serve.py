@@ -16,6 +16,7 @@ import httpx
 import numpy as np
 import pandas as pd
 import pytest
+from forkserver import run_synthloop
 from helpers import EXAMPLE, skip_or_fail, wait_for
 
 for _module in ("starlette", "uvicorn", "skops"):
@@ -34,8 +35,7 @@ TEXTS = ["WINNER! Claim your free prize now, call 0800 123 456", "are we still o
 
 
 def cli(*args, cwd=None, env=None, check=True) -> subprocess.CompletedProcess:
-    proc = subprocess.run([sys.executable, "-m", "synthloop", *map(str, args)], cwd=cwd, capture_output=True, text=True,
-                          env={**os.environ, **(env or {})})
+    proc = run_synthloop(*args, cwd=cwd, env={**os.environ, **(env or {})})
     if check:
         assert proc.returncode == 0, proc.stderr
     return proc

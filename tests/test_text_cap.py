@@ -12,6 +12,7 @@ import sys
 import numpy as np
 import pandas as pd
 import pytest
+from forkserver import run_synthloop
 from helpers import EXAMPLE
 
 from synthloop import Project, SynthloopError
@@ -39,8 +40,7 @@ def pool_with(tmp_path, text: str, label: str = "ham"):
 
 
 def synthloop(*args, cwd):
-    return subprocess.run([sys.executable, "-m", "synthloop", *map(str, args)], cwd=cwd, capture_output=True,
-                          text=True, timeout=900)
+    return run_synthloop(*args, cwd=cwd, timeout=900)
 
 
 def test_a_10_mb_text_is_stored_whole_and_a_round_with_it_stays_bounded(tmp_path):
