@@ -102,7 +102,14 @@ def serve(path: str) -> None:
     server.bind(path)
     server.listen(64)
     print(f"ready {len(preloaded)} modules", flush=True)
+    import select
+
     while True:
+        # stdin is a pipe whose other end only the pytest process holds: at its end (pytest exited, or was
+        # killed) the server exits too, instead of waiting on its socket for ever.
+        ready, _, _ = select.select([server, sys.stdin], [], [])
+        if sys.stdin in ready:
+            return
         conn, _ = server.accept()
         with conn:
             data, fds, _, _ = socket.recv_fds(conn, 1 << 20, 3)  # the caller's stdin, stdout, stderr
@@ -133,7 +140,7 @@ class _Server:
     def __init__(self) -> None:
         self.folder = tempfile.mkdtemp(prefix="synthloop-forkserver-")
         self.path = os.path.join(self.folder, "socket")
-        self.proc = subprocess.Popen([sys.executable, __file__, self.path], stdin=subprocess.DEVNULL,
+        self.proc = subprocess.Popen([sys.executable, __file__, self.path], stdin=subprocess.PIPE,
                                      stdout=subprocess.PIPE, text=True, cwd=self.folder)
         line = self.proc.stdout.readline() if self.proc.stdout else ""
         self.ok = line.startswith("ready")
@@ -156,7 +163,8 @@ class _Server:
             request = (json.dumps({"args": args, "cwd": cwd, "env": env}) + "\n").encode()
             socket.send_fds(conn, [request], list(fds))
             reader = conn.makefile("r")
-            pid = int(reader.readline())
+            pid = self.pid = int(reader.readline())
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, FORWARDED)  # the shim's signals, held until now
             try:
                 status = reader.readline()
             except TimeoutError:
@@ -218,22 +226,48 @@ def shim_command() -> str | None:
     return f'"{sys.executable}" "{__file__}" client' if _get_server() else None
 
 
+def shim_args() -> list[str]:
+    """shim_command() as an argument list (the server must run)."""
+    return [sys.executable, __file__, "client"]
+
+
 def environment() -> dict[str, str]:
     """What a shim's environment needs for shim_command()."""
     server = _get_server()
     return {SOCKET_ENV: server.path} if server else {}
 
 
-def _client(args: list[str]) -> int:
+FORWARDED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+
+
+def _client(args: list[str]) -> None:
+    """The shim: the run is this process as far as the shell knows, so a signal sent to it (`kill $PID` of a
+    backgrounded `synthloop serve`) goes on to the run, and its exit status, or the signal that ended it, is this
+    process's."""
     server = _Server.__new__(_Server)
-    server.path = os.environ[SOCKET_ENV]
+    server.path, server.pid = os.environ[SOCKET_ENV], None
     env = {k: v for k, v in os.environ.items() if k != SOCKET_ENV}
     if startup_settings(env) != json.loads(Path(server.path + ".json").read_text()):
         os.execve(sys.executable, [sys.executable, "-m", "synthloop", *args], env)
-    return server.run(args, os.getcwd(), env, (0, 1, 2), None)
+
+    def forward(signum, _frame):
+        if server.pid:
+            os.kill(server.pid, signum)
+
+    # Held until the run's pid is known (run() sets it before it waits), then delivered to forward().
+    signal.pthread_sigmask(signal.SIG_BLOCK, FORWARDED)
+    for signum in FORWARDED:
+        signal.signal(signum, forward)
+    code = server.run(args, os.getcwd(), env, (0, 1, 2), None)
+    if code < 0:  # ended by a signal: end this process by it too, as the shell expects
+        for signum in FORWARDED:
+            signal.signal(signum, signal.SIG_DFL)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, FORWARDED)
+        os.kill(os.getpid(), -code)
+    sys.exit(code)
 
 
 if __name__ == "__main__":
     if sys.argv[1] == "client":
-        sys.exit(_client(sys.argv[2:]))
+        _client(sys.argv[2:])
     serve(sys.argv[1])

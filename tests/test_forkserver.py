@@ -50,3 +50,26 @@ def test_stdin_environment_and_pids_are_each_calls_own(server, tmp_path, small_p
     assert forked.returncode == fresh.returncode == 2 and forked.stderr == fresh.stderr and "nowhere" in forked.stderr
     # Each call was a process of its own: the server outlived the calls that exited 2 and still serves.
     assert server.proc.poll() is None and forkserver.run_synthloop("--help", cwd=tmp_path).returncode == 0
+
+
+def test_the_shim_passes_a_signal_on_and_ends_by_it(server, tmp_path, small_pool):
+    """`synthloop serve ... & kill $!` through the docs' shim: the kill reaches the forked server, which stops."""
+    import re
+    import signal
+    import socket
+
+    proj = project_after_one_round(tmp_path / "proj", small_pool, "tfidf-lr")
+    shim = subprocess.Popen([*forkserver.shim_args(), "serve", "--port", "0"], cwd=proj, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            env={**os.environ, **forkserver.environment()})
+    url = None
+    for line in shim.stdout:
+        if found := re.search(r"http://([0-9.]+):([0-9]+)", line):
+            url = (found.group(1), int(found.group(2)))
+            break
+    assert url, "serve printed no address"
+    socket.create_connection(url, timeout=5).close()  # it serves
+    shim.send_signal(signal.SIGTERM)
+    assert shim.wait(timeout=60) == -signal.SIGTERM
+    with pytest.raises(OSError):
+        socket.create_connection(url, timeout=5).close()  # and it has stopped
