@@ -33,6 +33,22 @@ def nightly(root: Path, *args: str, env: dict | None = None) -> subprocess.Popen
 
 
 
+def settled(token: str, quiet: float = 4.0, timeout: float = 60.0) -> list:
+    """The marked processes once the set has not changed for `quiet` seconds: Ray's processes that notice the dead
+    driver exit on their own within seconds (under load, later than any fixed sleep), and a next run that found
+    them already gone would have nothing to reap or report."""
+    deadline = time.monotonic() + timeout
+    last, since = marked(token), time.monotonic()
+    while time.monotonic() < deadline:
+        time.sleep(0.5)
+        now = marked(token)
+        if sorted(now) != sorted(last):
+            last, since = now, time.monotonic()
+        elif time.monotonic() - since >= quiet:
+            break
+    return last
+
+
 def test_a_killed_runs_local_ray_is_reaped_by_the_next_run(project, small_pool):
     project.import_file(small_pool / "pool.csv", label_col="label", gold=True)
     project.import_file(small_pool / "test.csv", label_col="label", split="test")
@@ -48,8 +64,7 @@ def test_a_killed_runs_local_ray_is_reaped_by_the_next_run(project, small_pool):
     finally:
         first.send_signal(signal.SIGKILL)
         first.wait()
-    time.sleep(2)  # what dies with the driver has died by now; the rest is what this test is about
-    left = marked(note["token"])
+    left = settled(note["token"])  # what dies with the driver has died; the rest is what this test is about
     again = nightly(root, "--json")  # an ordinary run, without Ray: it reaps the dead run's
     out, err = again.communicate(timeout=300)
     assert again.returncode == 0, err
