@@ -84,7 +84,8 @@ def _start(conn: socket.socket, request: dict, fds: list[int]) -> None:
 
 def serve(path: str) -> None:
     # No threads may run when the server forks. These keep the preloaded libraries from starting any: one BLAS
-    # thread (as `make test` sets for every test anyway), and no jemalloc purging thread in pyarrow.
+    # thread (as `make test` sets for every test anyway; outside it, a forked run has one BLAS thread where a new
+    # Python would start one per core), and no jemalloc purging thread in pyarrow.
     os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
     os.environ["JE_ARROW_MALLOC_CONF"] = "background_thread:false"
     preloaded = []
