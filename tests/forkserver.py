@@ -137,6 +137,27 @@ def startup_settings(env: dict) -> dict:
     return {k: v for k, v in env.items() if k.startswith(("PYTHON", "LD_", "OPENBLAS_", "OMP_", "MKL_"))}
 
 
+def run_forked(path: str, args: list[str], cwd: str, env: dict, fds: tuple[int, int, int], timeout: float | None,
+               on_pid=None) -> int:
+    """Run `python -m synthloop *args` forked by the server at `path`, on these stdin/stdout/stderr; returns its
+    exit status. `on_pid(pid)` is called once the run has started."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as conn:
+        conn.connect(path)
+        conn.settimeout(timeout)
+        request = (json.dumps({"args": args, "cwd": cwd, "env": env}) + "\n").encode()
+        socket.send_fds(conn, [request], list(fds))
+        reader = conn.makefile("r")
+        pid = int(reader.readline())
+        if on_pid:
+            on_pid(pid)
+        try:
+            status = reader.readline()
+        except TimeoutError:
+            os.kill(pid, signal.SIGKILL)
+            raise subprocess.TimeoutExpired([sys.executable, "-m", "synthloop", *args], timeout or 0) from None
+    return int(status) if status.strip() else -signal.SIGKILL  # the waiter itself was killed
+
+
 class _Server:
     def __init__(self) -> None:
         self.folder = tempfile.mkdtemp(prefix="synthloop-forkserver-")
@@ -156,31 +177,14 @@ class _Server:
 
         shutil.rmtree(self.folder, ignore_errors=True)
 
-    def run(self, args: list[str], cwd: str, env: dict, fds: tuple[int, int, int], timeout: float | None) -> int:
-        """Run `python -m synthloop *args` forked on these stdin/stdout/stderr; returns its exit status."""
-        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as conn:
-            conn.connect(self.path)
-            conn.settimeout(timeout)
-            request = (json.dumps({"args": args, "cwd": cwd, "env": env}) + "\n").encode()
-            socket.send_fds(conn, [request], list(fds))
-            reader = conn.makefile("r")
-            pid = self.pid = int(reader.readline())
-            signal.pthread_sigmask(signal.SIG_UNBLOCK, FORWARDED)  # the shim's signals, held until now
-            try:
-                status = reader.readline()
-            except TimeoutError:
-                os.kill(pid, signal.SIGKILL)
-                raise subprocess.TimeoutExpired([sys.executable, "-m", "synthloop", *args], timeout or 0) from None
-        return int(status) if status.strip() else -signal.SIGKILL  # the waiter itself was killed
-
     def run_captured(self, args: list[str], cwd: str, env: dict, input: str | None, timeout: float | None):
         with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err, tempfile.TemporaryFile() as stdin:
             if input is not None:
                 stdin.write(input.encode())
                 stdin.seek(0)
             with open(os.devnull, "rb") as null:
-                code = self.run(args, cwd, env, (null.fileno() if input is None else stdin.fileno(), out.fileno(),
-                                                 err.fileno()), timeout)
+                code = run_forked(self.path, args, cwd, env, (null.fileno() if input is None else stdin.fileno(),
+                                                              out.fileno(), err.fileno()), timeout)
             texts = []
             for file in (out, err):
                 file.seek(0)
@@ -220,16 +224,15 @@ def run_synthloop(*args, cwd=None, env: dict | None = None, input: str | None = 
 SOCKET_ENV = "SYNTHLOOP_TEST_FORKSERVER_SOCKET"
 
 
-def shim_command() -> str | None:
-    """For a `synthloop` shim on PATH (tests/test_docs.py): a command line that runs the CLI through this
-    process's server, on the shim's own stdin/stdout/stderr; None without a server. Its socket is in
-    $SYNTHLOOP_TEST_FORKSERVER_SOCKET (see environment())."""
-    return f'"{sys.executable}" "{__file__}" client' if _get_server() else None
-
-
 def shim_args() -> list[str]:
-    """shim_command() as an argument list (the server must run)."""
+    """For a `synthloop` shim (tests/test_docs.py): the command that runs the CLI through this process's server, on
+    the shim's own stdin/stdout/stderr, given environment() (its socket)."""
     return [sys.executable, __file__, "client"]
+
+
+def shim_command() -> str | None:
+    """shim_args() as a shell command line; None without a server."""
+    return " ".join(f'"{arg}"' for arg in shim_args()) if _get_server() else None
 
 
 def environment() -> dict[str, str]:
@@ -245,25 +248,27 @@ def _client(args: list[str]) -> None:
     """The shim: the run is this process as far as the shell knows, so a signal sent to it (`kill $PID` of a
     backgrounded `synthloop serve`) goes on to the run, and its exit status, or the signal that ended it, is this
     process's."""
-    server = _Server.__new__(_Server)
-    server.path, server.pid = os.environ[SOCKET_ENV], None
+    path = os.environ[SOCKET_ENV]
     env = {k: v for k, v in os.environ.items() if k != SOCKET_ENV}
-    if startup_settings(env) != json.loads(Path(server.path + ".json").read_text()):
+    if startup_settings(env) != json.loads(Path(path + ".json").read_text()):
         os.execve(sys.executable, [sys.executable, "-m", "synthloop", *args], env)
+    run_pid: list[int] = []
 
     def forward(signum, _frame):
-        if server.pid:
-            os.kill(server.pid, signum)
+        os.kill(run_pid[0], signum)
 
-    # Held until the run's pid is known (run() sets it before it waits), then delivered to forward().
+    def started(pid: int) -> None:
+        run_pid.append(pid)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, FORWARDED)  # what arrived meanwhile is delivered now
+
+    # Held until the run's pid is known, then delivered to forward().
     signal.pthread_sigmask(signal.SIG_BLOCK, FORWARDED)
     for signum in FORWARDED:
         signal.signal(signum, forward)
-    code = server.run(args, os.getcwd(), env, (0, 1, 2), None)
+    code = run_forked(path, args, os.getcwd(), env, (0, 1, 2), None, on_pid=started)
     if code < 0:  # ended by a signal: end this process by it too, as the shell expects
         for signum in FORWARDED:
             signal.signal(signum, signal.SIG_DFL)
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, FORWARDED)
         os.kill(os.getpid(), -code)
     sys.exit(code)
 
