@@ -13,10 +13,14 @@ from synthloop.learn.model_files import MAGIC, load_model, save_model
 from synthloop.learn.models import TextClassifier
 
 
-def test_a_model_saved_under_the_old_module_path_loads(tmp_path, monkeypatch):
+def small_model() -> TextClassifier:
     texts = ["win a prize now", "free cash offer", "see you at lunch", "meeting moved to noon"] * 3
     labels = ["spam", "spam", "ham", "ham"] * 3
-    model = TextClassifier(labels=["ham", "spam"], name="tfidf-lr").fit(texts, labels)
+    return TextClassifier(labels=["ham", "spam"], name="tfidf-lr").fit(texts, labels)
+
+
+def test_a_model_saved_under_the_old_module_path_loads(tmp_path, monkeypatch):
+    model = small_model()
     path = tmp_path / "models" / "v0001.joblib"
     path.parent.mkdir()
     # Written as an old version wrote it: the class's module is the old path, which resolves while dumping.
@@ -41,9 +45,7 @@ def test_old_type_names_stay_trusted_for_exports():
 
 
 def test_model_files_are_plain_pickles_and_old_joblib_files_still_load(tmp_path):
-    texts = ["win a prize now", "free cash offer", "see you at lunch", "meeting moved to noon"] * 3
-    labels = ["spam", "spam", "ham", "ham"] * 3
-    model = TextClassifier(labels=["ham", "spam"], name="tfidf-lr").fit(texts, labels)
+    model = small_model()
     new, old = tmp_path / "models" / "v0001.joblib", tmp_path / "models" / "v0002.joblib"
     save_model(model, new)
     # The C unpickler reads it: the first line, then a protocol-5 pickle.
