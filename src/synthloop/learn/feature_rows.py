@@ -99,7 +99,8 @@ class FeatureRows:
         except FileNotFoundError:
             return np.empty(0, dtype=INDEX)
 
-    def _chunk(self, number: int):
+    def chunk(self, number: int):
+        """Chunk `number`, memory-mapped: a CSR matrix or a dense array over the files, no copy."""
         folder = self.dir / f"chunk-{number:06d}"
         if (folder / "dense.npy").is_file():
             return np.load(folder / "dense.npy", mmap_mode="r")
@@ -128,7 +129,7 @@ class FeatureRows:
         bounds = np.flatnonzero(np.diff(sorted_chunks)) + 1
         for start, stop in zip(np.r_[0, bounds], np.r_[bounds, len(order)]):
             if stop > start:
-                pieces.append(self._chunk(int(sorted_chunks[start]))[sorted_rows[start:stop]])
+                pieces.append(self.chunk(int(sorted_chunks[start]))[sorted_rows[start:stop]])
         matrix = _stack(pieces)
         if ordered:  # the common case (a pool read in id order, stored in id order): no second copy
             return matrix
@@ -142,22 +143,28 @@ class FeatureRows:
         ids = list(ids)
         if not ids:
             return self.featurizer.transform(all_texts(ids, texts))
-        keys = row_keys(ids)
+        where = self.ensure(ids, row_keys(ids), texts)
+        if where is None:  # a read-only project folder, a full disk: featurize without storing
+            return self.featurizer.transform(all_texts(ids, texts))
+        return self.read(*where)
+
+    def ensure(self, ids: list[str], keys: np.ndarray, texts: Texts) -> tuple[np.ndarray, np.ndarray] | None:
+        """(chunk, row) of each example, featurizing and storing the rows not stored yet; None when they
+        cannot be stored (a read-only folder, a full disk)."""
         found, chunks, rows = self.locate(keys)
-        if not found.all():
-            missing = np.flatnonzero(~found)
-            # One row per key even if an id is asked for twice in one call.
-            _, first = np.unique(keys[missing], return_index=True)
-            new = missing[first].tolist()
-            new_texts = [texts[i] for i in new] if not callable(texts) else texts([ids[i] for i in new])
-            try:
-                self.append(keys[new], new_texts)
-            except OSError:  # a read-only project folder, a full disk: featurize without storing
-                return self.featurizer.transform(all_texts(ids, texts))
-            found, chunks, rows = self.locate(keys)
-            if not found.all():  # the index could not be written (read-only folder): featurize what is missing
-                return self.featurizer.transform(all_texts(ids, texts))
-        return self.read(chunks, rows)
+        if found.all():
+            return chunks, rows
+        missing = np.flatnonzero(~found)
+        # One row per key even if an id is asked for twice in one call.
+        _, first = np.unique(keys[missing], return_index=True)
+        new = missing[first].tolist()
+        new_texts = [texts[i] for i in new] if not callable(texts) else texts([ids[i] for i in new])
+        try:
+            self.append(keys[new], new_texts)
+        except OSError:
+            return None
+        found, chunks, rows = self.locate(keys)
+        return (chunks, rows) if found.all() else None  # not all found: the index could not be written
 
     # writing ------------------------------------------------------------------------------------
     def append(self, keys: np.ndarray, texts: list[str]) -> None:

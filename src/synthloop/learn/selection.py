@@ -28,6 +28,9 @@ RESCORE_SLICE = 10_000
 
 Pool = tuple[list[str], list[str]]  # (ids, texts), ids in ascending order
 Features = Callable[[object, list[str], list[str]], object]  # (model, ids, texts) -> feature rows
+# (model) -> the unlabeled pool as (ids, feature rows) chunks read straight from stored rows, or None where the
+# model's rows are not stored (synthloop.learn.pool_rows)
+RowChunks = Callable[[object], Iterable[tuple[np.ndarray, Any]] | None]
 
 
 @dataclass
@@ -89,12 +92,13 @@ class InMemory:
     """The pool scored in this process. Given `ids` (the unlabeled ids, in chunks) and `texts_of` (the texts of
     some ids), pointwise strategies score it chunk by chunk from the feature rows, reading only the texts of
     rows not featurized yet and holding one chunk's rows at a time; otherwise `pool` (every id and text) is
-    read at once and scored as one chunk."""
+    read at once and scored as one chunk. Given `row_chunks`, pointwise strategies score the chunks it yields
+    instead, when it yields any: the pool's stored rows as they lie on disk, no id walked or looked up."""
 
     def __init__(self, pool: Callable[[], Pool], features: Features,
                  ids: Callable[[], Iterable[list[str]]] | None = None,
-                 texts_of: Callable[[list[str]], list[str]] | None = None):
-        self._pool, self._features = pool, features
+                 texts_of: Callable[[list[str]], list[str]] | None = None, row_chunks: RowChunks | None = None):
+        self._pool, self._features, self._row_chunks = pool, features, row_chunks
         both = ids is not None and texts_of is not None
         self._ids: Callable[[], Iterable[list[str]]] | None = ids if both else None
         self._texts_of: Callable[[list[str]], list[str]] | None = texts_of if both else None
@@ -129,15 +133,22 @@ class InMemory:
         self.scored = len(ids)
         return ids, (self.features(model, ids, self.texts_of) if ids else None)
 
+    def scored_chunks(self, model) -> Iterable[tuple[np.ndarray, Any]]:
+        """(ids, feature rows) of the unlabeled pool, chunk by chunk."""
+        stored = self._row_chunks(model) if self._row_chunks is not None else None
+        if stored is not None:
+            return stored
+        return ((np.asarray(ids, dtype=str), self.features(model, ids, self.texts_of)) for ids in self.id_chunks() if ids)
+
     def top(self, model, measure, k, with_texts=False) -> Candidates:
         from synthloop.learn.pool_chunks import TopK
 
         best, self.scored = TopK(k), 0
-        for ids in self.id_chunks():
-            if ids:
+        for ids, X in self.scored_chunks(model):
+            if len(ids):
                 self.scored += len(ids)
-                scores = uncertainty(measure, model.predict_proba_features(self.features(model, ids, self.texts_of)))
-                best.add(*top_k(np.asarray(ids, dtype=str), scores, k)[:2])  # the chunk's k best, then the merge
+                scores = uncertainty(measure, model.predict_proba_features(X))
+                best.add(*top_k(ids, scores, k)[:2])  # the chunk's k best, then the merge
         picked = _candidates(best.ids, best.scores)
         if with_texts:
             picked.texts = self.texts_of(picked.ids) if picked.ids else []

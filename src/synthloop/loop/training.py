@@ -12,7 +12,7 @@ import scipy.sparse as sp
 
 from synthloop.config import STATE_DIR, Config
 from synthloop.errors import SynthloopError
-from synthloop.learn import active, feature_rows
+from synthloop.learn import active, feature_rows, pool_rows
 from synthloop.learn.metrics import evaluate
 from synthloop.learn.model_files import load_model, save_model
 from synthloop.learn.models import DEFAULT_EMBED_MODEL, TextClassifier, featurizer_needs_fit, model_options
@@ -218,7 +218,7 @@ class Trainer:
         with per-example scores cached in the store (incremental), else all in memory."""
         pool = self.store.unlabeled_pool
         ids = lambda: self.store.unlabeled_pool_ids(SCORE_CHUNK_SIZE)  # noqa: E731
-        in_memory = InMemory(pool, self.model_features, ids, self.store.texts_of)
+        in_memory = InMemory(pool, self.model_features, ids, self.store.texts_of, self.pool_row_chunks)
         if engine is not None:
             return Streamed(lambda: self.store.unlabeled_pool_chunks(SCORE_CHUNK_SIZE), engine, address,
                             SCORE_CHUNK_SIZE, ray_notes=self.state_dir, stored=in_memory)
@@ -228,6 +228,17 @@ class Trainer:
                 raise RuntimeError(f"round {round_} is not in the store")
             return Cached(pool, self.model_features, self.store, info.model_version, ids, self.store.texts_of)
         return in_memory
+
+    def pool_row_chunks(self, model: Any):
+        """The unlabeled pool as chunks of the model's stored feature rows (synthloop.learn.pool_rows), or None
+        where they are not stored (a model loaded without its featurizer's version, a read-only folder)."""
+        key, featurizer = self.cached_featurizer(model)
+        rows = self.rows(key, featurizer)
+        if rows is None:
+            return None
+        stamp = self.store.pool_stamp()
+        pool = pool_rows.load(rows, stamp) or pool_rows.build(rows, stamp, self.store.pool_ids, self.store.texts_of)
+        return None if pool is None else pool.chunks(self.store.taken_ids())
 
     def model_features(self, model: Any, ids: list[str], texts: feature_rows.Texts) -> Any:
         """selection's Features: the model's feature rows for these examples (any model a scorer is given)."""

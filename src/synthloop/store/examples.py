@@ -120,6 +120,30 @@ class ExampleMethods(LabelMethods):
                 return
             last = rows[-1] if one else rows[-1][0]
 
+    def pool_stamp(self) -> str:
+        """What the pool holds, in a few bytes: its size and its smallest and largest id. Examples are only ever
+        added (never changed or deleted), so the stamp changes whenever the pool does; the feature rows of a
+        pool (synthloop.learn.pool_rows) are kept under it."""
+        pool = (examples.c.split == "pool") & (examples.c.origin != "synthetic")
+        stmt = sa.select(sa.func.count(), sa.func.min(examples.c.id), sa.func.max(examples.c.id)).where(pool)
+        with self.engine.connect() as conn:
+            count, first, last = conn.execute(stmt).one()
+        return f"{count}:{first}:{last}"
+
+    def pool_ids(self, chunk_size: int = ID_PAGE_ROWS) -> Iterator[list[str]]:
+        """Every pool id (labeled, asked or not; synthetic rows aside), in id order, in keyset pages."""
+        select = lambda: (sa.select(examples.c.id)  # noqa: E731
+                          .where(examples.c.split == "pool", examples.c.origin != "synthetic").order_by(examples.c.id))
+        yield from self._id_pages(select, chunk_size, 1)
+
+    def taken_ids(self) -> set[str]:
+        """The ids unlabeled_pool leaves out: examples with a real (not synthetic) label or a query."""
+        with self.engine.connect() as conn:
+            labeled = conn.execute(sa.select(labels.c.example_id).where(~labels.c.source.like("synthetic%"))).scalars()
+            taken = set(labeled)
+            taken.update(conn.execute(sa.select(queries.c.example_id)).scalars())
+        return taken
+
     def texts_of(self, example_ids: Sequence[str]) -> list[str]:
         """The texts of these examples, in the order given (every id must be stored)."""
         found = self._column_by_id(examples.c.text, example_ids)
