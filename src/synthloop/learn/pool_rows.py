@@ -29,9 +29,6 @@ class PoolRows:
     def __init__(self, rows: FeatureRows, entries: np.ndarray):
         self.rows, self.entries = rows, entries
 
-    def __len__(self) -> int:
-        return len(self.entries)
-
     def chunks(self, taken: Iterable[str]) -> Iterator[tuple[np.ndarray, object]]:
         """(ids, their feature rows) per stored chunk, the examples in `taken` left out. The ids are ASCII bytes
         (the keys, which build checked are the ids): they sort as the str ids do, and converting a million of
@@ -63,7 +60,7 @@ def load(rows: FeatureRows, stamp: str) -> PoolRows | None:
     """The pool rows written for this stamp, or None."""
     try:
         return PoolRows(rows, np.load(pool_file(rows, stamp), mmap_mode="r"))
-    except (FileNotFoundError, ValueError, OSError):  # none yet, or a damaged file: build it again
+    except (OSError, ValueError):  # none yet, or a damaged file: build it again
         return None
 
 

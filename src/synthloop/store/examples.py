@@ -14,6 +14,16 @@ from synthloop.store.schema import examples, labels, queries
 ID_PAGE_ROWS = 50_000  # ids per keyset page when a pool's ids are walked
 
 
+def _real_pool():
+    """The pool a strategy chooses from: pool rows, synthetic ones aside."""
+    return (examples.c.split == "pool") & (examples.c.origin != "synthetic")
+
+
+def _taken_selects() -> tuple[sa.Select, sa.Select]:
+    """The ids the unlabeled pool leaves out: those with a real (not synthetic) label, and those with a query."""
+    return sa.select(labels.c.example_id).where(~labels.c.source.like("synthetic%")), sa.select(queries.c.example_id)
+
+
 class ExampleMethods(LabelMethods):
     """Store's examples part (it adds the labels examples come with, hence LabelMethods)."""
 
@@ -63,11 +73,10 @@ class ExampleMethods(LabelMethods):
 
     @staticmethod
     def _unlabeled_pool_select(*columns: sa.Column):
-        labeled = sa.select(labels.c.example_id).where(~labels.c.source.like("synthetic%"))
-        queried = sa.select(queries.c.example_id)
+        labeled, queried = _taken_selects()
         return (
             sa.select(*(columns or (examples.c.id, examples.c.text)))
-            .where(examples.c.split == "pool", examples.c.origin != "synthetic")
+            .where(_real_pool())
             .where(examples.c.id.not_in(labeled), examples.c.id.not_in(queried))
             .order_by(examples.c.id)
         )
@@ -124,25 +133,19 @@ class ExampleMethods(LabelMethods):
         """What the pool holds, in a few bytes: its size and its smallest and largest id. Examples are only ever
         added (never changed or deleted), so the stamp changes whenever the pool does; the feature rows of a
         pool (synthloop.learn.pool_rows) are kept under it."""
-        pool = (examples.c.split == "pool") & (examples.c.origin != "synthetic")
-        stmt = sa.select(sa.func.count(), sa.func.min(examples.c.id), sa.func.max(examples.c.id)).where(pool)
+        stmt = sa.select(sa.func.count(), sa.func.min(examples.c.id), sa.func.max(examples.c.id)).where(_real_pool())
         with self.engine.connect() as conn:
             count, first, last = conn.execute(stmt).one()
         return f"{count}:{first}:{last}"
 
     def pool_ids(self, chunk_size: int = ID_PAGE_ROWS) -> Iterator[list[str]]:
         """Every pool id (labeled, asked or not; synthetic rows aside), in id order, in keyset pages."""
-        select = lambda: (sa.select(examples.c.id)  # noqa: E731
-                          .where(examples.c.split == "pool", examples.c.origin != "synthetic").order_by(examples.c.id))
-        yield from self._id_pages(select, chunk_size, 1)
+        yield from self._id_pages(lambda: sa.select(examples.c.id).where(_real_pool()).order_by(examples.c.id), chunk_size, 1)
 
     def taken_ids(self) -> set[str]:
         """The ids unlabeled_pool leaves out: examples with a real (not synthetic) label or a query."""
         with self.engine.connect() as conn:
-            labeled = conn.execute(sa.select(labels.c.example_id).where(~labels.c.source.like("synthetic%"))).scalars()
-            taken = set(labeled)
-            taken.update(conn.execute(sa.select(queries.c.example_id)).scalars())
-        return taken
+            return {eid for select in _taken_selects() for eid in conn.execute(select).scalars()}
 
     def texts_of(self, example_ids: Sequence[str]) -> list[str]:
         """The texts of these examples, in the order given (every id must be stored)."""
@@ -151,7 +154,7 @@ class ExampleMethods(LabelMethods):
 
     def stop_set(self, n: int) -> tuple[list[str], list[str]]:
         """A fixed sample of the pool (ids are hashes, so the first n by id are a random-looking sample)."""
-        stmt = (sa.select(examples.c.id, examples.c.text).where(examples.c.split == "pool", examples.c.origin != "synthetic")
+        stmt = (sa.select(examples.c.id, examples.c.text).where(_real_pool())
                 .order_by(examples.c.id).limit(n))
         with self.engine.connect() as conn:
             rows = conn.execute(stmt).all()
