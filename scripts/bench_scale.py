@@ -235,7 +235,7 @@ def child_formats(template: str, work: str) -> dict:
     npz = Path(work) / "npz"
     npz.mkdir()
     for chunk in sorted(rows.dir.glob("chunk-*")):
-        sp.save_npz(npz / f"{chunk.name}.npz", rows._chunk(int(chunk.name.split("-")[1])), compressed=False)
+        sp.save_npz(npz / f"{chunk.name}.npz", rows.chunk(int(chunk.name.split("-")[1])), compressed=False)
     result = {"build_seconds": build, "npy_mb": rows.disk_bytes() / 2**20,
               "npz_mb": sum(p.stat().st_size for p in npz.iterdir()) / 2**20, "npy_read": [], "npz_read": []}
     for _ in range(3):
